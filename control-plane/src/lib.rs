@@ -1,0 +1,1 @@
+//! Control plane: API server, scheduler, controller-manager.

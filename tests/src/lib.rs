@@ -1,0 +1,30 @@
+//! The harness every end-to-end test shares: a real etcd, network
+//! namespaces that clean up after themselves, free ports, and the real
+//! kubectl at a fixed version.
+//!
+//! Everything a test creates is named with [`names::prefix`] (the test
+//! process's pid) and removed on drop, which also runs while a failing test
+//! unwinds. [`names::sweep_stale`] removes what a killed test run left.
+
+pub mod etcd;
+pub mod kubectl;
+pub mod names;
+pub mod net;
+pub mod ports;
+pub mod process;
+
+/// Fails the test with a clear message unless it runs as root.
+pub fn require_root(what: &str) {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!("this test needs root ({what}); run the suite as root, e.g. `sudo -E cargo xtask test`");
+    }
+}
+
+/// Directory of the workspace (the parent of `tests/`).
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}

@@ -1,0 +1,120 @@
+//! Network namespaces, veth pairs and bridges that tests build as their
+//! own nodes. Nothing here touches the machine's real interfaces: every
+//! link is created inside, or moved into, a namespace made by the test.
+
+use std::process::Command;
+
+use crate::names;
+
+/// Runs `ip ARGS`, failing with its stderr.
+pub fn ip(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("ip").args(args).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// A network namespace removed (with everything in it) on drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates `kt<pid>-<tag><n>` with its loopback up.
+    pub fn new(tag: &str) -> anyhow::Result<Self> {
+        crate::require_root("network namespaces");
+        let name = names::unique(tag);
+        ip(&["netns", "add", &name])?;
+        let ns = Self { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// The namespace's name under /run/netns.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its path, for setns(2).
+    pub fn path(&self) -> std::path::PathBuf {
+        std::path::Path::new("/run/netns").join(&self.name)
+    }
+
+    /// Runs a command inside the namespace, failing with its stderr.
+    pub fn exec(&self, cmd: &[&str]) -> anyhow::Result<String> {
+        let out = self.command(cmd).output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "in {}: {}: {}",
+            self.name,
+            cmd.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// A command that will run inside the namespace.
+    pub fn command(&self, cmd: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).args(cmd);
+        c
+    }
+
+    /// Adds an address (CIDR form) to a link in this namespace and sets it up.
+    pub fn addr_up(&self, link: &str, cidr: &str) -> anyhow::Result<()> {
+        self.exec(&["ip", "addr", "add", cidr, "dev", link])?;
+        self.exec(&["ip", "link", "set", link, "up"])?;
+        Ok(())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace destroys every link inside it, and a veth
+        // dies with its peer.
+        let _ = Command::new("ip").args(["netns", "delete", &self.name]).status();
+    }
+}
+
+/// Creates a veth pair with one end in `a` and the other in `b`, both
+/// named after `tag`. Returns (name in a, name in b).
+pub fn veth_between(a: &Netns, b: &Netns, tag: &str) -> anyhow::Result<(String, String)> {
+    let left = names::unique(tag);
+    let right = names::unique(tag);
+    // Created directly inside `a`, so it never exists in the host namespace.
+    a.exec(&[
+        "ip", "link", "add", &left, "type", "veth", "peer", "name", &right, "netns", b.name(),
+    ])?;
+    Ok((left, right))
+}
+
+/// A layer-2 segment: a bridge inside a namespace of its own, to which
+/// node namespaces attach through veths.
+pub struct Segment {
+    pub ns: Netns,
+    bridge: String,
+}
+
+impl Segment {
+    /// Creates the segment's namespace and bridge.
+    pub fn new() -> anyhow::Result<Self> {
+        let ns = Netns::new("s")?;
+        let bridge = "br0".to_string();
+        ns.exec(&["ip", "link", "add", &bridge, "type", "bridge"])?;
+        ns.exec(&["ip", "link", "set", &bridge, "up"])?;
+        Ok(Self { ns, bridge })
+    }
+
+    /// Plugs `node` into the segment; returns the node-side link name.
+    pub fn attach(&self, node: &Netns) -> anyhow::Result<String> {
+        let (in_seg, in_node) = veth_between(&self.ns, node, "p")?;
+        self.ns.exec(&["ip", "link", "set", &in_seg, "master", &self.bridge])?;
+        self.ns.exec(&["ip", "link", "set", &in_seg, "up"])?;
+        Ok(in_node)
+    }
+}
