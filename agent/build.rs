@@ -14,15 +14,20 @@ fn main() {
     if let Some(prebuilt) = env::var_os("KESTREL_EBPF_OBJECT") {
         let prebuilt = PathBuf::from(prebuilt);
         println!("cargo:rerun-if-changed={}", prebuilt.display());
-        std::fs::copy(&prebuilt, &embedded).unwrap_or_else(|e| {
-            panic!("KESTREL_EBPF_OBJECT={}: {e}", prebuilt.display())
-        });
+        std::fs::copy(&prebuilt, &embedded)
+            .unwrap_or_else(|e| panic!("KESTREL_EBPF_OBJECT={}: {e}", prebuilt.display()));
         return;
     }
 
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
     let ebpf_dir = manifest_dir.join("../agent-ebpf");
-    for path in ["src", "Cargo.toml", "Cargo.lock", ".cargo/config.toml", "rust-toolchain.toml"] {
+    for path in [
+        "src",
+        "Cargo.toml",
+        "Cargo.lock",
+        ".cargo/config.toml",
+        "rust-toolchain.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", ebpf_dir.join(path).display());
     }
     // A target directory of its own: the outer build holds the lock on ours.
@@ -32,15 +37,21 @@ fn main() {
     };
 
     let object = build(&ebpf_dir, &target_dir);
-    std::fs::copy(&object, &embedded)
-        .unwrap_or_else(|e| panic!("copy {}: {e}", object.display()));
+    std::fs::copy(&object, &embedded).unwrap_or_else(|e| panic!("copy {}: {e}", object.display()));
 }
 
 fn build(ebpf_dir: &Path, target_dir: &Path) -> PathBuf {
     let mut cmd = Command::new("rustup");
-    cmd.args(["run", "nightly", "cargo", "build", "--release", "--target-dir"])
-        .arg(target_dir)
-        .current_dir(ebpf_dir);
+    cmd.args([
+        "run",
+        "nightly",
+        "cargo",
+        "build",
+        "--release",
+        "--target-dir",
+    ])
+    .arg(target_dir)
+    .current_dir(ebpf_dir);
     // The outer (stable) build's settings must not leak into the nightly one.
     for var in [
         "RUSTC",

@@ -20,8 +20,12 @@ impl NetNs {
     /// Opens a namespace by path (`/run/netns/NAME` or `/proc/PID/ns/net`).
     pub fn open(path: impl AsRef<Path>) -> io::Result<Self> {
         let path = path.as_ref();
-        let file = File::open(path)
-            .map_err(|e| io::Error::new(e.kind(), format!("network namespace {}: {e}", path.display())))?;
+        let file = File::open(path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("network namespace {}: {e}", path.display()),
+            )
+        })?;
         Ok(Self { file })
     }
 

@@ -27,7 +27,9 @@ impl Kubectl {
         );
         Ok(Self {
             kubeconfig: kubeconfig.to_path_buf(),
-            cache: tempfile::Builder::new().prefix("kubectl-cache-").tempdir()?,
+            cache: tempfile::Builder::new()
+                .prefix("kubectl-cache-")
+                .tempdir()?,
         })
     }
 

@@ -17,7 +17,9 @@ pub mod process;
 pub fn require_root(what: &str) {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        panic!("this test needs root ({what}); run the suite as root, e.g. `sudo -E cargo xtask test`");
+        panic!(
+            "this test needs root ({what}); run the suite as root, e.g. `sudo -E cargo xtask test`"
+        );
     }
 }
 

@@ -77,7 +77,9 @@ impl Drop for Netns {
     fn drop(&mut self) {
         // Deleting the namespace destroys every link inside it, and a veth
         // dies with its peer.
-        let _ = Command::new("ip").args(["netns", "delete", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
     }
 }
 
@@ -88,7 +90,17 @@ pub fn veth_between(a: &Netns, b: &Netns, tag: &str) -> anyhow::Result<(String, 
     let right = names::unique(tag);
     // Created directly inside `a`, so it never exists in the host namespace.
     a.exec(&[
-        "ip", "link", "add", &left, "type", "veth", "peer", "name", &right, "netns", b.name(),
+        "ip",
+        "link",
+        "add",
+        &left,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &right,
+        "netns",
+        b.name(),
     ])?;
     Ok((left, right))
 }
@@ -113,7 +125,8 @@ impl Segment {
     /// Plugs `node` into the segment; returns the node-side link name.
     pub fn attach(&self, node: &Netns) -> anyhow::Result<String> {
         let (in_seg, in_node) = veth_between(&self.ns, node, "p")?;
-        self.ns.exec(&["ip", "link", "set", &in_seg, "master", &self.bridge])?;
+        self.ns
+            .exec(&["ip", "link", "set", &in_seg, "master", &self.bridge])?;
         self.ns.exec(&["ip", "link", "set", &in_seg, "up"])?;
         Ok(in_node)
     }

@@ -65,9 +65,16 @@ fn clsact_filter_is_removed_when_the_counter_is_dropped() {
         Some(AttachMode::Clsact),
     )
     .unwrap();
-    let filters = b.exec(&["tc", "filter", "show", "dev", &in_b, "ingress"]).unwrap();
-    assert!(filters.contains("count_packets"), "filter present: {filters}");
+    let filters = b
+        .exec(&["tc", "filter", "show", "dev", &in_b, "ingress"])
+        .unwrap();
+    assert!(
+        filters.contains("count_packets"),
+        "filter present: {filters}"
+    );
     drop(counter);
-    let filters = b.exec(&["tc", "filter", "show", "dev", &in_b, "ingress"]).unwrap();
+    let filters = b
+        .exec(&["tc", "filter", "show", "dev", &in_b, "ingress"])
+        .unwrap();
     assert!(!filters.contains("count_packets"), "filter left: {filters}");
 }

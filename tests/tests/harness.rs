@@ -14,7 +14,9 @@ fn etcd_stores_survives_restart_and_is_removed_on_drop() {
     etcd.etcdctl(&["put", "/registry/test/a", "one"]).unwrap();
     etcd.kill();
     etcd.restart().unwrap();
-    let got = etcd.etcdctl(&["get", "--print-value-only", "/registry/test/a"]).unwrap();
+    let got = etcd
+        .etcdctl(&["get", "--print-value-only", "/registry/test/a"])
+        .unwrap();
     assert_eq!(got.trim(), "one");
     let dir = etcd.data_dir().to_path_buf();
     drop(etcd);
@@ -51,7 +53,8 @@ fn nodes_on_a_segment_reach_each_other() {
     let l2 = seg.attach(&n2).unwrap();
     n1.addr_up(&l1, "10.242.0.1/24").unwrap();
     n2.addr_up(&l2, "10.242.0.2/24").unwrap();
-    n1.exec(&["ping", "-c", "1", "-W", "2", "10.242.0.2"]).unwrap();
+    n1.exec(&["ping", "-c", "1", "-W", "2", "10.242.0.2"])
+        .unwrap();
     // The host namespace never sees these links.
     let host_links = harness::net::ip(&["-o", "link"]).unwrap();
     assert!(!host_links.contains(&l1) && !host_links.contains(&l2));

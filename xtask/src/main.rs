@@ -1,1 +1,72 @@
-fn main() {}
+//! Project tasks: `cargo xtask <task>`. Run `cargo xtask --help`.
+
+mod cluster;
+mod ebpf;
+mod setup;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Set-up, eBPF build, local clusters and tests"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the project needs on this Debian machine (idempotent; needs root).
+    Setup {
+        /// Only report what is missing; install nothing.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Build the eBPF programs in agent-ebpf with the pinned nightly.
+    BuildEbpf {
+        /// Use the release profile (both profiles are optimised; release adds LTO).
+        #[arg(long)]
+        release: bool,
+    },
+    /// Bring up a single-node cluster: etcd, the control plane and the agent.
+    Up(cluster::UpArgs),
+    /// Stop the cluster that `up` started and remove what it made at run time.
+    Down(cluster::DownArgs),
+    /// Run every test: set-up first, then the whole workspace's test suite.
+    Test {
+        /// Extra arguments passed to `cargo test` (after `--`, e.g. a test name).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup { check } => setup::run(check),
+        Task::BuildEbpf { release } => ebpf::build(release).map(|path| {
+            println!("eBPF object: {}", path.display());
+        }),
+        Task::Up(args) => cluster::up(args),
+        Task::Down(args) => cluster::down(args),
+        Task::Test { args } => test(&args),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn test(args: &[String]) -> anyhow::Result<()> {
+    setup::run(false)?;
+    cluster::sweep_stale_test_namespaces();
+    util::step("building the workspace");
+    util::cargo(&["build", "--workspace", "--all-targets"])?;
+    util::step("running the tests");
+    let mut cmd = vec!["test", "--workspace"];
+    cmd.extend(args.iter().map(String::as_str));
+    util::cargo(&cmd)
+}

@@ -120,10 +120,12 @@ impl PacketCounter {
             .ok_or_else(|| Error::Missing(format!("map {}", abi::PACKET_COUNT_MAP)))?;
         let counts = PerCpuArray::<_, PacketCount>::try_from(map)?;
         let per_cpu = counts.get(&0, 0)?;
-        Ok(per_cpu.iter().fold(PacketCount::default(), |acc, c| PacketCount {
-            packets: acc.packets + c.packets,
-            bytes: acc.bytes + c.bytes,
-        }))
+        Ok(per_cpu
+            .iter()
+            .fold(PacketCount::default(), |acc, c| PacketCount {
+                packets: acc.packets + c.packets,
+                bytes: acc.bytes + c.bytes,
+            }))
     }
 }
 

@@ -1,0 +1,7 @@
+//! Kubernetes API machinery that works on objects as JSON values: label and
+//! field selectors, the patch formats kubectl sends, server-side tables and
+//! validation. Pure functions, no I/O, so the API server and tests share them.
+
+pub mod patch;
+pub mod selectors;
+pub mod table;
