@@ -1,1 +1,2 @@
-//! Control plane: API server, scheduler, controller-manager.
+//! Control plane: the API server, scheduler and controller-manager.
+pub mod apiserver;

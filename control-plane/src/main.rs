@@ -1,1 +1,32 @@
-fn main() {}
+//! `control-plane`: the API server, scheduler and controller-manager.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "control-plane",
+    version,
+    about = "Kubernetes-compatible control plane over etcd"
+)]
+struct Cli {
+    #[command(subcommand)]
+    component: Component,
+}
+
+#[derive(Subcommand)]
+enum Component {
+    /// The API server: Kubernetes REST and watch over etcd.
+    Apiserver(kestrel_control_plane::apiserver::Config),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match Cli::parse().component {
+        Component::Apiserver(config) => kestrel_control_plane::apiserver::run(config).await,
+    }
+}
