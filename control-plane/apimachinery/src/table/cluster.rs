@@ -1,11 +1,11 @@
-//! Cluster-level and configuration kinds: Nodes, Events, Namespaces,
+//! Cluster-level and configuration kinds: Nodes, Namespaces,
 //! ConfigMaps, Secrets, Leases and ComponentStatuses.
 
 use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use super::fields::{age, at, flag, int, list, map, name, or_none, since, text, timestamp};
+use super::fields::{age, flag, list, map, name, or_none, text};
 use super::{Column, Row, AGE, NAME};
 
 /// Node table columns.
@@ -116,115 +116,6 @@ fn node_address(node: &Value, kind: &str) -> String {
         .find(|a| text(a, &["type"]) == kind)
         .map(|a| text(a, &["address"]));
     found.unwrap_or("<none>").to_string()
-}
-
-/// Event table columns: the default view leads with recency and the
-/// message; identity and counters are wide-only.
-pub(super) const EVENT_COLUMNS: &[Column] = &[
-    Column::new(
-        "Last Seen",
-        "string",
-        "Time since the event was last observed.",
-    ),
-    Column::new("Type", "string", "Event severity: Normal or Warning."),
-    Column::new(
-        "Reason",
-        "string",
-        "Short, machine-readable cause of the event.",
-    ),
-    Column::new(
-        "Object",
-        "string",
-        "Kind and name of the object the event is about.",
-    ),
-    Column::new(
-        "Subobject",
-        "string",
-        "Field path inside the object, such as a specific container.",
-    )
-    .wide(),
-    Column::new(
-        "Source",
-        "string",
-        "Component, and host if known, that reported the event.",
-    )
-    .wide(),
-    Column::new(
-        "Message",
-        "string",
-        "Human-readable description of what happened.",
-    ),
-    Column::new(
-        "First Seen",
-        "string",
-        "Time since the event was first observed.",
-    )
-    .wide(),
-    Column::new("Count", "string", "How many times the event has occurred.").wide(),
-    Column {
-        priority: 1,
-        ..NAME
-    },
-];
-
-/// One event row. Events written through the newer events API carry
-/// `eventTime`/`series` instead of the legacy timestamps and count, so both
-/// shapes are understood.
-pub(super) fn event_row(ev: &Value, now: i64) -> Row {
-    let first = match timestamp(ev, &["firstTimestamp"]) {
-        Some(t) => since(Some(t), now),
-        None => since(timestamp(ev, &["eventTime"]), now),
-    };
-    let mut last = match timestamp(ev, &["lastTimestamp"]) {
-        Some(t) => since(Some(t), now),
-        None => first.clone(),
-    };
-    let mut count = int(ev, &["count"]).unwrap_or(0);
-    if at(ev, &["series"]).is_some() {
-        last = since(timestamp(ev, &["series", "lastObservedTime"]), now);
-        count = int(ev, &["series", "count"]).unwrap_or(0);
-    } else if count == 0 {
-        // Singleton events written by the new API leave count unset.
-        count = 1;
-    }
-    let kind = text(ev, &["involvedObject", "kind"]).to_lowercase();
-    let target = match text(ev, &["involvedObject", "name"]) {
-        "" => kind,
-        n => format!("{kind}/{n}"),
-    };
-    let component = first_non_empty(
-        text(ev, &["source", "component"]),
-        text(ev, &["reportingController"]),
-    );
-    let host = first_non_empty(
-        text(ev, &["source", "host"]),
-        text(ev, &["reportingInstance"]),
-    );
-    let source = if host.is_empty() {
-        component.to_string()
-    } else {
-        format!("{component}, {host}")
-    };
-    Row::new(vec![
-        last.into(),
-        text(ev, &["type"]).into(),
-        text(ev, &["reason"]).into(),
-        target.into(),
-        text(ev, &["involvedObject", "fieldPath"]).into(),
-        source.into(),
-        text(ev, &["message"]).trim().into(),
-        first.into(),
-        count.into(),
-        name(ev),
-    ])
-}
-
-fn first_non_empty<'a>(a: &'a str, b: &'a str) -> &'a str {
-    if a.is_empty() {
-        b
-    } else {
-        a
-    }
 }
 
 /// Namespace table columns.
@@ -451,87 +342,6 @@ mod tests {
             bare[7..],
             [json!("<unknown>"), json!("<unknown>"), json!("<unknown>")]
         );
-    }
-
-    #[test]
-    fn event_columns() {
-        assert_eq!(
-            columns("events"),
-            [
-                ("Last Seen", 0),
-                ("Type", 0),
-                ("Reason", 0),
-                ("Object", 0),
-                ("Subobject", 1),
-                ("Source", 1),
-                ("Message", 0),
-                ("First Seen", 1),
-                ("Count", 1),
-                ("Name", 1),
-            ]
-            .iter()
-            .map(|(n, p)| (n.to_string(), *p))
-            .collect::<Vec<_>>()
-        );
-        let t = render("events", &[], NOW, IncludeObject::None, None);
-        assert_eq!(t["columnDefinitions"][9]["format"], json!("name"));
-    }
-
-    #[test]
-    fn legacy_event_row() {
-        let ev = json!({
-            "metadata": {"name": "web-1.17a"},
-            "involvedObject": {"kind": "Pod", "name": "web-1", "fieldPath": "spec.containers{app}"},
-            "reason": "BackOff", "type": "Warning", "message": "Back-off restarting failed container\n",
-            "source": {"component": "kubelet", "host": "node-a"},
-            "firstTimestamp": "2026-11-28T08:41:37Z", "lastTimestamp": "2026-11-28T08:50:37Z",
-            "count": 7
-        });
-        assert_eq!(
-            event_row(&ev, NOW).cells,
-            vec![
-                json!("60s"),
-                json!("Warning"),
-                json!("BackOff"),
-                json!("pod/web-1"),
-                json!("spec.containers{app}"),
-                json!("kubelet, node-a"),
-                json!("Back-off restarting failed container"),
-                json!("10m"),
-                json!(7),
-                json!("web-1.17a"),
-            ]
-        );
-    }
-
-    #[test]
-    fn new_api_events() {
-        let single = json!({
-            "involvedObject": {"kind": "Node"},
-            "eventTime": "2026-11-28T08:51:30.123456Z",
-            "reportingController": "scheduler", "reportingInstance": "sched-1"
-        });
-        let c = event_row(&single, NOW).cells;
-        assert_eq!(c[0], json!("7s"));
-        assert_eq!(c[3], json!("node"));
-        assert_eq!(c[5], json!("scheduler, sched-1"));
-        assert_eq!(c[7], json!("7s"));
-        assert_eq!(c[8], json!(1));
-
-        let series = json!({
-            "eventTime": "2026-11-28T08:41:37Z",
-            "series": {"count": 4, "lastObservedTime": "2026-11-28T08:51:17Z"},
-            "source": {"component": "kubelet"}
-        });
-        let c = event_row(&series, NOW).cells;
-        assert_eq!(
-            (c[0].clone(), c[5].clone(), c[7].clone(), c[8].clone()),
-            (json!("20s"), json!("kubelet"), json!("10m"), json!(4))
-        );
-
-        let bare = event_row(&json!({}), NOW).cells;
-        assert_eq!(bare[0], json!("<unknown>"));
-        assert_eq!(bare[8], json!(1));
     }
 
     #[test]

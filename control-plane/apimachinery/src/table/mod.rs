@@ -8,6 +8,7 @@
 //! cells and let the client choose.
 
 mod cluster;
+mod events;
 mod fields;
 mod network;
 mod pods;
@@ -80,7 +81,7 @@ pub fn render(
     list_meta: Option<&Value>,
 ) -> Value {
     let printer = printer_for(resource);
-    let columns: Vec<Value> = printer.columns.iter().map(Column::to_json).collect();
+    let columns: Vec<Value> = printer.columns.iter().map(|c| c.to_json()).collect();
     let rows: Vec<Value> = objects
         .iter()
         .map(|obj| {
@@ -150,7 +151,7 @@ impl Column {
         }
     }
 
-    fn to_json(&self) -> Value {
+    fn to_json(self) -> Value {
         json!({
             "name": self.name,
             "type": self.kind,
@@ -239,31 +240,33 @@ impl Row {
     }
 }
 
+/// Builds one object's row from the object and the current Unix time.
+type RowFn = fn(&Value, i64) -> Row;
+
 /// Columns plus the function producing one row's cells (one per column).
 struct Printer {
     columns: &'static [Column],
-    row: fn(&Value, i64) -> Row,
+    row: RowFn,
 }
 
 fn printer_for(resource: &str) -> Printer {
-    let (columns, row): (&'static [Column], fn(&Value, i64) -> Row) =
-        match resource.to_ascii_lowercase().as_str() {
-            "pods" => (pods::COLUMNS, pods::row),
-            "nodes" => (cluster::NODE_COLUMNS, cluster::node_row),
-            "services" => (network::SERVICE_COLUMNS, network::service_row),
-            "endpoints" => (network::ENDPOINTS_COLUMNS, network::endpoints_row),
-            "endpointslices" => (network::SLICE_COLUMNS, network::slice_row),
-            "deployments" => (workloads::DEPLOYMENT_COLUMNS, workloads::deployment_row),
-            "replicasets" => (workloads::REPLICASET_COLUMNS, workloads::replicaset_row),
-            "replicationcontrollers" => (workloads::RC_COLUMNS, workloads::rc_row),
-            "events" => (cluster::EVENT_COLUMNS, cluster::event_row),
-            "namespaces" => (cluster::NAMESPACE_COLUMNS, cluster::namespace_row),
-            "configmaps" => (cluster::CONFIGMAP_COLUMNS, cluster::configmap_row),
-            "secrets" => (cluster::SECRET_COLUMNS, cluster::secret_row),
-            "leases" => (cluster::LEASE_COLUMNS, cluster::lease_row),
-            "componentstatuses" => (cluster::COMPONENT_COLUMNS, cluster::component_row),
-            _ => (GENERIC_COLUMNS, generic_row),
-        };
+    let (columns, row): (&'static [Column], RowFn) = match resource.to_ascii_lowercase().as_str() {
+        "pods" => (pods::COLUMNS, pods::row),
+        "nodes" => (cluster::NODE_COLUMNS, cluster::node_row),
+        "services" => (network::SERVICE_COLUMNS, network::service_row),
+        "endpoints" => (network::ENDPOINTS_COLUMNS, network::endpoints_row),
+        "endpointslices" => (network::SLICE_COLUMNS, network::slice_row),
+        "deployments" => (workloads::DEPLOYMENT_COLUMNS, workloads::deployment_row),
+        "replicasets" => (workloads::REPLICASET_COLUMNS, workloads::replicaset_row),
+        "replicationcontrollers" => (workloads::RC_COLUMNS, workloads::rc_row),
+        "events" => (events::COLUMNS, events::row),
+        "namespaces" => (cluster::NAMESPACE_COLUMNS, cluster::namespace_row),
+        "configmaps" => (cluster::CONFIGMAP_COLUMNS, cluster::configmap_row),
+        "secrets" => (cluster::SECRET_COLUMNS, cluster::secret_row),
+        "leases" => (cluster::LEASE_COLUMNS, cluster::lease_row),
+        "componentstatuses" => (cluster::COMPONENT_COLUMNS, cluster::component_row),
+        _ => (GENERIC_COLUMNS, generic_row),
+    };
     Printer { columns, row }
 }
 

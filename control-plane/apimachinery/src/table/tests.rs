@@ -83,12 +83,24 @@ fn envelope_and_list_metadata() {
 #[test]
 fn row_objects_follow_include_policy() {
     let p = pod();
-    let t = render("pods", &[p.clone()], NOW, IncludeObject::Metadata, None);
+    let t = render(
+        "pods",
+        std::slice::from_ref(&p),
+        NOW,
+        IncludeObject::Metadata,
+        None,
+    );
     assert_eq!(
         t["rows"][0]["object"],
         json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": p["metadata"]})
     );
-    let t = render("pods", &[p.clone()], NOW, IncludeObject::Object, None);
+    let t = render(
+        "pods",
+        std::slice::from_ref(&p),
+        NOW,
+        IncludeObject::Object,
+        None,
+    );
     assert_eq!(t["rows"][0]["object"], p);
     let t = render("widgets", &[json!(42)], NOW, IncludeObject::Metadata, None);
     assert_eq!(t["rows"][0]["object"]["metadata"], json!({}));
@@ -138,7 +150,13 @@ fn pod_table_row() {
 fn generic_resources_get_name_and_age() {
     let obj = json!({"metadata": {"name": "thing", "creationTimestamp": "2026-11-28T05:51:37Z"}});
     for resource in ["widgets", "customresourcedefinitions", ""] {
-        let t = render(resource, &[obj.clone()], NOW, IncludeObject::None, None);
+        let t = render(
+            resource,
+            std::slice::from_ref(&obj),
+            NOW,
+            IncludeObject::None,
+            None,
+        );
         let names: Vec<&str> = t["columnDefinitions"]
             .as_array()
             .unwrap()

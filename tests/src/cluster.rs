@@ -1,0 +1,108 @@
+//! A control plane for tests: a real etcd and the real `control-plane`
+//! binary, reached by the real kubectl.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::etcd::Etcd;
+use crate::kubectl::Kubectl;
+use crate::ports::free_port;
+use crate::process::{wait_for, Guarded};
+
+/// Path of a binary built from this workspace (`cargo build --workspace`).
+pub fn binary(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::workspace_root().join("target"));
+    let path = target.join("debug").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (`cargo build --workspace`, which `cargo xtask test` does)",
+        path.display()
+    );
+    path
+}
+
+/// etcd plus an API server on a plain-HTTP loopback port, and a kubeconfig.
+pub struct ControlPlane {
+    pub etcd: Etcd,
+    apiserver: Option<Guarded>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl ControlPlane {
+    /// Starts etcd and the API server and waits until it is ready.
+    pub fn start() -> anyhow::Result<Self> {
+        let etcd = Etcd::start()?;
+        let dir = tempfile::Builder::new().prefix("kestrel-cp-").tempdir()?;
+        let mut cp = Self {
+            etcd,
+            apiserver: None,
+            port: free_port(),
+            dir,
+        };
+        let kubeconfig = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\nusers:\n- name: admin\n  user: {{}}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: admin\ncurrent-context: test\n",
+            cp.url()
+        );
+        std::fs::write(cp.kubeconfig(), kubeconfig)?;
+        cp.start_apiserver()?;
+        Ok(cp)
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The admin kubeconfig for this control plane.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
+
+    /// kubectl pointed at this control plane.
+    pub fn kubectl(&self) -> Kubectl {
+        Kubectl::new(&self.kubeconfig()).expect("kubectl is installed")
+    }
+
+    /// The API server's log so far.
+    pub fn apiserver_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("apiserver.log")).unwrap_or_default()
+    }
+
+    /// (Re)starts the API server on the same port.
+    pub fn start_apiserver(&mut self) -> anyhow::Result<()> {
+        self.apiserver = None;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("apiserver.log"))?;
+        let child = Guarded::spawn(
+            "apiserver",
+            Command::new(binary("control-plane"))
+                .args(["apiserver", "--etcd-servers", &self.etcd.client_url()])
+                .arg(format!("--insecure-bind-address=127.0.0.1:{}", self.port))
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log),
+        )?;
+        self.apiserver = Some(child);
+        let url = format!("127.0.0.1:{}", self.port);
+        let ready = wait_for(Duration::from_secs(30), || {
+            std::net::TcpStream::connect(&url).ok().map(|_| ())
+        });
+        anyhow::ensure!(
+            ready.is_some(),
+            "apiserver did not listen on {url}:\n{}",
+            self.apiserver_log()
+        );
+        Ok(())
+    }
+
+    /// Kills the API server (SIGKILL).
+    pub fn kill_apiserver(&mut self) {
+        self.apiserver = None;
+    }
+}
