@@ -28,6 +28,9 @@ pub struct UpArgs {
     /// etcd client port on 127.0.0.1.
     #[arg(long, default_value_t = 2379)]
     etcd_port: u16,
+    /// API server port on 127.0.0.1.
+    #[arg(long, default_value_t = 6443)]
+    apiserver_port: u16,
     /// Build and run debug binaries (faster to build, slower to run).
     #[arg(long)]
     debug: bool,
@@ -157,9 +160,31 @@ fn reap() {
 }
 
 const ETCD: Component = Component { name: "etcd" };
+const APISERVER: Component = Component { name: "apiserver" };
 
 /// Components in start order; `down` stops them in reverse.
-const ALL: &[Component] = &[ETCD];
+const ALL: &[Component] = &[ETCD, APISERVER];
+
+/// Asks `GET path` of a plain-HTTP server on loopback; true on a 200.
+fn http_ok(port: u16, path: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    s.read(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.1 200")
+}
+
+fn kubeconfig(port: u16) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: kestrel\n  cluster:\n    server: http://127.0.0.1:{port}\nusers:\n- name: admin\n  user: {{}}\ncontexts:\n- name: kestrel\n  context:\n    cluster: kestrel\n    user: admin\ncurrent-context: kestrel\n"
+    )
+}
 
 pub fn up(args: UpArgs) -> anyhow::Result<()> {
     crate::setup::run(false)?;
@@ -192,12 +217,37 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         ]))
     })?;
 
+    util::step("starting the API server");
+    let profile = if args.debug { "debug" } else { "release" };
+    let bin = util::root()
+        .join("target")
+        .join(profile)
+        .join("control-plane");
+    APISERVER.start(
+        Command::new(&bin)
+            .arg("apiserver")
+            .arg(format!("--etcd-servers={etcd_url}"))
+            .arg(format!(
+                "--insecure-bind-address=127.0.0.1:{}",
+                args.apiserver_port
+            )),
+    )?;
+    APISERVER.wait_ready(Duration::from_secs(30), || {
+        http_ok(args.apiserver_port, "/readyz")
+    })?;
+    let kubeconfig_path = state_dir().join("kubeconfig");
+    std::fs::write(&kubeconfig_path, kubeconfig(args.apiserver_port))?;
+
     eprintln!();
     eprintln!(
-        "etcd is ready at {etcd_url} (data in {})",
-        state_dir().join("etcd").display()
+        "the cluster is ready: etcd at {etcd_url}, API server at http://127.0.0.1:{}",
+        args.apiserver_port
     );
-    eprintln!("not there yet: apiserver, scheduler, controller-manager, agent");
+    eprintln!("not there yet: scheduler, controller-manager, node agent (pods stay Pending)");
+    eprintln!();
+    eprintln!("    export KUBECONFIG={}", kubeconfig_path.display());
+    eprintln!("    kubectl get namespaces");
+    eprintln!();
 
     if args.detach {
         eprintln!("the cluster keeps running; stop it with `cargo xtask down`");

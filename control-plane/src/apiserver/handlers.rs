@@ -1113,14 +1113,7 @@ async fn delete_one(
             .as_array()
             .cloned()
             .unwrap_or_default();
-        let policy = opts
-            .propagation
-            .as_deref()
-            .unwrap_or(if target.res.kind == "Namespace" {
-                "Background"
-            } else {
-                "Background"
-            });
+        let policy = opts.propagation.as_deref().unwrap_or("Background");
         let add = match policy {
             "Foreground" => Some("foregroundDeletion"),
             "Orphan" => Some("orphan"),
@@ -1274,7 +1267,7 @@ pub async fn dispatch(
     if let Some(s) = sub {
         let allowed = target.res.subresource(s).map(|s| s.verbs).unwrap_or(&[]);
         let verb = request::verb(method, target, query);
-        if !allowed.contains(&verb) && !(s == "exec" && verb == "get") {
+        if !(allowed.contains(&verb) || s == "exec" && verb == "get") {
             return Err(ApiError::method_not_allowed(format!(
                 "{verb} is not supported on {}/{s}",
                 target.res.plural

@@ -42,6 +42,9 @@ pub struct WatchCache {
     inner: Mutex<Inner>,
 }
 
+/// Events a watcher missed so far, and the receiver for those to come.
+pub type Subscription = (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>);
+
 /// Returned when a client asks to resume from a revision the cache no longer has.
 #[derive(Debug)]
 pub struct TooOld {
@@ -77,10 +80,7 @@ impl WatchCache {
 
     /// Events after `rev` that the cache holds, and a receiver for the rest.
     /// Both are taken under one lock so nothing falls between them.
-    pub fn subscribe(
-        &self,
-        rev: i64,
-    ) -> Result<(Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>), TooOld> {
+    pub fn subscribe(&self, rev: i64) -> Result<Subscription, TooOld> {
         let inner = self.lock();
         if rev < inner.complete_after {
             return Err(TooOld {
