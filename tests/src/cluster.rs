@@ -84,6 +84,7 @@ impl ControlPlane {
             Command::new(binary("control-plane"))
                 .args(["apiserver", "--etcd-servers", &self.etcd.client_url()])
                 .arg(format!("--insecure-bind-address=127.0.0.1:{}", self.port))
+                .arg("--no-tls")
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log),

@@ -165,27 +165,6 @@ const APISERVER: Component = Component { name: "apiserver" };
 /// Components in start order; `down` stops them in reverse.
 const ALL: &[Component] = &[ETCD, APISERVER];
 
-/// Asks `GET path` of a plain-HTTP server on loopback; true on a 200.
-fn http_ok(port: u16, path: &str) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    if s.write_all(req.as_bytes()).is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 16];
-    s.read(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.1 200")
-}
-
-fn kubeconfig(port: u16) -> String {
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: kestrel\n  cluster:\n    server: http://127.0.0.1:{port}\nusers:\n- name: admin\n  user: {{}}\ncontexts:\n- name: kestrel\n  context:\n    cluster: kestrel\n    user: admin\ncurrent-context: kestrel\n"
-    )
-}
-
 pub fn up(args: UpArgs) -> anyhow::Result<()> {
     crate::setup::run(false)?;
     util::step("building the binaries");
@@ -223,24 +202,29 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         .join("target")
         .join(profile)
         .join("control-plane");
+    let kubeconfig_path = state_dir().join("kubeconfig");
     APISERVER.start(
         Command::new(&bin)
             .arg("apiserver")
             .arg(format!("--etcd-servers={etcd_url}"))
-            .arg(format!(
-                "--insecure-bind-address=127.0.0.1:{}",
-                args.apiserver_port
-            )),
+            .arg(format!("--bind-address=127.0.0.1:{}", args.apiserver_port))
+            .arg(format!("--cert-dir={}", state_dir().join("pki").display()))
+            .arg(format!("--admin-kubeconfig={}", kubeconfig_path.display())),
     )?;
+    // Ready when the admin, through TLS and its client certificate, is answered.
     APISERVER.wait_ready(Duration::from_secs(30), || {
-        http_ok(args.apiserver_port, "/readyz")
+        kubeconfig_path.exists()
+            && util::succeeds(
+                Command::new(kubectl_path())
+                    .arg("--kubeconfig")
+                    .arg(&kubeconfig_path)
+                    .args(["get", "--raw", "/readyz"]),
+            )
     })?;
-    let kubeconfig_path = state_dir().join("kubeconfig");
-    std::fs::write(&kubeconfig_path, kubeconfig(args.apiserver_port))?;
 
     eprintln!();
     eprintln!(
-        "the cluster is ready: etcd at {etcd_url}, API server at http://127.0.0.1:{}",
+        "the cluster is ready: etcd at {etcd_url}, API server at https://127.0.0.1:{}",
         args.apiserver_port
     );
     eprintln!("not there yet: scheduler, controller-manager, node agent (pods stay Pending)");

@@ -14,6 +14,7 @@ pub const PACKAGES: &[&str] = &[
     "protobuf-compiler",           // etcd's gRPC API is generated at build time
     "iproute2",                    // ip/tc in tests and clusters
     "iputils-ping",                // connectivity checks in tests
+    "curl",                        // raw HTTPS checks in tests
     "busybox-static",              // the busybox image tests run
     "iperf3",                      // throughput benchmarks
     "docker-registry",             // an OCI registry on loopback for image pulls

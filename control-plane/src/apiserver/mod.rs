@@ -3,6 +3,7 @@
 //! start it in-process or as the `control-plane apiserver` binary.
 
 mod allocator;
+pub mod auth;
 mod componentstatus;
 mod defaults;
 pub mod discovery;
@@ -36,6 +37,27 @@ pub struct Config {
     /// tests and local experiments: every request is treated as the admin.
     #[arg(long)]
     pub insecure_bind_address: Option<SocketAddr>,
+    /// Address and port of the HTTPS listener (client certificates or tokens).
+    #[arg(long, default_value = "0.0.0.0:6443")]
+    pub bind_address: SocketAddr,
+    /// Serve no HTTPS at all (only with --insecure-bind-address, for tests).
+    #[arg(long)]
+    pub no_tls: bool,
+    /// Where the CA, serving and admin certificates live; made on first start.
+    #[arg(long, default_value = "/var/lib/kestrel/pki")]
+    pub cert_dir: std::path::PathBuf,
+    /// Extra names or addresses for the serving certificate (repeatable).
+    #[arg(long = "tls-san")]
+    pub tls_sans: Vec<String>,
+    /// Write an admin kubeconfig (client certificate) to this path.
+    #[arg(long)]
+    pub admin_kubeconfig: Option<std::path::PathBuf>,
+    /// The server URL put in the admin kubeconfig (default https://127.0.0.1:PORT).
+    #[arg(long)]
+    pub advertise_url: Option<String>,
+    /// Bearer tokens, one per line: token,user,uid[,"group1,group2"].
+    #[arg(long)]
+    pub token_auth_file: Option<std::path::PathBuf>,
     /// ClusterIP range for Services.
     #[arg(long, default_value = "10.96.0.0/12")]
     pub service_cluster_ip_range: String,
@@ -45,6 +67,7 @@ pub struct Config {
 
 /// Shared by every request.
 pub struct Inner {
+    pub tokens: auth::Tokens,
     pub storage: Storage,
     pub cache: Arc<watch::WatchCache>,
     pub config: Config,
@@ -64,7 +87,9 @@ pub async fn build(mut config: Config) -> anyhow::Result<State> {
         .map_err(|e| anyhow::anyhow!("connecting to etcd at {:?}: {e}", config.etcd_servers))?;
     seed(&storage).await?;
     let cache = watch::WatchCache::start(storage.clone()).await?;
+    let tokens = auth::Tokens::load(config.token_auth_file.as_deref())?;
     Ok(Arc::new(Inner {
+        tokens,
         storage,
         cache,
         config,
@@ -106,6 +131,23 @@ fn ok_json(v: Value) -> Response {
 async fn route(axum::extract::State(state): axum::extract::State<State>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
+    let user = parts
+        .extensions
+        .get::<auth::ConnUser>()
+        .and_then(|c| c.0.clone())
+        .or_else(|| {
+            let h = parts
+                .headers
+                .get(axum::http::header::AUTHORIZATION)?
+                .to_str()
+                .ok()?;
+            state.tokens.user(h.strip_prefix("Bearer ")?.trim())
+        });
+    let Some(user) =
+        user.or_else(|| auth::public_path(&parts.method, &path).then(auth::User::admin))
+    else {
+        return ApiError::unauthorized().into_response();
+    };
     let query = request::Query::parse(parts.uri.query());
     let started = std::time::Instant::now();
     let resp = match (parts.method.clone(), path.as_str()) {
@@ -131,6 +173,9 @@ async fn route(axum::extract::State(state): axum::extract::State<State>, req: Re
             None => ApiError::path_not_found(p).into_response(),
             Some(Err(e)) => e.into_response(),
             Some(Ok(target)) => {
+                if let Err(e) = authorize(&state, &user, &method, &target, &query).await {
+                    return e.into_response();
+                }
                 let body = match axum::body::to_bytes(body, request::MAX_BODY).await {
                     Ok(b) => b,
                     Err(_) => return ApiError::too_large(request::MAX_BODY).into_response(),
@@ -148,6 +193,33 @@ async fn route(axum::extract::State(state): axum::extract::State<State>, req: Re
     resp
 }
 
+/// Checks `user` against the target; for a node writing a pod, the pod's
+/// node is read first.
+async fn authorize(
+    state: &State,
+    user: &auth::User,
+    method: &Method,
+    target: &request::Target,
+    query: &request::Query,
+) -> Result<(), ApiError> {
+    let verb = request::verb(method, target, query);
+    let mut pod_node = None;
+    if user.node_name().is_some()
+        && target.res.plural == "pods"
+        && target.name.is_some()
+        && !matches!(verb, "get" | "list" | "watch")
+    {
+        if let Ok(Some(p)) = state.storage.get(&target.key()).await {
+            pod_node = p
+                .value
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+        }
+    }
+    auth::authorize(user, verb, target, pod_node.as_deref())
+}
+
 fn discovery_path(p: &str) -> Option<Value> {
     let parts: Vec<&str> = p.trim_matches('/').split('/').collect();
     match parts.as_slice() {
@@ -158,20 +230,93 @@ fn discovery_path(p: &str) -> Option<Value> {
     }
 }
 
-/// Serves until the process is stopped.
+/// Serves until the process is stopped: HTTPS unless `--no-tls`, and plain
+/// HTTP (everyone is admin) only when `--insecure-bind-address` is given.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !config.no_tls || config.insecure_bind_address.is_some(),
+        "--no-tls leaves nothing to serve: give --insecure-bind-address too"
+    );
     let state = build(config.clone()).await?;
     let app = router(state);
-    let Some(addr) = config.insecure_bind_address else {
-        anyhow::bail!("no listener configured: pass --insecure-bind-address");
-    };
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "serving plain HTTP (no authentication)");
-    axum::serve(listener, app).await?;
-    Ok(())
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(addr) = config.insecure_bind_address {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        tracing::warn!(%addr, "serving plain HTTP: every request there is treated as the admin");
+        let app = app
+            .clone()
+            .layer(axum::Extension(auth::ConnUser(Some(auth::User::admin()))));
+        tasks.spawn(async move {
+            axum::serve(listener, app)
+                .await
+                .map_err(anyhow::Error::from)
+        });
+    }
+    if !config.no_tls {
+        let pki = auth::ensure_pki(&config.cert_dir, &config.tls_sans)?;
+        let listener = tokio::net::TcpListener::bind(config.bind_address).await?;
+        let port = listener.local_addr()?.port();
+        if let Some(path) = &config.admin_kubeconfig {
+            let server = config
+                .advertise_url
+                .clone()
+                .unwrap_or_else(|| format!("https://127.0.0.1:{port}"));
+            let kc = auth::admin_kubeconfig(&pki, &server)?;
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(path, kc)?;
+            tracing::info!(path = %path.display(), "wrote the admin kubeconfig");
+        }
+        let tls = tokio_rustls::TlsAcceptor::from(auth::server_config(&pki)?);
+        tracing::info!(addr = %listener.local_addr()?, "serving HTTPS");
+        tasks.spawn(serve_tls(listener, tls, app));
+    }
+    match tasks.join_next().await {
+        Some(r) => r?,
+        None => Ok(()),
+    }
 }
 
-#[allow(dead_code)]
-fn empty() -> Body {
-    Body::empty()
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    tls: tokio_rustls::TlsAcceptor,
+    app: axum::Router,
+) -> anyhow::Result<()> {
+    use tower::ServiceExt;
+    loop {
+        let (tcp, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let tls = tls.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let Ok(Ok(stream)) =
+                tokio::time::timeout(std::time::Duration::from_secs(10), tls.accept(tcp)).await
+            else {
+                return;
+            };
+            let user = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| auth::user_from_cert(c.as_ref()));
+            let service = hyper::service::service_fn(
+                move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(auth::ConnUser(user.clone()));
+                    app.clone().oneshot(req.map(Body::new))
+                },
+            );
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+        });
+    }
 }

@@ -1,0 +1,331 @@
+//! TLS, authentication and authorization.
+//!
+//! On first start the API server makes a CA, a serving certificate and an
+//! admin client certificate in `--cert-dir` and writes an admin
+//! kubeconfig; later starts reuse them. Clients authenticate with a
+//! certificate signed by that CA (CN = user, O = groups) or a bearer token
+//! from `--token-auth-file`. Anonymous requests are refused.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::http::Method;
+use base64::Engine;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+
+use super::errors::ApiError;
+use super::request::Target;
+
+/// Who is making a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub groups: Vec<String>,
+}
+
+impl User {
+    /// The identity of the unauthenticated plain-HTTP test port.
+    pub fn admin() -> Self {
+        Self {
+            name: "kubernetes-admin".into(),
+            groups: vec!["system:masters".into(), "system:authenticated".into()],
+        }
+    }
+
+    /// For `system:node:NAME` users in `system:nodes`, the node's name.
+    pub fn node_name(&self) -> Option<&str> {
+        if self.groups.iter().any(|g| g == "system:nodes") {
+            self.name.strip_prefix("system:node:")
+        } else {
+            None
+        }
+    }
+}
+
+/// The identity a connection's client certificate proved, if any.
+#[derive(Clone, Debug)]
+pub struct ConnUser(pub Option<User>);
+
+/// Files in the certificate directory.
+pub struct Pki {
+    pub dir: PathBuf,
+}
+
+impl Pki {
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+    fn ca_key(&self) -> PathBuf {
+        self.dir.join("ca.key")
+    }
+    pub fn serving_cert(&self) -> PathBuf {
+        self.dir.join("apiserver.crt")
+    }
+    fn serving_key(&self) -> PathBuf {
+        self.dir.join("apiserver.key")
+    }
+    fn admin_cert(&self) -> PathBuf {
+        self.dir.join("admin.crt")
+    }
+    fn admin_key(&self) -> PathBuf {
+        self.dir.join("admin.key")
+    }
+}
+
+fn write_private(path: &Path, data: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(data.as_bytes())?;
+    Ok(())
+}
+
+fn client_params(cn: &str, orgs: &[&str]) -> anyhow::Result<CertificateParams> {
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    p.distinguished_name.push(DnType::CommonName, cn);
+    for o in orgs {
+        p.distinguished_name.push(DnType::OrganizationName, *o);
+    }
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    p.not_after = rcgen::date_time_ymd(2099, 1, 1);
+    Ok(p)
+}
+
+/// Makes the CA, serving and admin certificates unless they exist.
+/// `sans` are extra names and addresses for the serving certificate.
+pub fn ensure_pki(dir: &Path, sans: &[String]) -> anyhow::Result<Pki> {
+    let pki = Pki {
+        dir: dir.to_path_buf(),
+    };
+    if pki.ca_cert().exists() && pki.serving_cert().exists() && pki.admin_cert().exists() {
+        return Ok(pki);
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.distinguished_name.push(DnType::CommonName, "kestrel-ca");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca.not_after = rcgen::date_time_ymd(2099, 1, 1);
+    let ca_cert = ca.self_signed(&ca_key)?;
+
+    let mut names = vec![
+        "localhost".to_string(),
+        "kubernetes".into(),
+        "kubernetes.default".into(),
+        "kubernetes.default.svc".into(),
+    ];
+    if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        names.push(h.trim().to_string());
+    }
+    let mut serving = CertificateParams::new(Vec::<String>::new())?;
+    serving
+        .distinguished_name
+        .push(DnType::CommonName, "kube-apiserver");
+    for n in names.iter().chain(sans.iter()) {
+        match n.parse::<IpAddr>() {
+            Ok(ip) => serving.subject_alt_names.push(SanType::IpAddress(ip)),
+            Err(_) => serving
+                .subject_alt_names
+                .push(SanType::DnsName(n.clone().try_into()?)),
+        }
+    }
+    for ip in ["127.0.0.1", "::1", "10.96.0.1"] {
+        serving
+            .subject_alt_names
+            .push(SanType::IpAddress(ip.parse()?));
+    }
+    serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    serving.not_after = rcgen::date_time_ymd(2099, 1, 1);
+    let serving_key = KeyPair::generate()?;
+    let serving_cert = serving.signed_by(&serving_key, &ca_cert, &ca_key)?;
+
+    let admin_key = KeyPair::generate()?;
+    let admin_cert = client_params("kubernetes-admin", &["system:masters"])?
+        .signed_by(&admin_key, &ca_cert, &ca_key)?;
+
+    write_private(&pki.ca_key(), &ca_key.serialize_pem())?;
+    write_private(&pki.serving_key(), &serving_key.serialize_pem())?;
+    write_private(&pki.admin_key(), &admin_key.serialize_pem())?;
+    std::fs::write(pki.serving_cert(), serving_cert.pem())?;
+    std::fs::write(pki.admin_cert(), admin_cert.pem())?;
+    // Written last: its presence means the set is complete.
+    std::fs::write(pki.ca_cert(), ca_cert.pem())?;
+    Ok(pki)
+}
+
+/// An admin kubeconfig for `server` using the admin client certificate.
+pub fn admin_kubeconfig(pki: &Pki, server: &str) -> anyhow::Result<String> {
+    let b64 = |p: PathBuf| -> anyhow::Result<String> {
+        Ok(base64::engine::general_purpose::STANDARD
+            .encode(std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?))
+    };
+    Ok(format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: kestrel\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\nusers:\n- name: kubernetes-admin\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: kestrel\n  context:\n    cluster: kestrel\n    user: kubernetes-admin\ncurrent-context: kestrel\n",
+        b64(pki.ca_cert())?,
+        b64(pki.admin_cert())?,
+        b64(pki.admin_key())?,
+    ))
+}
+
+/// The rustls server configuration: our serving certificate, and client
+/// certificates verified against our CA but not required (tokens work too).
+pub fn server_config(pki: &Pki) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let read_certs =
+        |p: PathBuf| -> anyhow::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+            let data = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+            Ok(rustls_pemfile::certs(&mut data.as_slice()).collect::<Result<_, _>>()?)
+        };
+    let mut roots = rustls::RootCertStore::empty();
+    for c in read_certs(pki.ca_cert())? {
+        roots.add(c)?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()?;
+    let key_data = std::fs::read(pki.serving_key())?;
+    let key = rustls_pemfile::private_key(&mut key_data.as_slice())?
+        .ok_or_else(|| anyhow::anyhow!("no private key in {}", pki.serving_key().display()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(read_certs(pki.serving_cert())?, key)?;
+    // HTTP/1.1 only: exec and port-forward upgrade the connection.
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// The user a verified client certificate names (CN = user, O = groups).
+pub fn user_from_cert(der: &[u8]) -> Option<User> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let subject = cert.subject();
+    let name = subject
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    let mut groups: Vec<String> = subject
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok().map(str::to_string))
+        .collect();
+    groups.push("system:authenticated".into());
+    Some(User { name, groups })
+}
+
+/// Bearer tokens from a CSV file: `token,user,uid[,"group1,group2"]`.
+#[derive(Default)]
+pub struct Tokens(Vec<(String, User)>);
+
+impl Tokens {
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut out = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (head, groups) = match line.split_once(",\"") {
+                Some((h, g)) => (h, g.trim_end_matches('"')),
+                None => (line, ""),
+            };
+            let fields: Vec<&str> = head.split(',').collect();
+            anyhow::ensure!(
+                fields.len() >= 2,
+                "{}:{}: expected token,user,uid[,\"groups\"]",
+                path.display(),
+                n + 1
+            );
+            let mut groups: Vec<String> = groups
+                .split(',')
+                .map(str::trim)
+                .filter(|g| !g.is_empty())
+                .map(str::to_string)
+                .collect();
+            groups.push("system:authenticated".into());
+            out.push((
+                fields[0].to_string(),
+                User {
+                    name: fields[1].to_string(),
+                    groups,
+                },
+            ));
+        }
+        Ok(Self(out))
+    }
+
+    pub fn user(&self, token: &str) -> Option<User> {
+        self.0
+            .iter()
+            .find(|(t, _)| t == token)
+            .map(|(_, u)| u.clone())
+    }
+}
+
+/// Decides whether `user` may do `verb` on `target`. Admins (system:masters)
+/// may do everything; a node may read, write its own Node and Lease, write
+/// the status of its own pods (checked by the caller through `pod_node`),
+/// and create events.
+pub fn authorize(
+    user: &User,
+    verb: &str,
+    target: &Target,
+    pod_node: Option<&str>,
+) -> Result<(), ApiError> {
+    if user.groups.iter().any(|g| g == "system:masters") {
+        return Ok(());
+    }
+    let res = target.res.plural;
+    let ns = target.namespace.as_deref().unwrap_or("");
+    let deny = |why: &str| Err(ApiError::forbidden(&user.name, verb, res, ns, why));
+    let Some(node) = user.node_name() else {
+        return deny("no rule allows this user");
+    };
+    if matches!(verb, "get" | "list" | "watch") {
+        return Ok(());
+    }
+    let own = target.name.as_deref() == Some(node);
+    match (res, target.sub.as_deref()) {
+        ("nodes", _) if own || (verb == "create") => Ok(()),
+        ("leases", None) if ns == "kube-node-lease" && (own || verb == "create") => Ok(()),
+        ("pods", Some("status")) if pod_node == Some(node) => Ok(()),
+        ("pods", None) if verb == "delete" && pod_node == Some(node) => Ok(()),
+        ("events", None) if verb == "create" || verb == "patch" || verb == "update" => Ok(()),
+        _ => deny(&format!(
+            "node {node:?} may only write its own Node, Lease and pods' status"
+        )),
+    }
+}
+
+/// Whether a path may be read without credentials (health checks only).
+pub fn public_path(method: &Method, path: &str) -> bool {
+    method == Method::GET && matches!(path, "/healthz" | "/livez" | "/readyz")
+}
