@@ -1,1 +1,55 @@
-fn main() {}
+//! `agent`: the node agent. Today it loads and inspects the eBPF object;
+//! node registration and pods come next.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "agent",
+    version,
+    about = "Node agent: pods with libcontainer, networking with eBPF"
+)]
+struct Cli {
+    /// Load this eBPF object instead of the one embedded at build time.
+    #[arg(long, global = true)]
+    ebpf_object: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect the eBPF datapath.
+    Bpf {
+        #[command(subcommand)]
+        command: BpfCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BpfCommand {
+    /// Load the eBPF object into the kernel (needs root), list its programs
+    /// and maps, and unload it: a check that this kernel accepts it.
+    Check,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Bpf {
+            command: BpfCommand::Check,
+        } => {
+            let object = kestrel_agent::ebpf::object(cli.ebpf_object.as_deref())?;
+            let report = kestrel_agent::ebpf::check(&object)?;
+            print!("{report}");
+            Ok(())
+        }
+    }
+}

@@ -78,3 +78,38 @@ fn clsact_filter_is_removed_when_the_counter_is_dropped() {
         .unwrap();
     assert!(!filters.contains("count_packets"), "filter left: {filters}");
 }
+
+#[test]
+fn agent_binary_checks_its_object_and_one_given_by_path() {
+    harness::require_root("loading eBPF programs");
+    let agent = harness::cluster::binary("agent");
+    let out = std::process::Command::new(&agent)
+        .args(["bpf", "check"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("program count_packets (SchedClassifier): loaded"),
+        "{text}"
+    );
+    // A file that is not an eBPF object is refused with a clear error.
+    let bogus = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(bogus.path(), b"not an ELF file").unwrap();
+    let out = std::process::Command::new(&agent)
+        .arg("--ebpf-object")
+        .arg(bogus.path())
+        .args(["bpf", "check"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("eBPF"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

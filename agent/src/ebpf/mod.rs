@@ -177,3 +177,24 @@ pub fn attach_tc(
     )?;
     Ok(AttachMode::Clsact)
 }
+
+/// Loads every program of `object` into the kernel and describes the
+/// programs and maps, one per line; everything is unloaded on return.
+pub fn check(object: &[u8]) -> Result<String, Error> {
+    let mut ebpf = Ebpf::load(object)?;
+    let mut out = String::new();
+    let names: Vec<String> = ebpf.programs().map(|(n, _)| n.to_string()).collect();
+    for name in names {
+        if let Some(prog) = ebpf.program_mut(&name) {
+            let kind = format!("{:?}", prog.prog_type());
+            if let Ok(p) = <&mut SchedClassifier>::try_from(prog) {
+                p.load()?;
+            }
+            out.push_str(&format!("program {name} ({kind}): loaded\n"));
+        }
+    }
+    for (name, _) in ebpf.maps() {
+        out.push_str(&format!("map {name}\n"));
+    }
+    Ok(out)
+}
