@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask <task>`. Run `cargo xtask --help`.
 
+mod bench;
 mod cluster;
 mod ebpf;
 mod setup;
@@ -35,6 +36,9 @@ enum Task {
     Up(cluster::UpArgs),
     /// Stop the cluster that `up` started and remove what it made at run time.
     Down(cluster::DownArgs),
+    /// Build in release and run a benchmark; writes target/bench/<what>.md.
+    #[command(subcommand)]
+    Bench(bench::Bench),
     /// Run every test: set-up first, then the whole workspace's test suite.
     Test {
         /// Extra arguments passed to `cargo test` (after `--`, e.g. a test name).
@@ -52,6 +56,7 @@ fn main() {
         }),
         Task::Up(args) => cluster::up(args),
         Task::Down(args) => cluster::down(args),
+        Task::Bench(what) => bench::run(what),
         Task::Test { args } => test(&args),
     };
     if let Err(e) = result {
@@ -68,5 +73,12 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     util::step("running the tests");
     let mut cmd = vec!["test", "--workspace"];
     cmd.extend(args.iter().map(String::as_str));
-    util::cargo(&cmd)
+    let result = util::cargo_tally(&cmd);
+    // One closing line over every test binary, so the total is not lost
+    // among the per-binary summaries.
+    if let Ok((passed, failed)) = &result {
+        println!("tests: {passed} passed, {failed} failed");
+        anyhow::ensure!(*failed == 0, "{failed} test(s) failed");
+    }
+    result.map(|_| ())
 }

@@ -1,0 +1,58 @@
+//! `cargo xtask bench <what>`: builds the release binaries and runs a
+//! benchmark program from `tests/src/bin/`. Each writes a Markdown table to
+//! stdout and to `target/bench/<what>.md`.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use clap::Subcommand;
+
+use crate::util;
+
+#[derive(Subcommand)]
+pub enum Bench {
+    /// The API server against raw etcd: creates (closed and open loop),
+    /// gets, lists and watch delivery. `-- --help` lists its options.
+    Apiserver {
+        /// Options for the bench program, e.g. `--duration 3 --concurrency 8`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// `$CARGO_TARGET_DIR` or the workspace's `target/`, where cargo puts the binaries.
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => util::root().join(d),
+        None => util::root().join("target"),
+    }
+}
+
+pub fn run(bench: Bench) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        util::succeeds(Command::new("etcd").arg("--version")),
+        "etcd is not installed: run `cargo xtask setup` first"
+    );
+    util::step("building the release binaries");
+    util::cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "kestrel-control-plane",
+        "-p",
+        "kestrel-tests",
+        "--bins",
+    ])?;
+    let release = target_dir().join("release");
+    match bench {
+        Bench::Apiserver { args } => {
+            util::step("running bench-apiserver");
+            let mut cmd = Command::new(release.join("bench-apiserver"));
+            if !args.iter().any(|a| a.starts_with("--apiserver-bin")) {
+                cmd.arg("--apiserver-bin")
+                    .arg(release.join("control-plane"));
+            }
+            util::run(cmd.args(&args).current_dir(util::root()))
+        }
+    }
+}
