@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use bytes::Bytes;
 use clap::Parser;
-use etcd_client::{Compare, CompareOp, ConnectOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -51,7 +51,7 @@ struct Args {
     /// Objects in the namespace the list phase lists.
     #[arg(long, default_value_t = 1000)]
     list_objects: usize,
-    /// Watches open during the watch phase.
+    /// Watches open during the watch phase (0 skips it).
     #[arg(long, default_value_t = 1000)]
     watchers: usize,
     /// Objects created while the watches are open.
@@ -100,7 +100,7 @@ impl Args {
         );
         ensure!(
             (2..=16 << 20).contains(&self.value_size),
-            "--value-size must be 2..=16 MiB"
+            "--value-size must be from 2 B to 16 MiB"
         );
         Ok(())
     }
@@ -297,6 +297,30 @@ impl Env {
         Err(last)
     }
 
+    fn cpu(&self, since: Instant) -> CpuUse {
+        let of = |p: &Option<Proc>| {
+            p.as_ref()
+                .map_or(0.0, |p| process_cpu(&p.child.id().to_string()))
+        };
+        CpuUse {
+            etcd: of(&self.etcd),
+            apiserver: of(&self.apiserver),
+            bench: process_cpu("self"),
+            stalled: cpu_stalled(),
+            wall: since.elapsed().as_secs_f64(),
+        }
+    }
+
+    /// Runs a phase, noting the CPU each process used meanwhile.
+    async fn measured(&mut self, phase: impl Future<Output = Result<Row>>) -> Result<Row> {
+        let t0 = Instant::now();
+        let before = self.cpu(t0);
+        let mut row = phase.await?;
+        row.cpu = Some(self.cpu(t0).minus(before));
+        self.check_alive()?;
+        Ok(row)
+    }
+
     /// Fails with the API server's log when it has died.
     fn check_alive(&mut self) -> Result<()> {
         for p in [self.etcd.as_mut(), self.apiserver.as_mut()]
@@ -429,6 +453,8 @@ struct Row {
     elapsed: Duration,
     errors: u64,
     first_error: Option<String>,
+    /// CPU the processes used during the phase.
+    cpu: Option<CpuUse>,
 }
 
 impl Row {
@@ -459,6 +485,64 @@ impl Row {
 
 fn ms(v: Option<f64>) -> String {
     v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "–".into())
+}
+
+/// CPU seconds used during a phase, and its wall time.
+#[derive(Clone, Copy, Debug, Default)]
+struct CpuUse {
+    etcd: f64,
+    apiserver: f64,
+    bench: f64,
+    /// Time in which some runnable task of the machine (other tenants
+    /// included) waited for a CPU, from /proc/pressure/cpu.
+    stalled: f64,
+    wall: f64,
+}
+
+impl CpuUse {
+    fn minus(self, o: Self) -> Self {
+        Self {
+            etcd: self.etcd - o.etcd,
+            apiserver: self.apiserver - o.apiserver,
+            bench: self.bench - o.bench,
+            stalled: self.stalled - o.stalled,
+            wall: self.wall - o.wall,
+        }
+    }
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// utime + stime of a process in seconds (0 when it cannot be read).
+fn process_cpu(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name, which may hold spaces: state is the first.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / clock_ticks()
+}
+
+/// Seconds in which some task waited for a CPU (0 without PSI).
+fn cpu_stalled() -> f64 {
+    let psi = std::fs::read_to_string("/proc/pressure/cpu").unwrap_or_default();
+    psi.lines()
+        .find(|l| l.starts_with("some "))
+        .and_then(|l| l.split_whitespace().find_map(|f| f.strip_prefix("total=")))
+        .and_then(|t| t.parse::<f64>().ok())
+        .map_or(0.0, |us| us / 1e6)
 }
 
 /// Collects latencies and errors from concurrent tasks.
@@ -494,6 +578,7 @@ impl Sink {
                 .first_error
                 .into_inner()
                 .unwrap_or_else(|p| p.into_inner()),
+            cpu: None,
         }
         .finish()
     }
@@ -618,6 +703,9 @@ struct WatchResult {
 
 const WATCH_PREFIX: &str = "bench-watch-";
 
+/// Pause between the last watch opening and the first create.
+const SETTLE: Duration = Duration::from_millis(200);
+
 /// Reads one watch stream, recording when each `bench-watch-<i>` arrives,
 /// until it has seen `want` of them or `stop` is set.
 async fn read_watch(
@@ -727,6 +815,10 @@ async fn watch_phase(http: &Http, base: &str, a: &Args) -> Result<WatchResult> {
         a.watch_events,
         a.watch_rate
     );
+    // Measure steady delivery, not a stream's first write: the server does
+    // not set TCP_NODELAY, so an event written while the response headers
+    // still wait for the client's delayed ACK is held back up to ~40 ms.
+    tokio::time::sleep(SETTLE).await;
 
     let mut creates = Vec::with_capacity(a.watch_events);
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / a.watch_rate));
@@ -804,6 +896,7 @@ fn watch_rows(w: &WatchResult, watchers: usize) -> (Row, Row, usize) {
             elapsed,
             errors: 0,
             first_error: None,
+            cpu: None,
         }
         .finish()
     };
@@ -861,6 +954,7 @@ async fn run(a: &Args, env: &mut Env) -> Result<Report> {
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     let c = a.concurrency;
+    let open = Duration::from_secs_f64(a.rate_duration);
     let bin = match &a.apiserver_bin {
         Some(b) => b.clone(),
         None => target_dir().join("release").join("control-plane"),
@@ -874,75 +968,108 @@ async fn run(a: &Args, env: &mut Env) -> Result<Report> {
     eprintln!("    etcd {}, API server {}", env.etcd_url, env.api_url);
     let base = env.api_url.clone();
 
-    eprintln!("==> raw etcd");
+    eprintln!("==> raw etcd (keys outside /registry/, so the API server's watch ignores them)");
     let value = Arc::new(padded_value(a.value_size));
-    {
+    let vlen = value.len();
+    // One shared client (one HTTP/2 connection), as in the API server.
+    let kv = {
         let (etcd, value) = (etcd.clone(), value.clone());
+        move || (etcd.kv_client(), value.clone())
+    };
+    let put = {
+        let kv = kv.clone();
+        move |key: String| {
+            let (mut kv, value) = kv();
+            async move {
+                kv.put(key, value.as_slice(), None)
+                    .await
+                    .context("etcd put")?;
+                Ok(())
+            }
+        }
+    };
+    // What the API server's create does: read the namespace, then write
+    // the object only if its key does not exist.
+    let get_txn = {
+        let kv = kv.clone();
+        move |key: String, get: Option<GetOptions>| {
+            let (mut kv, value) = kv();
+            async move {
+                if let Some(opts) = get {
+                    kv.get("/registry/namespaces/default", Some(opts))
+                        .await
+                        .context("etcd get")?;
+                }
+                let txn = Txn::new()
+                    .when([Compare::version(key.as_str(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(key.as_str(), value.as_slice(), None)]);
+                let r = kv.txn(txn).await.context("etcd txn")?;
+                ensure!(r.succeeded(), "txn on a fresh key did not succeed");
+                Ok(())
+            }
+        }
+    };
+    {
+        let put = put.clone();
+        let op = format!("etcd put ({vlen} B value, distinct keys)");
         rows.push(
-            closed_loop(
-                &format!("etcd put ({} B value, distinct keys)", value.len()),
-                c,
-                a.closed(),
-                move |w, i| {
-                    let (mut kv, value) = (etcd.kv_client(), value.clone());
-                    async move {
-                        kv.put(format!("/bench/put/{w}/{i}"), value.as_slice(), None)
-                            .await
-                            .context("etcd put")?;
-                        Ok(())
-                    }
-                },
-            )
+            env.measured(closed_loop(&op, c, a.closed(), move |w, i| {
+                put(format!("/bench/put/{w}/{i}"))
+            }))
             .await?,
         );
     }
     {
-        let (etcd, value) = (etcd.clone(), value.clone());
+        let get_txn = get_txn.clone();
+        let op = format!("etcd txn put-if-absent ({vlen} B)");
         rows.push(
-            closed_loop(
-                "etcd get + txn put-if-absent (a create's etcd calls)",
-                c,
-                a.closed(),
-                move |w, i| {
-                    let (mut kv, value) = (etcd.kv_client(), value.clone());
-                    async move {
-                        kv.get("/registry/namespaces/default", None)
-                            .await
-                            .context("etcd get")?;
-                        let key = format!("/bench/txn/{w}/{i}");
-                        let txn = Txn::new()
-                            .when([Compare::version(key.as_str(), CompareOp::Equal, 0)])
-                            .and_then([TxnOp::put(key.as_str(), value.as_slice(), None)]);
-                        let r = kv.txn(txn).await.context("etcd txn")?;
-                        ensure!(r.succeeded(), "txn on a fresh key did not succeed");
-                        Ok(())
-                    }
-                },
-            )
+            env.measured(closed_loop(&op, c, a.closed(), move |w, i| {
+                get_txn(format!("/bench/txn/{w}/{i}"), None)
+            }))
             .await?,
         );
     }
     {
-        let (etcd, value) = (etcd.clone(), value.clone());
+        let get_txn = get_txn.clone();
+        let op = "etcd get + txn put-if-absent (a create's etcd calls)";
         rows.push(
-            open_loop(
-                &format!("etcd put ({} B value)", value.len()),
-                a.rate,
-                Duration::from_secs_f64(a.rate_duration),
-                move |i| {
-                    let (mut kv, value) = (etcd.kv_client(), value.clone());
-                    async move {
-                        kv.put(format!("/bench/open/{i}"), value.as_slice(), None)
-                            .await
-                            .context("etcd put")?;
-                        Ok(())
-                    }
-                },
-            )
+            env.measured(closed_loop(op, c, a.closed(), move |w, i| {
+                get_txn(format!("/bench/gettxn/{w}/{i}"), Some(GetOptions::new()))
+            }))
             .await?,
         );
     }
-    env.check_alive()?;
+    {
+        let get_txn = get_txn.clone();
+        let op = "etcd serializable get + txn put-if-absent";
+        rows.push(
+            env.measured(closed_loop(op, c, a.closed(), move |w, i| {
+                get_txn(
+                    format!("/bench/sgettxn/{w}/{i}"),
+                    Some(GetOptions::new().with_serializable()),
+                )
+            }))
+            .await?,
+        );
+    }
+    {
+        let op = format!("etcd put ({vlen} B value)");
+        rows.push(
+            env.measured(open_loop(&op, a.rate, open, move |i| {
+                put(format!("/bench/open/{i}"))
+            }))
+            .await?,
+        );
+    }
+    {
+        let op = "etcd get + txn put-if-absent";
+        rows.push(
+            env.measured(open_loop(op, a.rate, open, move |i| {
+                get_txn(format!("/bench/opengettxn/{i}"), Some(GetOptions::new()))
+            }))
+            .await?,
+        );
+    }
 
     eprintln!("==> API server writes");
     // Open the pool's connections before measuring.
@@ -956,36 +1083,34 @@ async fn run(a: &Args, env: &mut Env) -> Result<Report> {
     while let Some(r) = warm.join_next().await {
         r.context("warm-up task")??;
     }
-    {
+    let create = {
         let (http, base) = (http.clone(), base.clone());
-        rows.push(
-            closed_loop("apiserver create configmap", c, a.closed(), move |w, i| {
-                let (http, base) = (http.clone(), base.clone());
-                async move {
-                    create_configmap(&http, &base, "default", &format!("bench-c-{w}-{i}")).await
-                }
-            })
-            .await?,
-        );
-    }
+        move |name: String| {
+            let (http, base) = (http.clone(), base.clone());
+            async move { create_configmap(&http, &base, "default", &name).await }
+        }
+    };
     {
-        let (http, base) = (http.clone(), base.clone());
+        let create = create.clone();
         rows.push(
-            open_loop(
+            env.measured(closed_loop(
                 "apiserver create configmap",
-                a.rate,
-                Duration::from_secs_f64(a.rate_duration),
-                move |i| {
-                    let (http, base) = (http.clone(), base.clone());
-                    async move {
-                        create_configmap(&http, &base, "default", &format!("bench-o-{i}")).await
-                    }
-                },
-            )
+                c,
+                a.closed(),
+                move |w, i| create(format!("bench-c-{w}-{i}")),
+            ))
             .await?,
         );
     }
-    env.check_alive()?;
+    rows.push(
+        env.measured(open_loop(
+            "apiserver create configmap",
+            a.rate,
+            open,
+            move |i| create(format!("bench-o-{i}")),
+        ))
+        .await?,
+    );
 
     eprintln!("==> API server reads");
     let ns = "bench-list";
@@ -1022,25 +1147,29 @@ async fn run(a: &Args, env: &mut Env) -> Result<Report> {
         r.context("fill task")?
             .context("filling the list namespace")?;
     }
-    {
-        let (http, base, n) = (http.clone(), base.clone(), a.list_objects as u64);
-        rows.push(
-            closed_loop("apiserver get configmap", c, a.closed(), move |w, i| {
-                let (http, base) = (http.clone(), base.clone());
-                let k = (w as u64 * 7919 + i * 31) % n;
-                async move {
-                    expect(
-                        &http,
-                        Method::GET,
-                        &base,
-                        &format!("/api/v1/namespaces/{ns}/configmaps/obj-{k}"),
-                        None,
-                        StatusCode::OK,
-                    )
+    let fetch = {
+        let (http, base) = (http.clone(), base.clone());
+        move |path: String| {
+            let (http, base) = (http.clone(), base.clone());
+            async move {
+                expect(&http, Method::GET, &base, &path, None, StatusCode::OK)
                     .await
                     .map(|_| ())
-                }
-            })
+            }
+        }
+    };
+    {
+        let (fetch, n) = (fetch.clone(), a.list_objects as u64);
+        rows.push(
+            env.measured(closed_loop(
+                "apiserver get configmap",
+                c,
+                a.closed(),
+                move |w, i| {
+                    let k = (w as u64 * 7919 + i * 31) % n;
+                    fetch(format!("/api/v1/namespaces/{ns}/configmaps/obj-{k}"))
+                },
+            ))
             .await?,
         );
     }
@@ -1057,36 +1186,31 @@ async fn run(a: &Args, env: &mut Env) -> Result<Report> {
         "A list returns {items} configmaps, {} KiB of JSON.",
         body.len() / 1024
     ));
-    {
-        let (http, base) = (http.clone(), base.clone());
-        rows.push(
-            closed_loop(
-                &format!("apiserver list {items} configmaps"),
-                c,
-                a.closed(),
-                move |_, _| {
-                    let (http, base, path) = (http.clone(), base.clone(), list_path.clone());
-                    async move {
-                        expect(&http, Method::GET, &base, &path, None, StatusCode::OK)
-                            .await
-                            .map(|_| ())
-                    }
-                },
-            )
-            .await?,
-        );
-    }
-    env.check_alive()?;
+    rows.push(
+        env.measured(closed_loop(
+            &format!("apiserver list {items} configmaps"),
+            c,
+            a.closed(),
+            move |_, _| fetch(list_path.clone()),
+        ))
+        .await?,
+    );
 
     if a.watchers > 0 && a.watch_events > 0 {
         eprintln!("==> watch delivery");
+        let t0 = Instant::now();
+        let before = env.cpu(t0);
         let w = watch_phase(&http, &base, a).await?;
-        let (from_resp, from_sent, early) = watch_rows(&w, a.watchers);
+        let cpu = env.cpu(t0).minus(before);
+        env.check_alive()?;
+        let (mut from_resp, from_sent, early) = watch_rows(&w, a.watchers);
+        from_resp.cpu = Some(cpu);
         let want = a.watchers * a.watch_events;
         notes.push(format!(
             "Watch: {} of {want} watcher×event pairs delivered ({:.1} %); {early} arrived before \
              the create's response (counted as 0 ms from the response); {} streams ended early; \
-             {} watches failed{}.",
+             {} watches failed{}. The first create came {} ms after the last watch opened; the CPU \
+             figures include opening the watches.",
             from_resp.lat.len(),
             100.0 * from_resp.lat.len() as f64 / want as f64,
             w.ended_early,
@@ -1094,11 +1218,11 @@ async fn run(a: &Args, env: &mut Env) -> Result<Report> {
             w.errors
                 .first()
                 .map(|e| format!(" (first: {e})"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            SETTLE.as_millis()
         ));
         rows.push(from_resp);
         rows.push(from_sent);
-        env.check_alive()?;
     }
     Ok(Report { rows, notes })
 }
@@ -1150,8 +1274,50 @@ fn render(a: &Args, report: &Report) -> String {
         ratio(api_o, etcd_o, 50.0),
         ratio(api_o, etcd_o, 99.0)
     ));
+    let gt_o = find("etcd get + txn", true);
+    out.push_str(&format!(
+        "Ratios, apiserver create ÷ etcd get + txn (its own etcd calls), open loop at {}/s: p50 {}, p99 {}.\n",
+        a.rate,
+        ratio(api_o, gt_o, 50.0),
+        ratio(api_o, gt_o, 99.0)
+    ));
     for n in &report.notes {
         out.push_str(&format!("\n{n}\n"));
+    }
+    out.push_str(
+        "\nCPU per operation (µs) while each phase ran, the cores the three processes kept \
+         busy, and the share of time some task on the machine waited for a CPU \
+         (/proc/pressure/cpu):\n\n",
+    );
+    out.push_str(
+        "| operation | concurrency | etcd | apiserver | bench client | cores busy | CPU wait % |\n",
+    );
+    out.push_str("|---|---|---:|---:|---:|---:|---:|\n");
+    for r in &report.rows {
+        let Some(cpu) = r.cpu else { continue };
+        let n = r.lat.len().max(1) as f64;
+        let per = |s: f64| format!("{:.0}", s * 1e6 / n);
+        let cores = |s: f64| {
+            if cpu.wall > 0.0 {
+                format!("{:.2}", s / cpu.wall)
+            } else {
+                "–".into()
+            }
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            r.op,
+            r.concurrency,
+            per(cpu.etcd),
+            per(cpu.apiserver),
+            per(cpu.bench),
+            cores(cpu.etcd + cpu.apiserver + cpu.bench),
+            if cpu.wall > 0.0 {
+                format!("{:.0}", 100.0 * cpu.stalled / cpu.wall)
+            } else {
+                "–".into()
+            }
+        ));
     }
     out.push_str(&format!(
         "\nClosed-loop phases ran {} s each, open-loop runs {} s; {} CPUs; everything on 127.0.0.1.\n",
