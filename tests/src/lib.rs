@@ -4,7 +4,7 @@
 //!
 //! Everything a test creates is named with [`names::prefix`] (the test
 //! process's pid) and removed on drop, which also runs while a failing test
-//! unwinds. [`names::sweep_stale`] removes what a killed test run left.
+//! unwinds; `cargo xtask test` first removes what a killed test run left.
 
 pub mod cluster;
 pub mod etcd;

@@ -31,31 +31,3 @@ fn to_base36(mut n: u32) -> String {
     out.reverse();
     String::from_utf8(out).expect("ascii")
 }
-
-fn from_base36(s: &str) -> Option<u32> {
-    u32::from_str_radix(s, 36).ok()
-}
-
-/// Removes network namespaces left by test processes that no longer run
-/// (killed before their drops ran). Namespaces of live processes are kept.
-pub fn sweep_stale() {
-    let Ok(entries) = std::fs::read_dir("/run/netns") else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix("kt")
-            .and_then(|rest| rest.split_once('-'))
-            .and_then(|(pid, _)| from_base36(pid))
-        else {
-            continue;
-        };
-        let live = std::path::Path::new(&format!("/proc/{pid}")).exists();
-        if !live {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "delete", &name])
-                .status();
-        }
-    }
-}
