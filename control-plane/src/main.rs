@@ -17,6 +17,11 @@ struct Cli {
 enum Component {
     /// The API server: Kubernetes REST and watch over etcd.
     Apiserver(kestrel_control_plane::apiserver::Config),
+    /// The scheduler: binds pending pods to nodes.
+    Scheduler(kestrel_control_plane::scheduler::Config),
+    /// The controller-manager: replication, deployments, nodes, endpoints,
+    /// namespaces and garbage collection.
+    ControllerManager(kestrel_control_plane::controllers::Config),
 }
 
 #[tokio::main]
@@ -28,5 +33,9 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().component {
         Component::Apiserver(config) => kestrel_control_plane::apiserver::run(config).await,
+        Component::Scheduler(config) => kestrel_control_plane::scheduler::run(config).await,
+        Component::ControllerManager(config) => {
+            kestrel_control_plane::controllers::run(config).await
+        }
     }
 }

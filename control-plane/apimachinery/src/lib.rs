@@ -3,5 +3,6 @@
 //! validation. Pure functions, no I/O, so the API server and tests share them.
 
 pub mod patch;
+pub mod quantity;
 pub mod selectors;
 pub mod table;

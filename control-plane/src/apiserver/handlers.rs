@@ -831,6 +831,18 @@ pub async fn patch(
         let mut patched = patched;
         check_identity(target, &mut patched)?;
         let (patched, warnings) = validation::decode(target.res, &patched, mode)?;
+        if let Some(uid) = patch.pointer("/metadata/uid").and_then(Value::as_str) {
+            if current.value["metadata"]["uid"].as_str() != Some(uid) {
+                return Err(ApiError::conflict_msg(
+                    target.res.plural,
+                    target.name.as_deref().unwrap_or(""),
+                    &format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        current.value["metadata"]["uid"].as_str().unwrap_or("")
+                    ),
+                ));
+            }
+        }
         if let Some(rv) = patch
             .pointer("/metadata/resourceVersion")
             .and_then(Value::as_str)

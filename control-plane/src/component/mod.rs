@@ -1,0 +1,84 @@
+//! What the scheduler and the controller-manager share: an API client made
+//! from flags, leader election through a Lease, a health and metrics
+//! endpoint, and an event recorder. Both are ordinary API clients.
+
+pub mod events;
+pub mod health;
+pub mod leader;
+pub mod metrics;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+/// How a component reaches the API server.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ClientArgs {
+    /// kubeconfig with the API server's address and credentials.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// API server URL; overrides the kubeconfig's server (plain HTTP for an
+    /// API server started with --insecure-bind-address).
+    #[arg(long)]
+    pub master: Option<String>,
+    /// Requests per second the component may send (0: unlimited).
+    #[arg(long, default_value_t = 0)]
+    pub kube_api_qps: u32,
+}
+
+impl ClientArgs {
+    /// A kube client from --kubeconfig and/or --master.
+    pub async fn client(&self) -> anyhow::Result<kube::Client> {
+        let mut config = match (&self.kubeconfig, &self.master) {
+            (Some(path), _) => {
+                let kc = Kubeconfig::read_from(path)
+                    .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                    .await
+                    .with_context(|| format!("using kubeconfig {}", path.display()))?
+            }
+            (None, Some(url)) => kube::Config::new(
+                url.parse()
+                    .with_context(|| format!("--master {url:?} is not a URL"))?,
+            ),
+            (None, None) => anyhow::bail!("pass --kubeconfig PATH or --master URL"),
+        };
+        if let Some(url) = &self.master {
+            config.cluster_url = url
+                .parse()
+                .with_context(|| format!("--master {url:?} is not a URL"))?;
+        }
+        // Watches are long; the default read timeout would cut them.
+        config.read_timeout = None;
+        kube::Client::try_from(config).context("building the API client")
+    }
+}
+
+/// `host_pid`: the identity a component uses in leases and events.
+pub fn identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{host}_{}", std::process::id())
+}
+
+/// Now as Kubernetes' MicroTime.
+pub fn micro_time() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// Now as Kubernetes' Time (seconds precision on the wire).
+pub fn now() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// Waits for SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,195 @@
+//! Plumbing every controller shares: caches fed by one watch per kind,
+//! the error type, expectations, and helpers for owner references.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Resource};
+use serde::de::DeserializeOwned;
+
+use crate::component::events::Recorder;
+use crate::component::metrics::Registry;
+
+/// A failed reconcile; the object is retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An always-fresh cache of every `K` in the cluster.
+pub fn cache<K>(api: Api<K>) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .touched_objects();
+    tokio::spawn(async move {
+        let mut s = std::pin::pin!(stream);
+        while let Some(r) = s.next().await {
+            if let Err(e) = r {
+                tracing::warn!("watch for cache: {e}");
+            }
+        }
+    });
+    reader
+}
+
+/// What the controllers share.
+pub struct Context {
+    pub client: kube::Client,
+    pub pods: Store<Pod>,
+    pub recorder: Recorder,
+    pub expectations: Expectations,
+    pub metrics: Arc<Registry>,
+}
+
+/// Creations and deletions a controller has made but not yet seen through
+/// its cache. Until they show up, the controller counts them as done, so a
+/// slow watch never makes it create or delete twice.
+#[derive(Default)]
+pub struct Expectations {
+    inner: Mutex<HashMap<String, Pending>>,
+}
+
+#[derive(Default)]
+struct Pending {
+    creates: HashSet<String>,
+    deletes: HashSet<String>,
+    since: Option<Instant>,
+}
+
+/// How long an expectation is trusted before the cache wins anyway (a
+/// create that failed silently, say).
+const EXPECTATION_TIMEOUT: Duration = Duration::from_secs(300);
+
+impl Expectations {
+    pub fn created(&self, owner: &str, name: String) {
+        let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let p = m.entry(owner.to_string()).or_default();
+        p.creates.insert(name);
+        p.since.get_or_insert_with(Instant::now);
+    }
+
+    pub fn deleted(&self, owner: &str, name: String) {
+        let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let p = m.entry(owner.to_string()).or_default();
+        p.deletes.insert(name);
+        p.since.get_or_insert_with(Instant::now);
+    }
+
+    /// Settles expectations against the pods now visible (`present` maps a
+    /// name to whether it is terminating) and returns the net count of
+    /// creations and deletions still in flight.
+    pub fn outstanding(&self, owner: &str, present: &HashMap<String, bool>) -> (usize, usize) {
+        let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(p) = m.get_mut(owner) else {
+            return (0, 0);
+        };
+        p.creates.retain(|n| !present.contains_key(n));
+        p.deletes
+            .retain(|n| present.get(n).is_some_and(|terminating| !terminating));
+        let expired = p.since.is_some_and(|s| s.elapsed() > EXPECTATION_TIMEOUT);
+        if p.creates.is_empty() && p.deletes.is_empty() || expired {
+            m.remove(owner);
+            return (0, 0);
+        }
+        (p.creates.len(), p.deletes.len())
+    }
+
+    pub fn forget(&self, owner: &str) {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(owner);
+    }
+}
+
+/// The controller reference of an object, if it has one.
+pub fn controller_of(refs: Option<&Vec<OwnerReference>>) -> Option<&OwnerReference> {
+    refs.into_iter()
+        .flatten()
+        .find(|r| r.controller == Some(true))
+}
+
+/// An owner reference that makes `owner` the controller of a dependent.
+pub fn controller_ref<K: Resource<DynamicType = ()>>(owner: &K) -> OwnerReference {
+    OwnerReference {
+        api_version: K::api_version(&()).into_owned(),
+        kind: K::kind(&()).into_owned(),
+        name: owner.meta().name.clone().unwrap_or_default(),
+        uid: owner.meta().uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// Is the pod Ready, and since when?
+pub fn pod_ready_since(pod: &Pod) -> Option<Option<k8s_openapi::jiff::Timestamp>> {
+    let c = pod
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == "True")?;
+    Some(c.last_transition_time.as_ref().map(|t| t.0))
+}
+
+/// Ready for at least `min_ready` seconds (Kubernetes' "available").
+pub fn pod_available(pod: &Pod, min_ready: i32, now: k8s_openapi::jiff::Timestamp) -> bool {
+    match pod_ready_since(pod) {
+        None => false,
+        Some(_) if min_ready <= 0 => true,
+        Some(None) => false,
+        Some(Some(since)) => now.duration_since(since).as_secs() >= i64::from(min_ready),
+    }
+}
+
+/// Neither being deleted nor finished.
+pub fn pod_active(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && !matches!(
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expectations_count_until_the_cache_catches_up() {
+        let e = Expectations::default();
+        e.created("rs", "a".into());
+        e.created("rs", "b".into());
+        let mut present = HashMap::new();
+        assert_eq!(e.outstanding("rs", &present), (2, 0));
+        present.insert("a".to_string(), false);
+        assert_eq!(e.outstanding("rs", &present), (1, 0));
+        present.insert("b".to_string(), false);
+        assert_eq!(e.outstanding("rs", &present), (0, 0));
+        e.deleted("rs", "a".into());
+        assert_eq!(e.outstanding("rs", &present), (0, 1));
+        present.insert("a".to_string(), true);
+        assert_eq!(
+            e.outstanding("rs", &present),
+            (0, 0),
+            "terminating counts as deleted"
+        );
+    }
+}

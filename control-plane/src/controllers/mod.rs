@@ -1,0 +1,84 @@
+//! The controller-manager: one loop per kind of desired state, each a small
+//! reconcile function over watched objects (see `replicaset`, `deployment`,
+//! `nodelifecycle`, `nodeipam`, `endpoints`, `namespace`,
+//! `garbagecollector`). They share caches, events and leader election.
+
+pub mod context;
+pub mod replicaset;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::{Pod, ReplicationController};
+use kube::Api;
+
+use crate::component::events::Recorder;
+use crate::component::health::Health;
+use crate::component::leader::{self, LeaderArgs};
+use crate::component::ClientArgs;
+use context::{Context, Expectations};
+
+/// Flags of `control-plane controller-manager`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Config {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(flatten)]
+    pub leader: LeaderArgs,
+    /// Where /healthz, /readyz and /metrics are served (plain HTTP).
+    #[arg(long, default_value = "127.0.0.1:10257")]
+    pub bind_address: SocketAddr,
+    /// Objects of one kind reconciled at once.
+    #[arg(long, default_value_t = 16)]
+    pub concurrent_syncs: u16,
+}
+
+/// Runs every controller until SIGTERM or loss of leadership.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let client = config.client.client().await?;
+    let health = Health::new();
+    let addr = health.serve(config.bind_address).await?;
+    tracing::info!("controller-manager health and metrics on http://{addr}");
+    let leadership = if config.leader.leader_elect {
+        Some(leader::acquire(client.clone(), "kube-controller-manager", &config.leader).await)
+    } else {
+        None
+    };
+    let mut lost = leadership.as_ref().map(|l| l.lost.clone());
+
+    let pods = context::cache(Api::<Pod>::all(client.clone()));
+    let dropped = health.metrics.counter(
+        "controller_events_dropped_total",
+        "Events dropped under load.",
+    );
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), "controller-manager", dropped),
+        client: client.clone(),
+        pods: pods.clone(),
+        expectations: Expectations::default(),
+        metrics: health.metrics.clone(),
+    });
+    pods.wait_until_ready()
+        .await
+        .map_err(|e| anyhow::anyhow!("pod cache: {e}"))?;
+    health
+        .ready
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+
+    let n = config.concurrent_syncs.max(1);
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(replicaset::run::<ReplicaSet>(ctx.clone(), n));
+    tasks.spawn(replicaset::run::<ReplicationController>(ctx.clone(), n));
+
+    tokio::select! {
+        _ = tasks.join_next() => anyhow::bail!("a controller stopped"),
+        _ = async {
+            match lost.as_mut() {
+                Some(l) => { let _ = l.changed().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => anyhow::bail!("lost the kube-controller-manager lease"),
+        _ = crate::component::shutdown_signal() => Ok(()),
+    }
+}
