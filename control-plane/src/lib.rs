@@ -2,4 +2,5 @@
 pub mod apiserver;
 pub mod component;
 pub mod controllers;
+pub mod hollow;
 pub mod scheduler;

@@ -22,6 +22,9 @@ enum Component {
     /// The controller-manager: replication, deployments, nodes, endpoints,
     /// namespaces and garbage collection.
     ControllerManager(kestrel_control_plane::controllers::Config),
+    /// Simulated nodes: Node objects, Leases and a stand-in kubelet that
+    /// marks their pods Running, for tests and benchmarks at scale.
+    HollowNodes(kestrel_control_plane::hollow::Config),
 }
 
 #[tokio::main]
@@ -34,6 +37,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().component {
         Component::Apiserver(config) => kestrel_control_plane::apiserver::run(config).await,
         Component::Scheduler(config) => kestrel_control_plane::scheduler::run(config).await,
+        Component::HollowNodes(config) => kestrel_control_plane::hollow::run(config).await,
         Component::ControllerManager(config) => {
             kestrel_control_plane::controllers::run(config).await
         }

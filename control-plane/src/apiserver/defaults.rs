@@ -57,6 +57,32 @@ pub fn pod_spec(spec: &mut Value) {
     }
 }
 
+/// Kubernetes' DefaultTolerationSeconds admission: a pod that does not
+/// say otherwise tolerates a not-ready or unreachable node for a while
+/// before the node lifecycle controller evicts it.
+pub fn toleration_seconds(pod: &mut Value, not_ready: i64, unreachable: i64) {
+    let spec = obj_mut(pod, "spec");
+    let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
+    if !tolerations.is_array() {
+        return;
+    }
+    for (key, seconds) in [
+        ("node.kubernetes.io/not-ready", not_ready),
+        ("node.kubernetes.io/unreachable", unreachable),
+    ] {
+        let list = tolerations.as_array_mut().expect("checked above");
+        let covered = list.iter().any(|t| {
+            let effect = t["effect"].as_str().unwrap_or("");
+            let k = t["key"].as_str().unwrap_or("");
+            (effect.is_empty() || effect == "NoExecute")
+                && (k == key || k.is_empty() && t["operator"] == "Exists")
+        });
+        if !covered {
+            list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": seconds}));
+        }
+    }
+}
+
 fn template(spec: &mut Value) {
     if let Some(t) = spec.get_mut("template") {
         if let Some(ps) = t.get_mut("spec") {

@@ -546,6 +546,13 @@ pub async fn create(
         meta.insert("generation".into(), json!(1));
     }
     defaults::apply(t.res.kind, &mut obj);
+    if t.res.kind == "Pod" {
+        defaults::toleration_seconds(
+            &mut obj,
+            state.config.default_not_ready_toleration_seconds,
+            state.config.default_unreachable_toleration_seconds,
+        );
+    }
     if t.res.has_status() && t.res.kind != "Node" {
         defaults::initial_status(t.res.kind, &mut obj);
     }

@@ -61,6 +61,14 @@ pub struct Config {
     /// ClusterIP range for Services.
     #[arg(long, default_value = "10.96.0.0/12")]
     pub service_cluster_ip_range: String,
+    /// tolerationSeconds added to pods for the not-ready NoExecute taint
+    /// (DefaultTolerationSeconds admission): how long they stay on a
+    /// NotReady node before eviction.
+    #[arg(long, default_value_t = 300)]
+    pub default_not_ready_toleration_seconds: i64,
+    /// Likewise for the unreachable taint (node stopped heartbeating).
+    #[arg(long, default_value_t = 300)]
+    pub default_unreachable_toleration_seconds: i64,
     #[arg(skip = allocator::Cidr { base: 0, prefix: 32 })]
     pub service_cidr: allocator::Cidr,
 }

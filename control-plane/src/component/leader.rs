@@ -29,6 +29,28 @@ pub struct Leadership {
     /// Fires when the lease is lost: the component must stop acting.
     pub lost: tokio::sync::watch::Receiver<bool>,
     task: tokio::task::JoinHandle<()>,
+    api: Api<Lease>,
+    name: String,
+    me: String,
+}
+
+impl Leadership {
+    /// Gives the lease up (on a clean shutdown) so a standby or a restarted
+    /// process takes over at once instead of after the lease duration.
+    pub async fn release(self) {
+        self.task.abort();
+        if let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await {
+            let spec = lease.spec.get_or_insert_with(Default::default);
+            if spec.holder_identity.as_deref() == Some(self.me.as_str()) {
+                spec.holder_identity = None;
+                spec.renew_time = None;
+                let _ = self
+                    .api
+                    .replace(&self.name, &PostParams::default(), &lease)
+                    .await;
+            }
+        }
+    }
 }
 
 impl Drop for Leadership {
@@ -113,6 +135,7 @@ pub async fn acquire(client: kube::Client, name: &str, args: &LeaderArgs) -> Lea
     tracing::info!("acquired lease kube-system/{name} as {me}");
     let (tx, rx) = tokio::sync::watch::channel(false);
     let name = name.to_string();
+    let (api2, name2, me2) = (api.clone(), name.clone(), me.clone());
     let task = tokio::spawn(async move {
         let mut last_ok = tokio::time::Instant::now();
         // Give up before a standby could take over, so two never act at once.
@@ -137,5 +160,11 @@ pub async fn acquire(client: kube::Client, name: &str, args: &LeaderArgs) -> Lea
             }
         }
     });
-    Leadership { lost: rx, task }
+    Leadership {
+        lost: rx,
+        task,
+        api: api2,
+        name: name2,
+        me: me2,
+    }
 }

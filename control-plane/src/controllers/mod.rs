@@ -4,6 +4,9 @@
 //! `garbagecollector`). They share caches, events and leader election.
 
 pub mod context;
+pub mod deployment;
+pub mod garbagecollector;
+pub mod namespace;
 pub mod replicaset;
 
 use std::net::SocketAddr;
@@ -70,6 +73,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(replicaset::run::<ReplicaSet>(ctx.clone(), n));
     tasks.spawn(replicaset::run::<ReplicationController>(ctx.clone(), n));
+    tasks.spawn(deployment::run(ctx.clone(), n));
+    tasks.spawn(garbagecollector::run(ctx.clone()));
+    tasks.spawn(namespace::run(ctx.clone()));
 
     tokio::select! {
         _ = tasks.join_next() => anyhow::bail!("a controller stopped"),
@@ -79,6 +85,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 None => std::future::pending::<()>().await,
             }
         } => anyhow::bail!("lost the kube-controller-manager lease"),
-        _ = crate::component::shutdown_signal() => Ok(()),
+        _ = crate::component::shutdown_signal() => {
+            if let Some(l) = leadership {
+                l.release().await;
+            }
+            Ok(())
+        }
     }
 }

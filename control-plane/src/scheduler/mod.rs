@@ -76,7 +76,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 None => std::future::pending::<()>().await,
             }
         } => anyhow::bail!("lost the kube-scheduler lease"),
-        _ = crate::component::shutdown_signal() => Ok(()),
+        _ = crate::component::shutdown_signal() => {
+            if let Some(l) = leadership {
+                l.release().await;
+            }
+            Ok(())
+        }
     }
 }
 
