@@ -5,8 +5,11 @@
 
 pub mod context;
 pub mod deployment;
+pub mod endpoints;
 pub mod garbagecollector;
 pub mod namespace;
+pub mod nodeipam;
+pub mod nodelifecycle;
 pub mod replicaset;
 
 use std::net::SocketAddr;
@@ -35,6 +38,22 @@ pub struct Config {
     /// Objects of one kind reconciled at once.
     #[arg(long, default_value_t = 16)]
     pub concurrent_syncs: u16,
+    /// How often node health is checked (seconds).
+    #[arg(long, default_value_t = 5)]
+    pub node_monitor_period: u64,
+    /// A node whose Lease and status are not renewed for this long
+    /// (seconds) becomes Unknown and is tainted unreachable.
+    #[arg(long, default_value_t = 40)]
+    pub node_monitor_grace_period: u64,
+    /// Give every node a podCIDR from --cluster-cidr.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub allocate_node_cidrs: bool,
+    /// The pod network, split into one range per node.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    pub cluster_cidr: nodeipam::Cidr,
+    /// Prefix length of each node's podCIDR.
+    #[arg(long, default_value_t = 24)]
+    pub node_cidr_mask_size: u8,
 }
 
 /// Runs every controller until SIGTERM or loss of leadership.
@@ -76,6 +95,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tasks.spawn(deployment::run(ctx.clone(), n));
     tasks.spawn(garbagecollector::run(ctx.clone()));
     tasks.spawn(namespace::run(ctx.clone()));
+    tasks.spawn(endpoints::run(ctx.clone(), n));
+    tasks.spawn(nodelifecycle::run(
+        ctx.clone(),
+        nodelifecycle::Settings {
+            period: std::time::Duration::from_secs(config.node_monitor_period.max(1)),
+            grace: std::time::Duration::from_secs(config.node_monitor_grace_period.max(1)),
+        },
+    ));
+    if config.allocate_node_cidrs {
+        anyhow::ensure!(
+            config.node_cidr_mask_size >= config.cluster_cidr.prefix
+                && config.node_cidr_mask_size <= 30,
+            "--node-cidr-mask-size {} does not fit in --cluster-cidr {}",
+            config.node_cidr_mask_size,
+            config.cluster_cidr
+        );
+        tasks.spawn(nodeipam::run(
+            client.clone(),
+            config.cluster_cidr,
+            config.node_cidr_mask_size,
+        ));
+    }
 
     tokio::select! {
         _ = tasks.join_next() => anyhow::bail!("a controller stopped"),

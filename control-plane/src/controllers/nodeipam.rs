@@ -1,0 +1,188 @@
+//! Node IPAM: every node gets a podCIDR carved from `--cluster-cidr`. The
+//! allocation is read back from the Node objects, so it survives restarts,
+//! and a deleted node's range is free again.
+
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
+use kube::ResourceExt;
+use serde_json::json;
+
+use super::context::{Error, Result};
+
+/// An IPv4 range `base/prefix`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    pub base: u32,
+    pub prefix: u8,
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (ip, prefix) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a CIDR (want a.b.c.d/n)"))?;
+        let ip: Ipv4Addr = ip.parse().map_err(|_| format!("{s:?}: bad address"))?;
+        let prefix: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|p| *p <= 32)
+            .ok_or_else(|| format!("{s:?}: bad prefix length"))?;
+        let mask = if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - prefix)
+        };
+        Ok(Cidr {
+            base: u32::from(ip) & mask,
+            prefix,
+        })
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", Ipv4Addr::from(self.base), self.prefix)
+    }
+}
+
+impl Cidr {
+    /// The `index`th subnet of length `len`, if it fits.
+    pub fn subnet(&self, len: u8, index: u32) -> Option<Cidr> {
+        if len < self.prefix || len > 32 {
+            return None;
+        }
+        let count = 1u64 << (len - self.prefix);
+        if u64::from(index) >= count {
+            return None;
+        }
+        let step = if len == 32 { 1 } else { 1u32 << (32 - len) };
+        Some(Cidr {
+            base: self.base + index * step,
+            prefix: len,
+        })
+    }
+}
+
+struct Ctx {
+    client: kube::Client,
+    nodes: Store<Node>,
+    cluster: Cidr,
+    mask: u8,
+    /// Assigned by this process but maybe not yet in the cache.
+    recent: Mutex<HashMap<String, String>>,
+}
+
+/// Runs the allocator until the process ends.
+pub async fn run(client: kube::Client, cluster: Cidr, mask: u8) {
+    let controller = Controller::new(Api::<Node>::all(client.clone()), watcher::Config::default())
+        // One at a time: two nodes must never be handed the same range.
+        .with_config(kube::runtime::controller::Config::default().concurrency(1));
+    let nodes = controller.store();
+    let ctx = Arc::new(Ctx {
+        client,
+        nodes,
+        cluster,
+        mask,
+        recent: Mutex::new(HashMap::new()),
+    });
+    controller
+        .run(
+            reconcile,
+            |n: Arc<Node>, e: &Error, _| {
+                tracing::warn!("allocating a podCIDR for {}: {e}", n.name_any());
+                Action::requeue(Duration::from_secs(5))
+            },
+            ctx,
+        )
+        .for_each(|_| async {})
+        .await;
+}
+
+async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action> {
+    let name = node.name_any();
+    if node
+        .spec
+        .as_ref()
+        .and_then(|s| s.pod_cidr.as_deref())
+        .is_some_and(|c| !c.is_empty())
+    {
+        ctx.recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&name);
+        return Ok(Action::await_change());
+    }
+    // Only a complete list tells which ranges are taken.
+    ctx.nodes
+        .wait_until_ready()
+        .await
+        .map_err(|e| Error::Other(e.to_string()))?;
+    let mut used: HashSet<String> = HashSet::new();
+    let live: HashSet<String> = ctx.nodes.state().iter().map(|n| n.name_any()).collect();
+    for n in ctx.nodes.state() {
+        if let Some(c) = n.spec.as_ref().and_then(|s| s.pod_cidr.clone()) {
+            used.insert(c);
+        }
+    }
+    {
+        let mut recent = ctx.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.retain(|n, _| live.contains(n));
+        if recent.contains_key(&name) {
+            // Already assigned; the cache has not caught up.
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
+        used.extend(recent.values().cloned());
+    }
+    let mut chosen = None;
+    for i in 0.. {
+        let Some(c) = ctx.cluster.subnet(ctx.mask, i) else {
+            break;
+        };
+        if !used.contains(&c.to_string()) {
+            chosen = Some(c.to_string());
+            break;
+        }
+    }
+    let Some(cidr) = chosen else {
+        return Err(Error::Other(format!(
+            "no podCIDR left in {} for /{} ranges",
+            ctx.cluster, ctx.mask
+        )));
+    };
+    let api: Api<Node> = Api::all(ctx.client.clone());
+    let patch = json!({"spec": {"podCIDR": cidr, "podCIDRs": [cidr]}, "metadata": {"resourceVersion": node.metadata.resource_version}});
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+        .await?;
+    tracing::info!("node {name} gets podCIDR {cidr}");
+    ctx.recent
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(name, cidr);
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnets_of_the_cluster_range() {
+        let c: Cidr = "10.244.0.0/16".parse().unwrap();
+        assert_eq!(c.subnet(24, 0).unwrap().to_string(), "10.244.0.0/24");
+        assert_eq!(c.subnet(24, 255).unwrap().to_string(), "10.244.255.0/24");
+        assert!(c.subnet(24, 256).is_none());
+        assert!(c.subnet(8, 0).is_none());
+        assert!("10.0.0.0".parse::<Cidr>().is_err());
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+    }
+}
