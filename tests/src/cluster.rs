@@ -30,11 +30,17 @@ pub struct ControlPlane {
     apiserver: Option<Guarded>,
     pub port: u16,
     dir: tempfile::TempDir,
+    apiserver_args: Vec<String>,
 }
 
 impl ControlPlane {
     /// Starts etcd and the API server and waits until it is ready.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[])
+    }
+
+    /// Like `start`, with extra API server flags.
+    pub fn start_with(apiserver_args: &[&str]) -> anyhow::Result<Self> {
         let etcd = Etcd::start()?;
         let dir = tempfile::Builder::new().prefix("kestrel-cp-").tempdir()?;
         let mut cp = Self {
@@ -42,6 +48,7 @@ impl ControlPlane {
             apiserver: None,
             port: free_port(),
             dir,
+            apiserver_args: apiserver_args.iter().map(|s| s.to_string()).collect(),
         };
         let kubeconfig = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\nusers:\n- name: admin\n  user: {{}}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: admin\ncurrent-context: test\n",
@@ -85,6 +92,7 @@ impl ControlPlane {
                 .args(["apiserver", "--etcd-servers", &self.etcd.client_url()])
                 .arg(format!("--insecure-bind-address=127.0.0.1:{}", self.port))
                 .arg("--no-tls")
+                .args(&self.apiserver_args)
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log),
@@ -100,6 +108,41 @@ impl ControlPlane {
             self.apiserver_log()
         );
         Ok(())
+    }
+
+    /// Starts another control-plane component (`scheduler`,
+    /// `controller-manager`, `hollow-nodes`, ...) against this API server;
+    /// `log_name` names its log file. Health endpoints get free ports.
+    pub fn component(&self, log_name: &str, args: &[&str]) -> anyhow::Result<Guarded> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{log_name}.log")))?;
+        let mut cmd = Command::new(binary("control-plane"));
+        cmd.args(args).arg("--master").arg(self.url());
+        if matches!(args.first(), Some(&"scheduler" | &"controller-manager")) {
+            // Short leases so a killed component's successor takes over fast.
+            cmd.args([
+                "--bind-address",
+                "127.0.0.1:0",
+                "--leader-elect-lease-duration",
+                "3",
+                "--leader-elect-retry-period",
+                "1",
+            ]);
+        }
+        Ok(Guarded::spawn(
+            log_name,
+            cmd.env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log),
+        )?)
+    }
+
+    /// A component's log so far.
+    pub fn log(&self, log_name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{log_name}.log"))).unwrap_or_default()
     }
 
     /// Kills the API server (SIGKILL).

@@ -227,11 +227,9 @@ async fn reconcile<K: Replicated>(owner: Arc<K>, ctx: Arc<Context>) -> Result<Ac
                     release(&pods_api, &pod, &uid).await?;
                 }
             }
-            None if matches && pod_active(&pod) => {
-                if adopt(&pods_api, &pod, &*owner).await? {
-                    present.insert(pod.name_any(), false);
-                    owned.push(pod);
-                }
+            None if matches && pod_active(&pod) && adopt(&pods_api, &pod, &*owner).await? => {
+                present.insert(pod.name_any(), false);
+                owned.push(pod);
             }
             _ => {}
         }

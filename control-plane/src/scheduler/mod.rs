@@ -86,8 +86,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 enum Input {
-    Node(watcher::Event<Node>),
-    Pod(watcher::Event<Pod>),
+    Node(Box<watcher::Event<Node>>),
+    Pod(Box<watcher::Event<Pod>>),
 }
 
 struct Bound {
@@ -200,7 +200,7 @@ impl Scheduler {
             while let Some(ev) = s.next().await {
                 match ev {
                     Ok(ev) => {
-                        if ntx.send(Input::Node(ev)).await.is_err() {
+                        if ntx.send(Input::Node(Box::new(ev))).await.is_err() {
                             return;
                         }
                     }
@@ -213,7 +213,7 @@ impl Scheduler {
             while let Some(ev) = s.next().await {
                 match ev {
                     Ok(ev) => {
-                        if tx.send(Input::Pod(ev)).await.is_err() {
+                        if tx.send(Input::Pod(Box::new(ev))).await.is_err() {
                             return;
                         }
                     }
@@ -279,7 +279,7 @@ impl Scheduler {
         relist_pods: &mut Option<HashSet<String>>,
     ) {
         match input {
-            Input::Node(ev) => match ev {
+            Input::Node(ev) => match *ev {
                 watcher::Event::Init => *relist_nodes = Some(HashSet::new()),
                 watcher::Event::InitApply(n) => {
                     if let Some(seen) = relist_nodes.as_mut() {
@@ -312,7 +312,7 @@ impl Scheduler {
                     self.queue.cluster_changed();
                 }
             },
-            Input::Pod(ev) => match ev {
+            Input::Pod(ev) => match *ev {
                 watcher::Event::Init => *relist_pods = Some(HashSet::new()),
                 watcher::Event::InitApply(p) => {
                     if let Some(seen) = relist_pods.as_mut() {
@@ -448,7 +448,7 @@ impl Scheduler {
         for (i, s) in scores.iter().enumerate() {
             if *s == best {
                 seen += 1;
-                if xorshift(&mut rng) % seen == 0 {
+                if xorshift(&mut rng).is_multiple_of(seen) {
                     chosen = i;
                 }
             }

@@ -370,14 +370,8 @@ impl PreFilter {
                 ]);
             }
         }
-        // InterPodAffinity
-        for (key, value) in &self.existing_anti {
-            if node.labels.get(key) == Some(value) {
-                return Err(vec![
-                    "node(s) didn't satisfy existing pods anti-affinity rules".into(),
-                ]);
-            }
-        }
+        // InterPodAffinity: the pod's own affinity, its anti-affinity, then
+        // the anti-affinity of pods already placed.
         if !self.affinity_self_satisfied {
             for (term, domains) in &self.affinity {
                 let ok = node
@@ -396,6 +390,13 @@ impl PreFilter {
                 .is_some_and(|v| domains.contains(v))
             {
                 return Err(vec!["node(s) didn't match pod anti-affinity rules".into()]);
+            }
+        }
+        for (key, value) in &self.existing_anti {
+            if node.labels.get(key) == Some(value) {
+                return Err(vec![
+                    "node(s) didn't satisfy existing pods anti-affinity rules".into(),
+                ]);
             }
         }
         Ok(())
