@@ -6,6 +6,7 @@
 //! process's pid) and removed on drop, which also runs while a failing test
 //! unwinds; `cargo xtask test` first removes what a killed test run left.
 
+pub mod benchkit;
 pub mod cluster;
 pub mod etcd;
 pub mod kubectl;

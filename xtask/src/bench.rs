@@ -18,6 +18,13 @@ pub enum Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The scheduler on 1,000 and 5,000 hollow nodes: pods/s, where the
+    /// time goes, and create-to-bound latency. `-- --help` lists its options.
+    Scheduler {
+        /// Options for the bench program, e.g. `--nodes 1000 --pods 2000`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// `$CARGO_TARGET_DIR` or the workspace's `target/`, where cargo puts the binaries.
@@ -64,6 +71,15 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
             let mut cmd = Command::new(release.join("bench-apiserver"));
             if !args.iter().any(|a| a.starts_with("--apiserver-bin")) {
                 cmd.arg("--apiserver-bin")
+                    .arg(release.join("control-plane"));
+            }
+            util::run(cmd.args(&args).current_dir(util::root()))
+        }
+        Bench::Scheduler { args } => {
+            util::step("running bench-scheduler");
+            let mut cmd = Command::new(release.join("bench-scheduler"));
+            if !args.iter().any(|a| a.starts_with("--control-plane-bin")) {
+                cmd.arg("--control-plane-bin")
                     .arg(release.join("control-plane"));
             }
             util::run(cmd.args(&args).current_dir(util::root()))

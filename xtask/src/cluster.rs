@@ -161,9 +161,13 @@ fn reap() {
 
 const ETCD: Component = Component { name: "etcd" };
 const APISERVER: Component = Component { name: "apiserver" };
+const SCHEDULER: Component = Component { name: "scheduler" };
+const CONTROLLER_MANAGER: Component = Component {
+    name: "controller-manager",
+};
 
 /// Components in start order; `down` stops them in reverse.
-const ALL: &[Component] = &[ETCD, APISERVER];
+const ALL: &[Component] = &[ETCD, APISERVER, SCHEDULER, CONTROLLER_MANAGER];
 
 pub fn up(args: UpArgs) -> anyhow::Result<()> {
     crate::setup::run(false)?;
@@ -222,12 +226,26 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             )
     })?;
 
+    util::step("starting the scheduler and the controller-manager");
+    for (c, health) in [(&SCHEDULER, 10259), (&CONTROLLER_MANAGER, 10257)] {
+        c.start(
+            Command::new(&bin)
+                .arg(c.name)
+                .arg("--kubeconfig")
+                .arg(&kubeconfig_path),
+        )?;
+        let url = format!("127.0.0.1:{health}");
+        c.wait_ready(Duration::from_secs(30), || {
+            util::succeeds(Command::new("curl").args(["-sf", &format!("http://{url}/readyz")]))
+        })?;
+    }
+
     eprintln!();
     eprintln!(
         "the cluster is ready: etcd at {etcd_url}, API server at https://127.0.0.1:{}",
         args.apiserver_port
     );
-    eprintln!("not there yet: scheduler, controller-manager, node agent (pods stay Pending)");
+    eprintln!("not there yet: the node agent (pods are scheduled to nodes but nothing runs them)");
     eprintln!();
     eprintln!("    export KUBECONFIG={}", kubeconfig_path.display());
     eprintln!("    kubectl get namespaces");
