@@ -150,6 +150,22 @@ fn replication_controller_spreads_replaces_and_scales() {
     });
     let nodes: BTreeSet<&str> = pods.iter().map(node_of).collect();
     assert_eq!(nodes.len(), 3, "replicas share a node: {nodes:?}");
+    // Node IPAM gave every node its own podCIDR from 10.244.0.0/16.
+    let cidrs = c.wait(30, "a podCIDR on every node", || {
+        let n = get(&c.k, &["nodes"]);
+        let cidrs: BTreeSet<String> = n["items"]
+            .as_array()?
+            .iter()
+            .filter_map(|n| n["spec"]["podCIDR"].as_str().map(str::to_string))
+            .collect();
+        (cidrs.len() == 3).then_some(cidrs)
+    });
+    assert!(
+        cidrs
+            .iter()
+            .all(|c| c.starts_with("10.244.") && c.ends_with(".0/24")),
+        "{cidrs:?}"
+    );
 
     let victim = pods[0]["metadata"]["name"].as_str().unwrap().to_string();
     c.k.run(&["delete", "pod", &victim]).unwrap();
@@ -657,4 +673,95 @@ fn controller_manager_restart_mid_rollout_neither_loses_nor_duplicates() {
         .sum();
     assert_eq!(total, 6, "ReplicaSets want {total} pods in all");
     let _ = &c.scheduler;
+}
+
+/// Deleting an owner with `--cascade=orphan` keeps its pods (without the
+/// owner reference); `--cascade=foreground` removes the pods before the
+/// owner itself is gone.
+#[test]
+fn cascading_deletion_orphan_and_foreground() {
+    let c = Cluster::start(&[], &[], &[("node", 2, &[])]);
+    apply(&c.k, &RC.replace("replicas: 3", "replicas: 2"));
+    c.wait(30, "2 replicas", || {
+        (live_pods(&c.k, "app=web").len() == 2).then_some(())
+    });
+    c.k.run(&["delete", "rc", "web", "--cascade=orphan"])
+        .unwrap();
+    let orphans = c.wait(30, "pods released by the deleted RC", || {
+        let p = live_pods(&c.k, "app=web");
+        let released = p.iter().all(|p| {
+            p["metadata"]
+                .get("ownerReferences")
+                .is_none_or(|r| r.as_array().is_some_and(Vec::is_empty))
+        });
+        (released && c.k.output(&["get", "rc", "web"]).ok()?.status.code() == Some(1)).then_some(p)
+    });
+    assert_eq!(orphans.len(), 2, "orphaned pods were deleted");
+    // A new RC with the same selector adopts them instead of creating more.
+    apply(&c.k, &RC.replace("replicas: 3", "replicas: 2"));
+    c.wait(30, "the orphans adopted", || {
+        let p = live_pods(&c.k, "app=web");
+        let adopted = p
+            .iter()
+            .all(|p| p["metadata"]["ownerReferences"][0]["kind"] == "ReplicationController");
+        (p.len() == 2 && adopted).then_some(())
+    });
+    let names: BTreeSet<String> = live_pods(&c.k, "app=web")
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    let before: BTreeSet<String> = orphans
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, before, "the RC made new pods instead of adopting");
+
+    let out =
+        c.k.output(&[
+            "delete",
+            "rc",
+            "web",
+            "--cascade=foreground",
+            "--timeout=60s",
+        ])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        c.logs()
+    );
+    // kubectl waited for the RC to be gone; foreground means its pods went first.
+    assert!(
+        live_pods(&c.k, "app=web").is_empty(),
+        "pods outlived their foreground-deleted owner"
+    );
+}
+
+/// Two schedulers: one leads, the other stands by and takes over when the
+/// leader dies, and `kubectl get cs` reports the scheduler healthy.
+#[test]
+fn standby_scheduler_takes_over() {
+    let mut c = Cluster::start(&[], &[], &[("node", 2, &[])]);
+    let _standby = c.cp.component("scheduler-2", &["scheduler"]).unwrap();
+    apply(&c.k, "{\"apiVersion\":\"v1\",\"kind\":\"Pod\",\"metadata\":{\"name\":\"one\"},\"spec\":{\"containers\":[{\"name\":\"c\",\"image\":\"registry.local/x:1\"}]}}");
+    c.wait(30, "pod one scheduled", || {
+        (!node_of(&get(&c.k, &["pod", "one"])).is_empty()).then_some(())
+    });
+    let cs = c.k.run(&["get", "cs"]).unwrap();
+    assert!(
+        cs.lines()
+            .any(|l| l.starts_with("scheduler") && l.contains("Healthy")),
+        "{cs}"
+    );
+    c.scheduler.kill();
+    apply(&c.k, "{\"apiVersion\":\"v1\",\"kind\":\"Pod\",\"metadata\":{\"name\":\"two\"},\"spec\":{\"containers\":[{\"name\":\"c\",\"image\":\"registry.local/x:1\"}]}}");
+    c.wait(30, "pod two scheduled by the standby", || {
+        (!node_of(&get(&c.k, &["pod", "two"])).is_empty()).then_some(())
+    });
+    assert!(
+        c.cp.log("scheduler-2").contains("acquired lease"),
+        "{}",
+        c.cp.log("scheduler-2")
+    );
 }
