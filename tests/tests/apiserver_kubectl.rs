@@ -275,6 +275,91 @@ fn node_written_by_a_client_reads_back() {
     assert!(table.lines().nth(1).unwrap().contains("Ready"), "{table}");
 }
 
+/// The imperative `kubectl create` commands, which send protobuf bodies,
+/// make the same objects a manifest would.
+#[test]
+fn kubectl_create_commands_send_protobuf_and_work() {
+    let cp = ControlPlane::start().expect("control plane starts");
+    let k = cp.kubectl();
+    k.run(&["create", "namespace", "shop"]).unwrap();
+    k.run(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=registry.local/web:1",
+        "--replicas=3",
+        "-n",
+        "shop",
+    ])
+    .unwrap();
+    k.run(&[
+        "create",
+        "configmap",
+        "cfg",
+        "--from-literal=color=blue",
+        "-n",
+        "shop",
+    ])
+    .unwrap();
+    k.run(&[
+        "create",
+        "secret",
+        "generic",
+        "pw",
+        "--from-literal=password=s3cret",
+        "-n",
+        "shop",
+    ])
+    .unwrap();
+    k.run(&[
+        "create",
+        "service",
+        "clusterip",
+        "web",
+        "--tcp=80:8080",
+        "-n",
+        "shop",
+    ])
+    .unwrap();
+    k.run(&["create", "serviceaccount", "bot", "-n", "shop"])
+        .unwrap();
+
+    let ns = json(&k.run(&["get", "namespace", "shop", "-o", "json"]).unwrap());
+    assert_eq!(ns["status"]["phase"], "Active");
+    let d = json(
+        &k.run(&["get", "deployment", "web", "-n", "shop", "-o", "json"])
+            .unwrap(),
+    );
+    assert_eq!(d["spec"]["replicas"], 3);
+    assert_eq!(d["spec"]["selector"]["matchLabels"]["app"], "web");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "registry.local/web:1"
+    );
+    assert_eq!(d["spec"]["strategy"]["type"], "RollingUpdate");
+    let cm = json(
+        &k.run(&["get", "configmap", "cfg", "-n", "shop", "-o", "json"])
+            .unwrap(),
+    );
+    assert_eq!(cm["data"]["color"], "blue");
+    let secret = json(
+        &k.run(&["get", "secret", "pw", "-n", "shop", "-o", "json"])
+            .unwrap(),
+    );
+    assert_eq!(secret["data"]["password"], "czNjcmV0", "base64 of s3cret");
+    let svc = json(
+        &k.run(&["get", "service", "web", "-n", "shop", "-o", "json"])
+            .unwrap(),
+    );
+    assert_eq!(svc["spec"]["ports"][0]["port"], 80);
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8080);
+    assert!(svc["spec"]["clusterIP"]
+        .as_str()
+        .is_some_and(|ip| ip.starts_with("10.")));
+    k.run(&["get", "serviceaccount", "bot", "-n", "shop"])
+        .unwrap();
+}
+
 /// Bad input gets a Status naming the problem, and nothing is stored.
 #[test]
 fn bad_input_is_rejected_with_a_status_and_nothing_is_stored() {

@@ -137,8 +137,14 @@ impl Component {
     fn wait_ready(&self, timeout: Duration, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
+            // Still alive a moment after answering: what answered was this
+            // process and not an older one on the same port.
             if ready() {
-                return Ok(());
+                std::thread::sleep(Duration::from_millis(300));
+                reap();
+                if self.pid().is_some() {
+                    return Ok(());
+                }
             }
             if self.pid().is_none() {
                 anyhow::bail!("{} exited; see {}", self.name, self.log_file().display());

@@ -19,9 +19,13 @@ pub const PACKAGES: &[&str] = &[
     "iperf3",                      // throughput benchmarks
     "docker-registry",             // an OCI registry on loopback for image pulls
     "containernetworking-plugins", // the reference bridge CNI, a benchmark baseline
+    "python3-venv",                // the venv the python-client tests run in
 ];
 
 const NIGHTLY: &str = "nightly";
+
+/// The python `kubernetes` client the python-client tests drive.
+pub const PYTHON_KUBERNETES: &str = "kubernetes==37.0.2";
 
 /// Checks everything and installs what is missing unless `check_only`.
 pub fn run(check_only: bool) -> anyhow::Result<()> {
@@ -78,6 +82,17 @@ pub fn run(check_only: bool) -> anyhow::Result<()> {
         }
     }
 
+    if !python_client_installed() {
+        if check_only {
+            problems.push(format!(
+                "the python client ({PYTHON_KUBERNETES}) is missing from {} (fix: `cargo xtask setup`)",
+                python_venv().display()
+            ));
+        } else if let Err(e) = install_python_client() {
+            problems.push(format!("the python client could not be installed: {e:#}"));
+        }
+    }
+
     if !std::path::Path::new(&crate::cluster::kubectl_path()).exists() {
         problems.push(format!(
             "{} is missing: the tests drive the real kubectl at that version",
@@ -112,6 +127,43 @@ fn apt_install(pkgs: &[&str]) -> anyhow::Result<()> {
             .args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(pkgs),
     )
+}
+
+/// The virtual environment holding the python `kubernetes` client
+/// (`tests/tests/python_client.rs` runs its `bin/python`).
+fn python_venv() -> PathBuf {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    PathBuf::from(home).join(".cache/kestrel/python")
+}
+
+fn python_client_installed() -> bool {
+    succeeds(Command::new(python_venv().join("bin/python")).args(["-c", "import kubernetes"]))
+}
+
+/// Creates the venv with Debian's python3 (python3-venv) unless its python
+/// runs, then installs the pinned client into it.
+fn install_python_client() -> anyhow::Result<()> {
+    let venv = python_venv();
+    if !succeeds(Command::new(venv.join("bin/python")).arg("--version")) {
+        util::step(&format!("creating a python venv at {}", venv.display()));
+        util::run(
+            Command::new("/usr/bin/python3")
+                .args(["-m", "venv", "--clear"])
+                .arg(&venv),
+        )?;
+    }
+    util::step(&format!(
+        "installing {PYTHON_KUBERNETES} into {}",
+        venv.display()
+    ));
+    util::run(Command::new(venv.join("bin/python")).args([
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--disable-pip-version-check",
+        PYTHON_KUBERNETES,
+    ]))
 }
 
 fn rust_src_installed() -> bool {

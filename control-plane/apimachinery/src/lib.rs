@@ -3,6 +3,7 @@
 //! validation. Pure functions, no I/O, so the API server and tests share them.
 
 pub mod patch;
+pub mod protobuf;
 pub mod quantity;
 pub mod selectors;
 pub mod table;

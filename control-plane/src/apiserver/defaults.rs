@@ -132,6 +132,9 @@ pub fn apply(kind: &str, obj: &mut Value) {
                 json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}),
             );
             if let Some(st) = spec.get_mut("strategy").and_then(Value::as_object_mut) {
+                // `strategy: {}` (what kubectl create deployment sends) means
+                // the default strategy.
+                set_default(st, "type", json!("RollingUpdate"));
                 if st.get("type").and_then(Value::as_str) == Some("RollingUpdate") {
                     let ru = st.entry("rollingUpdate").or_insert_with(|| json!({}));
                     if let Some(ru) = ru.as_object_mut() {

@@ -217,6 +217,18 @@ pub fn decode_body(content_type: &str, body: &[u8]) -> ApiResult<Value> {
                 ApiError::bad_request(format!("the YAML body cannot be represented as JSON: {e}"))
             })
         }
+        // What `kubectl create namespace|deployment|configmap|...` sends.
+        "application/vnd.kubernetes.protobuf" => {
+            apimachinery::protobuf::decode(body).map_err(|e| match e {
+                apimachinery::protobuf::DecodeError::UnsupportedKind { .. }
+                | apimachinery::protobuf::DecodeError::UnsupportedEncoding(_) => {
+                    ApiError::new(415, "UnsupportedMediaType", e.to_string())
+                }
+                _ => ApiError::bad_request(format!(
+                    "the body of the request is not valid Kubernetes protobuf: {e}"
+                )),
+            })
+        }
         other => Err(ApiError::unsupported_media_type(other)),
     }
 }
