@@ -41,28 +41,10 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
         "etcd is not installed: run `cargo xtask setup` first"
     );
     util::step("building the release binaries");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = Command::new(cargo);
+    let mut build = util::cargo_command();
     build
         .args(["build", "--release", "-p", "kestrel-control-plane"])
-        .args(["-p", "kestrel-tests", "--bins"])
-        .current_dir(util::root());
-    // `cargo xtask` runs under `cargo run`, which sets CARGO_PKG_NAME,
-    // CARGO_MANIFEST_DIR and the like for xtask. Build scripts that watch
-    // those (ring's does) would rerun, and everything above them rebuild,
-    // whenever the same binaries were last built from a plain shell.
-    for (name, _) in std::env::vars_os() {
-        let n = name.to_string_lossy();
-        if n.starts_with("CARGO_PKG_")
-            || n.starts_with("CARGO_MANIFEST_")
-            || matches!(
-                n.as_ref(),
-                "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE"
-            )
-        {
-            build.env_remove(&name);
-        }
-    }
+        .args(["-p", "kestrel-tests", "--bins"]);
     util::run(&mut build)?;
     let release = target_dir().join("release");
     match bench {

@@ -25,10 +25,32 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A `cargo` command in the workspace root, with the environment `cargo
+/// run` gave xtask removed: build scripts that watch CARGO_PKG_* and the
+/// like (ring's does) would otherwise rerun, and everything above them
+/// rebuild, whenever the same target was last built from a plain shell.
+pub fn cargo_command() -> Command {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root());
+    for (name, _) in std::env::vars_os() {
+        let n = name.to_string_lossy();
+        if n.starts_with("CARGO_PKG_")
+            || n.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                n.as_ref(),
+                "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE"
+            )
+        {
+            cmd.env_remove(&name);
+        }
+    }
+    cmd
+}
+
 /// Runs the stable cargo of this build in the workspace root.
 pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(Command::new(cargo).args(args).current_dir(root()))
+    run(cargo_command().args(args))
 }
 
 /// Whether `cmd` runs and exits 0 (output discarded).
@@ -50,10 +72,8 @@ pub fn is_root() -> bool {
 /// passed and failed counts of every `test result:` line.
 pub fn cargo_tally(args: &[&str]) -> anyhow::Result<(u64, u64)> {
     use std::io::{BufRead, BufReader};
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut child = Command::new(cargo)
+    let mut child = cargo_command()
         .args(args)
-        .current_dir(root())
         .stdout(std::process::Stdio::piped())
         .spawn()?;
     let (mut passed, mut failed) = (0, 0);

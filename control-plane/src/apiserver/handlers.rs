@@ -474,6 +474,9 @@ async fn check_namespace(state: &State, target: &Target) -> ApiResult<()> {
         return Ok(());
     }
     let ns = target.namespace.as_deref().unwrap_or("default");
+    if state.cache.namespace_active(ns) {
+        return Ok(());
+    }
     let key = format!("/registry/namespaces/{ns}");
     let nsobj = state
         .storage

@@ -249,7 +249,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let app = router(state);
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(addr) = config.insecure_bind_address {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
+        use axum::serve::ListenerExt;
+        // Small JSON responses must not wait for Nagle's algorithm.
+        let listener = tokio::net::TcpListener::bind(addr).await?.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         tracing::warn!(%addr, "serving plain HTTP: every request there is treated as the admin");
         let app = app
             .clone()
@@ -301,6 +305,7 @@ async fn serve_tls(
                 continue;
             }
         };
+        let _ = tcp.set_nodelay(true);
         let tls = tls.clone();
         let app = app.clone();
         tokio::spawn(async move {

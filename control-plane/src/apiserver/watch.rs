@@ -35,6 +35,11 @@ struct Inner {
     /// The newest revision the cache has seen.
     latest: i64,
     tx: broadcast::Sender<Arc<Event>>,
+    /// Namespaces that exist and are not terminating, as of `latest`: a
+    /// create in one of them needs no extra etcd read (Kubernetes'
+    /// NamespaceLifecycle admission also reads a cache and goes to storage
+    /// only on a miss).
+    active_namespaces: std::collections::HashSet<String>,
 }
 
 /// Shared by all handlers.
@@ -55,7 +60,17 @@ pub struct TooOld {
 impl WatchCache {
     /// Starts the cache at etcd's current revision and the task that feeds it.
     pub async fn start(storage: Storage) -> Result<Arc<Self>, super::storage::StorageError> {
-        let rev = storage.current_revision().await?;
+        let page = storage
+            .list("/registry/namespaces/", None, None, None)
+            .await?;
+        let rev = page.revision;
+        let active_namespaces = page
+            .items
+            .iter()
+            .filter(|(_, s)| s.value.pointer("/metadata/deletionTimestamp").is_none())
+            .filter_map(|(_, s)| s.value.pointer("/metadata/name").and_then(Value::as_str))
+            .map(str::to_string)
+            .collect();
         let (tx, _) = broadcast::channel(4096);
         let cache = Arc::new(Self {
             inner: Mutex::new(Inner {
@@ -63,6 +78,7 @@ impl WatchCache {
                 complete_after: rev,
                 latest: rev,
                 tx,
+                active_namespaces,
             }),
         });
         tokio::spawn(feed(cache.clone(), storage));
@@ -97,8 +113,26 @@ impl WatchCache {
         Ok((backlog, inner.tx.subscribe()))
     }
 
+    /// True when the cache knows `ns` exists and is not terminating; false
+    /// means "ask etcd".
+    pub fn namespace_active(&self, ns: &str) -> bool {
+        self.lock().active_namespaces.contains(ns)
+    }
+
     fn push(&self, event: Event) {
         let mut inner = self.lock();
+        if let Some(ns) = event.key.strip_prefix("/registry/namespaces/") {
+            let active = !event.deleted
+                && event
+                    .object
+                    .pointer("/metadata/deletionTimestamp")
+                    .is_none();
+            if active {
+                inner.active_namespaces.insert(ns.to_string());
+            } else {
+                inner.active_namespaces.remove(ns);
+            }
+        }
         let event = Arc::new(event);
         inner.latest = inner.latest.max(event.rev);
         inner.window.push_back(event.clone());
@@ -115,6 +149,9 @@ impl WatchCache {
     fn reset(&self, rev: i64) {
         let mut inner = self.lock();
         inner.window.clear();
+        // Missed events may have removed namespaces: trust etcd until the
+        // next events bring them back.
+        inner.active_namespaces.clear();
         inner.complete_after = rev;
         inner.latest = rev;
         let (tx, _) = broadcast::channel(4096);

@@ -78,6 +78,7 @@ fn pod(name: &str) -> Bytes {
 #[derive(Default, Debug, Clone)]
 struct SchedMetrics {
     scheduled: f64,
+    events_dropped: f64,
     sums: HashMap<String, (f64, f64)>,
 }
 
@@ -95,6 +96,8 @@ async fn scheduler_metrics(http: &Http, base: &str) -> Result<SchedMetrics> {
         let v: f64 = value.parse().unwrap_or(0.0);
         if name == "scheduler_pods_scheduled_total" {
             m.scheduled = v;
+        } else if name == "scheduler_events_dropped_total" {
+            m.events_dropped = v;
         } else if let Some(h) = name.strip_suffix("_sum") {
             m.sums.entry(h.to_string()).or_default().0 = v;
         } else if let Some(h) = name.strip_suffix("_count") {
@@ -132,6 +135,7 @@ struct Outcome {
     score_ms: f64,
     bind_ms: f64,
     cpu_ms: [f64; 3],
+    events_dropped: f64,
     latency: Option<(f64, f64, f64, usize)>,
 }
 
@@ -471,6 +475,7 @@ async fn run_one(a: &Args, nodes: usize, bin: &PathBuf) -> Result<Outcome> {
         score_ms: per_op_ms(&metrics, "scheduler_score_duration_seconds"),
         bind_ms: per_op_ms(&metrics, "scheduler_binding_duration_seconds"),
         cpu_ms: [per_pod(cpu[0]), per_pod(cpu[1]), per_pod(cpu[2])],
+        events_dropped: metrics.events_dropped,
         latency,
     })
 }
@@ -481,13 +486,13 @@ fn render(a: &Args, rows: &[Outcome]) -> String {
         "# Scheduler on hollow nodes ({} pods, requests 10m cpu / 16Mi each)\n\n",
         a.pods
     ));
-    s.push_str("| nodes | register (s) | pod creates/s | scheduler start to synced (s) | synced to all bound (s) | **pods/s** | filter ms/pod | score ms/pod | bind call ms | CPU ms/pod etcd | apiserver | scheduler |\n");
-    s.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    s.push_str("| nodes | register (s) | pod creates/s | scheduler start to synced (s) | synced to all bound (s) | **pods/s** | filter ms/pod | score ms/pod | bind call ms | CPU ms/pod etcd | apiserver | scheduler | Scheduled events dropped |\n");
+    s.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in rows {
         s.push_str(&format!(
-            "| {} | {:.1} | {:.0} | {:.2} | {:.2} | **{:.0}** | {:.3} | {:.3} | {:.2} | {:.3} | {:.3} | {:.3} |\n",
+            "| {} | {:.1} | {:.0} | {:.2} | {:.2} | **{:.0}** | {:.3} | {:.3} | {:.2} | {:.3} | {:.3} | {:.3} | {:.0} |\n",
             r.nodes, r.register_s, r.create_rate, r.sync_s, r.bind_s, r.pods_per_s, r.filter_ms, r.score_ms, r.bind_ms,
-            r.cpu_ms[0], r.cpu_ms[1], r.cpu_ms[2]
+            r.cpu_ms[0], r.cpu_ms[1], r.cpu_ms[2], r.events_dropped
         ));
     }
     if a.latency_pods > 0 {
