@@ -21,6 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the agent: register this node and report it.
+    Run(Box<kestrel_agent::config::RunArgs>),
     /// Inspect the eBPF datapath.
     Bpf {
         #[command(subcommand)]
@@ -43,6 +45,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Run(args) => tokio::runtime::Runtime::new()?.block_on(kestrel_agent::run(*args)),
         Command::Bpf {
             command: BpfCommand::Check,
         } => {

@@ -367,7 +367,8 @@ fn available(k: &Kubectl) -> i64 {
 
 /// A rolling update replaces every pod without dropping below
 /// replicas - maxUnavailable available, `rollout status` waits for it, and
-/// `rollout undo` brings the previous image back.
+/// `rollout pause` holds a template change until `resume`, and `rollout
+/// undo` brings the previous image back.
 #[test]
 fn deployment_rolls_out_within_max_unavailable_and_undoes() {
     let c = Cluster::start(&[], &[], &[("node", 3, &[])]);
@@ -426,9 +427,43 @@ fn deployment_rolls_out_within_max_unavailable_and_undoes() {
         .iter()
         .all(|p| p["spec"]["containers"][0]["image"] == "registry.local/shop:2"));
 
+    // Paused, a template change makes no new ReplicaSet; resumed, it rolls out.
+    c.k.run(&["rollout", "pause", "deployment/shop"]).unwrap();
+    c.k.run(&[
+        "set",
+        "image",
+        "deployment/shop",
+        "shop=registry.local/shop:3",
+    ])
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let rs = get(&c.k, &["rs", "-l", "app=shop"]);
+    assert_eq!(
+        rs["items"].as_array().map(Vec::len),
+        Some(2),
+        "a paused deployment rolled out"
+    );
+    c.k.run(&["rollout", "resume", "deployment/shop"]).unwrap();
+    let out =
+        c.k.output(&["rollout", "status", "deployment/shop", "--timeout=90s"])
+            .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.wait(30, "only shop:3 pods after resume", || {
+        let pods = live_pods(&c.k, "app=shop");
+        (pods.len() == 4
+            && pods
+                .iter()
+                .all(|p| p["spec"]["containers"][0]["image"] == "registry.local/shop:3"))
+        .then_some(())
+    });
+
     let history = c.k.run(&["rollout", "history", "deployment/shop"]).unwrap();
     assert!(
-        history.contains("1 ") && history.contains("2 "),
+        history.contains("1 ") && history.contains("2 ") && history.contains("3 "),
         "{history}"
     );
     c.k.run(&["rollout", "undo", "deployment/shop"]).unwrap();
@@ -440,12 +475,12 @@ fn deployment_rolls_out_within_max_unavailable_and_undoes() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    c.wait(30, "only shop:1 pods after undo", || {
+    c.wait(30, "only shop:2 pods after undo", || {
         let pods = live_pods(&c.k, "app=shop");
         (pods.len() == 4
             && pods
                 .iter()
-                .all(|p| p["spec"]["containers"][0]["image"] == "registry.local/shop:1"))
+                .all(|p| p["spec"]["containers"][0]["image"] == "registry.local/shop:2"))
         .then_some(())
     });
     let image =
@@ -457,7 +492,10 @@ fn deployment_rolls_out_within_max_unavailable_and_undoes() {
             "jsonpath={.spec.template.spec.containers[0].image}",
         ])
         .unwrap();
-    assert_eq!(image, "registry.local/shop:1");
+    assert_eq!(
+        image, "registry.local/shop:2",
+        "undo goes back one revision"
+    );
 }
 
 /// A node that stops renewing its Lease turns Unknown within the grace

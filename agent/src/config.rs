@@ -1,0 +1,153 @@
+//! The agent's flags, shared by `agent run` and the tests that start it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+use crate::node::NodeConfig;
+
+/// Flags of `agent run`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct RunArgs {
+    /// kubeconfig with the API server's address and this node's credentials.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// API server URL; overrides the kubeconfig's server.
+    #[arg(long)]
+    pub master: Option<String>,
+    /// The Node's name (default: the host name).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// Where pod data, images and state live; its filesystem is the node's
+    /// ephemeral storage.
+    #[arg(long, default_value = "/var/lib/kestrel/agent")]
+    pub state_dir: PathBuf,
+    /// Most pods this node runs.
+    #[arg(long, default_value_t = 110)]
+    pub max_pods: u64,
+    /// Resources kept for the system, e.g. `cpu=100m,memory=256Mi`.
+    #[arg(long, default_value = "cpu=100m,memory=100Mi")]
+    pub system_reserved: String,
+    /// Resources kept for the agent itself, same form.
+    #[arg(long, default_value = "")]
+    pub kube_reserved: String,
+    /// Hard eviction thresholds: `memory.available<100Mi,nodefs.available<10%`.
+    #[arg(long, default_value = "memory.available<100Mi,nodefs.available<10%")]
+    pub eviction_hard: String,
+    /// The node's InternalIP (default: the first non-loopback IPv4 address).
+    #[arg(long)]
+    pub node_ip: Option<String>,
+    /// Extra labels for the Node, `key=value,...`.
+    #[arg(long, default_value = "")]
+    pub node_labels: String,
+    /// Seconds between Lease renewals.
+    #[arg(long, default_value_t = 10)]
+    pub node_lease_interval: u64,
+    /// Longest time (seconds) between status reports when nothing changes.
+    #[arg(long, default_value_t = 60)]
+    pub node_status_report_frequency: u64,
+}
+
+fn pairs(s: &str, sep: char) -> anyhow::Result<Vec<(String, String)>> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.split_once(sep)
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .with_context(|| format!("{p:?} is not of the form key{sep}value"))
+        })
+        .collect()
+}
+
+/// (cpu millicores, memory bytes) of a `cpu=..,memory=..` list.
+fn reserved(s: &str) -> anyhow::Result<(u64, u64)> {
+    let mut out = (0, 0);
+    for (k, v) in pairs(s, '=')? {
+        match k.as_str() {
+            "cpu" => out.0 = apimachinery::quantity::cpu_millis(&v)?.max(0) as u64,
+            "memory" => out.1 = apimachinery::quantity::value(&v)?.max(0) as u64,
+            "ephemeral-storage" | "pid" => {}
+            other => anyhow::bail!("unknown reserved resource {other:?}"),
+        }
+    }
+    Ok(out)
+}
+
+impl RunArgs {
+    /// The node settings these flags describe.
+    pub fn node_config(&self) -> anyhow::Result<NodeConfig> {
+        let name = match &self.node_name {
+            Some(n) => n.clone(),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")?
+                .trim()
+                .to_lowercase(),
+        };
+        let (sys_cpu, sys_mem) = reserved(&self.system_reserved).context("--system-reserved")?;
+        let (kube_cpu, kube_mem) = reserved(&self.kube_reserved).context("--kube-reserved")?;
+        let mut eviction_memory = 100 << 20;
+        let mut eviction_disk_percent = 10;
+        for (k, v) in pairs(&self.eviction_hard, '<').context("--eviction-hard")? {
+            match k.as_str() {
+                "memory.available" => {
+                    eviction_memory = apimachinery::quantity::value(&v)?.max(0) as u64
+                }
+                "nodefs.available" => {
+                    eviction_disk_percent = v
+                        .trim_end_matches('%')
+                        .parse()
+                        .with_context(|| format!("nodefs.available {v:?} is not a percentage"))?
+                }
+                other => anyhow::bail!("--eviction-hard: unknown signal {other:?}"),
+            }
+        }
+        Ok(NodeConfig {
+            name,
+            state_dir: self.state_dir.clone(),
+            max_pods: self.max_pods,
+            reserved_cpu_millis: sys_cpu + kube_cpu,
+            reserved_memory: sys_mem + kube_mem,
+            eviction_memory,
+            eviction_disk_percent,
+            node_ip: self.node_ip.clone(),
+            labels: pairs(&self.node_labels, '=').context("--node-labels")?,
+            lease_interval: Duration::from_secs(self.node_lease_interval.max(1)),
+            status_interval: Duration::from_secs(self.node_status_report_frequency.max(1)),
+            runtime_version: "libcontainer://0.7".into(),
+        })
+    }
+
+    /// An API client from --kubeconfig and/or --master.
+    pub async fn client(&self) -> anyhow::Result<kube::Client> {
+        let mut config = match (&self.kubeconfig, &self.master) {
+            (Some(path), _) => {
+                let kc = Kubeconfig::read_from(path)
+                    .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?
+            }
+            (None, Some(url)) => kube::Config::new(url.parse().context("--master is not a URL")?),
+            (None, None) => anyhow::bail!("pass --kubeconfig PATH or --master URL"),
+        };
+        if let Some(url) = &self.master {
+            config.cluster_url = url.parse().context("--master is not a URL")?;
+        }
+        config.read_timeout = None;
+        Ok(kube::Client::try_from(config)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_and_eviction_flags_parse() {
+        assert_eq!(reserved("cpu=250m,memory=1Gi").unwrap(), (250, 1 << 30));
+        assert_eq!(reserved("").unwrap(), (0, 0));
+        assert!(reserved("gpu=1").is_err());
+        assert!(reserved("cpu").is_err());
+        assert_eq!(pairs("memory.available<1Gi", '<').unwrap()[0].1, "1Gi");
+    }
+}
