@@ -1,8 +1,11 @@
 //! The node agent: kubelet, kube-proxy and the CNI in one process.
 pub mod config;
 pub mod ebpf;
+pub mod image;
 pub mod netns;
 pub mod node;
+pub mod pods;
+pub mod runtime;
 
 /// Runs the agent: registers the Node and keeps it reported until SIGTERM.
 pub async fn run(args: config::RunArgs) -> anyhow::Result<()> {

@@ -23,6 +23,17 @@ struct Cli {
 enum Command {
     /// Run the agent: register this node and report it.
     Run(Box<kestrel_agent::config::RunArgs>),
+    /// The runtime helper the agent starts to make libcontainer calls
+    /// (internal: requests on stdin, replies on stdout).
+    #[command(hide = true)]
+    RuntimeHelper {
+        /// Where container state lives.
+        #[arg(long)]
+        root: PathBuf,
+        /// The unix socket the agent connects to.
+        #[arg(long)]
+        socket: PathBuf,
+    },
     /// Inspect the eBPF datapath.
     Bpf {
         #[command(subcommand)]
@@ -45,6 +56,10 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        // Before any runtime or thread exists: libcontainer forks.
+        Command::RuntimeHelper { root, socket } => {
+            kestrel_agent::runtime::helper::serve(root, socket)
+        }
         Command::Run(args) => tokio::runtime::Runtime::new()?.block_on(kestrel_agent::run(*args)),
         Command::Bpf {
             command: BpfCommand::Check,

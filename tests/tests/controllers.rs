@@ -691,9 +691,13 @@ fn controller_manager_restart_mid_rollout_neither_loses_nor_duplicates() {
             .unwrap();
     assert!(
         out.status.success(),
-        "{}\n{}",
+        "{}\n--- rollout\n{}\n--- state\n{}\n--- controller-manager-2\n{}\n--- scheduler\n{}\n--- hollow nodes\n{}",
         String::from_utf8_lossy(&out.stderr),
-        tail(&c.cp.log("controller-manager-2"))
+        String::from_utf8_lossy(&out.stdout),
+        c.k.run(&["get", "deploy,rs,pods", "-o", "wide"]).unwrap_or_default(),
+        c.cp.log("controller-manager-2"),
+        tail(&c.cp.log("scheduler")),
+        tail(&c.cp.log("hollow-node")),
     );
     let pods = c.wait(30, "exactly 6 pods", || {
         let p = live_pods(&c.k, "app=shop");

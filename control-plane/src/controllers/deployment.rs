@@ -220,6 +220,10 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action> {
                 .await?;
             if from != to {
                 let dir = if to > from { "up" } else { "down" };
+                tracing::info!(
+                    "deployment {}: scaled {dir} {rs_name} from {from} to {to}",
+                    d.name_any()
+                );
                 ctx.shared.recorder.record(
                     reference(&*d),
                     "Normal",

@@ -318,7 +318,9 @@ async fn reconcile<K: Replicated>(owner: Arc<K>, ctx: Arc<Context>) -> Result<Ac
             Err(e) => return Err(e.into()),
         }
     }
-    tracing::debug!("{kind} {ns}/{name}: want {want}, have {have}");
+    if have != want {
+        tracing::info!("{kind} {ns}/{name}: want {want}, have {have}");
+    }
     Ok(match requeue {
         Some(d) => Action::requeue(d),
         None => Action::requeue(Duration::from_secs(300)),

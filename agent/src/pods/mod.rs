@@ -1,0 +1,3 @@
+//! Pods on this node: sandboxes, containers, status.
+
+pub mod spec;

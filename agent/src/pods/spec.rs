@@ -1,0 +1,306 @@
+//! The OCI runtime configuration (`config.json`) of one container: what
+//! Kubernetes users expect by default (containerd's capability set,
+//! masked and read-only /proc paths, no_new_privs, per-container PID
+//! namespace, the pod's network, IPC and UTS namespaces) with the pod's
+//! securityContext and resources applied.
+
+use std::path::PathBuf;
+
+use serde_json::{json, Value};
+
+/// containerd's default capabilities, which Kubernetes users rely on.
+pub const DEFAULT_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+const MASKED: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+const READ_ONLY: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// A bind mount into the container.
+#[derive(Clone, Debug)]
+pub struct Bind {
+    pub source: PathBuf,
+    pub destination: String,
+    pub read_only: bool,
+}
+
+/// Everything the configuration is made from.
+#[derive(Clone, Debug, Default)]
+pub struct ContainerSpec {
+    pub rootfs: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub hostname: String,
+    /// Paths of the pod's bind-mounted namespaces.
+    pub netns: Option<PathBuf>,
+    pub ipcns: Option<PathBuf>,
+    pub utsns: Option<PathBuf>,
+    /// Relative to each cgroup hierarchy's root.
+    pub cgroups_path: String,
+    pub cpu_shares: Option<u64>,
+    /// Microseconds per 100 ms period.
+    pub cpu_quota: Option<i64>,
+    pub memory_limit: Option<i64>,
+    pub binds: Vec<Bind>,
+    pub privileged: bool,
+    pub read_only_rootfs: bool,
+    pub caps_add: Vec<String>,
+    pub caps_drop: Vec<String>,
+    pub no_new_privileges: bool,
+}
+
+fn cap_name(c: &str) -> String {
+    let c = c.to_ascii_uppercase();
+    if c.starts_with("CAP_") {
+        c
+    } else {
+        format!("CAP_{c}")
+    }
+}
+
+/// The effective capability set: defaults (or all, when privileged) plus
+/// `add`, minus `drop` (`ALL` drops everything first, as in Kubernetes).
+pub fn capabilities(s: &ContainerSpec) -> Vec<String> {
+    let mut caps: Vec<String> = if s.privileged {
+        ALL_CAPS.iter().map(|c| c.to_string()).collect()
+    } else {
+        DEFAULT_CAPS.iter().map(|c| c.to_string()).collect()
+    };
+    if s.caps_drop.iter().any(|c| c.eq_ignore_ascii_case("ALL")) {
+        caps.clear();
+    }
+    for d in &s.caps_drop {
+        let d = cap_name(d);
+        caps.retain(|c| *c != d);
+    }
+    for a in &s.caps_add {
+        let a = if a.eq_ignore_ascii_case("ALL") {
+            for c in ALL_CAPS {
+                if !caps.iter().any(|x| x == c) {
+                    caps.push(c.to_string());
+                }
+            }
+            continue;
+        } else {
+            cap_name(a)
+        };
+        if !caps.contains(&a) {
+            caps.push(a);
+        }
+    }
+    caps
+}
+
+const ALL_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// The open-files limit containers get: containerd's 1048576, or the
+/// agent's own hard limit when that is lower (raising it needs privileges
+/// a container runtime may not have).
+fn nofile() -> u64 {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } != 0 {
+        return 1024;
+    }
+    l.rlim_max.min(1_048_576)
+}
+
+/// The `config.json` for `s`.
+pub fn config_json(s: &ContainerSpec) -> Value {
+    let caps = capabilities(s);
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", if s.privileged { "rw" } else { "ro" }]}),
+    ];
+    for b in &s.binds {
+        let mut options = vec!["rbind", "rprivate"];
+        options.push(if b.read_only { "ro" } else { "rw" });
+        mounts.push(json!({"destination": b.destination, "type": "bind", "source": b.source, "options": options}));
+    }
+    let mut namespaces = vec![json!({"type": "pid"}), json!({"type": "mount"})];
+    for (ty, path) in [("network", &s.netns), ("ipc", &s.ipcns), ("uts", &s.utsns)] {
+        match path {
+            Some(p) => namespaces.push(json!({"type": ty, "path": p})),
+            None => namespaces.push(json!({"type": ty})),
+        }
+    }
+    let mut resources = json!({"devices": [{"allow": !s.privileged, "access": "rwm"}]});
+    if !s.privileged {
+        resources["devices"] = json!([{"allow": false, "access": "rwm"}]);
+    }
+    if let Some(limit) = s.memory_limit {
+        resources["memory"] = json!({"limit": limit});
+    }
+    let mut cpu = serde_json::Map::new();
+    if let Some(shares) = s.cpu_shares {
+        cpu.insert("shares".into(), json!(shares));
+    }
+    if let Some(quota) = s.cpu_quota {
+        cpu.insert("quota".into(), json!(quota));
+        cpu.insert("period".into(), json!(100_000));
+    }
+    if !cpu.is_empty() {
+        resources["cpu"] = Value::Object(cpu);
+    }
+    let mut linux = json!({
+        "namespaces": namespaces,
+        "cgroupsPath": s.cgroups_path,
+        "resources": resources,
+    });
+    if !s.privileged {
+        linux["maskedPaths"] = json!(MASKED);
+        linux["readonlyPaths"] = json!(READ_ONLY);
+    }
+    json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": s.uid, "gid": s.gid},
+            "args": s.args,
+            "env": s.env,
+            "cwd": if s.cwd.is_empty() { "/" } else { s.cwd.as_str() },
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile(), "soft": nofile()}],
+            "noNewPrivileges": s.no_new_privileges,
+        },
+        "root": {"path": s.rootfs, "readonly": s.read_only_rootfs},
+        "hostname": s.hostname,
+        "mounts": mounts,
+        "linux": linux,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_what_kubernetes_users_expect() {
+        let s = ContainerSpec {
+            rootfs: "/r".into(),
+            args: vec!["sh".into()],
+            no_new_privileges: true,
+            ..Default::default()
+        };
+        let c = config_json(&s);
+        assert_eq!(c["process"]["noNewPrivileges"], true);
+        let caps = c["process"]["capabilities"]["effective"]
+            .as_array()
+            .unwrap();
+        assert_eq!(caps.len(), DEFAULT_CAPS.len());
+        assert!(!caps.iter().any(|c| c == "CAP_SYS_ADMIN"));
+        assert!(c["linux"]["maskedPaths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "/proc/kcore"));
+        assert!(c["linux"]["readonlyPaths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "/proc/sys"));
+        assert_eq!(c["linux"]["namespaces"][0]["type"], "pid");
+    }
+
+    #[test]
+    fn security_context_capabilities() {
+        let mut s = ContainerSpec {
+            caps_add: vec!["NET_ADMIN".into()],
+            caps_drop: vec!["chown".into()],
+            ..Default::default()
+        };
+        let caps = capabilities(&s);
+        assert!(caps.contains(&"CAP_NET_ADMIN".to_string()));
+        assert!(!caps.contains(&"CAP_CHOWN".to_string()));
+        s.caps_drop = vec!["ALL".into()];
+        s.caps_add = vec!["NET_BIND_SERVICE".into()];
+        assert_eq!(capabilities(&s), ["CAP_NET_BIND_SERVICE"]);
+        s.privileged = true;
+        s.caps_drop.clear();
+        assert!(capabilities(&s).contains(&"CAP_SYS_ADMIN".to_string()));
+    }
+}

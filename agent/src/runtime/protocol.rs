@@ -1,0 +1,81 @@
+//! Messages between the agent and its runtime helper: one JSON object per
+//! line. Requests carry a sequence number the response echoes; exits of
+//! container processes arrive unasked as events.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// What the agent asks of the helper.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Creates a container from an OCI bundle; its init waits to be started.
+    /// `stdout`/`stderr` are FIFOs the agent already reads.
+    Create {
+        id: String,
+        bundle: PathBuf,
+        stdout: Option<PathBuf>,
+        stderr: Option<PathBuf>,
+    },
+    Start {
+        id: String,
+    },
+    Kill {
+        id: String,
+        signal: i32,
+    },
+    /// Removes the container's state and cgroup (`force` kills it first).
+    Delete {
+        id: String,
+        force: bool,
+    },
+    State {
+        id: String,
+    },
+    /// Every container the helper's state directory holds.
+    List,
+    /// Ends the helper (containers keep running; a new helper adopts them).
+    Shutdown,
+}
+
+/// A request and its sequence number.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Envelope {
+    pub seq: u64,
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+/// One container as the runtime sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerState {
+    pub id: String,
+    /// creating, created, running, stopped, paused
+    pub status: String,
+    pub pid: Option<i32>,
+    pub bundle: PathBuf,
+}
+
+/// What the helper sends back.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Message {
+    /// The answer to request `seq`.
+    Reply {
+        seq: u64,
+        #[serde(default)]
+        error: Option<String>,
+        #[serde(default)]
+        state: Option<ContainerState>,
+        #[serde(default)]
+        list: Vec<ContainerState>,
+    },
+    /// A process the helper reaped: a container's init (or a stray child).
+    Exit {
+        pid: i32,
+        /// Exit code, or 128 + signal number when killed by a signal.
+        code: i32,
+        signal: Option<i32>,
+    },
+}
