@@ -48,6 +48,16 @@ pub struct RunArgs {
     /// Longest time (seconds) between status reports when nothing changes.
     #[arg(long, default_value_t = 60)]
     pub node_status_report_frequency: u64,
+    /// Where container logs go (CRI format, as kubelet writes them).
+    #[arg(long, default_value = "/var/log/pods")]
+    pub log_dir: PathBuf,
+    /// Pod and container cgroups are made under this path of every
+    /// cgroup hierarchy (v1 controllers and v2).
+    #[arg(long, default_value = "/kestrel")]
+    pub cgroup_root: String,
+    /// Register and report the node, but run no pods.
+    #[arg(long)]
+    pub no_pods: bool,
 }
 
 fn pairs(s: &str, sep: char) -> anyhow::Result<Vec<(String, String)>> {

@@ -34,10 +34,38 @@ enum Command {
         #[arg(long)]
         socket: PathBuf,
     },
+    /// Manage the node's images.
+    Image {
+        /// The agent's state directory (images live in its `images/`).
+        #[arg(long, default_value = "/var/lib/kestrel/agent")]
+        state_dir: PathBuf,
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
     /// Inspect the eBPF datapath.
     Bpf {
         #[command(subcommand)]
         command: BpfCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Import images from a `docker save` or OCI image archive.
+    Import { archive: PathBuf },
+    /// List the images on this node.
+    Ls,
+    /// Remove an image (its layers go when no other image uses them).
+    Rm { reference: String },
+    /// Write an OCI archive of a busybox image made from a static busybox
+    /// binary (Debian's busybox-static), for clusters without a registry.
+    BuildBusybox {
+        /// Where to write the archive.
+        out: PathBuf,
+        #[arg(long, default_value = "docker.io/library/busybox:latest")]
+        reference: String,
+        #[arg(long, default_value = "/bin/busybox")]
+        busybox: PathBuf,
     },
 }
 
@@ -61,6 +89,44 @@ fn main() -> anyhow::Result<()> {
             kestrel_agent::runtime::helper::serve(root, socket)
         }
         Command::Run(args) => tokio::runtime::Runtime::new()?.block_on(kestrel_agent::run(*args)),
+        Command::Image { state_dir, command } => {
+            use kestrel_agent::image::{build, ImageStore};
+            let store = || ImageStore::open(&state_dir.join("images"));
+            match command {
+                ImageCommand::Import { archive } => {
+                    for r in store()?.import(&archive)? {
+                        println!("imported {r}");
+                    }
+                }
+                ImageCommand::Ls => {
+                    println!("{:<60} {:<20} {:>10}", "IMAGE", "DIGEST", "SIZE");
+                    for i in store()?.list()? {
+                        let short: String = i
+                            .digest
+                            .trim_start_matches("sha256:")
+                            .chars()
+                            .take(12)
+                            .collect();
+                        println!("{:<60} {:<20} {:>10}", i.reference, short, i.size);
+                    }
+                }
+                ImageCommand::Rm { reference } => {
+                    if !store()?.remove(&reference)? {
+                        anyhow::bail!("no image {reference:?} on this node");
+                    }
+                    println!("removed {reference}");
+                }
+                ImageCommand::BuildBusybox {
+                    out,
+                    reference,
+                    busybox,
+                } => {
+                    build::busybox_archive(&busybox, &out, &reference)?;
+                    println!("wrote {}", out.display());
+                }
+            }
+            Ok(())
+        }
         Command::Bpf {
             command: BpfCommand::Check,
         } => {

@@ -1,3 +1,150 @@
-//! Pods on this node: sandboxes, containers, status.
+//! Pods on this node: the manager watches the pods bound here and runs one
+//! worker per pod (sandbox, containers, status, termination).
 
+pub mod logs;
+pub mod sandbox;
 pub mod spec;
+pub mod worker;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::api::{Api, ObjectMeta, PostParams};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::ResourceExt;
+use tokio::sync::watch;
+
+use crate::image::ImageStore;
+use crate::runtime::Runtime;
+
+/// What every pod worker shares.
+pub struct Env {
+    pub client: kube::Client,
+    pub runtime: Runtime,
+    pub images: ImageStore,
+    pub node_name: String,
+    pub node_ip: Option<String>,
+    pub pods_dir: PathBuf,
+    pub log_dir: PathBuf,
+    /// Pod cgroups live under this path in every hierarchy.
+    pub cgroup_root: String,
+}
+
+/// Records a core/v1 Event about `pod` from this agent.
+pub async fn event(env: &Env, pod: &Pod, type_: &str, reason: &str, message: String) {
+    let now =
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let ns = pod.namespace().unwrap_or_default();
+    let ev = Event {
+        metadata: ObjectMeta {
+            name: Some(format!("{}.{nanos:x}", pod.name_any())),
+            namespace: Some(ns.clone()),
+            ..Default::default()
+        },
+        involved_object: k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(pod.name_any()),
+            namespace: Some(ns.clone()),
+            uid: pod.uid(),
+            ..Default::default()
+        },
+        reason: Some(reason.into()),
+        message: Some(message),
+        type_: Some(type_.into()),
+        count: Some(1),
+        first_timestamp: Some(now.clone()),
+        last_timestamp: Some(now),
+        source: Some(k8s_openapi::api::core::v1::EventSource {
+            component: Some("kubelet".into()),
+            host: Some(env.node_name.clone()),
+        }),
+        reporting_component: Some("kestrel-agent".into()),
+        reporting_instance: Some(env.node_name.clone()),
+        ..Default::default()
+    };
+    let api: Api<Event> = Api::namespaced(env.client.clone(), &ns);
+    if let Err(e) = api.create(&PostParams::default(), &ev).await {
+        tracing::debug!("recording event {reason}: {e}");
+    }
+}
+
+/// Watches the pods bound to this node and keeps a worker per pod until
+/// the watch ends.
+pub async fn run(env: Arc<Env>) {
+    let api: Api<Pod> = Api::all(env.client.clone());
+    let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", env.node_name));
+    let mut stream = std::pin::pin!(watcher(api, cfg).default_backoff());
+    let mut workers: HashMap<String, watch::Sender<Option<Arc<Pod>>>> = HashMap::new();
+    let mut seen_in_relist: Option<std::collections::HashSet<String>> = None;
+    while let Some(ev) = stream.next().await {
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(e) => {
+                tracing::warn!("watching this node's pods: {e}");
+                continue;
+            }
+        };
+        let (pod, deleted) = match ev {
+            watcher::Event::Init => {
+                seen_in_relist = Some(Default::default());
+                continue;
+            }
+            watcher::Event::InitDone => {
+                if let Some(seen) = seen_in_relist.take() {
+                    workers.retain(|uid, tx| {
+                        let keep = seen.contains(uid);
+                        if !keep {
+                            let _ = tx.send(None);
+                        }
+                        keep
+                    });
+                    // Pods deleted while no agent ran left their sandboxes.
+                    if let Ok(entries) = std::fs::read_dir(&env.pods_dir) {
+                        for e in entries.flatten() {
+                            let uid = e.file_name().to_string_lossy().to_string();
+                            if !seen.contains(&uid) && !workers.contains_key(&uid) {
+                                worker::cleanup_orphan(&env, &uid).await;
+                            }
+                        }
+                    }
+                }
+                continue;
+            }
+            watcher::Event::InitApply(p) => {
+                if let Some(s) = seen_in_relist.as_mut() {
+                    s.insert(p.uid().unwrap_or_default());
+                }
+                (p, false)
+            }
+            watcher::Event::Apply(p) => (p, false),
+            watcher::Event::Delete(p) => (p, true),
+        };
+        let uid = pod.uid().unwrap_or_default();
+        if deleted {
+            if let Some(tx) = workers.remove(&uid) {
+                let _ = tx.send(None);
+            }
+            continue;
+        }
+        let pod = Arc::new(pod);
+        match workers.get(&uid) {
+            Some(tx) if !tx.is_closed() => {
+                let _ = tx.send(Some(pod));
+            }
+            _ => {
+                let (tx, rx) = watch::channel(Some(pod.clone()));
+                let w = worker::Worker::new(env.clone(), pod);
+                tokio::spawn(w.run(rx));
+                workers.insert(uid, tx);
+            }
+        }
+    }
+}

@@ -43,6 +43,9 @@ pub struct Runtime {
     pending: Pending,
     seq: Arc<AtomicU64>,
     exits: broadcast::Sender<Exit>,
+    /// Recent exits by pid: those the helper kept while no agent was
+    /// connected arrive before anyone subscribes.
+    recent: Arc<Mutex<HashMap<i32, Exit>>>,
 }
 
 impl Runtime {
@@ -102,13 +105,22 @@ impl Runtime {
         let (read, write) = stream.into_split();
         let pending: Pending = Arc::default();
         let (exits, _) = broadcast::channel(1024);
-        let (p, tx) = (pending.clone(), exits.clone());
+        let recent: Arc<Mutex<HashMap<i32, Exit>>> = Arc::default();
+        let (p, tx, r) = (pending.clone(), exits.clone(), recent.clone());
         tokio::spawn(async move {
             let mut lines = BufReader::new(read).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 match serde_json::from_str::<Message>(&line) {
                     Ok(Message::Exit { pid, code, signal }) => {
-                        let _ = tx.send(Exit { pid, code, signal });
+                        let exit = Exit { pid, code, signal };
+                        {
+                            let mut r = r.lock().unwrap_or_else(|e| e.into_inner());
+                            if r.len() > 4096 {
+                                r.clear();
+                            }
+                            r.insert(pid, exit);
+                        }
+                        let _ = tx.send(exit);
                     }
                     Ok(m @ Message::Reply { seq, .. }) => {
                         let waiter = p.lock().unwrap_or_else(|e| e.into_inner()).remove(&seq);
@@ -128,7 +140,17 @@ impl Runtime {
             pending,
             seq: Arc::new(AtomicU64::new(1)),
             exits,
+            recent,
         }
+    }
+
+    /// The exit of `pid`, if the helper reported one lately.
+    pub fn recent_exit(&self, pid: i32) -> Option<Exit> {
+        self.recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&pid)
+            .copied()
     }
 
     /// Every exit the helper reaps from now on.

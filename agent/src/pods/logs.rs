@@ -1,0 +1,76 @@
+//! Container output in the CRI log format kubelet writes
+//! (`<RFC3339Nano> <stdout|stderr> <F|P> <text>`), copied from the FIFOs the
+//! containers write to, with size-based rotation.
+
+use std::path::{Path, PathBuf};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// Rotate when a log file passes this size; keep one rotated file.
+const MAX_BYTES: u64 = 10 << 20;
+
+/// Makes a FIFO at `path` (if missing).
+pub fn mkfifo(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    if path.exists() {
+        return Ok(());
+    }
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("NUL in path"))?;
+    // SAFETY: a valid C string.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Opens the FIFO's read end (read-write, so it never sees EOF between
+/// writers, e.g. across a container restart) and copies lines into `log`
+/// until the task is aborted.
+pub fn copy(
+    fifo: PathBuf,
+    log: PathBuf,
+    stream: &'static str,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let rx = tokio::net::unix::pipe::OpenOptions::new()
+        .read_write(true)
+        .open_receiver(&fifo)?;
+    Ok(tokio::spawn(async move {
+        let mut lines = BufReader::new(rx);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match lines.read_until(b'\n', &mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let (text, tag) = match buf.strip_suffix(b"\n") {
+                Some(t) => (t, "F"),
+                None => (&buf[..], "P"),
+            };
+            let ts = k8s_openapi::jiff::Timestamp::now();
+            let mut line = format!("{ts:.9} {stream} {tag} ").into_bytes();
+            line.extend_from_slice(text);
+            line.push(b'\n');
+            if let Err(e) = append(&log, &line).await {
+                tracing::warn!("writing {}: {e}", log.display());
+            }
+        }
+    }))
+}
+
+async fn append(log: &Path, line: &[u8]) -> std::io::Result<()> {
+    if tokio::fs::metadata(log)
+        .await
+        .is_ok_and(|m| m.len() > MAX_BYTES)
+    {
+        let rotated = log.with_extension("log.1");
+        tokio::fs::rename(log, rotated).await?;
+    }
+    let mut f = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .await?;
+    f.write_all(line).await
+}
