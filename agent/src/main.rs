@@ -37,7 +37,7 @@ enum Command {
     /// Manage the node's images.
     Image {
         /// The agent's state directory (images live in its `images/`).
-        #[arg(long, default_value = "/var/lib/kestrel/agent")]
+        #[arg(long, global = true, default_value = "/var/lib/kestrel/agent")]
         state_dir: PathBuf,
         #[command(subcommand)]
         command: ImageCommand,

@@ -1,0 +1,383 @@
+//! The agent runs real pods with libcontainer, driven by the real kubectl:
+//! completion, CrashLoopBackOff, OOMKilled, grace periods, and containers
+//! that survive a `kill -9` of the agent.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use harness::cluster::{binary, ControlPlane};
+use harness::kubectl::Kubectl;
+use harness::process::{wait_for, Guarded};
+use serde_json::Value;
+
+/// A node agent on this machine with its own state, logs and cgroup root,
+/// all removed on drop (pods first, so their sandboxes are torn down).
+struct Agent {
+    proc: Option<Guarded>,
+    state: tempfile::TempDir,
+    logs: tempfile::TempDir,
+    cgroup_root: String,
+    name: String,
+    url: String,
+}
+
+impl Agent {
+    fn start(cp: &ControlPlane) -> Self {
+        harness::require_root("the agent runs containers");
+        let name = harness::names::unique("node");
+        let mut a = Agent {
+            proc: None,
+            state: tempfile::tempdir().unwrap(),
+            logs: tempfile::tempdir().unwrap(),
+            cgroup_root: format!("/{name}"),
+            name,
+            url: cp.url(),
+        };
+        // The project's busybox image, made from Debian's busybox-static.
+        let archive = a.state.path().join("busybox.tar");
+        a.agent(&["image", "build-busybox"])
+            .arg(&archive)
+            .status()
+            .unwrap();
+        let ok = a
+            .agent(&["image", "import"])
+            .arg(&archive)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "importing the busybox image");
+        a.launch();
+        a
+    }
+
+    fn agent(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(binary("agent"));
+        c.args(args);
+        if args.first() == Some(&"image") {
+            c.arg("--state-dir").arg(self.state.path());
+        }
+        c
+    }
+
+    fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.state.path().join("agent.log"))
+            .unwrap();
+        let mut cmd = self.agent(&["run", "--master", &self.url, "--node-name", &self.name]);
+        cmd.arg("--state-dir")
+            .arg(self.state.path())
+            .arg("--log-dir")
+            .arg(self.logs.path())
+            .args([
+                "--cgroup-root",
+                &self.cgroup_root,
+                "--node-lease-interval",
+                "2",
+            ])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        self.proc = Some(Guarded::spawn("agent", &mut cmd).unwrap());
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.state.path().join("agent.log")).unwrap_or_default()
+    }
+
+    fn log_files(&self) -> Vec<PathBuf> {
+        fn walk(p: &Path, out: &mut Vec<PathBuf>) {
+            for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+                if e.path().is_dir() {
+                    walk(&e.path(), out);
+                } else {
+                    out.push(e.path());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(self.logs.path(), &mut out);
+        out
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // Delete every pod so the agent tears the sandboxes down, then stop
+        // the agent and its runtime helper and remove the cgroup root.
+        let k = Kubectl::new(&self.state.path().join("kubeconfig")).ok();
+        let _ = std::fs::write(
+            self.state.path().join("kubeconfig"),
+            format!("apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster: {{server: {}}}\ncontexts:\n- name: t\n  context: {{cluster: t, user: u}}\nusers:\n- name: u\n  user: {{}}\ncurrent-context: t\n", self.url),
+        );
+        if let Some(k) = k {
+            let _ = k.output(&[
+                "delete",
+                "pods",
+                "--all",
+                "--grace-period=1",
+                "--timeout=30s",
+            ]);
+        }
+        self.proc = None;
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let state = self.state.path();
+            if let Ok(r) = kestrel_agent::runtime::Runtime::connect_or_spawn(
+                &binary("agent"),
+                &state.join("containers"),
+                &state.join("runtime.sock"),
+                &state.join("helper.log"),
+            )
+            .await
+            {
+                if let Ok(list) = r.list().await {
+                    for c in list {
+                        let _ = r.delete(&c.id, true).await;
+                    }
+                }
+                let _ = r.shutdown().await;
+            }
+        });
+        // Mounts a killed test may have left.
+        if let Ok(m) = std::fs::read_to_string("/proc/self/mountinfo") {
+            let state = self.state.path().to_string_lossy().to_string();
+            let mut points: Vec<&str> = m
+                .lines()
+                .filter_map(|l| l.split_whitespace().nth(4))
+                .filter(|p| p.starts_with(&state))
+                .collect();
+            points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+            for p in points {
+                let c = std::ffi::CString::new(p).unwrap();
+                // SAFETY: a valid C string.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+        kestrel_agent::pods::worker::remove_cgroup(&self.cgroup_root);
+    }
+}
+
+fn pod(k: &Kubectl, name: &str) -> Value {
+    serde_json::from_str(&k.run(&["get", "pod", name, "-o", "json"]).unwrap()).unwrap()
+}
+
+fn apply(k: &Kubectl, yaml: &str) {
+    let out = k.run_stdin(&["apply", "-f", "-"], yaml).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn wait<T>(agent: &Agent, secs: u64, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    wait_for(Duration::from_secs(secs), f)
+        .unwrap_or_else(|| panic!("timed out: {what}\n--- agent log\n{}", agent.log()))
+}
+
+/// A user runs busybox pods on a real node: one completes and its output
+/// is in the CRI log, one crash-loops with a growing restart count, one
+/// exceeds its memory limit and shows OOMKilled.
+#[test]
+fn pods_complete_crash_loop_and_get_oom_killed() {
+    let cp = ControlPlane::start().unwrap();
+    let k = cp.kubectl();
+    let agent = Agent::start(&cp);
+    let node = agent.name.clone();
+    wait(&agent, 30, "the node to register", || {
+        k.output(&["get", "node", &node])
+            .ok()?
+            .status
+            .success()
+            .then_some(())
+    });
+    apply(
+        &k,
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: hello}}
+spec:
+  nodeName: {node}
+  restartPolicy: Never
+  containers:
+  - name: hello
+    image: busybox
+    command: [sh, -c, 'echo hello from $(hostname) as $(id -u); echo to stderr >&2']
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: crash}}
+spec:
+  nodeName: {node}
+  containers:
+  - name: crash
+    image: busybox
+    command: [sh, -c, 'echo dying; exit 3']
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: hog}}
+spec:
+  nodeName: {node}
+  restartPolicy: Never
+  containers:
+  - name: hog
+    image: busybox
+    command: [sh, -c, 'x=aaaaaaaaaaaaaaaa; while true; do x=$x$x; done']
+    resources: {{limits: {{memory: 32Mi}}}}
+"#
+        ),
+    );
+    let hello = wait(&agent, 30, "hello to complete", || {
+        let p = pod(&k, "hello");
+        (p["status"]["phase"] == "Succeeded").then_some(p)
+    });
+    let term = &hello["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(term["exitCode"], 0);
+    assert_eq!(term["reason"], "Completed");
+    let table = k.run(&["get", "pod", "hello"]).unwrap();
+    assert!(table.contains("Completed"), "{table}");
+    let log = wait(&agent, 10, "the container's log file", || {
+        let files = agent.log_files();
+        let f = files
+            .iter()
+            .find(|f| f.to_string_lossy().contains("_hello_"))?;
+        let text = std::fs::read_to_string(f).ok()?;
+        (text.lines().count() >= 2).then_some(text)
+    });
+    assert!(
+        log.lines()
+            .any(|l| l.ends_with(" stdout F hello from hello as 0")),
+        "{log}"
+    );
+    assert!(
+        log.lines().any(|l| l.ends_with(" stderr F to stderr")),
+        "{log}"
+    );
+
+    let crash = wait(
+        &agent,
+        60,
+        "crash in CrashLoopBackOff after restarts",
+        || {
+            let p = pod(&k, "crash");
+            let cs = &p["status"]["containerStatuses"][0];
+            (cs["restartCount"].as_i64().unwrap_or(0) >= 2
+                && cs["state"]["waiting"]["reason"] == "CrashLoopBackOff")
+                .then_some(p)
+        },
+    );
+    let cs = &crash["status"]["containerStatuses"][0];
+    assert_eq!(cs["lastState"]["terminated"]["exitCode"], 3);
+    assert_eq!(cs["lastState"]["terminated"]["reason"], "Error");
+    assert_eq!(crash["status"]["phase"], "Running");
+
+    let hog = wait(&agent, 60, "hog OOMKilled", || {
+        let p = pod(&k, "hog");
+        (p["status"]["phase"] == "Failed").then_some(p)
+    });
+    assert_eq!(
+        hog["status"]["containerStatuses"][0]["state"]["terminated"]["reason"], "OOMKilled",
+        "{hog}"
+    );
+}
+
+/// A deleted pod gets its grace period (a shell as PID 1 ignores SIGTERM,
+/// so SIGKILL ends it), and a running container survives `kill -9` of the
+/// agent: the restarted agent adopts it without restarting it.
+#[test]
+fn grace_period_and_agent_restart_keep_containers_right() {
+    let cp = ControlPlane::start().unwrap();
+    let k = cp.kubectl();
+    let mut agent = Agent::start(&cp);
+    let node = agent.name.clone();
+    apply(
+        &k,
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: sleeper}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: sleeper
+    image: busybox
+    command: [sleep, "3600"]
+"#
+        ),
+    );
+    let running = wait(&agent, 30, "sleeper running", || {
+        let p = pod(&k, "sleeper");
+        (p["status"]["phase"] == "Running" && p["status"]["containerStatuses"][0]["ready"] == true)
+            .then_some(p)
+    });
+    let id = running["status"]["containerStatuses"][0]["containerID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(id.starts_with("libcontainer://"), "{id}");
+    let conditions: Vec<String> = running["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["status"] == "True")
+        .map(|c| c["type"].as_str().unwrap().to_string())
+        .collect();
+    for c in ["PodScheduled", "Initialized", "ContainersReady", "Ready"] {
+        assert!(
+            conditions.iter().any(|x| x == c),
+            "{c} not True: {conditions:?}"
+        );
+    }
+
+    // kill -9 the agent; the container keeps running; a new agent adopts it.
+    agent.proc.as_mut().unwrap().kill();
+    std::thread::sleep(Duration::from_millis(500));
+    agent.launch();
+    wait(
+        &agent,
+        30,
+        "the restarted agent to adopt the container",
+        || {
+            agent
+                .log()
+                .contains("adopted running container")
+                .then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let after = pod(&k, "sleeper");
+    let cs = &after["status"]["containerStatuses"][0];
+    assert_eq!(cs["containerID"], id.as_str(), "the container was replaced");
+    assert_eq!(cs["restartCount"], 0);
+    assert!(cs["state"]["running"].is_object(), "{cs}");
+
+    let t0 = Instant::now();
+    let out = k
+        .output(&["delete", "pod", "sleeper", "--timeout=60s"])
+        .unwrap();
+    let took = t0.elapsed();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        agent.log()
+    );
+    assert!(
+        took >= Duration::from_secs(2),
+        "deleted after {took:?}, before the 2 s grace period"
+    );
+    assert!(took < Duration::from_secs(20), "deletion took {took:?}");
+    let leftover = wait_for(Duration::from_secs(10), || {
+        let m = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        (!m.contains(&agent.state.path().to_string_lossy().to_string())).then_some(())
+    });
+    assert!(leftover.is_some(), "the pod's mounts outlived it");
+}
