@@ -55,6 +55,9 @@ pub struct RunArgs {
     /// cgroup hierarchy (v1 controllers and v2).
     #[arg(long, default_value = "/kestrel")]
     pub cgroup_root: String,
+    /// Where the node API (container logs for `kubectl logs`) listens.
+    #[arg(long, default_value = "0.0.0.0:10250")]
+    pub node_api_address: std::net::SocketAddr,
     /// Register and report the node, but run no pods.
     #[arg(long)]
     pub no_pods: bool,
@@ -126,11 +129,13 @@ impl RunArgs {
             lease_interval: Duration::from_secs(self.node_lease_interval.max(1)),
             status_interval: Duration::from_secs(self.node_status_report_frequency.max(1)),
             runtime_version: "libcontainer://0.7".into(),
+            api_port: self.node_api_address.port(),
         })
     }
 
-    /// An API client from --kubeconfig and/or --master.
-    pub async fn client(&self) -> anyhow::Result<kube::Client> {
+    /// An API client from --kubeconfig and/or --master, and the cluster CA
+    /// (DER) when the kubeconfig has one.
+    pub async fn client(&self) -> anyhow::Result<(kube::Client, Option<Vec<Vec<u8>>>)> {
         let mut config = match (&self.kubeconfig, &self.master) {
             (Some(path), _) => {
                 let kc = Kubeconfig::read_from(path)
@@ -144,7 +149,8 @@ impl RunArgs {
             config.cluster_url = url.parse().context("--master is not a URL")?;
         }
         config.read_timeout = None;
-        Ok(kube::Client::try_from(config)?)
+        let ca = config.root_cert.clone();
+        Ok((kube::Client::try_from(config)?, ca))
     }
 }
 

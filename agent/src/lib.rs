@@ -4,6 +4,7 @@ pub mod ebpf;
 pub mod image;
 pub mod netns;
 pub mod node;
+pub mod nodeapi;
 pub mod pods;
 pub mod runtime;
 
@@ -13,8 +14,13 @@ pub mod runtime;
 pub async fn run(args: config::RunArgs) -> anyhow::Result<()> {
     let cfg = args.node_config()?;
     std::fs::create_dir_all(&cfg.state_dir)?;
-    let client = args.client().await?;
+    let (client, ca) = args.client().await?;
     node::register(&client, &cfg).await?;
+    let api = tokio::spawn(nodeapi::serve(
+        args.node_api_address,
+        args.log_dir.clone(),
+        ca,
+    ));
     let node_ip = cfg
         .node_ip
         .clone()
@@ -54,5 +60,59 @@ pub async fn run(args: config::RunArgs) -> anyhow::Result<()> {
     if let Some(p) = pods {
         p.abort();
     }
+    api.abort();
+    Ok(())
+}
+
+/// Stops every container this node runs, ends the runtime helper, unmounts
+/// what pods left mounted under `state_dir` and removes the cgroup root:
+/// the node is as before the agent ran (images stay).
+pub async fn reset(state_dir: &std::path::Path, cgroup_root: &str) -> anyhow::Result<()> {
+    let state = state_dir.canonicalize()?;
+    let socket = state.join("runtime.sock");
+    if let Ok(r) = runtime::Runtime::connect_or_spawn(
+        &std::env::current_exe()?,
+        &state.join("containers"),
+        &socket,
+        &state.join("runtime-helper.log"),
+    )
+    .await
+    {
+        for c in r.list().await.unwrap_or_default() {
+            if let Err(e) = r.delete(&c.id, true).await {
+                tracing::warn!("deleting container {}: {e}", c.id);
+            }
+        }
+        let _ = r.shutdown().await;
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let prefix = state.to_string_lossy().to_string();
+    let mut points: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .filter(|p| p.starts_with(&prefix))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        if let Ok(c) = std::ffi::CString::new(p) {
+            // SAFETY: a valid C string.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+    let _ = std::fs::remove_dir_all(state.join("pods"));
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+        for e in entries.flatten() {
+            let dir = e.path().join(cgroup_root.trim_start_matches('/'));
+            if let Ok(pods) = std::fs::read_dir(&dir) {
+                for p in pods.flatten().filter(|p| p.path().is_dir()) {
+                    pods::worker::remove_cgroup(&format!(
+                        "{cgroup_root}/{}",
+                        p.file_name().to_string_lossy()
+                    ));
+                }
+            }
+        }
+    }
+    pods::worker::remove_cgroup(cgroup_root);
     Ok(())
 }

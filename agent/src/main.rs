@@ -34,6 +34,14 @@ enum Command {
         #[arg(long)]
         socket: PathBuf,
     },
+    /// Stop every container of this node and remove what pods left behind
+    /// (mounts, cgroups, sandboxes); images stay.
+    Reset {
+        #[arg(long, default_value = "/var/lib/kestrel/agent")]
+        state_dir: PathBuf,
+        #[arg(long, default_value = "/kestrel")]
+        cgroup_root: String,
+    },
     /// Manage the node's images.
     Image {
         /// The agent's state directory (images live in its `images/`).
@@ -89,6 +97,12 @@ fn main() -> anyhow::Result<()> {
             kestrel_agent::runtime::helper::serve(root, socket)
         }
         Command::Run(args) => tokio::runtime::Runtime::new()?.block_on(kestrel_agent::run(*args)),
+        Command::Reset {
+            state_dir,
+            cgroup_root,
+        } => {
+            tokio::runtime::Runtime::new()?.block_on(kestrel_agent::reset(&state_dir, &cgroup_root))
+        }
         Command::Image { state_dir, command } => {
             use kestrel_agent::image::{build, ImageStore};
             let store = || ImageStore::open(&state_dir.join("images"));

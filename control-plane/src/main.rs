@@ -22,6 +22,23 @@ enum Component {
     /// The controller-manager: replication, deployments, nodes, endpoints,
     /// namespaces and garbage collection.
     ControllerManager(kestrel_control_plane::controllers::Config),
+    /// Write a kubeconfig with a new client certificate signed by the
+    /// cluster CA (e.g. for a node agent: --user system:node:NAME
+    /// --group system:nodes).
+    Kubeconfig {
+        /// The API server's certificate directory (holds the CA).
+        #[arg(long, default_value = "/var/lib/kestrel/pki")]
+        cert_dir: std::path::PathBuf,
+        #[arg(long)]
+        user: String,
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        #[arg(long, default_value = "https://127.0.0.1:6443")]
+        server: String,
+        /// Where to write it (mode 0600).
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
     /// Simulated nodes: Node objects, Leases and a stand-in kubelet that
     /// marks their pods Running, for tests and benchmarks at scale.
     HollowNodes(kestrel_control_plane::hollow::Config),
@@ -37,6 +54,29 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().component {
         Component::Apiserver(config) => kestrel_control_plane::apiserver::run(config).await,
         Component::Scheduler(config) => kestrel_control_plane::scheduler::run(config).await,
+        Component::Kubeconfig {
+            cert_dir,
+            user,
+            groups,
+            server,
+            out,
+        } => {
+            let pki = kestrel_control_plane::apiserver::auth::Pki { dir: cert_dir };
+            let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
+            let kc = kestrel_control_plane::apiserver::auth::client_kubeconfig(
+                &pki, &server, &user, &groups,
+            )?;
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&out)?
+                .write_all(kc.as_bytes())?;
+            Ok(())
+        }
         Component::HollowNodes(config) => kestrel_control_plane::hollow::run(config).await,
         Component::ControllerManager(config) => {
             kestrel_control_plane::controllers::run(config).await

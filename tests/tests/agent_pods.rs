@@ -20,6 +20,7 @@ struct Agent {
     cgroup_root: String,
     name: String,
     url: String,
+    api_port: u16,
 }
 
 impl Agent {
@@ -33,6 +34,7 @@ impl Agent {
             cgroup_root: format!("/{name}"),
             name,
             url: cp.url(),
+            api_port: harness::ports::free_port(),
         };
         // The project's busybox image, made from Debian's busybox-static.
         let archive = a.state.path().join("busybox.tar");
@@ -76,6 +78,9 @@ impl Agent {
                 "--node-lease-interval",
                 "2",
             ])
+            // Each test's agent has its own node API port on loopback.
+            .args(["--node-ip", "127.0.0.1"])
+            .arg(format!("--node-api-address=127.0.0.1:{}", self.api_port))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -274,6 +279,8 @@ spec:
     );
     let cs = &crash["status"]["containerStatuses"][0];
     assert_eq!(cs["lastState"]["terminated"]["exitCode"], 3);
+    let previous = k.run(&["logs", "crash", "--previous"]).unwrap();
+    assert_eq!(previous, "dying\n");
     assert_eq!(cs["lastState"]["terminated"]["reason"], "Error");
     assert_eq!(crash["status"]["phase"], "Running");
 

@@ -171,9 +171,17 @@ const SCHEDULER: Component = Component { name: "scheduler" };
 const CONTROLLER_MANAGER: Component = Component {
     name: "controller-manager",
 };
+const AGENT: Component = Component { name: "agent" };
 
 /// Components in start order; `down` stops them in reverse.
-const ALL: &[Component] = &[ETCD, APISERVER, SCHEDULER, CONTROLLER_MANAGER];
+const ALL: &[Component] = &[ETCD, APISERVER, SCHEDULER, CONTROLLER_MANAGER, AGENT];
+
+/// The node's name: the host name, as kubelet does.
+fn node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_lowercase())
+        .unwrap_or_else(|_| "localhost".into())
+}
 
 pub fn up(args: UpArgs) -> anyhow::Result<()> {
     crate::setup::run(false)?;
@@ -246,15 +254,81 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         })?;
     }
 
+    util::step("starting the node agent");
+    let agent = bin.with_file_name("agent");
+    let agent_dir = state_dir().join("agent");
+    std::fs::create_dir_all(&agent_dir)?;
+    let node = node_name();
+    // The agent authenticates as its node, with a certificate from the CA.
+    let node_kubeconfig = state_dir().join("node.kubeconfig");
+    util::run(
+        Command::new(&bin)
+            .arg("kubeconfig")
+            .arg(format!("--cert-dir={}", state_dir().join("pki").display()))
+            .arg(format!("--user=system:node:{node}"))
+            .arg("--group=system:nodes")
+            .arg(format!(
+                "--server=https://127.0.0.1:{}",
+                args.apiserver_port
+            ))
+            .arg("--out")
+            .arg(&node_kubeconfig),
+    )?;
+    // A busybox image from Debian's busybox-static, so pods run without a
+    // registry.
+    let archive = state_dir().join("busybox.tar");
+    if !archive.exists() {
+        util::run(
+            Command::new(&agent)
+                .args(["image", "build-busybox"])
+                .arg(&archive)
+                .arg("--state-dir")
+                .arg(&agent_dir),
+        )?;
+        util::run(
+            Command::new(&agent)
+                .args(["image", "import"])
+                .arg(&archive)
+                .arg("--state-dir")
+                .arg(&agent_dir),
+        )?;
+    }
+    AGENT.start(
+        Command::new(&agent)
+            .arg("run")
+            .arg("--kubeconfig")
+            .arg(&node_kubeconfig)
+            .arg("--node-name")
+            .arg(&node)
+            .arg("--state-dir")
+            .arg(&agent_dir)
+            .arg("--log-dir")
+            .arg(state_dir().join("logs").join("pods")),
+    )?;
+    AGENT.wait_ready(Duration::from_secs(60), || {
+        Command::new(kubectl_path())
+            .arg("--kubeconfig")
+            .arg(&kubeconfig_path)
+            .args([
+                "get",
+                "node",
+                &node,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ])
+            .output()
+            .is_ok_and(|o| o.stdout == b"True")
+    })?;
+
     eprintln!();
     eprintln!(
-        "the cluster is ready: etcd at {etcd_url}, API server at https://127.0.0.1:{}",
+        "the cluster is ready: etcd at {etcd_url}, API server at https://127.0.0.1:{}, node {node}",
         args.apiserver_port
     );
-    eprintln!("not there yet: the node agent (pods are scheduled to nodes but nothing runs them)");
     eprintln!();
     eprintln!("    export KUBECONFIG={}", kubeconfig_path.display());
-    eprintln!("    kubectl get namespaces");
+    eprintln!("    kubectl get nodes");
+    eprintln!("    kubectl run hello --image=busybox --restart=Never -- echo hello");
     eprintln!();
 
     if args.detach {
@@ -285,6 +359,23 @@ pub fn down(args: DownArgs) -> anyhow::Result<()> {
     util::step("stopping the cluster");
     for c in ALL.iter().rev() {
         c.stop();
+    }
+    // Containers outlive the agent by design; a stopped cluster runs none.
+    let agent_dir = state_dir().join("agent");
+    if agent_dir.join("runtime.sock").exists() {
+        let agent = ["release", "debug"]
+            .iter()
+            .map(|p| util::root().join("target").join(p).join("agent"))
+            .find(|p| p.exists());
+        if let Some(agent) = agent {
+            let _ = util::run(
+                Command::new(agent)
+                    .arg("reset")
+                    .arg("--state-dir")
+                    .arg(&agent_dir),
+            );
+            eprintln!("    containers stopped");
+        }
     }
     let _ = std::fs::remove_dir_all(state_dir().join("run"));
     if args.purge {

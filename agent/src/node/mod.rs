@@ -30,6 +30,8 @@ pub struct NodeConfig {
     pub lease_interval: Duration,
     pub status_interval: Duration,
     pub runtime_version: String,
+    /// Port of the node API, advertised in status.daemonEndpoints.
+    pub api_port: u16,
 }
 
 fn now() -> String {
@@ -189,7 +191,7 @@ fn status(cfg: &NodeConfig, previous: Option<&Node>, runtime_ok: bool) -> anyhow
         "conditions": conds,
         "addresses": addresses,
         "nodeInfo": machine::node_info(&cfg.runtime_version, &version),
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": cfg.api_port}},
     }))
 }
 
@@ -345,6 +347,7 @@ mod tests {
             lease_interval: Duration::from_secs(10),
             status_interval: Duration::from_secs(60),
             runtime_version: "libcontainer://0.7".into(),
+            api_port: 10250,
         }
     }
 

@@ -173,6 +173,53 @@ pub fn ensure_pki(dir: &Path, sans: &[String]) -> anyhow::Result<Pki> {
     Ok(pki)
 }
 
+/// A kubeconfig for `server` with a new client certificate for `user` in
+/// `groups`, signed by the cluster CA (for nodes: `system:node:NAME` in
+/// `system:nodes`).
+pub fn client_kubeconfig(
+    pki: &Pki,
+    server: &str,
+    user: &str,
+    groups: &[&str],
+) -> anyhow::Result<String> {
+    let ca_pem = std::fs::read_to_string(pki.ca_cert())
+        .with_context(|| format!("reading {}", pki.ca_cert().display()))?;
+    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(pki.ca_key())?)?;
+    // Re-signing the CA's own parameters with its key gives an issuer with
+    // the same subject and key as the certificate on disk.
+    let ca = CertificateParams::from_ca_cert_pem(&ca_pem)?.self_signed(&ca_key)?;
+    let key = KeyPair::generate()?;
+    let cert = client_params(user, groups)?.signed_by(&key, &ca, &ca_key)?;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    Ok(format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: kestrel\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\nusers:\n- name: {user}\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: kestrel\n  context:\n    cluster: kestrel\n    user: {user}\ncurrent-context: kestrel\n",
+        b64(&ca_pem),
+        b64(&cert.pem()),
+        b64(&key.serialize_pem()),
+    ))
+}
+
+/// The API server's client certificate for node agents' APIs (logs):
+/// made on first use, kept in the certificate directory.
+pub fn kubelet_client(pki: &Pki) -> anyhow::Result<(String, String)> {
+    let cert = pki.dir.join("apiserver-kubelet-client.crt");
+    let key = pki.dir.join("apiserver-kubelet-client.key");
+    if !cert.exists() || !key.exists() {
+        let ca_pem = std::fs::read_to_string(pki.ca_cert())?;
+        let ca_key = KeyPair::from_pem(&std::fs::read_to_string(pki.ca_key())?)?;
+        let ca = CertificateParams::from_ca_cert_pem(&ca_pem)?.self_signed(&ca_key)?;
+        let k = KeyPair::generate()?;
+        let c = client_params("kube-apiserver-kubelet-client", &["system:masters"])?
+            .signed_by(&k, &ca, &ca_key)?;
+        write_private(&key, &k.serialize_pem())?;
+        std::fs::write(&cert, c.pem())?;
+    }
+    Ok((
+        std::fs::read_to_string(cert)?,
+        std::fs::read_to_string(key)?,
+    ))
+}
+
 /// An admin kubeconfig for `server` using the admin client certificate.
 pub fn admin_kubeconfig(pki: &Pki, server: &str) -> anyhow::Result<String> {
     let b64 = |p: PathBuf| -> anyhow::Result<String> {

@@ -1321,9 +1321,9 @@ pub async fn dispatch(
             )
             .await
         }
-        (_, true, Some("log" | "exec")) => Err(ApiError::unavailable(format!(
-            "{} for pod {:?}: no node agent serves this pod's node yet",
-            sub.unwrap_or(""),
+        (Method::GET, true, Some("log")) => super::nodeproxy::logs(state, target, query).await,
+        (_, true, Some("exec")) => Err(ApiError::unavailable(format!(
+            "exec into pod {:?}: the node agent does not serve exec yet",
             target.name.as_deref().unwrap_or("")
         ))),
         (Method::GET, true, _) => get(state, target, wants, query).await,

@@ -9,6 +9,7 @@ mod defaults;
 pub mod discovery;
 pub mod errors;
 mod handlers;
+mod nodeproxy;
 pub mod request;
 pub mod resources;
 pub mod storage;

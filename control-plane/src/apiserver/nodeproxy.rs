@@ -1,0 +1,242 @@
+//! `pods/<name>/log`, proxied to the node agent that runs the pod (its
+//! node API, at the node's InternalIP and `daemonEndpoints` port). Over
+//! HTTPS the API server presents its kubelet-client certificate; like
+//! Kubernetes without `--kubelet-certificate-authority`, it does not verify
+//! the agent's self-signed serving certificate.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde_json::Value;
+
+use super::errors::ApiError;
+use super::request::{Query, Target};
+use super::State;
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Accepts any server certificate: the agent's is self-signed.
+#[derive(Debug)]
+struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn client_tls(state: &State) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let pki = super::auth::Pki {
+        dir: state.config.cert_dir.clone(),
+    };
+    let (cert, key) = super::auth::kubelet_client(&pki)?;
+    let certs = rustls_pemfile::certs(&mut cert.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+    let key = rustls_pemfile::private_key(&mut key.as_bytes())?
+        .ok_or_else(|| anyhow::anyhow!("no key in the kubelet client key file"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+        .with_client_auth_cert(certs, key)?;
+    Ok(Arc::new(cfg))
+}
+
+/// Where the node API of `node` listens.
+fn endpoint(node: &Value) -> Option<(String, u16)> {
+    let addrs = node.pointer("/status/addresses")?.as_array()?;
+    let ip = addrs
+        .iter()
+        .find(|a| a["type"] == "InternalIP")
+        .or_else(|| addrs.iter().find(|a| a["type"] == "Hostname"))?["address"]
+        .as_str()?
+        .to_string();
+    let port = node
+        .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
+        .and_then(Value::as_u64)
+        .unwrap_or(10250) as u16;
+    Some((ip, port))
+}
+
+/// `GET pods/<name>/log`.
+pub async fn logs(state: &State, target: &Target, query: &Query) -> ApiResult<Response> {
+    let name = target.name.clone().unwrap_or_default();
+    let ns = target.namespace.clone().unwrap_or_else(|| "default".into());
+    let pod = state
+        .storage
+        .get(&target.key())
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .ok_or_else(|| ApiError::not_found("pods", &name))?
+        .value;
+    let names: Vec<String> = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .chain(
+            pod.pointer("/spec/initContainers")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten(),
+        )
+        .filter_map(|c| c["name"].as_str().map(str::to_string))
+        .collect();
+    let container = match query.get("container") {
+        Some(c) if names.iter().any(|n| n == c) => c.to_string(),
+        Some(c) => {
+            return Err(ApiError::bad_request(format!(
+                "container {c} is not valid for pod {name}"
+            )))
+        }
+        None if names.len() == 1 => names[0].clone(),
+        None => {
+            return Err(ApiError::bad_request(format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]",
+                names.join(" ")
+            )))
+        }
+    };
+    let node_name = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("pod {name} does not have a host assigned"))
+        })?;
+    let node = state
+        .storage
+        .get(&format!("/registry/nodes/{node_name}"))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .ok_or_else(|| ApiError::not_found("nodes", node_name))?
+        .value;
+    let (host, port) = endpoint(&node)
+        .ok_or_else(|| ApiError::unavailable(format!("node {node_name} has no address")))?;
+    let params = {
+        let mut p = form_urlencoded::Serializer::new(String::new());
+        for k in [
+            "follow",
+            "tailLines",
+            "timestamps",
+            "sinceSeconds",
+            "previous",
+            "limitBytes",
+        ] {
+            if let Some(v) = query.get(k) {
+                p.append_pair(k, v);
+            }
+        }
+        p.finish()
+    };
+    let path = format!("/containerLogs/{ns}/{name}/{container}?{params}");
+    let unavailable = |e: String| {
+        ApiError::unavailable(format!(
+            "the node agent on {node_name} ({host}:{port}): {e}"
+        ))
+    };
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    .map_err(|_| unavailable("connect timed out".into()))?
+    .map_err(|e| unavailable(e.to_string()))?;
+    let _ = tcp.set_nodelay(true);
+    let request = axum::http::Request::get(&path)
+        .header("host", format!("{host}:{port}"))
+        .body(Body::empty())
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let response = if state.config.no_tls {
+        send(hyper_util::rt::TokioIo::new(tcp), request).await
+    } else {
+        let tls = client_tls(state).map_err(|e| ApiError::internal(e.to_string()))?;
+        let server_name = rustls::pki_types::ServerName::try_from(host.clone())
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let stream = tokio_rustls::TlsConnector::from(tls)
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        send(hyper_util::rt::TokioIo::new(stream), request).await
+    }
+    .map_err(unavailable)?;
+    let status = response.status();
+    if status != StatusCode::OK {
+        use http_body_util::BodyExt;
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let text = String::from_utf8_lossy(&body).to_string();
+        return Err(match status.as_u16() {
+            400 => ApiError::bad_request(text),
+            404 => ApiError::not_found("pods", &name),
+            _ => unavailable(text),
+        });
+    }
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "text/plain")
+        .body(Body::new(response.into_body()))
+        .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+async fn send<T>(
+    io: T,
+    req: axum::http::Request<Body>,
+) -> Result<hyper::Response<hyper::body::Incoming>, String>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    sender.send_request(req).await.map_err(|e| e.to_string())
+}
