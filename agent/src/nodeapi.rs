@@ -129,12 +129,14 @@ async fn container_logs(
     } else {
         match files.last() {
             Some(f) => f.clone(),
-            None => return error(
-                StatusCode::BAD_REQUEST,
-                format!(
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
                     "container \"{container}\" in pod \"{pod}\" is waiting to start: no logs yet"
                 ),
-            ),
+                )
+            }
         }
     };
     let since = opts.since_seconds.filter(|s| *s > 0).map(|s| {

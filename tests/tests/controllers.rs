@@ -188,6 +188,14 @@ fn replication_controller_spreads_replaces_and_scales() {
         let rc = get(&c.k, &["rc", "web"]);
         (live_pods(&c.k, "app=web").len() == 1 && rc["status"]["replicas"] == 1).then_some(())
     });
+    // A node removed from the cluster: its pod is deleted (pod GC) and the
+    // RC replaces it elsewhere.
+    let on = node_of(&live_pods(&c.k, "app=web")[0]).to_string();
+    c.k.run(&["delete", "node", &on]).unwrap();
+    c.wait(30, "the replica replaced on a remaining node", || {
+        let p = live_pods(&c.k, "app=web");
+        (p.len() == 1 && running(&p[0]) && node_of(&p[0]) != on).then_some(())
+    });
     // Deleting the RC (background cascade) takes its pod along.
     c.k.run(&["delete", "rc", "web"]).unwrap();
     c.wait(30, "the RC's pods to be garbage collected", || {

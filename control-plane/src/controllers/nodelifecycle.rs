@@ -51,6 +51,7 @@ pub async fn run(ctx: Arc<Context>, settings: Settings) {
         ticker.tick().await;
         let now = Instant::now();
         let all = nodes.state();
+        collect_orphaned_pods(&ctx, &all).await;
         seen.retain(|n, _| all.iter().any(|x| x.name_any() == *n));
         for node in all {
             let name = node.name_any();
@@ -102,6 +103,57 @@ pub async fn run(ctx: Arc<Context>, settings: Settings) {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Pod garbage collection: a pod bound to a node that no longer exists
+/// can never be stopped by its agent, so it is deleted for good (as
+/// Kubernetes' PodGC does), letting its controller replace it.
+async fn collect_orphaned_pods(ctx: &Context, nodes: &[std::sync::Arc<Node>]) {
+    let known: std::collections::HashSet<String> = nodes.iter().map(|n| n.name_any()).collect();
+    let api: Api<Node> = Api::all(ctx.client.clone());
+    let mut checked: HashMap<String, bool> = HashMap::new();
+    for pod in ctx.pods.state() {
+        let Some(node) = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .filter(|n| !n.is_empty())
+        else {
+            continue;
+        };
+        if known.contains(&node) {
+            continue;
+        }
+        // The cache may lag behind a node that just registered: ask.
+        let gone = match checked.get(&node) {
+            Some(g) => *g,
+            None => {
+                let g = matches!(api.get_opt(&node).await, Ok(None));
+                checked.insert(node.clone(), g);
+                g
+            }
+        };
+        if !gone {
+            continue;
+        }
+        let pods: Api<Pod> =
+            Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: pod.uid(),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        if pods.delete(&pod.name_any(), &dp).await.is_ok() {
+            tracing::info!(
+                "deleted pod {}/{} bound to the missing node {node}",
+                pod.namespace().unwrap_or_default(),
+                pod.name_any()
+            );
         }
     }
 }
