@@ -1,6 +1,7 @@
 //! The node agent: kubelet, kube-proxy and the CNI in one process.
 pub mod config;
 pub mod ebpf;
+pub mod exec;
 pub mod image;
 pub mod netns;
 pub mod node;
@@ -16,11 +17,6 @@ pub async fn run(args: config::RunArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.state_dir)?;
     let (client, ca) = args.client().await?;
     node::register(&client, &cfg).await?;
-    let api = tokio::spawn(nodeapi::serve(
-        args.node_api_address,
-        args.log_dir.clone(),
-        ca,
-    ));
     let node_ip = cfg
         .node_ip
         .clone()
@@ -48,8 +44,19 @@ pub async fn run(args: config::RunArgs) -> anyhow::Result<()> {
             log_dir: args.log_dir.clone(),
             cgroup_root: args.cgroup_root.clone(),
         });
-        Some(tokio::spawn(pods::run(env)))
+        let runtime = env.runtime.clone();
+        Some((tokio::spawn(pods::run(env)), runtime))
     };
+    let runtime = pods.as_ref().map(|p| p.1.clone());
+    // Absolute: the runtime helper opens these paths from its own cwd.
+    let exec_dir = cfg.state_dir.canonicalize()?.join("exec");
+    let api = tokio::spawn(nodeapi::serve(
+        args.node_api_address,
+        args.log_dir.clone(),
+        runtime,
+        exec_dir,
+        ca,
+    ));
     let beat = node::heartbeat(client, cfg, || true);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -57,7 +64,7 @@ pub async fn run(args: config::RunArgs) -> anyhow::Result<()> {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
-    if let Some(p) = pods {
+    if let Some((p, _)) = pods {
         p.abort();
     }
     api.abort();

@@ -104,8 +104,12 @@ fn error(code: StatusCode, message: String) -> Response {
     (code, message).into_response()
 }
 
-struct Ctx {
-    log_dir: PathBuf,
+/// What the node API handlers share.
+pub struct Ctx {
+    pub log_dir: PathBuf,
+    /// For exec; absent when the agent runs no pods.
+    pub runtime: Option<crate::runtime::Runtime>,
+    pub exec_dir: PathBuf,
 }
 
 async fn container_logs(
@@ -215,6 +219,8 @@ async fn container_logs(
 pub async fn serve(
     addr: SocketAddr,
     log_dir: PathBuf,
+    runtime: Option<crate::runtime::Runtime>,
+    exec_dir: PathBuf,
     ca_der: Option<Vec<Vec<u8>>>,
 ) -> anyhow::Result<()> {
     let app = axum::Router::new()
@@ -222,8 +228,16 @@ pub async fn serve(
             "/containerLogs/{ns}/{pod}/{container}",
             axum::routing::get(container_logs),
         )
+        .route(
+            "/exec/{ns}/{pod}/{container}",
+            axum::routing::get(crate::exec::handle),
+        )
         .route("/healthz", axum::routing::get(|| async { "ok" }))
-        .with_state(Arc::new(Ctx { log_dir }));
+        .with_state(Arc::new(Ctx {
+            log_dir,
+            runtime,
+            exec_dir,
+        }));
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let Some(ca) = ca_der.filter(|c| !c.is_empty()) else {
         tracing::warn!("node API on http://{addr} without authentication (no cluster CA known)");
@@ -268,7 +282,7 @@ pub async fn serve(
                 });
             let _ =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
                     .await;
         });
     }

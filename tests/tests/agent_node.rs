@@ -36,6 +36,8 @@ fn agent_registers_the_node_with_real_capacity_and_conditions() {
                 "--system-reserved",
                 "cpu=500m,memory=512Mi",
             ])
+            // Only the node here: no runtime helper, no pods.
+            .arg("--no-pods")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
@@ -89,14 +91,17 @@ fn agent_registers_the_node_with_real_capacity_and_conditions() {
             .clone()
     };
     assert_eq!(cond("Ready"), "True");
-    for t in [
-        "MemoryPressure",
-        "DiskPressure",
-        "PIDPressure",
-        "NetworkUnavailable",
-    ] {
+    for t in ["MemoryPressure", "PIDPressure", "NetworkUnavailable"] {
         assert_eq!(cond(t), "False", "{t}");
     }
+    // Disk pressure is real: under 10% free where the agent keeps its data.
+    let c = std::ffi::CString::new(state.path().to_str().unwrap()).unwrap();
+    // SAFETY: a zeroed statvfs is a valid out-parameter.
+    let mut vfs: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid path and a writable struct.
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut vfs) }, 0);
+    let low = (vfs.f_bavail as u128) * 100 < (vfs.f_blocks as u128) * 10;
+    assert_eq!(cond("DiskPressure"), if low { "True" } else { "False" });
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
     assert_eq!(node["status"]["nodeInfo"]["kernelVersion"], kernel.trim());
     assert!(node["status"]["nodeInfo"]["containerRuntimeVersion"]

@@ -294,8 +294,9 @@ spec:
     );
 }
 
-/// A deleted pod gets its grace period (a shell as PID 1 ignores SIGTERM,
-/// so SIGKILL ends it), and a running container survives `kill -9` of the
+/// `kubectl logs -f` and `kubectl exec` reach a running container; a
+/// deleted pod gets its grace period (a shell as PID 1 ignores SIGTERM, so
+/// SIGKILL ends it), and a running container survives `kill -9` of the
 /// agent: the restarted agent adopts it without restarting it.
 #[test]
 fn grace_period_and_agent_restart_keep_containers_right() {
@@ -343,6 +344,50 @@ spec:
             "{c} not True: {conditions:?}"
         );
     }
+
+    // kubectl exec runs in the container: output, exit codes, stdin.
+    assert_eq!(
+        k.run(&["exec", "sleeper", "--", "hostname"]).unwrap(),
+        "sleeper\n"
+    );
+    let out = k
+        .output(&[
+            "exec",
+            "sleeper",
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+        ])
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("err"));
+    let out = k
+        .run_stdin(
+            &[
+                "exec",
+                "-i",
+                "sleeper",
+                "--",
+                "sh",
+                "-c",
+                "read x; echo got $x",
+            ],
+            "hello\n",
+        )
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "got hello\n");
 
     // kill -9 the agent; the container keeps running; a new agent adopts it.
     agent.proc.as_mut().unwrap().kill();

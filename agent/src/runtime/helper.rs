@@ -54,6 +54,24 @@ fn open_fifo(path: &Path) -> Result<OwnedFd, String> {
     Ok(OwnedFd::from(f))
 }
 
+/// Opens the read end of a FIFO the agent writes a process's stdin to:
+/// read-only, so the process sees end-of-file when the agent closes it.
+fn open_fifo_read(path: &Path) -> Result<OwnedFd, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("opening {}: {e}", path.display()))?;
+    let fd = f.as_raw_fd();
+    // SAFETY: plain fcntl on a descriptor we own.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+    }
+    Ok(OwnedFd::from(f))
+}
+
 fn handle(
     root: &Path,
     request: Request,
@@ -134,6 +152,56 @@ fn handle(
         }
         // Answered by the serve loop, which then exits.
         Request::Shutdown => Ok((None, vec![])),
+        Request::Exec {
+            id,
+            args,
+            env,
+            stdin,
+            stdout,
+            stderr,
+        } => {
+            let c = load(root, &id)?;
+            let null = || {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/null")
+                    .map(OwnedFd::from)
+                    .map_err(|e| e.to_string())
+            };
+            let mut b = ContainerBuilder::new(id.clone(), SyscallType::Linux)
+                .with_root_path(root)
+                .map_err(|e| e.to_string())?;
+            b = match stdin {
+                Some(p) => b.with_stdin(open_fifo_read(&p)?),
+                None => b.with_stdin(null()?),
+            };
+            b = match stdout {
+                Some(p) => b.with_stdout(open_fifo(&p)?),
+                None => b.with_stdout(null()?),
+            };
+            b = match stderr {
+                Some(p) => b.with_stderr(open_fifo(&p)?),
+                None => b.with_stderr(null()?),
+            };
+            let env = env
+                .into_iter()
+                .filter_map(|e| {
+                    e.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                })
+                .collect();
+            let pid = b
+                .as_tenant()
+                .with_container_args(args)
+                .with_env(env)
+                .with_detach(true)
+                .build()
+                .map_err(|e| format!("exec in container {id}: {e}"))?;
+            let mut st = state_of(&c);
+            st.pid = Some(pid.as_raw());
+            Ok((Some(st), vec![]))
+        }
     }
 }
 

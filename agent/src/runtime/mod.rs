@@ -231,6 +231,29 @@ impl Runtime {
         s.ok_or(RuntimeError::Gone)
     }
 
+    /// Starts `args` inside running container `id` with its stdio on the
+    /// given FIFOs; returns the process's pid (its exit comes as an event).
+    pub async fn exec(
+        &self,
+        id: &str,
+        args: Vec<String>,
+        env: Vec<String>,
+        stdio: [Option<PathBuf>; 3],
+    ) -> Result<i32, RuntimeError> {
+        let [stdin, stdout, stderr] = stdio;
+        let (s, _) = self
+            .call(Request::Exec {
+                id: id.into(),
+                args,
+                env,
+                stdin,
+                stdout,
+                stderr,
+            })
+            .await?;
+        s.and_then(|s| s.pid).ok_or(RuntimeError::Gone)
+    }
+
     /// Stops the helper; running containers are left alone.
     pub async fn shutdown(&self) -> Result<(), RuntimeError> {
         self.call(Request::Shutdown).await.map(|_| ())

@@ -37,6 +37,16 @@ pub enum Request {
     List,
     /// Ends the helper (containers keep running; a new helper adopts them).
     Shutdown,
+    /// Runs a process in a running container's namespaces and cgroup; its
+    /// pid comes back in `state.pid` and its exit as an event.
+    Exec {
+        id: String,
+        args: Vec<String>,
+        env: Vec<String>,
+        stdin: Option<PathBuf>,
+        stdout: Option<PathBuf>,
+        stderr: Option<PathBuf>,
+    },
 }
 
 /// A request and its sequence number.

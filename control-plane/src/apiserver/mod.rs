@@ -9,7 +9,7 @@ mod defaults;
 pub mod discovery;
 pub mod errors;
 mod handlers;
-mod nodeproxy;
+pub mod nodeproxy;
 pub mod request;
 pub mod resources;
 pub mod storage;
@@ -138,7 +138,7 @@ fn ok_json(v: Value) -> Response {
 }
 
 async fn route(axum::extract::State(state): axum::extract::State<State>, req: Request) -> Response {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
     let user = parts
         .extensions
@@ -184,6 +184,13 @@ async fn route(axum::extract::State(state): axum::extract::State<State>, req: Re
             Some(Ok(target)) => {
                 if let Err(e) = authorize(&state, &user, &method, &target, &query).await {
                     return e.into_response();
+                }
+                if target.sub.as_deref() == Some("exec") && target.res.plural == "pods" {
+                    let raw = parts.uri.query().unwrap_or("").to_string();
+                    return match nodeproxy::exec(&state, &target, &query, &raw, &mut parts).await {
+                        Ok(r) => r,
+                        Err(e) => e.into_response(),
+                    };
                 }
                 let body = match axum::body::to_bytes(body, request::MAX_BODY).await {
                     Ok(b) => b,

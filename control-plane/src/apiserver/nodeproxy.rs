@@ -100,8 +100,17 @@ fn endpoint(node: &Value) -> Option<(String, u16)> {
     Some((ip, port))
 }
 
-/// `GET pods/<name>/log`.
-pub async fn logs(state: &State, target: &Target, query: &Query) -> ApiResult<Response> {
+/// The pod, container and node API address a request is for.
+struct Located {
+    name: String,
+    ns: String,
+    container: String,
+    node: String,
+    host: String,
+    port: u16,
+}
+
+async fn locate(state: &State, target: &Target, query: &Query) -> ApiResult<Located> {
     let name = target.name.clone().unwrap_or_default();
     let ns = target.namespace.clone().unwrap_or_else(|| "default".into());
     let pod = state
@@ -143,18 +152,87 @@ pub async fn logs(state: &State, target: &Target, query: &Query) -> ApiResult<Re
         .pointer("/spec/nodeName")
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())
-        .ok_or_else(|| {
-            ApiError::bad_request(format!("pod {name} does not have a host assigned"))
-        })?;
+        .ok_or_else(|| ApiError::bad_request(format!("pod {name} does not have a host assigned")))?
+        .to_string();
     let node = state
         .storage
         .get(&format!("/registry/nodes/{node_name}"))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
-        .ok_or_else(|| ApiError::not_found("nodes", node_name))?
+        .ok_or_else(|| ApiError::not_found("nodes", &node_name))?
         .value;
     let (host, port) = endpoint(&node)
         .ok_or_else(|| ApiError::unavailable(format!("node {node_name} has no address")))?;
+    Ok(Located {
+        name,
+        ns,
+        container,
+        node: node_name,
+        host,
+        port,
+    })
+}
+
+impl Located {
+    fn unavailable(&self, e: impl std::fmt::Display) -> ApiError {
+        ApiError::unavailable(format!(
+            "the node agent on {} ({}:{}): {e}",
+            self.node, self.host, self.port
+        ))
+    }
+}
+
+/// Sends `request` to the node API of `at` (TLS unless the API server
+/// itself runs without), returning the response and, for upgrades, the
+/// connection to take over.
+async fn forward(
+    state: &State,
+    at: &Located,
+    request: axum::http::Request<Body>,
+) -> ApiResult<hyper::Response<hyper::body::Incoming>> {
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect((at.host.as_str(), at.port)),
+    )
+    .await
+    .map_err(|_| at.unavailable("connect timed out"))?
+    .map_err(|e| at.unavailable(e))?;
+    let _ = tcp.set_nodelay(true);
+    if state.config.no_tls {
+        send(hyper_util::rt::TokioIo::new(tcp), request).await
+    } else {
+        let tls = client_tls(state).map_err(|e| ApiError::internal(e.to_string()))?;
+        let server_name = rustls::pki_types::ServerName::try_from(at.host.clone())
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let stream = tokio_rustls::TlsConnector::from(tls)
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| at.unavailable(e))?;
+        send(hyper_util::rt::TokioIo::new(stream), request).await
+    }
+    .map_err(|e| at.unavailable(e))
+}
+
+async fn error_from(at: &Located, response: hyper::Response<hyper::body::Incoming>) -> ApiError {
+    use http_body_util::BodyExt;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&body).to_string();
+    match status.as_u16() {
+        400 => ApiError::bad_request(text),
+        404 => ApiError::not_found("pods", &at.name),
+        _ => at.unavailable(text),
+    }
+}
+
+/// `GET pods/<name>/log`.
+pub async fn logs(state: &State, target: &Target, query: &Query) -> ApiResult<Response> {
+    let at = locate(state, target, query).await?;
     let params = {
         let mut p = form_urlencoded::Serializer::new(String::new());
         for k in [
@@ -171,57 +249,100 @@ pub async fn logs(state: &State, target: &Target, query: &Query) -> ApiResult<Re
         }
         p.finish()
     };
-    let path = format!("/containerLogs/{ns}/{name}/{container}?{params}");
-    let unavailable = |e: String| {
-        ApiError::unavailable(format!(
-            "the node agent on {node_name} ({host}:{port}): {e}"
-        ))
-    };
-    let tcp = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::TcpStream::connect((host.as_str(), port)),
-    )
-    .await
-    .map_err(|_| unavailable("connect timed out".into()))?
-    .map_err(|e| unavailable(e.to_string()))?;
-    let _ = tcp.set_nodelay(true);
+    let path = format!(
+        "/containerLogs/{}/{}/{}?{params}",
+        at.ns, at.name, at.container
+    );
     let request = axum::http::Request::get(&path)
-        .header("host", format!("{host}:{port}"))
+        .header("host", format!("{}:{}", at.host, at.port))
         .body(Body::empty())
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let response = if state.config.no_tls {
-        send(hyper_util::rt::TokioIo::new(tcp), request).await
-    } else {
-        let tls = client_tls(state).map_err(|e| ApiError::internal(e.to_string()))?;
-        let server_name = rustls::pki_types::ServerName::try_from(host.clone())
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-        let stream = tokio_rustls::TlsConnector::from(tls)
-            .connect(server_name, tcp)
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
-        send(hyper_util::rt::TokioIo::new(stream), request).await
-    }
-    .map_err(unavailable)?;
-    let status = response.status();
-    if status != StatusCode::OK {
-        use http_body_util::BodyExt;
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let text = String::from_utf8_lossy(&body).to_string();
-        return Err(match status.as_u16() {
-            400 => ApiError::bad_request(text),
-            404 => ApiError::not_found("pods", &name),
-            _ => unavailable(text),
-        });
+    let response = forward(state, &at, request).await?;
+    if response.status() != StatusCode::OK {
+        return Err(error_from(&at, response).await);
     }
     Response::builder()
         .status(StatusCode::OK)
         .header("content-type", "text/plain")
         .body(Body::new(response.into_body()))
+        .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// `pods/<name>/exec` as a WebSocket: the upgrade is passed to the node
+/// agent and, once it agrees, the two connections are spliced together.
+pub async fn exec(
+    state: &State,
+    target: &Target,
+    query: &Query,
+    raw_query: &str,
+    parts: &mut axum::http::request::Parts,
+) -> ApiResult<Response> {
+    let websocket = parts
+        .headers
+        .get("upgrade")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if !websocket {
+        // kubectl falls back to SPDY when it sees this.
+        return Err(ApiError::bad_request(
+            "exec needs a WebSocket upgrade (v5.channel.k8s.io); SPDY is not supported",
+        ));
+    }
+    let at = locate(state, target, query).await?;
+    let path = format!("/exec/{}/{}/{}?{raw_query}", at.ns, at.name, at.container);
+    let mut request =
+        axum::http::Request::get(&path).header("host", format!("{}:{}", at.host, at.port));
+    for h in [
+        "connection",
+        "upgrade",
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-protocol",
+    ] {
+        if let Some(v) = parts.headers.get(h) {
+            request = request.header(h, v.clone());
+        }
+    }
+    let request = request
+        .body(Body::empty())
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let client = parts
+        .extensions
+        .remove::<hyper::upgrade::OnUpgrade>()
+        .ok_or_else(|| ApiError::bad_request("this connection cannot be upgraded"))?;
+    let response = forward(state, &at, request).await?;
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Err(error_from(&at, response).await);
+    }
+    let mut reply = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
+    for h in [
+        "connection",
+        "upgrade",
+        "sec-websocket-accept",
+        "sec-websocket-protocol",
+    ] {
+        if let Some(v) = response.headers().get(h) {
+            reply = reply.header(h, v.clone());
+        }
+    }
+    tokio::spawn(async move {
+        let (upstream, downstream) = match (hyper::upgrade::on(response).await, client.await) {
+            (Ok(u), Ok(d)) => (u, d),
+            (u, d) => {
+                tracing::warn!(
+                    "exec upgrade failed: node side {:?}, client side {:?}",
+                    u.err(),
+                    d.err()
+                );
+                return;
+            }
+        };
+        let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+        let mut downstream = hyper_util::rt::TokioIo::new(downstream);
+        let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+    });
+    reply
+        .body(Body::empty())
         .map_err(|e| ApiError::internal(e.to_string()))
 }
 
@@ -236,7 +357,7 @@ where
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(async move {
-        let _ = conn.await;
+        let _ = conn.with_upgrades().await;
     });
     sender.send_request(req).await.map_err(|e| e.to_string())
 }
