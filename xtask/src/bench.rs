@@ -25,6 +25,12 @@ pub enum Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Pod start-up on a real agent: one pod, 100 at once, agent memory,
+    /// against the runtime helper alone. Needs root.
+    Pods {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// `$CARGO_TARGET_DIR` or the workspace's `target/`, where cargo puts the binaries.
@@ -43,7 +49,14 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
     util::step("building the release binaries");
     let mut build = util::cargo_command();
     build
-        .args(["build", "--release", "-p", "kestrel-control-plane"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "kestrel-control-plane",
+            "-p",
+            "kestrel-agent",
+        ])
         .args(["-p", "kestrel-tests", "--bins"]);
     util::run(&mut build)?;
     let release = target_dir().join("release");
@@ -55,6 +68,11 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
                 cmd.arg("--apiserver-bin")
                     .arg(release.join("control-plane"));
             }
+            util::run(cmd.args(&args).current_dir(util::root()))
+        }
+        Bench::Pods { args } => {
+            util::step("running bench-pods");
+            let mut cmd = Command::new(release.join("bench-pods"));
             util::run(cmd.args(&args).current_dir(util::root()))
         }
         Bench::Scheduler { args } => {

@@ -2,6 +2,7 @@
 //! worker per pod (sandbox, containers, status, termination).
 
 pub mod logs;
+pub mod probes;
 pub mod sandbox;
 pub mod spec;
 pub mod worker;

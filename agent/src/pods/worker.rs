@@ -54,6 +54,9 @@ struct Run {
     backoff: Duration,
     next_start: Option<Instant>,
     logs: Vec<tokio::task::JoinHandle<()>>,
+    probes: Vec<super::probes::Prober>,
+    /// Readiness: true without a readiness probe once running.
+    ready: bool,
 }
 
 fn now() -> String {
@@ -107,6 +110,8 @@ impl Worker {
             backoff: Duration::ZERO,
             next_start: Some(Instant::now()),
             logs: Vec::new(),
+            probes: Vec::new(),
+            ready: false,
         };
         let mut runs: Vec<Run> = spec
             .init_containers
@@ -179,6 +184,19 @@ impl Worker {
                     .map(|t| t.0.to_string())
                     .unwrap_or_else(now);
                 r.state = State::Running { started };
+                let spec_c = self
+                    .pod
+                    .spec
+                    .iter()
+                    .flat_map(|s| s.containers.iter())
+                    .find(|x| x.name == name)
+                    .cloned()
+                    .unwrap_or_default();
+                r.probes = super::probes::Prober::for_container(&spec_c, Instant::now());
+                r.ready = !r
+                    .probes
+                    .iter()
+                    .any(|p| p.kind == super::probes::Kind::Readiness);
                 let bundle = c.bundle.clone();
                 let log = self
                     .env
@@ -246,10 +264,17 @@ impl Worker {
             }
             self.reconcile().await;
             self.report().await;
+            self.probe().await;
             let wake = self
                 .runs
                 .iter()
                 .filter_map(|r| r.next_start)
+                .chain(
+                    self.runs
+                        .iter()
+                        .filter(|r| r.pid.is_some())
+                        .flat_map(|r| r.probes.iter().map(|p| p.next)),
+                )
                 .min()
                 .map(|t| t.max(Instant::now()))
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
@@ -283,6 +308,73 @@ impl Worker {
             .as_ref()
             .and_then(|s| s.restart_policy.as_deref())
             .unwrap_or("Always")
+    }
+
+    /// Runs the probes that are due. A failed startup or liveness probe
+    /// kills the container (its restart policy then applies); readiness
+    /// only flips the Ready condition.
+    async fn probe(&mut self) {
+        use super::probes::Kind;
+        let netns = self.sandbox.ns_path("net");
+        let containers: Vec<Container> = self
+            .pod
+            .spec
+            .iter()
+            .flat_map(|s| s.containers.clone())
+            .collect();
+        for i in 0..self.runs.len() {
+            let (Some(id), Some(_)) = (self.runs[i].id.clone(), self.runs[i].pid) else {
+                continue;
+            };
+            let ports: Vec<(String, i32)> = containers
+                .iter()
+                .find(|c| c.name == self.runs[i].name)
+                .into_iter()
+                .flat_map(|c| c.ports.iter().flatten())
+                .filter_map(|p| Some((p.name.clone()?, p.container_port)))
+                .collect();
+            let started = self.runs[i]
+                .probes
+                .iter()
+                .find(|p| p.kind == Kind::Startup)
+                .is_none_or(|p| p.passing == Some(true));
+            for j in 0..self.runs[i].probes.len() {
+                let p = &self.runs[i].probes[j];
+                if p.next > Instant::now() || (p.kind != Kind::Startup && !started) {
+                    continue;
+                }
+                let kind = p.kind;
+                let result = p.check(&self.env.runtime, &id, netns.clone(), &ports).await;
+                let verdict = self.runs[i].probes[j].record(result.is_ok());
+                if let Err(why) = &result {
+                    let name = self.runs[i].name.clone();
+                    self.event(
+                        "Warning",
+                        "Unhealthy",
+                        format!("{} probe failed: {why} (container {name})", kind.name()),
+                    )
+                    .await;
+                }
+                match (kind, verdict) {
+                    (Kind::Readiness, Some(v)) => self.runs[i].ready = v,
+                    (Kind::Liveness | Kind::Startup, Some(false)) => {
+                        let name = self.runs[i].name.clone();
+                        self.event(
+                            "Normal",
+                            "Killing",
+                            format!(
+                                "Container {name} failed {} probe, will be restarted",
+                                kind.name().to_lowercase()
+                            ),
+                        )
+                        .await;
+                        let _ = self.env.runtime.kill(&id, libc::SIGKILL).await;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+        }
     }
 
     /// Starts what should run now: init containers one by one, then the app
@@ -395,6 +487,11 @@ impl Worker {
                 run.next_start = None;
                 run.logs = tasks;
                 run.state = State::Running { started: now() };
+                run.probes = super::probes::Prober::for_container(&c, Instant::now());
+                run.ready = !run
+                    .probes
+                    .iter()
+                    .any(|p| p.kind == super::probes::Kind::Readiness);
                 let name = c.name.clone();
                 self.event("Normal", "Started", format!("Started container {name}"))
                     .await;
@@ -902,7 +999,7 @@ impl Worker {
         } else {
             "Pending"
         };
-        let ready = running == apps.len() && !apps.is_empty();
+        let ready = running == apps.len() && !apps.is_empty() && apps.iter().all(|r| r.ready);
         let ts = now();
         let old = self.pod.status.clone().unwrap_or_default();
         let since = |t: &str, status: &str| {
@@ -944,7 +1041,7 @@ impl Worker {
         let container_status = |r: &Run| {
             let mut v = json!({
                 "name": r.name, "image": r.image, "imageID": r.image_id,
-                "ready": matches!(r.state, State::Running { .. }),
+                "ready": matches!(r.state, State::Running { .. }) && r.ready,
                 "started": matches!(r.state, State::Running { .. }),
                 "restartCount": r.restarts,
                 "state": state_json(&r.state),
