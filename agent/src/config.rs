@@ -58,6 +58,10 @@ pub struct RunArgs {
     /// Where the node API (container logs for `kubectl logs`) listens.
     #[arg(long, default_value = "0.0.0.0:10250")]
     pub node_api_address: std::net::SocketAddr,
+    /// A registry to pull from over plain HTTP (repeatable); loopback
+    /// registries always are.
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
     /// Register and report the node, but run no pods.
     #[arg(long)]
     pub no_pods: bool,

@@ -43,6 +43,7 @@ pub async fn run(args: config::RunArgs) -> anyhow::Result<()> {
             pods_dir: state.join("pods"),
             log_dir: args.log_dir.clone(),
             cgroup_root: args.cgroup_root.clone(),
+            insecure_registries: args.insecure_registries.clone(),
         });
         let runtime = env.runtime.clone();
         Some((tokio::spawn(pods::run(env)), runtime))

@@ -90,6 +90,9 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+    // One TLS provider for the whole process (the registry client asks for
+    // the process default).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
         // Before any runtime or thread exists: libcontainer forks.

@@ -605,3 +605,189 @@ spec:
         "first\nsecond\nbluetier=\"web\"\npod=layered ns=default\n"
     );
 }
+
+/// Debian's docker-registry on a loopback port, with the project's busybox
+/// image pushed to it over the registry API (as `docker push` would).
+struct Registry {
+    _proc: Guarded,
+    _dir: tempfile::TempDir,
+    addr: String,
+}
+
+impl Registry {
+    fn start_with_busybox(agent: &Agent, repo: &str, tag: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = harness::ports::free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let cfg = dir.path().join("config.yml");
+        std::fs::write(
+            &cfg,
+            format!("version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n", dir.path().join("data").display()),
+        )
+        .unwrap();
+        let proc = Guarded::spawn(
+            "docker-registry",
+            Command::new("docker-registry")
+                .arg("serve")
+                .arg(&cfg)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+        .expect("docker-registry is installed (cargo xtask setup)");
+        wait_for(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(&addr).ok().map(|_| ())
+        })
+        .expect("the registry listens");
+        // The busybox OCI archive the agent built, unpacked.
+        let archive = agent.state.path().join("busybox.tar");
+        let layout = dir.path().join("layout");
+        tar::Archive::new(std::fs::File::open(&archive).unwrap())
+            .unpack(&layout)
+            .unwrap();
+        let index: Value =
+            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+        let digest = index["manifests"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let blob = |d: &str| {
+            layout
+                .join("blobs/sha256")
+                .join(d.trim_start_matches("sha256:"))
+        };
+        let manifest: Value =
+            serde_json::from_slice(&std::fs::read(blob(&digest)).unwrap()).unwrap();
+        let mut blobs = vec![manifest["config"]["digest"].as_str().unwrap().to_string()];
+        blobs.extend(
+            manifest["layers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["digest"].as_str().unwrap().to_string()),
+        );
+        for d in blobs {
+            let out = Command::new("curl")
+                .args(["-sf", "-X", "POST", "-D", "-", "-o", "/dev/null"])
+                .arg(format!("http://{addr}/v2/{repo}/blobs/uploads/"))
+                .output()
+                .unwrap();
+            let head = String::from_utf8_lossy(&out.stdout).to_string();
+            let location = head
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("Location: ")
+                        .or_else(|| l.strip_prefix("location: "))
+                })
+                .unwrap_or_else(|| panic!("no upload location: {head}"))
+                .trim()
+                .to_string();
+            let url = if location.starts_with("http") {
+                location
+            } else {
+                format!("http://{addr}{location}")
+            };
+            let sep = if url.contains('?') { '&' } else { '?' };
+            let ok = Command::new("curl")
+                .args([
+                    "-sf",
+                    "-X",
+                    "PUT",
+                    "-H",
+                    "Content-Type: application/octet-stream",
+                    "--data-binary",
+                ])
+                .arg(format!("@{}", blob(&d).display()))
+                .arg(format!("{url}{sep}digest={d}"))
+                .status()
+                .unwrap();
+            assert!(ok.success(), "uploading {d}");
+        }
+        let ok = Command::new("curl")
+            .args([
+                "-sf",
+                "-X",
+                "PUT",
+                "-H",
+                "Content-Type: application/vnd.oci.image.manifest.v1+json",
+                "--data-binary",
+            ])
+            .arg(format!("@{}", blob(&digest).display()))
+            .arg(format!("http://{addr}/v2/{repo}/manifests/{tag}"))
+            .status()
+            .unwrap();
+        assert!(ok.success(), "pushing the manifest");
+        Registry {
+            _proc: proc,
+            _dir: dir,
+            addr,
+        }
+    }
+}
+
+/// A pod whose image is only in a registry: the agent pulls it (events say
+/// so) and runs it; an image the registry lacks shows ErrImagePull, then
+/// ImagePullBackOff, and the agent and other pods carry on.
+#[test]
+fn images_are_pulled_from_a_registry() {
+    let cp = ControlPlane::start().unwrap();
+    let k = cp.kubectl();
+    let agent = Agent::start(&cp);
+    let registry = Registry::start_with_busybox(&agent, "tools/box", "1.0");
+    let node = agent.name.clone();
+    let image = format!("{}/tools/box:1.0", registry.addr);
+    apply(
+        &k,
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: pulled}}
+spec:
+  nodeName: {node}
+  restartPolicy: Never
+  containers:
+  - {{name: c, image: "{image}", command: [echo, pulled fine]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: nosuch}}
+spec:
+  nodeName: {node}
+  containers:
+  - {{name: c, image: "{}/tools/nosuch:9"}}
+"#,
+            registry.addr
+        ),
+    );
+    wait(&agent, 60, "the pulled image to run", || {
+        (pod(&k, "pulled")["status"]["phase"] == "Succeeded").then_some(())
+    });
+    assert_eq!(k.run(&["logs", "pulled"]).unwrap(), "pulled fine\n");
+    let events = k
+        .run(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=pulled",
+        ])
+        .unwrap();
+    assert!(
+        events.contains("Pulling") && events.contains("Successfully pulled"),
+        "{events}"
+    );
+    let listed = agent.agent(&["image", "ls"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains(&image),
+        "the pulled image is in the store"
+    );
+
+    let waiting = wait(&agent, 60, "nosuch in ImagePullBackOff", || {
+        let p = pod(&k, "nosuch");
+        let w = p["status"]["containerStatuses"][0]["state"]["waiting"].clone();
+        (w["reason"] == "ImagePullBackOff").then_some(w)
+    });
+    assert!(
+        waiting["message"].as_str().unwrap().contains("nosuch"),
+        "{waiting}"
+    );
+}

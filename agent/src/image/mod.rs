@@ -8,6 +8,7 @@
 mod archive;
 pub mod build;
 mod oci;
+pub mod pull;
 mod store;
 mod unpack;
 

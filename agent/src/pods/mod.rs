@@ -32,6 +32,8 @@ pub struct Env {
     pub log_dir: PathBuf,
     /// Pod cgroups live under this path in every hierarchy.
     pub cgroup_root: String,
+    /// Registries pulled from over plain HTTP (besides loopback ones).
+    pub insecure_registries: Vec<String>,
 }
 
 /// Records a core/v1 Event about `pod` from this agent.

@@ -429,17 +429,9 @@ impl Worker {
             pod_spec.containers[i - n].clone()
         };
         let image_ref = c.image.clone().unwrap_or_default();
-        let images = self.env.images.clone();
-        let r = image_ref.clone();
-        let image = tokio::task::spawn_blocking(move || images.resolve(&r)).await;
-        let image = match image {
-            Ok(Ok(Some(img))) => img,
-            other => {
-                let why = match other {
-                    Ok(Err(e)) => e.to_string(),
-                    Err(e) => e.to_string(),
-                    _ => format!("image {image_ref:?} is not on this node; import it with `agent image import FILE`"),
-                };
+        let image = match self.image(&c, &image_ref).await {
+            Ok(img) => img,
+            Err((reason, why)) => {
                 let run = &mut self.runs[i];
                 let first = !matches!(&run.state, State::Waiting { reason, .. } if reason == "ErrImagePull" || reason == "ImagePullBackOff");
                 run.backoff = if first {
@@ -448,17 +440,18 @@ impl Worker {
                     (run.backoff * 2).min(MAX_BACKOFF)
                 };
                 run.next_start = Some(Instant::now() + run.backoff);
+                let reason = if reason == "ErrImagePull" && !first {
+                    "ImagePullBackOff".to_string()
+                } else {
+                    reason
+                };
                 run.state = State::Waiting {
-                    reason: if first {
-                        "ErrImagePull".into()
-                    } else {
-                        "ImagePullBackOff".into()
-                    },
-                    message: if first {
-                        why.clone()
-                    } else {
+                    message: if reason == "ImagePullBackOff" {
                         format!("Back-off pulling image {image_ref:?}: {why}")
+                    } else {
+                        why.clone()
                     },
+                    reason,
                 };
                 self.event(
                     "Warning",
@@ -516,6 +509,72 @@ impl Worker {
                 )
                 .await;
             }
+        }
+    }
+
+    /// The container's image: from the node's store, pulled when missing
+    /// (for every pull policy but Never; Always does not re-pull an image
+    /// already on the node, so nodes without a registry still start pods).
+    async fn image(
+        &self,
+        c: &Container,
+        image_ref: &str,
+    ) -> Result<crate::image::Image, (String, String)> {
+        let images = self.env.images.clone();
+        let r = image_ref.to_string();
+        let local = tokio::task::spawn_blocking(move || images.resolve(&r))
+            .await
+            .map_err(|e| ("ErrImagePull".to_string(), e.to_string()))?
+            .map_err(|e| ("ErrImagePull".to_string(), e.to_string()))?;
+        if let Some(img) = local {
+            return Ok(img);
+        }
+        if c.image_pull_policy.as_deref() == Some("Never") {
+            return Err((
+                "ErrImageNeverPull".into(),
+                format!("Container image {image_ref:?} is not present with pull policy of Never"),
+            ));
+        }
+        let registry = crate::image::pull::registry_of(image_ref);
+        let mut secrets = Vec::new();
+        let ns = self.pod.namespace().unwrap_or_default();
+        let api: Api<k8s_openapi::api::core::v1::Secret> =
+            Api::namespaced(self.env.client.clone(), &ns);
+        for s in self
+            .pod
+            .spec
+            .iter()
+            .flat_map(|s| s.image_pull_secrets.iter().flatten())
+        {
+            if let Ok(secret) = api.get(&s.name).await {
+                secrets.push(secret);
+            }
+        }
+        let auth = crate::image::pull::auth_from_secrets(&registry, &secrets);
+        self.event("Normal", "Pulling", format!("Pulling image {image_ref:?}"))
+            .await;
+        let t = Instant::now();
+        match crate::image::pull::pull(
+            &self.env.images,
+            image_ref,
+            auth,
+            &self.env.insecure_registries,
+        )
+        .await
+        {
+            Ok(img) => {
+                self.event(
+                    "Normal",
+                    "Pulled",
+                    format!(
+                        "Successfully pulled image {image_ref:?} in {:.3}s",
+                        t.elapsed().as_secs_f64()
+                    ),
+                )
+                .await;
+                Ok(img)
+            }
+            Err(e) => Err(("ErrImagePull".into(), e)),
         }
     }
 

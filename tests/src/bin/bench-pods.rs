@@ -164,7 +164,12 @@ async fn delete_all(api: &Api<Pod>) -> Result<()> {
 
 /// The runtime helper alone: create, start, kill and delete one container
 /// at a time (busybox `sleep`), as youki and crun are usually measured.
-async fn baseline(agent: &Path, state: &Path, n: usize, cgroup_root: &str) -> Result<Vec<f64>> {
+async fn baseline(
+    agent: &Path,
+    state: &Path,
+    n: usize,
+    cgroup_root: &str,
+) -> Result<(Vec<f64>, Vec<f64>)> {
     use kestrel_agent::pods::spec::{config_json, ContainerSpec};
     let runtime = kestrel_agent::runtime::Runtime::connect_or_spawn(
         agent,
@@ -179,6 +184,7 @@ async fn baseline(agent: &Path, state: &Path, n: usize, cgroup_root: &str) -> Re
         .context("the busybox image is imported")?;
     let mut exits = runtime.exits();
     let mut lat = Vec::new();
+    let mut started = Vec::new();
     for i in 0..n {
         let bundle = state.join(format!("baseline-{i}"));
         let rootfs = bundle.join("rootfs");
@@ -202,6 +208,7 @@ async fn baseline(agent: &Path, state: &Path, n: usize, cgroup_root: &str) -> Re
         let t = Instant::now();
         let c = runtime.create(&id, &bundle, None, None).await?;
         runtime.start(&id).await?;
+        started.push(t.elapsed().as_secs_f64() * 1e3);
         runtime.kill(&id, libc::SIGKILL).await?;
         let pid = c.pid.unwrap_or(0);
         tokio::time::timeout(Duration::from_secs(10), async {
@@ -220,7 +227,8 @@ async fn baseline(agent: &Path, state: &Path, n: usize, cgroup_root: &str) -> Re
     }
     let _ = runtime.shutdown().await;
     lat.sort_by(|a, b| a.total_cmp(b));
-    Ok(lat)
+    started.sort_by(|a, b| a.total_cmp(b));
+    Ok((started, lat))
 }
 
 struct Report {
@@ -231,6 +239,9 @@ struct Report {
     rss_busy: u64,
     helper_idle: u64,
     helper_busy: u64,
+    /// The helper alone: create + start.
+    baseline_start: Vec<f64>,
+    /// The helper alone: create + start + kill + delete.
     baseline: Vec<f64>,
 }
 
@@ -326,7 +337,7 @@ async fn run(
     drop(agent_proc);
 
     eprintln!("  runtime-only baseline, {} containers", a.baseline);
-    let baseline = baseline(&agent, state, a.baseline, cgroup_root).await?;
+    let (baseline_start, baseline) = baseline(&agent, state, a.baseline, cgroup_root).await?;
     Ok(Report {
         single,
         burst,
@@ -335,6 +346,7 @@ async fn run(
         rss_busy,
         helper_idle,
         helper_busy,
+        baseline_start,
         baseline,
     })
 }
@@ -345,7 +357,14 @@ fn render(a: &Args, r: &Report) -> String {
         String::from("# Pod start-up on one node agent (busybox `sleep`, image present)\n\n");
     s.push_str("| measurement | count | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|\n");
     s.push_str(&format!(
-        "| runtime helper alone: create + start + kill + delete (baseline) | {} | {} | {} | {} |\n",
+        "| runtime helper alone: create + start (baseline) | {} | {} | {} | {} |\n",
+        r.baseline_start.len(),
+        ms(percentile(&r.baseline_start, 0.5)),
+        ms(percentile(&r.baseline_start, 0.99)),
+        ms(percentile(&r.baseline_start, 1.0))
+    ));
+    s.push_str(&format!(
+        "| runtime helper alone: create + start + kill + delete (as youki/crun are measured) | {} | {} | {} | {} |\n",
         r.baseline.len(),
         ms(percentile(&r.baseline, 0.5)),
         ms(percentile(&r.baseline, 0.99)),
@@ -382,8 +401,8 @@ fn render(a: &Args, r: &Report) -> String {
         r.helper_busy / 1024
     ));
     s.push_str(&format!(
-        "\nRatio one pod p50 ÷ runtime baseline p50: {:.2}×.\n",
-        percentile(&r.single, 0.5) / percentile(&r.baseline, 0.5)
+        "\nRatio one pod (API create to Running seen by a watch) p50 ÷ runtime create + start p50: {:.2}×.\n",
+        percentile(&r.single, 0.5) / percentile(&r.baseline_start, 0.5)
     ));
     s.push_str("Targets: p50 ≤ 150 ms for one pod, 100 pods Running in ≤ 10 s, agent RSS ≤ 40 MiB with 100 pods. Anchors: Kubernetes' pod start-up SLO p99 ≤ 5 s; youki 111 ms and crun 47 ms for create+start+delete of one container.\n");
     s
