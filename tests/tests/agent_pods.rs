@@ -389,6 +389,23 @@ spec:
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "got hello\n");
 
+    // The default seccomp profile is in force (mode 2: filter).
+    let status = k
+        .run(&[
+            "exec",
+            "sleeper",
+            "--",
+            "grep",
+            "Seccomp:",
+            "/proc/1/status",
+        ])
+        .unwrap();
+    assert_eq!(
+        status.split_whitespace().collect::<Vec<_>>(),
+        ["Seccomp:", "2"],
+        "{status}"
+    );
+
     // kill -9 the agent; the container keeps running; a new agent adopts it.
     agent.proc.as_mut().unwrap().kill();
     std::thread::sleep(Duration::from_millis(500));

@@ -82,6 +82,9 @@ pub struct ContainerSpec {
     pub caps_add: Vec<String>,
     pub caps_drop: Vec<String>,
     pub no_new_privileges: bool,
+    /// Apply the default seccomp profile (off for privileged containers and
+    /// `seccompProfile: Unconfined`).
+    pub seccomp: bool,
 }
 
 fn cap_name(c: &str) -> String {
@@ -185,6 +188,80 @@ fn nofile() -> u64 {
     l.rlim_max.min(1_048_576)
 }
 
+/// System calls the default profile refuses with EPERM: those Docker's and
+/// containerd's default profiles keep from unprivileged containers (kernel
+/// modules, clocks, mounts and namespaces, tracing other processes, keyrings,
+/// BPF, reboot and the like).
+const DENIED_SYSCALLS: &[&str] = &[
+    "acct",
+    "add_key",
+    "bpf",
+    "clock_adjtime",
+    "clock_settime",
+    "create_module",
+    "delete_module",
+    "finit_module",
+    "get_kernel_syms",
+    "get_mempolicy",
+    "init_module",
+    "ioperm",
+    "iopl",
+    "kcmp",
+    "kexec_file_load",
+    "kexec_load",
+    "keyctl",
+    "lookup_dcookie",
+    "mbind",
+    "mount",
+    "move_mount",
+    "move_pages",
+    "name_to_handle_at",
+    "nfsservctl",
+    "open_by_handle_at",
+    "open_tree",
+    "fsopen",
+    "fsmount",
+    "fsconfig",
+    "fspick",
+    "perf_event_open",
+    "pivot_root",
+    "process_vm_readv",
+    "process_vm_writev",
+    "ptrace",
+    "query_module",
+    "quotactl",
+    "reboot",
+    "request_key",
+    "set_mempolicy",
+    "setns",
+    "settimeofday",
+    "swapon",
+    "swapoff",
+    "sysfs",
+    "_sysctl",
+    "umount2",
+    "unshare",
+    "uselib",
+    "userfaultfd",
+    "ustat",
+    "vm86",
+    "vm86old",
+];
+
+/// The default seccomp profile in OCI form.
+pub fn default_seccomp() -> Value {
+    let arches: &[&str] = match std::env::consts::ARCH {
+        "x86_64" => &["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "aarch64" => &["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
+        _ => &[],
+    };
+    json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": arches,
+        "syscalls": [{"names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
+    })
+}
+
 /// The `config.json` for `s`.
 pub fn config_json(s: &ContainerSpec) -> Value {
     let caps = capabilities(s);
@@ -235,6 +312,9 @@ pub fn config_json(s: &ContainerSpec) -> Value {
         linux["maskedPaths"] = json!(MASKED);
         linux["readonlyPaths"] = json!(READ_ONLY);
     }
+    if s.seccomp && !s.privileged {
+        linux["seccomp"] = default_seccomp();
+    }
     json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -268,6 +348,18 @@ mod tests {
         };
         let c = config_json(&s);
         assert_eq!(c["process"]["noNewPrivileges"], true);
+        assert!(
+            c["linux"].get("seccomp").is_none(),
+            "seccomp only when asked"
+        );
+        let c = config_json(&ContainerSpec {
+            seccomp: true,
+            ..s.clone()
+        });
+        assert_eq!(
+            c["linux"]["seccomp"]["syscalls"][0]["action"],
+            "SCMP_ACT_ERRNO"
+        );
         let caps = c["process"]["capabilities"]["effective"]
             .as_array()
             .unwrap();

@@ -718,6 +718,11 @@ impl Worker {
                 .unwrap_or_default(),
             no_new_privileges: sc.allow_privilege_escalation != Some(true)
                 && sc.privileged != Some(true),
+            seccomp: sc
+                .seccomp_profile
+                .as_ref()
+                .or(pod_sc.seccomp_profile.as_ref())
+                .is_none_or(|p| p.type_ != "Unconfined"),
         };
         std::fs::write(bundle.join("config.json"), config_json(&spec).to_string())
             .map_err(|e| e.to_string())?;
