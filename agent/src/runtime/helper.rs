@@ -36,30 +36,15 @@ fn load(root: &Path, id: &str) -> Result<Container, String> {
     Ok(c)
 }
 
-/// Opens the write end of a FIFO the agent reads, blocking once open so
-/// the container's writes behave like writes to a pipe.
-fn open_fifo(path: &Path) -> Result<OwnedFd, String> {
+/// Opens one end of a FIFO without waiting for the other, then makes it
+/// blocking so the process's reads and writes behave as on a pipe. The
+/// read end is opened read-only so the process sees end-of-file when the
+/// agent closes its side.
+fn open_fifo_end(path: &Path, write: bool) -> Result<OwnedFd, String> {
     use std::os::unix::fs::OpenOptionsExt;
     let f = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| format!("opening {} for writing: {e}", path.display()))?;
-    let fd = f.as_raw_fd();
-    // SAFETY: plain fcntl on a descriptor we own.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
-    }
-    Ok(OwnedFd::from(f))
-}
-
-/// Opens the read end of a FIFO the agent writes a process's stdin to:
-/// read-only, so the process sees end-of-file when the agent closes it.
-fn open_fifo_read(path: &Path) -> Result<OwnedFd, String> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
+        .read(!write)
+        .write(write)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| format!("opening {}: {e}", path.display()))?;
@@ -70,6 +55,29 @@ fn open_fifo_read(path: &Path) -> Result<OwnedFd, String> {
         libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
     }
     Ok(OwnedFd::from(f))
+}
+
+/// The container or exec process's stdin, stdout and stderr: the given
+/// FIFOs, or /dev/null.
+fn stdio(
+    stdin: Option<PathBuf>,
+    stdout: Option<PathBuf>,
+    stderr: Option<PathBuf>,
+) -> Result<[OwnedFd; 3], String> {
+    let open = |p: Option<PathBuf>, write: bool| match p {
+        Some(p) => open_fifo_end(&p, write),
+        None => std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map(OwnedFd::from)
+            .map_err(|e| e.to_string()),
+    };
+    Ok([
+        open(stdin, false)?,
+        open(stdout, true)?,
+        open(stderr, true)?,
+    ])
 }
 
 fn handle(
@@ -83,29 +91,15 @@ fn handle(
             stdout,
             stderr,
         } => {
-            let mut b = ContainerBuilder::new(id.clone(), SyscallType::Linux)
+            let [i, o, e] = stdio(None, stdout, stderr)?;
+            let c = ContainerBuilder::new(id.clone(), SyscallType::Linux)
                 .with_root_path(root)
                 .map_err(|e| e.to_string())?
                 .validate_id()
-                .map_err(|e| e.to_string())?;
-            let null = || {
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open("/dev/null")
-                    .map(OwnedFd::from)
-                    .map_err(|e| e.to_string())
-            };
-            b = b.with_stdin(null()?);
-            b = match stdout {
-                Some(p) => b.with_stdout(open_fifo(&p)?),
-                None => b.with_stdout(null()?),
-            };
-            b = match stderr {
-                Some(p) => b.with_stderr(open_fifo(&p)?),
-                None => b.with_stderr(null()?),
-            };
-            let c = b
+                .map_err(|e| e.to_string())?
+                .with_stdin(i)
+                .with_stdout(o)
+                .with_stderr(e)
                 .as_init(&bundle)
                 .with_systemd(false)
                 .with_detach(true)
@@ -161,29 +155,13 @@ fn handle(
             stderr,
         } => {
             let c = load(root, &id)?;
-            let null = || {
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open("/dev/null")
-                    .map(OwnedFd::from)
-                    .map_err(|e| e.to_string())
-            };
-            let mut b = ContainerBuilder::new(id.clone(), SyscallType::Linux)
+            let [i, o, e] = stdio(stdin, stdout, stderr)?;
+            let b = ContainerBuilder::new(id.clone(), SyscallType::Linux)
                 .with_root_path(root)
-                .map_err(|e| e.to_string())?;
-            b = match stdin {
-                Some(p) => b.with_stdin(open_fifo_read(&p)?),
-                None => b.with_stdin(null()?),
-            };
-            b = match stdout {
-                Some(p) => b.with_stdout(open_fifo(&p)?),
-                None => b.with_stdout(null()?),
-            };
-            b = match stderr {
-                Some(p) => b.with_stderr(open_fifo(&p)?),
-                None => b.with_stderr(null()?),
-            };
+                .map_err(|e| e.to_string())?
+                .with_stdin(i)
+                .with_stdout(o)
+                .with_stderr(e);
             let env = env
                 .into_iter()
                 .filter_map(|e| {

@@ -168,3 +168,38 @@ pub async fn acquire(client: kube::Client, name: &str, args: &LeaderArgs) -> Lea
         me: me2,
     }
 }
+
+/// Runs `work` while holding the lease `name` (when `args.leader_elect`):
+/// ends with an error if the lease is lost, and gives it up on SIGTERM or
+/// Ctrl-C, so a standby takes over at once.
+pub async fn while_leading<F>(
+    client: kube::Client,
+    name: &str,
+    args: &LeaderArgs,
+    work: impl FnOnce() -> F,
+) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let leadership = if args.leader_elect {
+        Some(acquire(client, name, args).await)
+    } else {
+        None
+    };
+    let mut lost = leadership.as_ref().map(|l| l.lost.clone());
+    tokio::select! {
+        r = work() => r,
+        _ = async {
+            match lost.as_mut() {
+                Some(l) => { let _ = l.changed().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => anyhow::bail!("lost the {name} lease"),
+        _ = super::shutdown_signal() => {
+            if let Some(l) = leadership {
+                l.release().await;
+            }
+            Ok(())
+        }
+    }
+}

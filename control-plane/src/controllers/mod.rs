@@ -58,17 +58,32 @@ pub struct Config {
 
 /// Runs every controller until SIGTERM or loss of leadership.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // Flags are checked before anything starts.
+    anyhow::ensure!(
+        !config.allocate_node_cidrs
+            || (config.node_cidr_mask_size >= config.cluster_cidr.prefix
+                && config.node_cidr_mask_size <= 30),
+        "--node-cidr-mask-size {} does not fit in --cluster-cidr {}",
+        config.node_cidr_mask_size,
+        config.cluster_cidr
+    );
     let client = config.client.client().await?;
     let health = Health::new();
     let addr = health.serve(config.bind_address).await?;
     tracing::info!("controller-manager health and metrics on http://{addr}");
-    let leadership = if config.leader.leader_elect {
-        Some(leader::acquire(client.clone(), "kube-controller-manager", &config.leader).await)
-    } else {
-        None
-    };
-    let mut lost = leadership.as_ref().map(|l| l.lost.clone());
+    let leader = config.leader.clone();
+    leader::while_leading(client.clone(), "kube-controller-manager", &leader, || {
+        run_controllers(client, config, health)
+    })
+    .await
+}
 
+/// Starts every controller; returns when one of them stops.
+async fn run_controllers(
+    client: kube::Client,
+    config: Config,
+    health: Health,
+) -> anyhow::Result<()> {
     let pods = context::cache(Api::<Pod>::all(client.clone()));
     let dropped = health.metrics.counter(
         "controller_events_dropped_total",
@@ -104,33 +119,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
     ));
     if config.allocate_node_cidrs {
-        anyhow::ensure!(
-            config.node_cidr_mask_size >= config.cluster_cidr.prefix
-                && config.node_cidr_mask_size <= 30,
-            "--node-cidr-mask-size {} does not fit in --cluster-cidr {}",
-            config.node_cidr_mask_size,
-            config.cluster_cidr
-        );
         tasks.spawn(nodeipam::run(
             client.clone(),
             config.cluster_cidr,
             config.node_cidr_mask_size,
         ));
     }
-
-    tokio::select! {
-        _ = tasks.join_next() => anyhow::bail!("a controller stopped"),
-        _ = async {
-            match lost.as_mut() {
-                Some(l) => { let _ = l.changed().await; }
-                None => std::future::pending::<()>().await,
-            }
-        } => anyhow::bail!("lost the kube-controller-manager lease"),
-        _ = crate::component::shutdown_signal() => {
-            if let Some(l) = leadership {
-                l.release().await;
-            }
-            Ok(())
-        }
-    }
+    tasks.join_next().await;
+    anyhow::bail!("a controller stopped")
 }

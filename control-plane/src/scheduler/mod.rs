@@ -61,28 +61,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let health = Health::new();
     let addr = health.serve(config.bind_address).await?;
     tracing::info!("scheduler health and metrics on http://{addr}");
-    let leadership = if config.leader.leader_elect {
-        Some(leader::acquire(client.clone(), "kube-scheduler", &config.leader).await)
-    } else {
-        None
-    };
-    let mut lost = leadership.as_ref().map(|l| l.lost.clone());
-    let scheduler = Scheduler::new(client, config, &health);
-    tokio::select! {
-        r = scheduler.run() => r,
-        _ = async {
-            match lost.as_mut() {
-                Some(l) => { let _ = l.changed().await; }
-                None => std::future::pending::<()>().await,
-            }
-        } => anyhow::bail!("lost the kube-scheduler lease"),
-        _ = crate::component::shutdown_signal() => {
-            if let Some(l) = leadership {
-                l.release().await;
-            }
-            Ok(())
-        }
-    }
+    let leader = config.leader.clone();
+    leader::while_leading(client.clone(), "kube-scheduler", &leader, || {
+        Scheduler::new(client, config, &health).run()
+    })
+    .await
 }
 
 enum Input {
