@@ -317,7 +317,6 @@ pub async fn watch(
         json!({"type": ty, "object": object}).to_string() + "\n"
     };
     let (tx, out_rx) = tokio::sync::mpsc::channel::<String>(256);
-    let cache = state.cache.clone();
     let api_version = target.res.api_version();
     let kind = target.res.kind;
     tokio::spawn(async move {
@@ -369,7 +368,10 @@ pub async fn watch(
                 _ = tx.closed() => return,
                 _ = tick.tick() => {
                     if bookmarks {
-                        let rv = cache.latest().max(last);
+                        // Only what this watch has passed on: the cache may
+                        // already hold newer events still queued for it, and a
+                        // client resuming from a later version would miss them.
+                        let rv = last;
                         let b = json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": rv.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}}});
                         if tx.send(b.to_string() + "\n").await.is_err() { return; }
                     }
