@@ -101,6 +101,38 @@ impl Cluster {
         }
     }
 
+    /// `kubectl rollout status` succeeds within `secs`, or the test fails
+    /// with everything needed to tell why.
+    fn rollout_done(&self, secs: u64) {
+        let out = self
+            .k
+            .output(&[
+                "rollout",
+                "status",
+                "deployment/shop",
+                &format!("--timeout={secs}s"),
+            ])
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}\n--- state\n{}\n--- deployment status\n{}\n--- controller-manager\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.k
+                .run(&["get", "deploy,rs,pods", "-o", "wide"])
+                .unwrap_or_default(),
+            self.k
+                .run(&[
+                    "get",
+                    "deploy",
+                    "shop",
+                    "-o",
+                    "jsonpath={.metadata.generation} {.status}"
+                ])
+                .unwrap_or_default(),
+            self.cp.log("controller-manager"),
+        );
+    }
+
     fn logs(&self) -> String {
         format!(
             "--- scheduler\n{}\n--- controller-manager\n{}",
@@ -381,15 +413,7 @@ fn available(k: &Kubectl) -> i64 {
 fn deployment_rolls_out_within_max_unavailable_and_undoes() {
     let c = Cluster::start(&[], &[], &[("node", 3, &[])]);
     apply(&c.k, DEPLOYMENT);
-    let out =
-        c.k.output(&["rollout", "status", "deployment/shop", "--timeout=60s"])
-            .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        c.logs()
-    );
+    c.rollout_done(60);
 
     c.k.run(&[
         "set",
@@ -452,14 +476,7 @@ fn deployment_rolls_out_within_max_unavailable_and_undoes() {
         "a paused deployment rolled out"
     );
     c.k.run(&["rollout", "resume", "deployment/shop"]).unwrap();
-    let out =
-        c.k.output(&["rollout", "status", "deployment/shop", "--timeout=90s"])
-            .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    c.rollout_done(90);
     c.wait(30, "only shop:3 pods after resume", || {
         let pods = live_pods(&c.k, "app=shop");
         (pods.len() == 4
@@ -475,14 +492,7 @@ fn deployment_rolls_out_within_max_unavailable_and_undoes() {
         "{history}"
     );
     c.k.run(&["rollout", "undo", "deployment/shop"]).unwrap();
-    let out =
-        c.k.output(&["rollout", "status", "deployment/shop", "--timeout=90s"])
-            .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    c.rollout_done(90);
     c.wait(30, "only shop:2 pods after undo", || {
         let pods = live_pods(&c.k, "app=shop");
         (pods.len() == 4
@@ -671,14 +681,7 @@ fn endpoints_follow_readiness_and_namespace_deletion_empties_it() {
 fn controller_manager_restart_mid_rollout_neither_loses_nor_duplicates() {
     let mut c = Cluster::start(&[], &[], &[("node", 3, &[])]);
     apply(&c.k, &DEPLOYMENT.replace("replicas: 4", "replicas: 6"));
-    let out =
-        c.k.output(&["rollout", "status", "deployment/shop", "--timeout=60s"])
-            .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    c.rollout_done(60);
     c.k.run(&[
         "set",
         "image",
