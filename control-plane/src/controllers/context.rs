@@ -48,6 +48,47 @@ where
     reader
 }
 
+/// A cache of every `K` and the stream of objects it changes, in that
+/// order: a controller triggered from this stream always finds the change
+/// already in the store. (Triggering from a second watch races the cache:
+/// a reconcile could run before its cache saw the change and then wait
+/// for a trigger that never comes.)
+pub fn reflected<K>(
+    api: Api<K>,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .touched_objects();
+    (reader, stream)
+}
+
+/// Longest a reconcile may take. A call that never returns (a connection
+/// that died mid-request) would otherwise hold the object forever: the
+/// controller runs one reconcile per object at a time.
+const RECONCILE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bounds a reconcile by `RECONCILE_TIMEOUT`; a timeout is an error, so the
+/// object is retried.
+pub async fn bounded<F>(reconcile: F) -> Result<kube::runtime::controller::Action>
+where
+    F: std::future::Future<Output = Result<kube::runtime::controller::Action>>,
+{
+    tokio::time::timeout(RECONCILE_TIMEOUT, reconcile)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::Other(format!(
+                "reconcile took over {RECONCILE_TIMEOUT:?}; retrying"
+            )))
+        })
+}
+
 /// What the controllers share.
 pub struct Context {
     pub client: kube::Client,

@@ -35,8 +35,8 @@ struct Ctx {
 
 /// Runs the deployment controller until the process ends.
 pub async fn run(shared: Arc<Context>, concurrency: u16) {
-    let replicasets = context::cache(Api::<ReplicaSet>::all(shared.client.clone()));
-    let _ = replicasets.wait_until_ready().await;
+    let (replicasets, rs_events) =
+        context::reflected(Api::<ReplicaSet>::all(shared.client.clone()));
     let ctx = Arc::new(Ctx {
         shared: shared.clone(),
         replicasets,
@@ -45,13 +45,10 @@ pub async fn run(shared: Arc<Context>, concurrency: u16) {
         Api::<Deployment>::all(shared.client.clone()),
         watcher::Config::default(),
     )
-    .owns(
-        Api::<ReplicaSet>::all(shared.client.clone()),
-        watcher::Config::default(),
-    )
+    .owns_stream(rs_events)
     .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
     .run(
-        reconcile,
+        |o, c| context::bounded(reconcile(o, c)),
         |d: Arc<Deployment>, e: &Error, _| match e {
             Error::Kube(kube::Error::Api(s)) if s.code == 409 => {
                 Action::requeue(Duration::from_millis(200))
@@ -149,6 +146,11 @@ fn surge_and_unavailable(d: &Deployment, replicas: i32) -> (i32, i32) {
 }
 
 async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action> {
+    // Decisions need the whole picture: never act on a cache still listing.
+    ctx.replicasets
+        .wait_until_ready()
+        .await
+        .map_err(|e| Error::Other(e.to_string()))?;
     if d.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }

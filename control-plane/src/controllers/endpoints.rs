@@ -26,8 +26,24 @@ const SERVICE_NAME: &str = "kubernetes.io/service-name";
 const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
 const MANAGER: &str = "endpointslice-controller.k8s.io";
 
+/// The shared context plus this controller's own pod cache, fed by the
+/// same stream that triggers it.
+pub struct Ctx {
+    shared: Arc<Context>,
+    pods: kube::runtime::reflector::Store<Pod>,
+}
+
+impl std::ops::Deref for Ctx {
+    type Target = Context;
+    fn deref(&self) -> &Context {
+        &self.shared
+    }
+}
+
 /// Runs the endpoints controller until the process ends.
-pub async fn run(ctx: Arc<Context>, concurrency: u16) {
+pub async fn run(shared: Arc<Context>, concurrency: u16) {
+    let (pods, pod_events) = context::reflected(Api::<Pod>::all(shared.client.clone()));
+    let ctx = Arc::new(Ctx { shared, pods });
     let controller = Controller::new(
         Api::<Service>::all(ctx.client.clone()),
         watcher::Config::default(),
@@ -35,25 +51,21 @@ pub async fn run(ctx: Arc<Context>, concurrency: u16) {
     .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
     let services = controller.store();
     controller
-        .watches(
-            Api::<Pod>::all(ctx.client.clone()),
-            watcher::Config::default(),
-            move |pod: Pod| {
-                let ns = pod.namespace().unwrap_or_default();
-                services
-                    .state()
-                    .into_iter()
-                    .filter(|s| {
-                        s.namespace().as_deref() == Some(ns.as_str())
-                            && selector_of(s)
-                                .is_some_and(|sel| selector_matches(Some(&sel), pod.labels()))
-                    })
-                    .map(|s| ObjectRef::from_obj(&*s))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_stream(pod_events, move |pod: Pod| {
+            let ns = pod.namespace().unwrap_or_default();
+            services
+                .state()
+                .into_iter()
+                .filter(|s| {
+                    s.namespace().as_deref() == Some(ns.as_str())
+                        && selector_of(s)
+                            .is_some_and(|sel| selector_matches(Some(&sel), pod.labels()))
+                })
+                .map(|s| ObjectRef::from_obj(&*s))
+                .collect::<Vec<_>>()
+        })
         .run(
-            reconcile,
+            |o, c| context::bounded(reconcile(o, c)),
             |s: Arc<Service>, e: &Error, _| {
                 tracing::warn!("endpoints for {}: {e}", s.name_any());
                 Action::requeue(Duration::from_secs(2))
@@ -106,7 +118,12 @@ struct Backend {
     target: Value,
 }
 
-async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action> {
+async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action> {
+    // Decisions need the whole picture: never act on a cache still listing.
+    ctx.pods
+        .wait_until_ready()
+        .await
+        .map_err(|e| Error::Other(e.to_string()))?;
     let Some(selector) = selector_of(&svc) else {
         // Without a selector the user manages the endpoints.
         return Ok(Action::await_change());

@@ -115,39 +115,55 @@ impl Replicated for ReplicationController {
     }
 }
 
+/// The shared context plus this controller's own pod cache, fed by the
+/// same stream that triggers it.
+pub struct Ctx {
+    shared: Arc<Context>,
+    pods: kube::runtime::reflector::Store<Pod>,
+}
+
+impl std::ops::Deref for Ctx {
+    type Target = Context;
+    fn deref(&self) -> &Context {
+        &self.shared
+    }
+}
+
 /// Runs the controller for kind `K` until the process ends.
-pub async fn run<K: Replicated>(ctx: Arc<Context>, concurrency: u16) {
+pub async fn run<K: Replicated>(shared: Arc<Context>, concurrency: u16) {
+    let (pods, pod_events) = context::reflected(Api::<Pod>::all(shared.client.clone()));
+    let ctx = Arc::new(Ctx { shared, pods });
     let api: Api<K> = Api::all(ctx.client.clone());
     let controller = Controller::new(api, watcher::Config::default())
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
     let owners = controller.store();
     let kind = K::kind(&()).into_owned();
-    let controller = controller.watches(
-        Api::<Pod>::all(ctx.client.clone()),
-        watcher::Config::default(),
-        move |pod: Pod| {
-            let ns = pod.namespace().unwrap_or_default();
-            let mut out: Vec<ObjectRef<K>> = Vec::new();
-            match controller_of(pod.metadata.owner_references.as_ref()) {
-                Some(r) if r.kind == kind => out.push(ObjectRef::new(&r.name).within(&ns)),
-                Some(_) => {}
-                None => {
-                    // An orphan: every owner whose selector matches may adopt it.
-                    let labels = pod.labels();
-                    for o in owners.state() {
-                        if o.namespace().as_deref() == Some(ns.as_str())
-                            && selector_matches(o.selector().as_ref(), labels)
-                        {
-                            out.push(ObjectRef::from_obj(&*o));
-                        }
+    let controller = controller.watches_stream(pod_events, move |pod: Pod| {
+        let ns = pod.namespace().unwrap_or_default();
+        let mut out: Vec<ObjectRef<K>> = Vec::new();
+        match controller_of(pod.metadata.owner_references.as_ref()) {
+            Some(r) if r.kind == kind => out.push(ObjectRef::new(&r.name).within(&ns)),
+            Some(_) => {}
+            None => {
+                // An orphan: every owner whose selector matches may adopt it.
+                let labels = pod.labels();
+                for o in owners.state() {
+                    if o.namespace().as_deref() == Some(ns.as_str())
+                        && selector_matches(o.selector().as_ref(), labels)
+                    {
+                        out.push(ObjectRef::from_obj(&*o));
                     }
                 }
             }
-            out
-        },
-    );
+        }
+        out
+    });
     controller
-        .run(reconcile::<K>, error_policy::<K>, ctx)
+        .run(
+            |o, c| context::bounded(reconcile::<K>(o, c)),
+            error_policy::<K>,
+            ctx,
+        )
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!("replica controller: {e}");
@@ -156,7 +172,7 @@ pub async fn run<K: Replicated>(ctx: Arc<Context>, concurrency: u16) {
         .await;
 }
 
-fn error_policy<K: Replicated>(obj: Arc<K>, e: &Error, _ctx: Arc<Context>) -> Action {
+fn error_policy<K: Replicated>(obj: Arc<K>, e: &Error, _ctx: Arc<Ctx>) -> Action {
     tracing::warn!(
         "syncing {} {}/{}: {e}",
         K::kind(&()),
@@ -201,7 +217,12 @@ fn deletion_rank(p: &Pod) -> (u8, u8, u8, i64, std::cmp::Reverse<String>) {
     )
 }
 
-async fn reconcile<K: Replicated>(owner: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
+async fn reconcile<K: Replicated>(owner: Arc<K>, ctx: Arc<Ctx>) -> Result<Action> {
+    // Decisions need the whole picture: never act on a cache still listing.
+    ctx.pods
+        .wait_until_ready()
+        .await
+        .map_err(|e| Error::Other(e.to_string()))?;
     if owner.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
