@@ -29,9 +29,9 @@ impl ExecQuery {
     pub fn parse(q: &str) -> Self {
         let mut e = ExecQuery::default();
         let on = |v: &str| v == "true" || v == "1";
-        for (k, v) in form_urlencoded_pairs(q) {
-            match k.as_str() {
-                "command" => e.command.push(v),
+        for (k, v) in form_urlencoded::parse(q.as_bytes()) {
+            match k.as_ref() {
+                "command" => e.command.push(v.into_owned()),
                 "stdin" => e.stdin = on(&v),
                 "stdout" => e.stdout = on(&v),
                 "stderr" => e.stderr = on(&v),
@@ -41,39 +41,6 @@ impl ExecQuery {
         }
         e
     }
-}
-
-fn form_urlencoded_pairs(q: &str) -> Vec<(String, String)> {
-    fn decode(s: &str) -> String {
-        let bytes = s.as_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            match bytes[i] {
-                b'+' => out.push(b' '),
-                b'%' if i + 2 < bytes.len() => {
-                    let hex = |c: u8| (c as char).to_digit(16);
-                    match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                        (Some(h), Some(l)) => {
-                            out.push((h * 16 + l) as u8);
-                            i += 2;
-                        }
-                        _ => out.push(b'%'),
-                    }
-                }
-                b => out.push(b),
-            }
-            i += 1;
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    }
-    q.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (decode(k), decode(v))
-        })
-        .collect()
 }
 
 /// The runtime id of the running container `container` of pod `ns/pod`.

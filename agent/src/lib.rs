@@ -75,11 +75,16 @@ pub async fn run(args: config::RunArgs) -> anyhow::Result<()> {
 /// Stops every container this node runs, ends the runtime helper, unmounts
 /// what pods left mounted under `state_dir` and removes the cgroup root:
 /// the node is as before the agent ran (images stay).
-pub async fn reset(state_dir: &std::path::Path, cgroup_root: &str) -> anyhow::Result<()> {
+/// `agent` is the agent binary, which serves as the runtime helper.
+pub async fn reset(
+    agent: &std::path::Path,
+    state_dir: &std::path::Path,
+    cgroup_root: &str,
+) -> anyhow::Result<()> {
     let state = state_dir.canonicalize()?;
     let socket = state.join("runtime.sock");
     if let Ok(r) = runtime::Runtime::connect_or_spawn(
-        &std::env::current_exe()?,
+        agent,
         &state.join("containers"),
         &socket,
         &state.join("runtime-helper.log"),

@@ -103,9 +103,11 @@ fn main() -> anyhow::Result<()> {
         Command::Reset {
             state_dir,
             cgroup_root,
-        } => {
-            tokio::runtime::Runtime::new()?.block_on(kestrel_agent::reset(&state_dir, &cgroup_root))
-        }
+        } => tokio::runtime::Runtime::new()?.block_on(kestrel_agent::reset(
+            &std::env::current_exe()?,
+            &state_dir,
+            &cgroup_root,
+        )),
         Command::Image { state_dir, command } => {
             use kestrel_agent::image::{build, ImageStore};
             let store = || ImageStore::open(&state_dir.join("images"));

@@ -128,40 +128,13 @@ impl Drop for Agent {
         }
         self.proc = None;
         let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            let state = self.state.path();
-            if let Ok(r) = kestrel_agent::runtime::Runtime::connect_or_spawn(
-                &binary("agent"),
-                &state.join("containers"),
-                &state.join("runtime.sock"),
-                &state.join("helper.log"),
-            )
-            .await
-            {
-                if let Ok(list) = r.list().await {
-                    for c in list {
-                        let _ = r.delete(&c.id, true).await;
-                    }
-                }
-                let _ = r.shutdown().await;
-            }
-        });
-        // Mounts a killed test may have left.
-        if let Ok(m) = std::fs::read_to_string("/proc/self/mountinfo") {
-            let state = self.state.path().to_string_lossy().to_string();
-            let mut points: Vec<&str> = m
-                .lines()
-                .filter_map(|l| l.split_whitespace().nth(4))
-                .filter(|p| p.starts_with(&state))
-                .collect();
-            points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-            for p in points {
-                let c = std::ffi::CString::new(p).unwrap();
-                // SAFETY: a valid C string.
-                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-            }
+        if let Err(e) = rt.block_on(kestrel_agent::reset(
+            &binary("agent"),
+            self.state.path(),
+            &self.cgroup_root,
+        )) {
+            eprintln!("resetting the test node: {e}");
         }
-        kestrel_agent::pods::worker::remove_cgroup(&self.cgroup_root);
     }
 }
 

@@ -398,7 +398,6 @@ impl Worker {
             }
             self.start_time.get_or_insert_with(now);
         }
-        let policy = self.restart_policy().to_string();
         for i in 0..self.runs.len() {
             let r = &self.runs[i];
             if r.init {
@@ -417,7 +416,6 @@ impl Worker {
                 return;
             }
         }
-        let _ = policy;
     }
 
     async fn start(&mut self, i: usize) {

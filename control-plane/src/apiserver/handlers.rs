@@ -1324,10 +1324,11 @@ pub async fn dispatch(
             .await
         }
         (Method::GET, true, Some("log")) => super::nodeproxy::logs(state, target, query).await,
-        (_, true, Some("exec")) => Err(ApiError::unavailable(format!(
-            "exec into pod {:?}: the node agent does not serve exec yet",
-            target.name.as_deref().unwrap_or("")
-        ))),
+        // Served as a connection upgrade before requests reach dispatch;
+        // this only keeps exec from falling through to `get`.
+        (_, true, Some("exec")) => Err(ApiError::bad_request(
+            "exec needs a WebSocket upgrade (v5.channel.k8s.io)",
+        )),
         (Method::GET, true, _) => get(state, target, wants, query).await,
         (Method::GET, false, _) if query.flag("watch") => watch(state, target, wants, query).await,
         (Method::GET, false, _) => list(state, target, wants, query).await,

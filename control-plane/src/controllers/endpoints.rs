@@ -259,19 +259,11 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action> {
     let mut slice_labels = labels.clone();
     slice_labels.insert(SERVICE_NAME.into(), name.clone());
     slice_labels.insert(MANAGED_BY.into(), MANAGER.into());
-    let sets: Vec<(PortSet, &Vec<Backend>)> = if groups.is_empty() {
-        // A service with no backends still has one (empty) slice.
-        Vec::new()
-    } else {
-        groups.iter().map(|(k, v)| (k.clone(), v)).collect()
-    };
-    let empty = Vec::new();
-    let sets = if sets.is_empty() {
-        vec![(Vec::new(), &empty)]
-    } else {
-        sets
-    };
-    for (set, backends) in sets {
+    // A service with no backends still has one (empty) slice.
+    if groups.is_empty() {
+        groups.insert(Vec::new(), Vec::new());
+    }
+    for (set, backends) in &groups {
         let slice_name = format!(
             "{name}-{}",
             short_hash(&format!("{}{set:?}", svc.uid().unwrap_or_default()))
