@@ -65,6 +65,8 @@ pub struct RunArgs {
     /// Register and report the node, but run no pods.
     #[arg(long)]
     pub no_pods: bool,
+    #[command(flatten)]
+    pub network: crate::network::NetworkArgs,
 }
 
 fn pairs(s: &str, sep: char) -> anyhow::Result<Vec<(String, String)>> {

@@ -1,9 +1,12 @@
 //! The node agent: kubelet, kube-proxy and the CNI in one process.
+use anyhow::Context;
+
 pub mod config;
 pub mod ebpf;
 pub mod exec;
 pub mod image;
 pub mod netns;
+pub mod network;
 pub mod node;
 pub mod nodeapi;
 pub mod pods;
@@ -33,6 +36,14 @@ pub async fn run(args: config::RunArgs) -> anyhow::Result<()> {
         )
         .await?;
         let images = image::ImageStore::open(&state.join("images"))?;
+        let ip: std::net::Ipv4Addr = node_ip
+            .as_deref()
+            .context("the node has no IPv4 address; pass --node-ip")?
+            .parse()
+            .context("--node-ip is not an IPv4 address")?;
+        let network =
+            network::Network::start(&client, &cfg.name, ip, &args.network, &state).await?;
+        tokio::spawn(network::sync_routes(client.clone(), cfg.name.clone()));
         std::fs::create_dir_all(&args.log_dir)?;
         let env = std::sync::Arc::new(pods::Env {
             client: client.clone(),
@@ -44,6 +55,7 @@ pub async fn run(args: config::RunArgs) -> anyhow::Result<()> {
             log_dir: args.log_dir.clone(),
             cgroup_root: args.cgroup_root.clone(),
             insecure_registries: args.insecure_registries.clone(),
+            network,
         });
         let runtime = env.runtime.clone();
         Some((tokio::spawn(pods::run(env)), runtime))
@@ -80,6 +92,7 @@ pub async fn reset(
     agent: &std::path::Path,
     state_dir: &std::path::Path,
     cgroup_root: &str,
+    bpffs_dir: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let state = state_dir.canonicalize()?;
     let socket = state.join("runtime.sock");
@@ -127,5 +140,16 @@ pub async fn reset(
         }
     }
     pods::worker::remove_cgroup(cgroup_root);
+    // Pods are gone, and with their namespaces their veths: what is left of
+    // the network is the address leases, the routes and the pins.
+    let _ = std::fs::remove_dir_all(state.join("cni"));
+    if let Ok(routes) = network::routes::Routes::new() {
+        if let Err(e) = routes.sync(&[]).await {
+            tracing::warn!("removing node routes: {e}");
+        }
+    }
+    if let Some(dir) = bpffs_dir {
+        network::datapath::remove_pins(dir)?;
+    }
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! `agent`: the node agent. Today it loads and inspects the eBPF object;
-//! node registration and pods come next.
+//! `agent`: the node agent, its runtime helper, and tools to look at a
+//! node's images and eBPF datapath.
 
 use std::path::PathBuf;
 
@@ -41,6 +41,10 @@ enum Command {
         state_dir: PathBuf,
         #[arg(long, default_value = "/kestrel")]
         cgroup_root: String,
+        /// The agent's bpffs directory, whose pinned maps and links go too
+        /// (default: /sys/fs/bpf/kestrel/HOSTNAME).
+        #[arg(long)]
+        bpffs_dir: Option<PathBuf>,
     },
     /// Manage the node's images.
     Image {
@@ -82,6 +86,21 @@ enum BpfCommand {
     /// Load the eBPF object into the kernel (needs root), list its programs
     /// and maps, and unload it: a check that this kernel accepts it.
     Check,
+    /// Show this node's datapath: attached programs, pod endpoints,
+    /// decision counters and the routes to other nodes.
+    Status {
+        /// The agent's bpffs directory (default:
+        /// /sys/fs/bpf/kestrel/HOSTNAME).
+        #[arg(long)]
+        bpffs_dir: Option<PathBuf>,
+    },
+}
+
+fn default_pin_dir() -> anyhow::Result<PathBuf> {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")?;
+    Ok(kestrel_agent::network::default_pin_dir(
+        &host.trim().to_lowercase(),
+    ))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -103,11 +122,19 @@ fn main() -> anyhow::Result<()> {
         Command::Reset {
             state_dir,
             cgroup_root,
-        } => tokio::runtime::Runtime::new()?.block_on(kestrel_agent::reset(
-            &std::env::current_exe()?,
-            &state_dir,
-            &cgroup_root,
-        )),
+            bpffs_dir,
+        } => {
+            let pins = match bpffs_dir {
+                Some(d) => d,
+                None => default_pin_dir()?,
+            };
+            tokio::runtime::Runtime::new()?.block_on(kestrel_agent::reset(
+                &std::env::current_exe()?,
+                &state_dir,
+                &cgroup_root,
+                Some(&pins),
+            ))
+        }
         Command::Image { state_dir, command } => {
             use kestrel_agent::image::{build, ImageStore};
             let store = || ImageStore::open(&state_dir.join("images"));
@@ -151,6 +178,18 @@ fn main() -> anyhow::Result<()> {
         } => {
             let object = kestrel_agent::ebpf::object(cli.ebpf_object.as_deref())?;
             let report = kestrel_agent::ebpf::check(&object)?;
+            print!("{report}");
+            Ok(())
+        }
+        Command::Bpf {
+            command: BpfCommand::Status { bpffs_dir },
+        } => {
+            let pins = match bpffs_dir {
+                Some(d) => d,
+                None => default_pin_dir()?,
+            };
+            let report = tokio::runtime::Runtime::new()?
+                .block_on(kestrel_agent::network::describe(&pins))?;
             print!("{report}");
             Ok(())
         }

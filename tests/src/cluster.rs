@@ -6,7 +6,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::etcd::Etcd;
+use crate::forward::Forward;
 use crate::kubectl::Kubectl;
+use crate::net::Segment;
 use crate::ports::free_port;
 use crate::process::{wait_for, Guarded};
 
@@ -31,7 +33,23 @@ pub struct ControlPlane {
     pub port: u16,
     dir: tempfile::TempDir,
     apiserver_args: Vec<String>,
+    net: Option<Network>,
 }
+
+/// The node network of a control plane that serves nodes in namespaces: a
+/// segment whose bridge holds the API server's address, and the relays
+/// that let the test (and components it starts) reach the API server, and
+/// the API server reach etcd, from their own namespace.
+struct Network {
+    // Relays first: they hold sockets in the segment's namespace.
+    _forwards: Vec<Forward>,
+    segment: Segment,
+}
+
+/// Address of the API server on the node network (the segment's bridge).
+pub const API_ADDRESS: &str = "10.99.0.1";
+/// Prefix length of the node network.
+pub const NODE_NET_PREFIX: u8 = 24;
 
 impl ControlPlane {
     /// Starts etcd and the API server and waits until it is ready.
@@ -41,6 +59,18 @@ impl ControlPlane {
 
     /// Like `start`, with extra API server flags.
     pub fn start_with(apiserver_args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_inner(apiserver_args, false)
+    }
+
+    /// Starts a control plane for nodes in network namespaces: the API
+    /// server runs in the namespace of a segment (a bridge) that nodes join
+    /// with [`ControlPlane::segment`], at [`API_ADDRESS`]. The test still
+    /// reaches it at [`ControlPlane::url`].
+    pub fn start_networked(apiserver_args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_inner(apiserver_args, true)
+    }
+
+    fn start_inner(apiserver_args: &[&str], networked: bool) -> anyhow::Result<Self> {
         let etcd = Etcd::start()?;
         let dir = tempfile::Builder::new().prefix("kestrel-cp-").tempdir()?;
         let mut cp = Self {
@@ -49,7 +79,26 @@ impl ControlPlane {
             port: free_port(),
             dir,
             apiserver_args: apiserver_args.iter().map(|s| s.to_string()).collect(),
+            net: None,
         };
+        if networked {
+            let segment = Segment::new()?;
+            segment.ns.addr_up(
+                segment.bridge(),
+                &format!("{API_ADDRESS}/{NODE_NET_PREFIX}"),
+            )?;
+            let etcd_addr: std::net::SocketAddr =
+                cp.etcd.client_url().trim_start_matches("http://").parse()?;
+            let api_addr: std::net::SocketAddr = format!("127.0.0.1:{}", cp.port).parse()?;
+            let forwards = vec![
+                Forward::start(Some(&segment.ns.path()), etcd_addr, None, etcd_addr)?,
+                Forward::start(None, api_addr, Some(&segment.ns.path()), api_addr)?,
+            ];
+            cp.net = Some(Network {
+                _forwards: forwards,
+                segment,
+            });
+        }
         let kubeconfig = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\nusers:\n- name: admin\n  user: {{}}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: admin\ncurrent-context: test\n",
             cp.url()
@@ -79,6 +128,20 @@ impl ControlPlane {
         std::fs::read_to_string(self.dir.path().join("apiserver.log")).unwrap_or_default()
     }
 
+    /// The segment nodes join (only for [`ControlPlane::start_networked`]).
+    pub fn segment(&self) -> &Segment {
+        &self
+            .net
+            .as_ref()
+            .expect("a networked control plane (ControlPlane::start_networked)")
+            .segment
+    }
+
+    /// The API server's URL as nodes on the segment reach it.
+    pub fn node_url(&self) -> String {
+        format!("http://{API_ADDRESS}:{}", self.port)
+    }
+
     /// (Re)starts the API server on the same port.
     pub fn start_apiserver(&mut self) -> anyhow::Result<()> {
         self.apiserver = None;
@@ -86,22 +149,27 @@ impl ControlPlane {
             .create(true)
             .append(true)
             .open(self.dir.path().join("apiserver.log"))?;
-        let child = Guarded::spawn(
-            "apiserver",
-            Command::new(binary("control-plane"))
-                .args(["apiserver", "--etcd-servers", &self.etcd.client_url()])
-                .arg(format!("--insecure-bind-address=127.0.0.1:{}", self.port))
-                .arg("--no-tls")
-                .args(&self.apiserver_args)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log),
-        )?;
-        self.apiserver = Some(child);
+        let mut cmd = Command::new(binary("control-plane"));
+        cmd.args(["apiserver", "--etcd-servers", &self.etcd.client_url()])
+            .arg("--no-tls")
+            .args(&self.apiserver_args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        match &self.net {
+            Some(net) => {
+                cmd.arg(format!("--insecure-bind-address=0.0.0.0:{}", self.port));
+                crate::net::in_netns(&mut cmd, &net.segment.ns)?;
+            }
+            None => {
+                cmd.arg(format!("--insecure-bind-address=127.0.0.1:{}", self.port));
+            }
+        }
+        self.apiserver = Some(Guarded::spawn("apiserver", &mut cmd)?);
         let url = format!("127.0.0.1:{}", self.port);
-        let ready = wait_for(Duration::from_secs(30), || {
-            std::net::TcpStream::connect(&url).ok().map(|_| ())
-        });
+        // An answer, not just a connection: a relay accepts before the API
+        // server behind it listens.
+        let ready = wait_for(Duration::from_secs(30), || healthy(&url).then_some(()));
         anyhow::ensure!(
             ready.is_some(),
             "apiserver did not listen on {url}:\n{}",
@@ -149,4 +217,20 @@ impl ControlPlane {
     pub fn kill_apiserver(&mut self) {
         self.apiserver = None;
     }
+}
+
+/// Whether `GET /healthz` at `addr` answers 200.
+fn healthy(addr: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 12];
+    s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.1 200")
 }

@@ -9,9 +9,11 @@
 pub mod benchkit;
 pub mod cluster;
 pub mod etcd;
+pub mod forward;
 pub mod kubectl;
 pub mod names;
 pub mod net;
+pub mod node;
 pub mod ports;
 pub mod process;
 

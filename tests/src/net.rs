@@ -122,6 +122,11 @@ impl Segment {
         Ok(Self { ns, bridge })
     }
 
+    /// The bridge's name inside the segment's namespace.
+    pub fn bridge(&self) -> &str {
+        &self.bridge
+    }
+
     /// Plugs `node` into the segment; returns the node-side link name.
     pub fn attach(&self, node: &Netns) -> anyhow::Result<String> {
         let (in_seg, in_node) = veth_between(&self.ns, node, "p")?;
@@ -130,4 +135,24 @@ impl Segment {
         self.ns.exec(&["ip", "link", "set", &in_seg, "up"])?;
         Ok(in_node)
     }
+}
+
+/// Makes `cmd` run inside `ns`'s network namespace (and only that: unlike
+/// `ip netns exec`, the mounts stay the test's, so what the child mounts is
+/// visible to the next process, as on a real node).
+pub fn in_netns(cmd: &mut Command, ns: &Netns) -> anyhow::Result<()> {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+    let fd: OwnedFd = std::fs::File::open(ns.path())?.into();
+    // SAFETY: setns is async-signal-safe; the fd lives in the closure, which
+    // the Command keeps until it is dropped.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
 }

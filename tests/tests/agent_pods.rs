@@ -2,141 +2,17 @@
 //! completion, CrashLoopBackOff, OOMKilled, grace periods, and containers
 //! that survive a `kill -9` of the agent.
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::cluster::{binary, ControlPlane};
+use harness::cluster::ControlPlane;
 use harness::kubectl::Kubectl;
 use harness::process::{wait_for, Guarded};
 use serde_json::Value;
 
-/// A node agent on this machine with its own state, logs and cgroup root,
-/// all removed on drop (pods first, so their sandboxes are torn down).
-struct Agent {
-    proc: Option<Guarded>,
-    state: tempfile::TempDir,
-    logs: tempfile::TempDir,
-    cgroup_root: String,
-    name: String,
-    url: String,
-    api_port: u16,
-}
-
-impl Agent {
-    fn start(cp: &ControlPlane) -> Self {
-        harness::require_root("the agent runs containers");
-        let name = harness::names::unique("node");
-        let mut a = Agent {
-            proc: None,
-            state: tempfile::tempdir().unwrap(),
-            logs: tempfile::tempdir().unwrap(),
-            cgroup_root: format!("/{name}"),
-            name,
-            url: cp.url(),
-            api_port: harness::ports::free_port(),
-        };
-        // The project's busybox image, made from Debian's busybox-static.
-        let archive = a.state.path().join("busybox.tar");
-        a.agent(&["image", "build-busybox"])
-            .arg(&archive)
-            .status()
-            .unwrap();
-        let ok = a
-            .agent(&["image", "import"])
-            .arg(&archive)
-            .status()
-            .unwrap();
-        assert!(ok.success(), "importing the busybox image");
-        a.launch();
-        a
-    }
-
-    fn agent(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(binary("agent"));
-        c.args(args);
-        if args.first() == Some(&"image") {
-            c.arg("--state-dir").arg(self.state.path());
-        }
-        c
-    }
-
-    fn launch(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.state.path().join("agent.log"))
-            .unwrap();
-        let mut cmd = self.agent(&["run", "--master", &self.url, "--node-name", &self.name]);
-        cmd.arg("--state-dir")
-            .arg(self.state.path())
-            .arg("--log-dir")
-            .arg(self.logs.path())
-            .args([
-                "--cgroup-root",
-                &self.cgroup_root,
-                "--node-lease-interval",
-                "2",
-            ])
-            // Each test's agent has its own node API port on loopback.
-            .args(["--node-ip", "127.0.0.1"])
-            .arg(format!("--node-api-address=127.0.0.1:{}", self.api_port))
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        self.proc = Some(Guarded::spawn("agent", &mut cmd).unwrap());
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.state.path().join("agent.log")).unwrap_or_default()
-    }
-
-    fn log_files(&self) -> Vec<PathBuf> {
-        fn walk(p: &Path, out: &mut Vec<PathBuf>) {
-            for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
-                if e.path().is_dir() {
-                    walk(&e.path(), out);
-                } else {
-                    out.push(e.path());
-                }
-            }
-        }
-        let mut out = Vec::new();
-        walk(self.logs.path(), &mut out);
-        out
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        // Delete every pod so the agent tears the sandboxes down, then stop
-        // the agent and its runtime helper and remove the cgroup root.
-        let k = Kubectl::new(&self.state.path().join("kubeconfig")).ok();
-        let _ = std::fs::write(
-            self.state.path().join("kubeconfig"),
-            format!("apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster: {{server: {}}}\ncontexts:\n- name: t\n  context: {{cluster: t, user: u}}\nusers:\n- name: u\n  user: {{}}\ncurrent-context: t\n", self.url),
-        );
-        if let Some(k) = k {
-            let _ = k.output(&[
-                "delete",
-                "pods",
-                "--all",
-                "--grace-period=1",
-                "--timeout=30s",
-            ]);
-        }
-        self.proc = None;
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        if let Err(e) = rt.block_on(kestrel_agent::reset(
-            &binary("agent"),
-            self.state.path(),
-            &self.cgroup_root,
-        )) {
-            eprintln!("resetting the test node: {e}");
-        }
-    }
-}
+/// Each test's node: a namespace on the control plane's segment with a
+/// real agent in it.
+type Agent = harness::node::Node;
 
 fn pod(k: &Kubectl, name: &str) -> Value {
     serde_json::from_str(&k.run(&["get", "pod", name, "-o", "json"]).unwrap()).unwrap()
@@ -161,7 +37,7 @@ fn wait<T>(agent: &Agent, secs: u64, what: &str, f: impl FnMut() -> Option<T>) -
 /// exceeds its memory limit and shows OOMKilled.
 #[test]
 fn pods_complete_crash_loop_and_get_oom_killed() {
-    let cp = ControlPlane::start().unwrap();
+    let cp = ControlPlane::start_networked(&[]).unwrap();
     let k = cp.kubectl();
     let agent = Agent::start(&cp);
     let node = agent.name.clone();
@@ -273,7 +149,7 @@ spec:
 /// agent: the restarted agent adopts it without restarting it.
 #[test]
 fn grace_period_and_agent_restart_keep_containers_right() {
-    let cp = ControlPlane::start().unwrap();
+    let cp = ControlPlane::start_networked(&[]).unwrap();
     let k = cp.kubectl();
     let mut agent = Agent::start(&cp);
     let node = agent.name.clone();
@@ -428,7 +304,7 @@ spec:
 /// passes, and a failing liveness probe restarts the container.
 #[test]
 fn readiness_and_liveness_probes() {
-    let cp = ControlPlane::start().unwrap();
+    let cp = ControlPlane::start_networked(&[]).unwrap();
     let k = cp.kubectl();
     let agent = Agent::start(&cp);
     let node = agent.name.clone();
@@ -531,7 +407,7 @@ spec:
 /// files, downward API labels, and environment from the pod's fields.
 #[test]
 fn init_containers_and_volumes() {
-    let cp = ControlPlane::start().unwrap();
+    let cp = ControlPlane::start_networked(&[]).unwrap();
     let k = cp.kubectl();
     let agent = Agent::start(&cp);
     let node = agent.name.clone();
@@ -599,6 +475,8 @@ spec:
 /// Debian's docker-registry on a loopback port, with the project's busybox
 /// image pushed to it over the registry API (as `docker push` would).
 struct Registry {
+    // The node reaches the registry on its own loopback, relayed here.
+    _relay: harness::forward::Forward,
     _proc: Guarded,
     _dir: tempfile::TempDir,
     addr: String,
@@ -628,6 +506,9 @@ impl Registry {
             std::net::TcpStream::connect(&addr).ok().map(|_| ())
         })
         .expect("the registry listens");
+        let sock: std::net::SocketAddr = addr.parse().unwrap();
+        let relay =
+            harness::forward::Forward::start(Some(&agent.netns.path()), sock, None, sock).unwrap();
         // The busybox OCI archive the agent built, unpacked.
         let archive = agent.state.path().join("busybox.tar");
         let layout = dir.path().join("layout");
@@ -707,6 +588,7 @@ impl Registry {
             .unwrap();
         assert!(ok.success(), "pushing the manifest");
         Registry {
+            _relay: relay,
             _proc: proc,
             _dir: dir,
             addr,
@@ -719,7 +601,7 @@ impl Registry {
 /// ImagePullBackOff, and the agent and other pods carry on.
 #[test]
 fn images_are_pulled_from_a_registry() {
-    let cp = ControlPlane::start().unwrap();
+    let cp = ControlPlane::start_networked(&[]).unwrap();
     let k = cp.kubectl();
     let agent = Agent::start(&cp);
     let registry = Registry::start_with_busybox(&agent, "tools/box", "1.0");

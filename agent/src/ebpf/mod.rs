@@ -46,6 +46,24 @@ pub fn object(path: Option<&Path>) -> Result<Cow<'static, [u8]>, Error> {
     }
 }
 
+/// Loads `object` with its pinned maps in a private bpffs directory that
+/// is removed at once (the maps live on while the returned object holds
+/// them): for uses that share nothing with the node's datapath.
+fn load_unpinned(object: &[u8]) -> Result<Ebpf, Error> {
+    crate::network::datapath::ensure_bpffs()?;
+    let pins = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/kestrel-private-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::create_dir_all(&pins)?;
+    let loaded = aya::EbpfLoader::new()
+        .default_map_pin_directory(&pins)
+        .load(object);
+    let _ = std::fs::remove_dir_all(&pins);
+    Ok(loaded?)
+}
+
 /// How a TC program ended up attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttachMode {
@@ -91,7 +109,7 @@ impl PacketCounter {
         only: Option<AttachMode>,
     ) -> Result<Self, Error> {
         let (ebpf, mode) = netns::run_in(netns.as_ref(), || -> Result<_, Error> {
-            let mut ebpf = Ebpf::load(object)?;
+            let mut ebpf = load_unpinned(object)?;
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(abi::COUNT_PROGRAM)
                 .ok_or_else(|| Error::Missing(format!("program {}", abi::COUNT_PROGRAM)))?
@@ -181,7 +199,20 @@ pub fn attach_tc(
 /// Loads every program of `object` into the kernel and describes the
 /// programs and maps, one per line; everything is unloaded on return.
 pub fn check(object: &[u8]) -> Result<String, Error> {
-    let mut ebpf = Ebpf::load(object)?;
+    // Pinned maps need a bpffs directory; a private one, removed on return.
+    crate::network::datapath::ensure_bpffs()?;
+    let pins =
+        std::path::PathBuf::from(format!("/sys/fs/bpf/kestrel-check-{}", std::process::id()));
+    std::fs::create_dir_all(&pins)?;
+    let result = check_in(object, &pins);
+    let _ = std::fs::remove_dir_all(&pins);
+    result
+}
+
+fn check_in(object: &[u8], pins: &Path) -> Result<String, Error> {
+    let mut ebpf = aya::EbpfLoader::new()
+        .default_map_pin_directory(pins)
+        .load(object)?;
     let mut out = String::new();
     let names: Vec<String> = ebpf.programs().map(|(n, _)| n.to_string()).collect();
     for name in names {

@@ -34,6 +34,8 @@ pub struct Env {
     pub cgroup_root: String,
     /// Registries pulled from over plain HTTP (besides loopback ones).
     pub insecure_registries: Vec<String>,
+    /// Pod addresses, veths and the datapath.
+    pub network: Arc<crate::network::Network>,
 }
 
 /// Records a core/v1 Event about `pod` from this agent.

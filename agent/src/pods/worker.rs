@@ -75,6 +75,9 @@ pub struct Worker {
     runs: Vec<Run>,
     start_time: Option<String>,
     reported: Option<Value>,
+    /// The pod's network attachment, once made (saved in the sandbox so a
+    /// restarted agent finds it again).
+    endpoint: Option<crate::network::Endpoint>,
 }
 
 impl Worker {
@@ -132,7 +135,48 @@ impl Worker {
             uid,
             runs,
             reported: None,
+            endpoint: None,
         }
+    }
+
+    fn endpoint_file(&self) -> PathBuf {
+        self.sandbox.dir.join("network.json")
+    }
+
+    /// Gives the sandbox its network: the saved attachment when a previous
+    /// agent made one, else a new one.
+    async fn ensure_network(&mut self) -> Result<(), String> {
+        if self.endpoint.is_some() {
+            return Ok(());
+        }
+        let saved = std::fs::read(self.endpoint_file())
+            .ok()
+            .and_then(|b| serde_json::from_slice::<crate::network::Endpoint>(&b).ok());
+        if let Some(ep) = saved {
+            self.env
+                .network
+                .readopt(&ep)
+                .map_err(|e| format!("{e:#}"))?;
+            self.endpoint = Some(ep);
+            return Ok(());
+        }
+        let ep = self
+            .env
+            .network
+            .attach(&self.uid, &self.sandbox.ns_path("net"))
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        let json = serde_json::to_vec(&ep).map_err(|e| e.to_string())?;
+        if let Err(e) = std::fs::write(self.endpoint_file(), json) {
+            self.env
+                .network
+                .detach(&self.uid, &self.sandbox.ns_path("net"), Some(&ep))
+                .await;
+            return Err(format!("saving the pod's network state: {e}"));
+        }
+        tracing::info!(pod = %self.pod.name_any(), ip = %ep.ip, "pod network attached");
+        self.endpoint = Some(ep);
+        Ok(())
     }
 
     fn pod_dir(&self) -> PathBuf {
@@ -398,6 +442,18 @@ impl Worker {
             }
             self.start_time.get_or_insert_with(now);
         }
+        if let Err(e) = self.ensure_network().await {
+            self.event(
+                "Warning",
+                "FailedCreatePodSandBox",
+                format!("Failed to set up the pod network: {e}"),
+            )
+            .await;
+            for r in &mut self.runs {
+                r.next_start = Some(Instant::now() + Duration::from_secs(5));
+            }
+            return;
+        }
         for i in 0..self.runs.len() {
             let r = &self.runs[i];
             if r.init {
@@ -614,6 +670,11 @@ impl Worker {
                         Some("metadata.uid") => self.uid.clone(),
                         Some("spec.nodeName") => self.env.node_name.clone(),
                         Some("status.hostIP") => self.env.node_ip.clone().unwrap_or_default(),
+                        Some("status.podIP") => self
+                            .endpoint
+                            .as_ref()
+                            .map(|e| e.ip.to_string())
+                            .unwrap_or_default(),
                         _ => String::new(),
                     }
                 }
@@ -1017,6 +1078,14 @@ impl Worker {
                 sandbox::unmount(&e.path().join("rootfs"));
             }
         }
+        self.env
+            .network
+            .detach(
+                &self.uid,
+                &self.sandbox.ns_path("net"),
+                self.endpoint.take().as_ref(),
+            )
+            .await;
         let _ = self.sandbox.destroy();
         remove_cgroup(&format!("{}/pod{}", self.env.cgroup_root, self.uid));
         let _ = std::fs::remove_dir_all(self.pod_dir());
@@ -1137,6 +1206,10 @@ impl Worker {
         if let Some(t) = &self.start_time {
             status["startTime"] = json!(t);
         }
+        if let Some(ep) = &self.endpoint {
+            status["podIP"] = json!(ep.ip.to_string());
+            status["podIPs"] = json!([{"ip": ep.ip.to_string()}]);
+        }
         if let Some(ip) = &self.env.node_ip {
             status["hostIP"] = json!(ip);
             status["hostIPs"] = json!([{"ip": ip}]);
@@ -1228,7 +1301,14 @@ pub async fn cleanup_orphan(env: &super::Env, uid: &str) {
             sandbox::unmount(&e.path().join("rootfs"));
         }
     }
-    let _ = Sandbox::new(dir.join("sandbox")).destroy();
+    let sandbox = Sandbox::new(dir.join("sandbox"));
+    let saved = std::fs::read(sandbox.dir.join("network.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<crate::network::Endpoint>(&b).ok());
+    env.network
+        .detach(uid, &sandbox.ns_path("net"), saved.as_ref())
+        .await;
+    let _ = sandbox.destroy();
     remove_cgroup(&format!("{}/pod{uid}", env.cgroup_root));
     let _ = std::fs::remove_dir_all(&dir);
     if let Ok(entries) = std::fs::read_dir(&env.log_dir) {

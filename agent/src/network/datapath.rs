@@ -1,0 +1,220 @@
+//! The pod datapath in the kernel: the `from_pod` and `from_uplink` TC
+//! programs, their pinned endpoint map and their pinned links.
+//!
+//! Maps and links are pinned under the agent's own bpffs directory, so the
+//! programs keep forwarding while the agent is down and a restarted agent
+//! takes them over: it swaps its freshly loaded programs into the pinned
+//! links atomically (`bpf_link_update`), never detaching in between.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use aya::maps::{HashMap, MapData, PerCpuArray};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
+use aya::{Ebpf, EbpfLoader};
+
+use crate::ebpf::abi::{self, Endpoint};
+use crate::ebpf::Error;
+
+// SAFETY: Endpoint is #[repr(C)], Copy, and has no padding (u32 + 2 × 6 bytes).
+unsafe impl aya::Pod for Endpoint {}
+
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+/// Mounts bpffs at /sys/fs/bpf unless it is already there.
+pub fn ensure_bpffs() -> std::io::Result<()> {
+    let path = c"/sys/fs/bpf";
+    // SAFETY: a valid C string and a zeroed statfs buffer.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    std::fs::create_dir_all("/sys/fs/bpf")?;
+    // SAFETY: valid C strings; a plain bpffs mount.
+    let r = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            path.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The loaded routing programs and their maps.
+pub struct Datapath {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+}
+
+impl Datapath {
+    /// Loads the programs from `object`, reusing the maps pinned in `pin_dir`
+    /// by an earlier agent (or pinning new ones there).
+    pub fn load(object: &[u8], pin_dir: &Path) -> Result<Self, Error> {
+        ensure_bpffs()?;
+        std::fs::create_dir_all(pin_dir.join("links"))?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .load(object)?;
+        for name in [abi::FROM_POD_PROGRAM, abi::FROM_UPLINK_PROGRAM] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or_else(|| Error::Missing(format!("program {name}")))?
+                .try_into()?;
+            prog.load()?;
+        }
+        Ok(Self {
+            ebpf,
+            pin_dir: pin_dir.to_path_buf(),
+        })
+    }
+
+    fn link_pin(&self, iface: &str) -> PathBuf {
+        self.pin_dir.join("links").join(iface)
+    }
+
+    /// Attaches `program` at ingress of `iface`, replacing in place the link
+    /// a previous agent pinned there, and pins the result.
+    fn attach(&mut self, program: &str, iface: &str) -> Result<(), Error> {
+        let pin = self.link_pin(iface);
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(program)
+            .ok_or_else(|| Error::Missing(format!("program {program}")))?
+            .try_into()?;
+        let old = PinnedLink::from_pin(&pin).ok();
+        let id = match old {
+            Some(old) => {
+                // The pin goes, the link stays (we hold its fd) and is
+                // re-pinned below with the new program in it.
+                let fd = old.unpin()?;
+                match SchedClassifierLink::try_from(fd) {
+                    Ok(link) => prog.attach_to_link(link)?,
+                    // Not a live TCX link (its interface went away): start over.
+                    Err(_) => prog.attach_with_options(
+                        iface,
+                        TcAttachType::Ingress,
+                        TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    )?,
+                }
+            }
+            None => prog.attach_with_options(
+                iface,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )?,
+        };
+        let link = prog.take_link(id)?;
+        let fd: FdLink = link
+            .try_into()
+            .map_err(|e| Error::Io(std::io::Error::other(format!("link of {iface}: {e}"))))?;
+        fd.pin(&pin)
+            .map_err(|e| Error::Io(std::io::Error::other(format!("pinning {iface}: {e}"))))?;
+        Ok(())
+    }
+
+    /// Takes traffic arriving on the node's uplink for local pods.
+    pub fn attach_uplink(&mut self, iface: &str) -> Result<(), Error> {
+        self.attach(abi::FROM_UPLINK_PROGRAM, iface)
+    }
+
+    /// Makes a pod reachable through the datapath and routes what it sends.
+    pub fn add_endpoint(&mut self, ip: Ipv4Addr, ep: &kestrel_cni::Endpoint) -> Result<(), Error> {
+        let entry = Endpoint {
+            ifindex: ep.host_ifindex,
+            pod_mac: ep.pod_mac,
+            host_mac: ep.host_mac,
+        };
+        // The map entry first: once the program runs on the veth, replies
+        // to the pod must already find it.
+        self.endpoints_mut()?.insert(key(ip), entry, 0)?;
+        self.attach(abi::FROM_POD_PROGRAM, &ep.host_ifname)
+    }
+
+    /// Forgets a pod: its map entry and its link's pin (the link itself dies
+    /// with the veth).
+    pub fn remove_endpoint(&mut self, ip: Ipv4Addr, host_ifname: &str) -> Result<(), Error> {
+        match self.endpoints_mut()?.remove(&key(ip)) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(e.into()),
+        }
+        match std::fs::remove_file(self.link_pin(host_ifname)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    fn endpoints_mut(&mut self) -> Result<HashMap<&mut MapData, u32, Endpoint>, Error> {
+        let map = self
+            .ebpf
+            .map_mut(abi::ENDPOINTS_MAP)
+            .ok_or_else(|| Error::Missing(format!("map {}", abi::ENDPOINTS_MAP)))?;
+        Ok(HashMap::try_from(map)?)
+    }
+
+    /// Every endpoint in the map.
+    pub fn endpoints(&self) -> Result<Vec<(Ipv4Addr, Endpoint)>, Error> {
+        read_endpoints(&self.pin_dir)
+    }
+
+    /// Pins left for interfaces the caller does not know: veths of pods
+    /// that are gone.
+    pub fn stale_links(&self, keep: &[String]) -> Vec<String> {
+        let Ok(dir) = std::fs::read_dir(self.pin_dir.join("links")) else {
+            return Vec::new();
+        };
+        dir.flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !keep.contains(n))
+            .collect()
+    }
+}
+
+fn key(ip: Ipv4Addr) -> u32 {
+    // The programs compare with the address as read from the IP header.
+    u32::from_ne_bytes(ip.octets())
+}
+
+/// Reads the pinned endpoint map in `pin_dir` (for `agent bpf`).
+pub fn read_endpoints(pin_dir: &Path) -> Result<Vec<(Ipv4Addr, Endpoint)>, Error> {
+    let data = MapData::from_pin(pin_dir.join(abi::ENDPOINTS_MAP))?;
+    let map = aya::maps::Map::HashMap(data);
+    let map: HashMap<_, u32, Endpoint> = HashMap::try_from(map)?;
+    let mut out = Vec::new();
+    for item in map.iter() {
+        let (k, v) = item?;
+        out.push((Ipv4Addr::from(k.to_ne_bytes()), v));
+    }
+    out.sort_by_key(|(ip, _)| *ip);
+    Ok(out)
+}
+
+/// Reads the pinned decision counters in `pin_dir`, summed over CPUs, in
+/// the order of [`abi::STAT_NAMES`].
+pub fn read_stats(pin_dir: &Path) -> Result<Vec<(&'static str, u64)>, Error> {
+    let data = MapData::from_pin(pin_dir.join(abi::STATS_MAP))?;
+    let map = aya::maps::Map::PerCpuArray(data);
+    let counts: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+    let mut out = Vec::new();
+    for (i, name) in abi::STAT_NAMES.iter().enumerate() {
+        let per_cpu = counts.get(&(i as u32), 0)?;
+        out.push((*name, per_cpu.iter().sum()));
+    }
+    Ok(out)
+}
+
+/// Removes every pin under `pin_dir`: links (detaching the programs) and
+/// maps. For `agent reset`.
+pub fn remove_pins(pin_dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(pin_dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}

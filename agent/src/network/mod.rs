@@ -1,0 +1,422 @@
+//! Pod networking on this node: addresses and veths through the `cni`
+//! crate, routes to the other nodes' pods, and the eBPF datapath that
+//! forwards between them.
+//!
+//! This is the seam between pods and the network: a pod worker asks for an
+//! attachment when its sandbox exists and gives it back on teardown; what
+//! carries the packets is the business of this module alone.
+
+pub mod datapath;
+pub mod routes;
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::{StreamExt, TryStreamExt};
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::Node;
+pub use kestrel_cni::Endpoint;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::ResourceExt;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::LinkAttribute;
+
+use datapath::Datapath;
+use routes::{NodeRoute, Routes};
+
+/// Network flags of `agent run`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct NetworkArgs {
+    /// This node's pod CIDR. Without it the agent waits for the one the
+    /// controller-manager assigns (Node spec.podCIDR); with it, it records
+    /// it in the Node when none is set.
+    #[arg(long)]
+    pub pod_cidr: Option<Ipv4Net>,
+    /// The interface other nodes are reached through (default: the one
+    /// holding the node's InternalIP).
+    #[arg(long)]
+    pub uplink: Option<String>,
+    /// MTU of pod interfaces (default: the uplink's).
+    #[arg(long)]
+    pub mtu: Option<u32>,
+    /// Where this agent pins its eBPF maps and links (default:
+    /// /sys/fs/bpf/kestrel/NODE-NAME).
+    #[arg(long)]
+    pub bpffs_dir: Option<PathBuf>,
+}
+
+/// The node's pod network.
+pub struct Network {
+    conf: kestrel_cni::NetConf,
+    datapath: Mutex<Datapath>,
+    pub pod_cidr: Ipv4Net,
+    pub pin_dir: PathBuf,
+}
+
+/// The default bpffs directory of node `name`.
+pub fn default_pin_dir(name: &str) -> PathBuf {
+    Path::new("/sys/fs/bpf/kestrel").join(name)
+}
+
+impl Network {
+    /// Finds the pod CIDR, loads the datapath and attaches it to the uplink.
+    pub async fn start(
+        client: &kube::Client,
+        node_name: &str,
+        node_ip: Ipv4Addr,
+        args: &NetworkArgs,
+        state_dir: &Path,
+    ) -> anyhow::Result<Arc<Self>> {
+        let pod_cidr = pod_cidr(client, node_name, args.pod_cidr).await?;
+        let (uplink, uplink_mtu) = uplink(node_ip, args.uplink.as_deref()).await?;
+        let pin_dir = args
+            .bpffs_dir
+            .clone()
+            .unwrap_or_else(|| default_pin_dir(node_name));
+        let object = crate::ebpf::object(None)?;
+        let mut dp = Datapath::load(&object, &pin_dir)
+            .with_context(|| format!("loading the datapath (pins in {})", pin_dir.display()))?;
+        dp.attach_uplink(&uplink)
+            .with_context(|| format!("attaching to the uplink {uplink}"))?;
+        tracing::info!(%pod_cidr, %uplink, "pod network ready");
+        Ok(Arc::new(Self {
+            conf: kestrel_cni::NetConf {
+                name: "kestrel".into(),
+                subnet: pod_cidr,
+                mtu: args.mtu.unwrap_or(uplink_mtu),
+                data_dir: state_dir.join("cni"),
+            },
+            datapath: Mutex::new(dp),
+            pod_cidr,
+            pin_dir,
+        }))
+    }
+
+    fn attachment(id: &str, netns: &Path) -> kestrel_cni::Attachment {
+        kestrel_cni::Attachment {
+            container_id: id.to_string(),
+            netns: netns.to_path_buf(),
+            ifname: "eth0".into(),
+        }
+    }
+
+    /// Gives the pod `id` (whose network namespace is `netns`) its address
+    /// and veth, and puts it in the datapath.
+    pub async fn attach(&self, id: &str, netns: &Path) -> anyhow::Result<Endpoint> {
+        let att = Self::attachment(id, netns);
+        let ep = kestrel_cni::add(&self.conf, &att).await?;
+        let added = self.datapath().add_endpoint(ep.ip, &ep);
+        if let Err(e) = added {
+            let _ = kestrel_cni::del(&self.conf, &att).await;
+            return Err(e.into());
+        }
+        Ok(ep)
+    }
+
+    /// Puts an endpoint a previous agent made back into the datapath (the
+    /// programs it loaded are swapped for ours).
+    pub fn readopt(&self, ep: &Endpoint) -> anyhow::Result<()> {
+        Ok(self.datapath().add_endpoint(ep.ip, ep)?)
+    }
+
+    /// Releases what `attach` made. Safe to repeat.
+    pub async fn detach(&self, id: &str, netns: &Path, ep: Option<&Endpoint>) {
+        self.forget(id, ep);
+        if let Err(e) = kestrel_cni::del(&self.conf, &Self::attachment(id, netns)).await {
+            tracing::warn!("releasing the network of {id}: {e}");
+        }
+    }
+
+    /// Takes the pod out of the datapath (by its saved endpoint, or by its
+    /// lease when the endpoint was never saved).
+    fn forget(&self, id: &str, ep: Option<&Endpoint>) {
+        let name = kestrel_cni::host_ifname(id);
+        let ips: Vec<Ipv4Addr> = match ep {
+            Some(ep) => vec![ep.ip],
+            None => kestrel_cni::leases(&self.conf)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(_, owner)| owner == id)
+                .map(|(ip, _)| ip)
+                .collect(),
+        };
+        let mut dp = self.datapath();
+        for ip in ips {
+            if let Err(e) = dp.remove_endpoint(ip, &name) {
+                tracing::warn!("removing {ip} from the datapath: {e}");
+            }
+        }
+    }
+
+    fn datapath(&self) -> std::sync::MutexGuard<'_, Datapath> {
+        // A panic while holding the lock leaves the map as the kernel has
+        // it, which is still consistent.
+        self.datapath.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The pod CIDR: from the flag (recorded in the Node if it has none), or
+/// the one the controller-manager assigns, waited for.
+async fn pod_cidr(
+    client: &kube::Client,
+    node_name: &str,
+    flag: Option<Ipv4Net>,
+) -> anyhow::Result<Ipv4Net> {
+    let api: Api<Node> = Api::all(client.clone());
+    let mut waited = false;
+    loop {
+        let node = api.get(node_name).await?;
+        let assigned = node.spec.as_ref().and_then(|s| s.pod_cidr.clone());
+        match (assigned, flag) {
+            (Some(c), Some(f)) if c != f.to_string() => {
+                anyhow::bail!("--pod-cidr {f} differs from the Node's spec.podCIDR {c}")
+            }
+            (Some(c), _) => {
+                return c
+                    .parse()
+                    .with_context(|| format!("the Node's spec.podCIDR {c:?} is not an IPv4 CIDR"))
+            }
+            (None, Some(f)) => {
+                let patch = serde_json::json!({"spec": {"podCIDR": f.to_string(), "podCIDRs": [f.to_string()]}});
+                api.patch(node_name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await?;
+                return Ok(f);
+            }
+            (None, None) => {
+                if !waited {
+                    tracing::info!(
+                        "waiting for the controller-manager to assign this node a pod CIDR"
+                    );
+                    waited = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// The uplink's name and MTU: `name` when given, else the interface that
+/// holds `node_ip`.
+async fn uplink(node_ip: Ipv4Addr, name: Option<&str>) -> anyhow::Result<(String, u32)> {
+    let (conn, handle, _) = rtnetlink::new_connection()?;
+    let task = tokio::spawn(conn);
+    let result = async {
+        let index = match name {
+            Some(n) => {
+                let links: Vec<_> = handle
+                    .link()
+                    .get()
+                    .match_name(n.to_string())
+                    .execute()
+                    .try_collect()
+                    .await
+                    .with_context(|| format!("--uplink {n}"))?;
+                links
+                    .first()
+                    .map(|l| l.header.index)
+                    .with_context(|| format!("--uplink {n}: no such interface"))?
+            }
+            None => {
+                let addrs: Vec<_> = handle.address().get().execute().try_collect().await?;
+                addrs
+                    .iter()
+                    .find(|a| {
+                        a.attributes.iter().any(|x| {
+                            matches!(x, AddressAttribute::Address(std::net::IpAddr::V4(v)) if *v == node_ip)
+                        })
+                    })
+                    .map(|a| a.header.index)
+                    .with_context(|| {
+                        format!("no interface holds the node address {node_ip}; pass --uplink")
+                    })?
+            }
+        };
+        let links: Vec<_> = handle
+            .link()
+            .get()
+            .match_index(index)
+            .execute()
+            .try_collect()
+            .await?;
+        let link = links.first().context("the uplink vanished")?;
+        let mut ifname = None;
+        let mut mtu = 1500;
+        for a in &link.attributes {
+            match a {
+                LinkAttribute::IfName(n) => ifname = Some(n.clone()),
+                LinkAttribute::Mtu(m) => mtu = *m,
+                _ => {}
+            }
+        }
+        Ok((ifname.context("the uplink has no name")?, mtu))
+    }
+    .await;
+    task.abort();
+    result
+}
+
+/// The routes this node needs to reach the pods of `nodes` (all but itself).
+pub fn desired_routes(self_name: &str, nodes: &[Arc<Node>]) -> Vec<NodeRoute> {
+    let mut out: Vec<NodeRoute> = nodes
+        .iter()
+        .filter(|n| n.name_any() != self_name)
+        .filter_map(|n| {
+            let cidr: Ipv4Net = n.spec.as_ref()?.pod_cidr.as_ref()?.parse().ok()?;
+            let via: Ipv4Addr = n
+                .status
+                .as_ref()?
+                .addresses
+                .as_ref()?
+                .iter()
+                .find(|a| a.type_ == "InternalIP")?
+                .address
+                .parse()
+                .ok()?;
+            Some(NodeRoute {
+                pod_cidr: cidr,
+                via,
+            })
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Keeps the routes to other nodes' pod CIDRs equal to the Node objects,
+/// until dropped.
+pub async fn sync_routes(client: kube::Client, self_name: String) {
+    let routes = match Routes::new() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("no netlink socket for node routes: {e}");
+            return;
+        }
+    };
+    let api: Api<Node> = Api::all(client);
+    let stream = watcher(api, watcher::Config::default()).default_backoff();
+    futures::pin_mut!(stream);
+    let mut nodes: std::collections::BTreeMap<String, Arc<Node>> = Default::default();
+    let mut relisting: Option<std::collections::BTreeMap<String, Arc<Node>>> = None;
+    let mut listed = false;
+    let mut last: Option<Vec<NodeRoute>> = None;
+    loop {
+        // Resync every 30 s even when nothing happens, in case someone
+        // removed our routes by hand.
+        match tokio::time::timeout(Duration::from_secs(30), stream.next()).await {
+            Ok(None) => return,
+            Ok(Some(Err(e))) => {
+                tracing::debug!("watching nodes: {e}");
+                continue;
+            }
+            Ok(Some(Ok(ev))) => match ev {
+                watcher::Event::Init => relisting = Some(Default::default()),
+                watcher::Event::InitApply(n) => {
+                    if let Some(r) = relisting.as_mut() {
+                        r.insert(n.name_any(), Arc::new(n));
+                    }
+                }
+                watcher::Event::InitDone => {
+                    nodes = relisting.take().unwrap_or_default();
+                    listed = true;
+                }
+                watcher::Event::Apply(n) => {
+                    nodes.insert(n.name_any(), Arc::new(n));
+                }
+                watcher::Event::Delete(n) => {
+                    nodes.remove(&n.name_any());
+                }
+            },
+            Err(_) => {}
+        }
+        // Until the first complete list, a missing node may just be unseen.
+        if !listed || relisting.is_some() {
+            continue;
+        }
+        let all: Vec<Arc<Node>> = nodes.values().cloned().collect();
+        let want = desired_routes(&self_name, &all);
+        match routes.sync(&want).await {
+            Ok(n) if n > 0 || last.as_ref() != Some(&want) => {
+                tracing::info!("node routes: {} to other nodes ({n} changed)", want.len());
+                last = Some(want);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("syncing node routes: {e}"),
+        }
+    }
+}
+
+/// A human description of the datapath pinned in `pin_dir`, for
+/// `agent bpf status`.
+pub async fn describe(pin_dir: &Path) -> anyhow::Result<String> {
+    use std::fmt::Write;
+    let mut out = String::new();
+    writeln!(out, "datapath pinned in {}", pin_dir.display())?;
+    writeln!(out, "\nprograms (TC ingress, TCX links):")?;
+    let mut links: Vec<String> = std::fs::read_dir(pin_dir.join("links"))
+        .with_context(|| format!("{}: no datapath pinned here", pin_dir.display()))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    links.sort();
+    let endpoints = datapath::read_endpoints(pin_dir)?;
+    for l in &links {
+        let c = std::ffi::CString::new(l.as_str())?;
+        // SAFETY: a valid C string.
+        let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        let prog = if endpoints
+            .iter()
+            .any(|(_, e)| e.ifindex == index && index != 0)
+        {
+            crate::ebpf::abi::FROM_POD_PROGRAM
+        } else {
+            crate::ebpf::abi::FROM_UPLINK_PROGRAM
+        };
+        let state = if index == 0 {
+            "interface gone".to_string()
+        } else {
+            format!("ifindex {index}")
+        };
+        writeln!(out, "  {l:<16} {prog:<12} {state}")?;
+    }
+    writeln!(out, "\npod endpoints ({}):", endpoints.len())?;
+    writeln!(
+        out,
+        "  {:<16} {:<8} {:<18} {:<18}",
+        "IP", "IFINDEX", "POD MAC", "HOST MAC"
+    )?;
+    for (ip, e) in &endpoints {
+        writeln!(
+            out,
+            "  {:<16} {:<8} {:<18} {:<18}",
+            ip.to_string(),
+            e.ifindex,
+            mac(&e.pod_mac),
+            mac(&e.host_mac)
+        )?;
+    }
+    writeln!(out, "\ncounters:")?;
+    for (name, n) in datapath::read_stats(pin_dir)? {
+        writeln!(out, "  {name:<22} {n}")?;
+    }
+    writeln!(
+        out,
+        "\nroutes to other nodes' pods (proto {}):",
+        routes::ROUTE_PROTOCOL
+    )?;
+    for r in Routes::new()?.current().await? {
+        writeln!(out, "  {} via {}", r.pod_cidr, r.via)?;
+    }
+    Ok(out)
+}
+
+fn mac(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}

@@ -1,0 +1,94 @@
+//! Routes to other nodes' pod CIDRs (native routing), kept equal to the
+//! Node objects. The FIB lookup in `from_pod` follows them.
+//!
+//! Every route the agent writes carries its own routing protocol number, so
+//! it can find and remove its own routes, and only those, after a restart.
+
+use std::net::Ipv4Addr;
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
+use rtnetlink::RouteMessageBuilder;
+
+/// The `proto` of routes written by the agent (`ip route` shows "proto 211"; iproute2 names none of 200-239).
+pub const ROUTE_PROTOCOL: u8 = 211;
+
+/// One route to another node's pods.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct NodeRoute {
+    pub pod_cidr: Ipv4Net,
+    pub via: Ipv4Addr,
+}
+
+/// A netlink handle in the agent's network namespace.
+pub struct Routes {
+    handle: rtnetlink::Handle,
+}
+
+impl Routes {
+    pub fn new() -> std::io::Result<Self> {
+        let (conn, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    /// The routes this agent wrote earlier, as the kernel has them.
+    pub async fn current(&self) -> Result<Vec<NodeRoute>, rtnetlink::Error> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let routes: Vec<RouteMessage> =
+            self.handle.route().get(msg).execute().try_collect().await?;
+        Ok(routes
+            .into_iter()
+            .filter(|r| r.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL))
+            .filter_map(|r| {
+                let mut dst = None;
+                let mut via = None;
+                for a in &r.attributes {
+                    match a {
+                        RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = Some(*d),
+                        RouteAttribute::Gateway(RouteAddress::Inet(g)) => via = Some(*g),
+                        _ => {}
+                    }
+                }
+                Some(NodeRoute {
+                    pod_cidr: Ipv4Net::new(dst?, r.header.destination_prefix_length).ok()?,
+                    via: via?,
+                })
+            })
+            .collect())
+    }
+
+    /// Makes the agent's routes exactly `want`: adds or replaces what is
+    /// missing or different, removes the rest. Returns how many changed.
+    pub async fn sync(&self, want: &[NodeRoute]) -> Result<usize, rtnetlink::Error> {
+        let have = self.current().await?;
+        let mut changed = 0;
+        for r in have.iter().filter(|r| !want.contains(r)) {
+            // A CIDR that moved to another node is replaced below instead.
+            if want.iter().any(|w| w.pod_cidr == r.pod_cidr) {
+                continue;
+            }
+            self.handle.route().del(message(r)).execute().await?;
+            changed += 1;
+        }
+        for r in want.iter().filter(|r| !have.contains(r)) {
+            self.handle
+                .route()
+                .add(message(r))
+                .replace()
+                .execute()
+                .await?;
+            changed += 1;
+        }
+        Ok(changed)
+    }
+}
+
+fn message(r: &NodeRoute) -> RouteMessage {
+    RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(r.pod_cidr.network(), r.pod_cidr.prefix_len())
+        .gateway(r.via)
+        .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+        .build()
+}

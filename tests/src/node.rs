@@ -1,0 +1,210 @@
+//! A node for tests: a network namespace on the control plane's segment,
+//! with its own address, and a real agent inside it with its own state,
+//! logs, cgroup subtree and bpffs directory, all removed on drop (pods
+//! first, so their sandboxes and veths are torn down).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use crate::cluster::{binary, ControlPlane, NODE_NET_PREFIX};
+use crate::kubectl::Kubectl;
+use crate::net::{self, Netns};
+use crate::process::Guarded;
+
+/// Node addresses on the segment: 10.99.0.10 and up, one per node started
+/// by this test process.
+static NEXT_HOST: AtomicU8 = AtomicU8::new(10);
+
+/// One node: namespace, agent and everything the agent made.
+pub struct Node {
+    pub proc: Option<Guarded>,
+    pub state: tempfile::TempDir,
+    pub logs: tempfile::TempDir,
+    pub cgroup_root: String,
+    pub name: String,
+    /// The node's address on the segment (its InternalIP).
+    pub ip: String,
+    /// The node's pod CIDR.
+    pub pod_cidr: String,
+    pub bpffs_dir: PathBuf,
+    master: String,
+    admin: PathBuf,
+    extra: Vec<String>,
+    // Last: the namespace goes after the agent has cleaned up inside it.
+    pub netns: Netns,
+}
+
+impl Node {
+    /// Creates the node's namespace on `cp`'s segment, imports the
+    /// project's busybox image and starts the agent.
+    pub fn start(cp: &ControlPlane) -> Self {
+        Self::start_with(cp, &[])
+    }
+
+    /// Like `start`, with extra `agent run` flags.
+    pub fn start_with(cp: &ControlPlane, extra: &[&str]) -> Self {
+        crate::require_root("the agent runs containers and builds pod networks");
+        let host = NEXT_HOST.fetch_add(1, Ordering::SeqCst);
+        let name = crate::names::unique("node");
+        let netns = Netns::new("n").unwrap();
+        let link = cp.segment().attach(&netns).unwrap();
+        let ip = format!("10.99.0.{host}");
+        netns
+            .addr_up(&link, &format!("{ip}/{NODE_NET_PREFIX}"))
+            .unwrap();
+        let mut n = Node {
+            proc: None,
+            state: tempfile::tempdir().unwrap(),
+            logs: tempfile::tempdir().unwrap(),
+            cgroup_root: format!("/{name}"),
+            pod_cidr: format!("10.244.{host}.0/24"),
+            bpffs_dir: Path::new("/sys/fs/bpf/kestrel").join(&name),
+            name,
+            ip,
+            master: cp.node_url(),
+            admin: cp.kubeconfig(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            netns,
+        };
+        // The project's busybox image, made from Debian's busybox-static.
+        let archive = n.state.path().join("busybox.tar");
+        let ok = n
+            .agent(&["image", "build-busybox"])
+            .arg(&archive)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "building the busybox image");
+        let ok = n
+            .agent(&["image", "import"])
+            .arg(&archive)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "importing the busybox image");
+        n.launch();
+        n
+    }
+
+    /// An `agent` command; `image` subcommands get this node's state dir.
+    pub fn agent(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(binary("agent"));
+        c.args(args);
+        if args.first() == Some(&"image") {
+            c.arg("--state-dir").arg(self.state.path());
+        }
+        c
+    }
+
+    /// (Re)starts the agent inside the node's namespace.
+    pub fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.state.path().join("agent.log"))
+            .unwrap();
+        let mut cmd = self.agent(&["run", "--master", &self.master, "--node-name", &self.name]);
+        cmd.arg("--state-dir")
+            .arg(self.state.path())
+            .arg("--log-dir")
+            .arg(self.logs.path())
+            .arg("--bpffs-dir")
+            .arg(&self.bpffs_dir)
+            .args([
+                "--cgroup-root",
+                &self.cgroup_root,
+                "--node-lease-interval",
+                "2",
+                "--node-ip",
+                &self.ip,
+                "--pod-cidr",
+                &self.pod_cidr,
+            ])
+            .args(&self.extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        net::in_netns(&mut cmd, &self.netns).unwrap();
+        self.proc = Some(Guarded::spawn("agent", &mut cmd).unwrap());
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.state.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// Every container log file the agent wrote.
+    pub fn log_files(&self) -> Vec<PathBuf> {
+        fn walk(p: &Path, out: &mut Vec<PathBuf>) {
+            for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+                if e.path().is_dir() {
+                    walk(&e.path(), out);
+                } else {
+                    out.push(e.path());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(self.logs.path(), &mut out);
+        out
+    }
+
+    /// `agent bpf status` for this node.
+    pub fn bpf_status(&self) -> String {
+        let mut cmd = self.agent(&["bpf", "status", "--bpffs-dir"]);
+        cmd.arg(&self.bpffs_dir);
+        net::in_netns(&mut cmd, &self.netns).unwrap();
+        let out = cmd.output().unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    /// Runs a command in the node's namespace (the node's own view).
+    pub fn exec(&self, cmd: &[&str]) -> anyhow::Result<String> {
+        self.netns.exec(cmd)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // Delete this node's pods so the agent tears their sandboxes down,
+        // then stop the agent and reset what is left.
+        if self.proc.is_some() {
+            if let Ok(k) = Kubectl::new(&self.admin) {
+                let sel = format!("spec.nodeName={}", self.name);
+                let _ = k.output(&[
+                    "delete",
+                    "pods",
+                    "--all-namespaces",
+                    "--field-selector",
+                    &sel,
+                    "--grace-period=1",
+                    "--timeout=30s",
+                ]);
+            }
+        }
+        self.proc = None;
+        let mut cmd = Command::new(binary("agent"));
+        cmd.args(["reset", "--cgroup-root", &self.cgroup_root])
+            .arg("--state-dir")
+            .arg(self.state.path())
+            .arg("--bpffs-dir")
+            .arg(&self.bpffs_dir)
+            .stdout(Stdio::null());
+        if net::in_netns(&mut cmd, &self.netns).is_ok() {
+            match cmd.output() {
+                Ok(o) if !o.status.success() => eprintln!(
+                    "resetting node {}: {}",
+                    self.name,
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+                Err(e) => eprintln!("resetting node {}: {e}", self.name),
+                _ => {}
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.bpffs_dir);
+    }
+}
