@@ -93,6 +93,11 @@ enum BpfCommand {
         /// /sys/fs/bpf/kestrel/HOSTNAME).
         #[arg(long)]
         bpffs_dir: Option<PathBuf>,
+        /// Look from this network namespace (a name under /run/netns or a
+        /// path), for nodes that are namespaces: the routes and interfaces
+        /// are there. Unlike `ip netns exec`, this keeps the bpffs mount.
+        #[arg(long)]
+        netns: Option<PathBuf>,
     },
 }
 
@@ -182,8 +187,17 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bpf {
-            command: BpfCommand::Status { bpffs_dir },
+            command: BpfCommand::Status { bpffs_dir, netns },
         } => {
+            if let Some(ns) = netns {
+                let path = if ns.is_absolute() {
+                    ns
+                } else {
+                    PathBuf::from("/run/netns").join(ns)
+                };
+                // Still single-threaded: the whole process moves.
+                kestrel_agent::netns::enter(&path)?;
+            }
             let pins = match bpffs_dir {
                 Some(d) => d,
                 None => default_pin_dir()?,

@@ -57,6 +57,17 @@ impl NetNs {
     }
 }
 
+/// Moves the calling thread into the network namespace at `path` (the
+/// whole process, when it has only this thread).
+pub fn enter(path: &Path) -> io::Result<()> {
+    let ns = NetNs::open(path)?;
+    // SAFETY: a valid namespace fd; setns affects only this thread.
+    if unsafe { libc::setns(ns.file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Runs `f` in `netns`, or on the calling thread when there is none.
 pub fn run_in<T, F>(netns: Option<&NetNs>, f: F) -> io::Result<T>
 where

@@ -34,6 +34,10 @@ pub struct UpArgs {
     /// Build and run debug binaries (faster to build, slower to run).
     #[arg(long)]
     debug: bool,
+    /// A cluster of N nodes, each a network namespace on a bridge in the
+    /// control plane's namespace, instead of one node on this machine.
+    #[arg(long)]
+    nodes: Option<u32>,
 }
 
 #[derive(clap::Args)]
@@ -55,7 +59,13 @@ extern "C" fn on_signal(_: libc::c_int) {
 
 /// A process of the cluster, found again through its pid file.
 struct Component {
-    name: &'static str,
+    name: String,
+}
+
+impl Component {
+    fn named(name: impl Into<String>) -> Self {
+        Self { name: name.into() }
+    }
 }
 
 impl Component {
@@ -165,22 +175,144 @@ fn reap() {
     while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
 }
 
-const ETCD: Component = Component { name: "etcd" };
-const APISERVER: Component = Component { name: "apiserver" };
-const SCHEDULER: Component = Component { name: "scheduler" };
-const CONTROLLER_MANAGER: Component = Component {
-    name: "controller-manager",
-};
-const AGENT: Component = Component { name: "agent" };
+/// The control plane's components in start order.
+const CONTROL_PLANE: &[&str] = &["etcd", "apiserver", "scheduler", "controller-manager"];
 
-/// Components in start order; `down` stops them in reverse.
-const ALL: &[Component] = &[ETCD, APISERVER, SCHEDULER, CONTROLLER_MANAGER, AGENT];
+/// Every component with a pid file, control plane first; `down` stops
+/// them in reverse.
+fn all_components() -> Vec<Component> {
+    let mut out: Vec<Component> = CONTROL_PLANE.iter().map(|n| Component::named(*n)).collect();
+    let mut agents: Vec<String> = std::fs::read_dir(state_dir().join("run"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.strip_suffix(".pid")
+                .filter(|n| n.starts_with("agent"))
+                .map(String::from)
+        })
+        .collect();
+    agents.sort();
+    out.extend(agents.into_iter().map(Component::named));
+    out
+}
 
 /// The node's name: the host name, as kubelet does.
 fn node_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_lowercase())
         .unwrap_or_else(|_| "localhost".into())
+}
+
+/// Namespace of the control plane and the node segment (`--nodes`).
+const CP_NETNS: &str = "kestrel-cp";
+/// The segment's bridge address: the API server as nodes reach it.
+const CP_ADDRESS: &str = "10.99.0.1";
+
+fn node_netns(i: u32) -> String {
+    format!("kestrel-node-{i}")
+}
+
+/// Runs `ip ARGS`.
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    util::run(Command::new("ip").args(args))
+}
+
+/// Makes `cmd` run in the network namespace `ns` (only that one: the
+/// agent's mounts must stay visible to the processes that follow it).
+fn in_netns(cmd: &mut Command, ns: &str) -> anyhow::Result<()> {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    let fd: OwnedFd = std::fs::File::open(Path::new("/run/netns").join(ns))?.into();
+    // SAFETY: setns is async-signal-safe; the closure owns the fd.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
+/// A command run with `ip netns exec NS` (for short checks).
+fn netns_command(ns: Option<&str>, program: &str) -> Command {
+    match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, program]);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+/// Builds the namespaces of a `--nodes N` cluster unless they exist: the
+/// control plane's, holding a bridge at CP_ADDRESS, and one per node with
+/// an `eth0` on that bridge at 10.99.0.(10+i). Nothing touches the
+/// machine's own interfaces.
+fn build_namespaces(nodes: u32) -> anyhow::Result<()> {
+    let exists = |ns: &str| Path::new("/run/netns").join(ns).exists();
+    if !exists(CP_NETNS) {
+        ip(&["netns", "add", CP_NETNS])?;
+        ip(&["-n", CP_NETNS, "link", "set", "lo", "up"])?;
+        ip(&["-n", CP_NETNS, "link", "add", "kbr0", "type", "bridge"])?;
+        ip(&[
+            "-n",
+            CP_NETNS,
+            "addr",
+            "add",
+            &format!("{CP_ADDRESS}/24"),
+            "dev",
+            "kbr0",
+        ])?;
+        ip(&["-n", CP_NETNS, "link", "set", "kbr0", "up"])?;
+    }
+    for i in 1..=nodes {
+        let ns = node_netns(i);
+        if exists(&ns) {
+            continue;
+        }
+        ip(&["netns", "add", &ns])?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        let port = format!("kn{i}");
+        ip(&[
+            "-n", CP_NETNS, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+            &ns,
+        ])?;
+        ip(&["-n", CP_NETNS, "link", "set", &port, "master", "kbr0"])?;
+        ip(&["-n", CP_NETNS, "link", "set", &port, "up"])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("10.99.0.{}/24", 9 + i),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+    }
+    Ok(())
+}
+
+/// The node namespaces that exist, by index.
+fn existing_nodes() -> Vec<u32> {
+    let mut out: Vec<u32> = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .strip_prefix("kestrel-node-")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 pub fn up(args: UpArgs) -> anyhow::Result<()> {
@@ -191,27 +323,41 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         build.push("--release");
     }
     util::cargo(&build)?;
+    if let Some(n) = args.nodes {
+        anyhow::ensure!((1..=50).contains(&n), "--nodes takes 1 to 50");
+        util::step(&format!(
+            "building the network: namespace {CP_NETNS} (bridge at {CP_ADDRESS}) and {n} node namespaces"
+        ));
+        build_namespaces(n)?;
+    }
+    let cp_ns = args.nodes.map(|_| CP_NETNS);
+    let spawn_in = |cmd: &mut Command| -> anyhow::Result<()> {
+        if let Some(ns) = cp_ns {
+            in_netns(cmd, ns)?;
+        }
+        Ok(())
+    };
 
     util::step("starting etcd");
     let etcd_url = format!("http://127.0.0.1:{}", args.etcd_port);
     let peer_url = format!("http://127.0.0.1:{}", args.etcd_port + 1);
-    ETCD.start(
-        Command::new("etcd")
-            .arg("--name=kestrel")
-            .arg(format!("--data-dir={}", state_dir().join("etcd").display()))
-            .arg(format!("--listen-client-urls={etcd_url}"))
-            .arg(format!("--advertise-client-urls={etcd_url}"))
-            .arg(format!("--listen-peer-urls={peer_url}"))
-            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-            .arg(format!("--initial-cluster=kestrel={peer_url}")),
-    )?;
-    ETCD.wait_ready(Duration::from_secs(30), || {
-        util::succeeds(Command::new("etcdctl").env("ETCDCTL_API", "3").args([
-            "--endpoints",
-            &etcd_url,
-            "endpoint",
-            "health",
-        ]))
+    let etcd = Component::named("etcd");
+    let mut cmd = Command::new("etcd");
+    cmd.arg("--name=kestrel")
+        .arg(format!("--data-dir={}", state_dir().join("etcd").display()))
+        .arg(format!("--listen-client-urls={etcd_url}"))
+        .arg(format!("--advertise-client-urls={etcd_url}"))
+        .arg(format!("--listen-peer-urls={peer_url}"))
+        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+        .arg(format!("--initial-cluster=kestrel={peer_url}"));
+    spawn_in(&mut cmd)?;
+    etcd.start(&mut cmd)?;
+    etcd.wait_ready(Duration::from_secs(30), || {
+        util::succeeds(
+            netns_command(cp_ns, "etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args(["--endpoints", &etcd_url, "endpoint", "health"]),
+        )
     })?;
 
     util::step("starting the API server");
@@ -221,16 +367,52 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         .join(profile)
         .join("control-plane");
     let kubeconfig_path = state_dir().join("kubeconfig");
-    APISERVER.start(
-        Command::new(&bin)
-            .arg("apiserver")
-            .arg(format!("--etcd-servers={etcd_url}"))
-            .arg(format!("--bind-address=127.0.0.1:{}", args.apiserver_port))
-            .arg(format!("--cert-dir={}", state_dir().join("pki").display()))
-            .arg(format!("--admin-kubeconfig={}", kubeconfig_path.display())),
-    )?;
+    let apiserver = Component::named("apiserver");
+    let mut cmd = Command::new(&bin);
+    cmd.arg("apiserver")
+        .arg(format!("--etcd-servers={etcd_url}"))
+        .arg(format!("--cert-dir={}", state_dir().join("pki").display()))
+        .arg(format!("--admin-kubeconfig={}", kubeconfig_path.display()));
+    // Kept open until the API server has its copy.
+    let mut _host_socket = None;
+    if cp_ns.is_some() {
+        // The API server lives in the control plane's namespace, where the
+        // nodes reach it; the user's kubectl reaches it on this machine's
+        // loopback through a socket made here and handed over
+        // (socket activation).
+        cmd.arg(format!("--bind-address=0.0.0.0:{}", args.apiserver_port))
+            .arg(format!("--tls-san={CP_ADDRESS}"));
+        if apiserver.pid().is_none() {
+            let l = std::net::TcpListener::bind(("127.0.0.1", args.apiserver_port))
+                .map_err(|e| anyhow::anyhow!("127.0.0.1:{}: {e}", args.apiserver_port))?;
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&l);
+            cmd.env("LISTEN_FDS", "1");
+            // SAFETY: dup2 is async-signal-safe; fd 3 is where socket
+            // activation puts the first socket.
+            unsafe {
+                cmd.pre_exec(move || {
+                    // Already fd 3: only its close-on-exec flag must go.
+                    let r = if fd == 3 {
+                        libc::fcntl(3, libc::F_SETFD, 0)
+                    } else {
+                        libc::dup2(fd, 3)
+                    };
+                    if r < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            _host_socket = Some(l);
+        }
+        spawn_in(&mut cmd)?;
+    } else {
+        cmd.arg(format!("--bind-address=127.0.0.1:{}", args.apiserver_port));
+    }
+    apiserver.start(&mut cmd)?;
+    drop(_host_socket);
     // Ready when the admin, through TLS and its client certificate, is answered.
-    APISERVER.wait_ready(Duration::from_secs(30), || {
+    apiserver.wait_ready(Duration::from_secs(30), || {
         kubeconfig_path.exists()
             && util::succeeds(
                 Command::new(kubectl_path())
@@ -241,93 +423,125 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     })?;
 
     util::step("starting the scheduler and the controller-manager");
-    for (c, health) in [(&SCHEDULER, 10259), (&CONTROLLER_MANAGER, 10257)] {
-        c.start(
-            Command::new(&bin)
-                .arg(c.name)
-                .arg("--kubeconfig")
-                .arg(&kubeconfig_path),
-        )?;
-        let url = format!("127.0.0.1:{health}");
+    for (name, health) in [("scheduler", 10259), ("controller-manager", 10257)] {
+        let c = Component::named(name);
+        let mut cmd = Command::new(&bin);
+        cmd.arg(name).arg("--kubeconfig").arg(&kubeconfig_path);
+        spawn_in(&mut cmd)?;
+        c.start(&mut cmd)?;
+        let url = format!("http://127.0.0.1:{health}/readyz");
         c.wait_ready(Duration::from_secs(30), || {
-            util::succeeds(Command::new("curl").args(["-sf", &format!("http://{url}/readyz")]))
+            util::succeeds(netns_command(cp_ns, "curl").args(["-sf", &url]))
         })?;
     }
 
-    util::step("starting the node agent");
     let agent = bin.with_file_name("agent");
-    let agent_dir = state_dir().join("agent");
-    std::fs::create_dir_all(&agent_dir)?;
-    let node = node_name();
-    // The agent authenticates as its node, with a certificate from the CA.
-    let node_kubeconfig = state_dir().join("node.kubeconfig");
-    util::run(
-        Command::new(&bin)
-            .arg("kubeconfig")
-            .arg(format!("--cert-dir={}", state_dir().join("pki").display()))
-            .arg(format!("--user=system:node:{node}"))
-            .arg("--group=system:nodes")
-            .arg(format!(
-                "--server=https://127.0.0.1:{}",
-                args.apiserver_port
-            ))
-            .arg("--out")
-            .arg(&node_kubeconfig),
-    )?;
-    // A busybox image from Debian's busybox-static, so pods run without a
-    // registry.
-    let archive = state_dir().join("busybox.tar");
-    if !archive.exists() {
+    // (name, namespace, state dir) of each node.
+    let nodes: Vec<(String, Option<String>, PathBuf)> = match args.nodes {
+        None => vec![(node_name(), None, state_dir().join("agent"))],
+        Some(n) => (1..=n)
+            .map(|i| {
+                let name = format!("kestrel-node-{i}");
+                let dir = state_dir().join("nodes").join(&name);
+                (name, Some(node_netns(i)), dir)
+            })
+            .collect(),
+    };
+    util::step(&format!("starting {} node agent(s)", nodes.len()));
+    let server = match cp_ns {
+        Some(_) => format!("https://{CP_ADDRESS}:{}", args.apiserver_port),
+        None => format!("https://127.0.0.1:{}", args.apiserver_port),
+    };
+    for (node, ns, dir) in &nodes {
+        std::fs::create_dir_all(dir)?;
+        // The agent authenticates as its node, with a certificate from the CA.
+        let node_kubeconfig = dir.join("kubeconfig");
         util::run(
-            Command::new(&agent)
-                .args(["image", "build-busybox"])
-                .arg(&archive)
-                .arg("--state-dir")
-                .arg(&agent_dir),
+            Command::new(&bin)
+                .arg("kubeconfig")
+                .arg(format!("--cert-dir={}", state_dir().join("pki").display()))
+                .arg(format!("--user=system:node:{node}"))
+                .arg("--group=system:nodes")
+                .arg(format!("--server={server}"))
+                .arg("--out")
+                .arg(&node_kubeconfig),
         )?;
-        util::run(
-            Command::new(&agent)
-                .args(["image", "import"])
-                .arg(&archive)
-                .arg("--state-dir")
-                .arg(&agent_dir),
-        )?;
-    }
-    AGENT.start(
-        Command::new(&agent)
-            .arg("run")
+        // A busybox image from Debian's busybox-static, so pods run without
+        // a registry.
+        let archive = state_dir().join("busybox.tar");
+        if !archive.exists() {
+            util::run(
+                Command::new(&agent)
+                    .args(["image", "build-busybox"])
+                    .arg(&archive)
+                    .arg("--state-dir")
+                    .arg(dir),
+            )?;
+        }
+        if !dir.join("images").exists() {
+            util::run(
+                Command::new(&agent)
+                    .args(["image", "import"])
+                    .arg(&archive)
+                    .arg("--state-dir")
+                    .arg(dir),
+            )?;
+        }
+        let c = Component::named(match ns {
+            Some(_) => format!("agent-{node}"),
+            None => "agent".into(),
+        });
+        let mut cmd = Command::new(&agent);
+        cmd.arg("run")
             .arg("--kubeconfig")
             .arg(&node_kubeconfig)
             .arg("--node-name")
-            .arg(&node)
+            .arg(node)
             .arg("--state-dir")
-            .arg(&agent_dir)
-            .arg("--log-dir")
-            .arg(state_dir().join("logs").join("pods")),
-    )?;
-    AGENT.wait_ready(Duration::from_secs(60), || {
-        Command::new(kubectl_path())
-            .arg("--kubeconfig")
-            .arg(&kubeconfig_path)
-            .args([
-                "get",
-                "node",
-                &node,
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-            ])
-            .output()
-            .is_ok_and(|o| o.stdout == b"True")
-    })?;
+            .arg(dir);
+        if let Some(ns) = ns {
+            cmd.arg("--log-dir")
+                .arg(dir.join("pod-logs"))
+                .arg("--cgroup-root")
+                .arg(format!("/{node}"));
+            in_netns(&mut cmd, ns)?;
+        } else {
+            cmd.arg("--log-dir")
+                .arg(state_dir().join("logs").join("pods"));
+        }
+        c.start(&mut cmd)?;
+    }
+    for (node, ns, _) in &nodes {
+        let c = Component::named(match ns {
+            Some(_) => format!("agent-{node}"),
+            None => "agent".into(),
+        });
+        c.wait_ready(Duration::from_secs(90), || {
+            Command::new(kubectl_path())
+                .arg("--kubeconfig")
+                .arg(&kubeconfig_path)
+                .args([
+                    "get",
+                    "node",
+                    node,
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+                ])
+                .output()
+                .is_ok_and(|o| o.stdout == b"True")
+        })?;
+        eprintln!("    node {node} is Ready");
+    }
 
     eprintln!();
     eprintln!(
-        "the cluster is ready: etcd at {etcd_url}, API server at https://127.0.0.1:{}, node {node}",
-        args.apiserver_port
+        "the cluster is ready: API server at https://127.0.0.1:{}, {} node(s)",
+        args.apiserver_port,
+        nodes.len()
     );
     eprintln!();
     eprintln!("    export KUBECONFIG={}", kubeconfig_path.display());
-    eprintln!("    kubectl get nodes");
+    eprintln!("    kubectl get nodes -o wide");
     eprintln!("    kubectl run hello --image=busybox --restart=Never -- echo hello");
     eprintln!();
 
@@ -344,7 +558,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     while !INTERRUPTED.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(200));
         reap();
-        for c in ALL {
+        for c in all_components() {
             if c.pid().is_none() {
                 eprintln!("{} exited; see {}", c.name, c.log_file().display());
                 INTERRUPTED.store(true, Ordering::SeqCst);
@@ -357,25 +571,54 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
 
 pub fn down(args: DownArgs) -> anyhow::Result<()> {
     util::step("stopping the cluster");
-    for c in ALL.iter().rev() {
+    for c in all_components().iter().rev() {
         c.stop();
     }
     // Containers outlive the agent by design; a stopped cluster runs none.
-    let agent_dir = state_dir().join("agent");
-    if agent_dir.join("runtime.sock").exists() {
-        let agent = ["release", "debug"]
-            .iter()
-            .map(|p| util::root().join("target").join(p).join("agent"))
-            .find(|p| p.exists());
-        if let Some(agent) = agent {
-            let _ = util::run(
-                Command::new(agent)
-                    .arg("reset")
-                    .arg("--state-dir")
-                    .arg(&agent_dir),
-            );
-            eprintln!("    containers stopped");
+    let agent = ["release", "debug"]
+        .iter()
+        .map(|p| util::root().join("target").join(p).join("agent"))
+        .find(|p| p.exists());
+    let mut nodes: Vec<(PathBuf, Option<String>, String)> =
+        vec![(state_dir().join("agent"), None, "/kestrel".to_string())];
+    for i in existing_nodes() {
+        let name = format!("kestrel-node-{i}");
+        nodes.push((
+            state_dir().join("nodes").join(&name),
+            Some(node_netns(i)),
+            format!("/{name}"),
+        ));
+    }
+    for (dir, ns, cgroup_root) in nodes {
+        let Some(agent) = &agent else { break };
+        if !dir.join("runtime.sock").exists() && ns.is_none() {
+            continue;
         }
+        let mut cmd = Command::new(agent);
+        cmd.arg("reset")
+            .arg("--state-dir")
+            .arg(&dir)
+            .arg("--cgroup-root")
+            .arg(&cgroup_root);
+        if let Some(ns) = &ns {
+            let name = ns.clone();
+            cmd.arg("--bpffs-dir")
+                .arg(Path::new("/sys/fs/bpf/kestrel").join(&name));
+            in_netns(&mut cmd, ns)?;
+        }
+        if dir.exists() {
+            let _ = util::run(&mut cmd);
+        }
+    }
+    eprintln!("    containers stopped");
+    // The namespaces go with everything in them; data stays for the next
+    // `up`.
+    for i in existing_nodes() {
+        let _ = ip(&["netns", "delete", &node_netns(i)]);
+    }
+    if Path::new("/run/netns").join(CP_NETNS).exists() {
+        let _ = ip(&["netns", "delete", CP_NETNS]);
+        eprintln!("    network namespaces removed");
     }
     let _ = std::fs::remove_dir_all(state_dir().join("run"));
     if args.purge {
@@ -392,22 +635,34 @@ fn remove_all(dir: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// Removes network namespaces left by test processes that were killed
-/// before their clean-up ran (names `kt<pid>-…` whose pid is gone).
+/// Removes network namespaces and bpffs pin directories left by test
+/// processes that were killed before their clean-up ran (names
+/// `kt<pid>-…` whose pid is gone).
 pub fn sweep_stale_test_namespaces() {
-    let Ok(entries) = std::fs::read_dir("/run/netns") else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let pid = name
-            .strip_prefix("kt")
+    let stale = |name: &str| {
+        name.strip_prefix("kt")
             .and_then(|r| r.split_once('-'))
-            .and_then(|(p, _)| u32::from_str_radix(p, 36).ok());
-        if let Some(pid) = pid {
-            if !Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = Command::new("ip").args(["netns", "delete", &name]).status();
-            }
+            .and_then(|(p, _)| u32::from_str_radix(p, 36).ok())
+            .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+    };
+    for entry in std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if stale(&name) {
+            let _ = Command::new("ip").args(["netns", "delete", &name]).status();
+        }
+    }
+    // Pinned links detach when their pins go; pinned maps are freed.
+    for entry in std::fs::read_dir("/sys/fs/bpf/kestrel")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if stale(&entry.file_name().to_string_lossy()) {
+            let _ = std::fs::remove_dir_all(entry.path());
         }
     }
 }

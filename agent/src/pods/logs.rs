@@ -35,6 +35,15 @@ pub fn copy(
     let rx = tokio::net::unix::pipe::OpenOptions::new()
         .read_write(true)
         .open_receiver(&fifo)?;
+    // The file exists from the start, as kubelet's does: a running
+    // container that printed nothing has an empty log, not none.
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)?;
     Ok(tokio::spawn(async move {
         let mut lines = BufReader::new(rx);
         let mut buf = Vec::new();

@@ -106,28 +106,12 @@ fn client_params(cn: &str, orgs: &[&str]) -> anyhow::Result<CertificateParams> {
     Ok(p)
 }
 
-/// Makes the CA, serving and admin certificates unless they exist.
-/// `sans` are extra names and addresses for the serving certificate.
-pub fn ensure_pki(dir: &Path, sans: &[String]) -> anyhow::Result<Pki> {
-    let pki = Pki {
-        dir: dir.to_path_buf(),
-    };
-    if pki.ca_cert().exists() && pki.serving_cert().exists() && pki.admin_cert().exists() {
-        return Ok(pki);
-    }
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let ca_key = KeyPair::generate()?;
-    let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.distinguished_name.push(DnType::CommonName, "kestrel-ca");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    ca.not_after = rcgen::date_time_ymd(2099, 1, 1);
-    let ca_cert = ca.self_signed(&ca_key)?;
-
+/// The API server's certificate: its usual names and addresses plus `sans`.
+fn serving_certificate(
+    sans: &[String],
+    ca_cert: &rcgen::Certificate,
+    ca_key: &KeyPair,
+) -> anyhow::Result<(rcgen::Certificate, KeyPair)> {
     let mut names = vec![
         "localhost".to_string(),
         "kubernetes".into(),
@@ -157,7 +141,42 @@ pub fn ensure_pki(dir: &Path, sans: &[String]) -> anyhow::Result<Pki> {
     serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     serving.not_after = rcgen::date_time_ymd(2099, 1, 1);
     let serving_key = KeyPair::generate()?;
-    let serving_cert = serving.signed_by(&serving_key, &ca_cert, &ca_key)?;
+    let serving_cert = serving.signed_by(&serving_key, ca_cert, ca_key)?;
+    Ok((serving_cert, serving_key))
+}
+
+/// Makes the CA, serving and admin certificates unless they exist.
+/// `sans` are extra names and addresses for the serving certificate.
+pub fn ensure_pki(dir: &Path, sans: &[String]) -> anyhow::Result<Pki> {
+    let pki = Pki {
+        dir: dir.to_path_buf(),
+    };
+    if pki.ca_cert().exists() && pki.serving_cert().exists() && pki.admin_cert().exists() {
+        // The serving certificate is re-issued from the same CA on every
+        // start, so a changed --tls-san takes effect; clients trust the CA,
+        // not this certificate.
+        let ca_key = KeyPair::from_pem(&std::fs::read_to_string(pki.ca_key())?)?;
+        let ca_pem = std::fs::read_to_string(pki.ca_cert())?;
+        let ca_cert = CertificateParams::from_ca_cert_pem(&ca_pem)?.self_signed(&ca_key)?;
+        let (cert, key) = serving_certificate(sans, &ca_cert, &ca_key)?;
+        write_private(&pki.serving_key(), &key.serialize_pem())?;
+        std::fs::write(pki.serving_cert(), cert.pem())?;
+        return Ok(pki);
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.distinguished_name.push(DnType::CommonName, "kestrel-ca");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca.not_after = rcgen::date_time_ymd(2099, 1, 1);
+    let ca_cert = ca.self_signed(&ca_key)?;
+
+    let (serving_cert, serving_key) = serving_certificate(sans, &ca_cert, &ca_key)?;
 
     let admin_key = KeyPair::generate()?;
     let admin_cert = client_params("kubernetes-admin", &["system:masters"])?

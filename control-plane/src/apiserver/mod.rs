@@ -290,12 +290,44 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         let tls = tokio_rustls::TlsAcceptor::from(auth::server_config(&pki)?);
         tracing::info!(addr = %listener.local_addr()?, "serving HTTPS");
-        tasks.spawn(serve_tls(listener, tls, app));
+        tasks.spawn(serve_tls(listener, tls.clone(), app.clone()));
+        for listener in inherited_listeners()? {
+            tracing::info!(addr = %listener.local_addr()?, "serving HTTPS on an inherited socket");
+            tasks.spawn(serve_tls(listener, tls.clone(), app.clone()));
+        }
     }
     match tasks.join_next().await {
         Some(r) => r?,
         None => Ok(()),
     }
+}
+
+/// Listening sockets handed over by whoever started us, the way systemd
+/// socket activation does (`LISTEN_FDS` sockets from fd 3 on;
+/// `LISTEN_PID`, when set, must be our pid). They let a server in one
+/// network namespace also answer on a socket made in another.
+fn inherited_listeners() -> anyhow::Result<Vec<tokio::net::TcpListener>> {
+    use std::os::fd::FromRawFd;
+    let Some(n) = std::env::var("LISTEN_FDS").ok() else {
+        return Ok(Vec::new());
+    };
+    if let Ok(pid) = std::env::var("LISTEN_PID") {
+        if pid.parse::<u32>().ok() != Some(std::process::id()) {
+            return Ok(Vec::new());
+        }
+    }
+    let n: i32 = n
+        .parse()
+        .map_err(|_| anyhow::anyhow!("LISTEN_FDS={n:?} is not a number"))?;
+    let mut out = Vec::new();
+    for fd in 3..3 + n {
+        // SAFETY: by the socket-activation protocol these fds are ours and
+        // open; each is wrapped exactly once.
+        let std = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+        std.set_nonblocking(true)?;
+        out.push(tokio::net::TcpListener::from_std(std)?);
+    }
+    Ok(out)
 }
 
 async fn serve_tls(
