@@ -11,12 +11,13 @@
 
 #[allow(dead_code)] // some constants are only read by the agent
 mod abi;
+mod nat;
 
 use abi::{Endpoint, PacketCount};
 use aya_ebpf::{
     bindings::{
         bpf_fib_lookup as FibParams, bpf_redir_neigh, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_UNSPEC,
+        BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC,
     },
     helpers::generated::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     macros::{classifier, map},
@@ -69,12 +70,24 @@ pub fn from_uplink(ctx: TcContext) -> i32 {
     let Some(dst) = ipv4_dst(&ctx) else {
         return TC_ACT_OK as i32;
     };
-    match unsafe { ENDPOINTS.get(&dst) } {
+    if let Some(ep) = unsafe { ENDPOINTS.get(&dst) } {
+        let ep = *ep;
+        return deliver_local(&ctx, &ep, abi::STAT_UPLINK_TO_LOCAL).unwrap_or(TC_ACT_OK as i32);
+    }
+    // A reply to a flow a pod started out of the cluster, masqueraded.
+    let Some(cfg) = nat::config() else {
+        return TC_ACT_OK as i32;
+    };
+    let Some(pod) = nat::snat_in(&ctx, &cfg, dst) else {
+        return TC_ACT_OK as i32;
+    };
+    match unsafe { ENDPOINTS.get(&pod) } {
         Some(ep) => {
             let ep = *ep;
-            deliver_local(&ctx, &ep, abi::STAT_UPLINK_TO_LOCAL).unwrap_or(TC_ACT_OK as i32)
+            deliver_local(&ctx, &ep, abi::STAT_SNAT_IN).unwrap_or(TC_ACT_OK as i32)
         }
-        None => TC_ACT_OK as i32,
+        // The pod is gone: nobody to deliver the (now rewritten) reply to.
+        None => TC_ACT_SHOT as i32,
     }
 }
 
@@ -106,6 +119,21 @@ fn route_from_pod(ctx: &TcContext) -> Option<i32> {
     };
     // Anything the FIB does not forward (the node's own addresses, no route,
     // forwarding off) is the node stack's business, as if no program ran.
+    let routed = matches!(rc as u32, BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH);
+    if routed {
+        if let Some(cfg) = nat::config() {
+            if nat::wants_snat(&cfg, dst) {
+                match nat::snat_out(ctx, &cfg)? {
+                    nat::Snat::Done => count(abi::STAT_SNAT_OUT),
+                    nat::Snat::NoPort => {
+                        count(abi::STAT_SNAT_NO_PORT);
+                        return Some(TC_ACT_SHOT as i32);
+                    }
+                    nat::Snat::Untouched => {}
+                }
+            }
+        }
+    }
     match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => {
             decrement_ttl(ctx)?;

@@ -15,11 +15,17 @@ use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 
-use crate::ebpf::abi::{self, Endpoint};
+use crate::ebpf::abi::{self, Config, Endpoint, NatKey, NatValue};
 use crate::ebpf::Error;
 
 // SAFETY: Endpoint is #[repr(C)], Copy, and has no padding (u32 + 2 × 6 bytes).
 unsafe impl aya::Pod for Endpoint {}
+// SAFETY: four u32s.
+unsafe impl aya::Pod for Config {}
+// SAFETY: #[repr(C)] with explicit padding fields, so no implicit padding.
+unsafe impl aya::Pod for NatKey {}
+// SAFETY: as NatKey.
+unsafe impl aya::Pod for NatValue {}
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
@@ -74,6 +80,31 @@ impl Datapath {
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
         })
+    }
+
+    /// Writes the node-wide settings the programs read.
+    pub fn configure(
+        &mut self,
+        node_ip: Ipv4Addr,
+        cluster: ipnet::Ipv4Net,
+        masquerade: bool,
+    ) -> Result<(), Error> {
+        let cfg = Config {
+            node_ip: key(node_ip),
+            cluster_net: key(cluster.network()),
+            cluster_mask: key(cluster.netmask()),
+            flags: if masquerade {
+                abi::CONFIG_MASQUERADE
+            } else {
+                0
+            },
+        };
+        let map = self
+            .ebpf
+            .map_mut(abi::CONFIG_MAP)
+            .ok_or_else(|| Error::Missing(format!("map {}", abi::CONFIG_MAP)))?;
+        aya::maps::Array::<_, Config>::try_from(map)?.set(0, cfg, 0)?;
+        Ok(())
     }
 
     fn link_pin(&self, iface: &str) -> PathBuf {
@@ -217,4 +248,26 @@ pub fn remove_pins(pin_dir: &Path) -> std::io::Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
+}
+
+/// Masqueraded flows in `pin_dir`'s conntrack: (pod, pod port, remote,
+/// remote port, protocol, node port), for `agent bpf status`.
+pub fn read_nat(pin_dir: &Path) -> Result<Vec<(Ipv4Addr, u16, Ipv4Addr, u16, u8, u16)>, Error> {
+    let data = MapData::from_pin(pin_dir.join(abi::SNAT_OUT_MAP))?;
+    let map = aya::maps::Map::LruHashMap(data);
+    let map: HashMap<_, NatKey, NatValue> = HashMap::try_from(map)?;
+    let mut out = Vec::new();
+    for item in map.iter() {
+        let (k, v) = item?;
+        out.push((
+            Ipv4Addr::from(k.src.to_ne_bytes()),
+            k.sport,
+            Ipv4Addr::from(k.dst.to_ne_bytes()),
+            k.dport,
+            k.proto,
+            v.port,
+        ));
+    }
+    out.sort();
+    Ok(out)
 }

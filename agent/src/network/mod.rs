@@ -47,6 +47,15 @@ pub struct NetworkArgs {
     /// /sys/fs/bpf/kestrel/NODE-NAME).
     #[arg(long)]
     pub bpffs_dir: Option<PathBuf>,
+    /// The whole cluster's pod network: traffic inside it keeps pod
+    /// addresses, traffic leaving it is masqueraded.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    pub cluster_cidr: Ipv4Net,
+    /// Masquerade pod traffic that leaves the cluster to the node's
+    /// address (eBPF SNAT with its own conntrack); `false` leaves pod
+    /// addresses visible outside, for networks that route pod CIDRs.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub masquerade: bool,
 }
 
 /// The node's pod network.
@@ -80,6 +89,7 @@ impl Network {
         let object = crate::ebpf::object(None)?;
         let mut dp = Datapath::load(&object, &pin_dir)
             .with_context(|| format!("loading the datapath (pins in {})", pin_dir.display()))?;
+        dp.configure(node_ip, args.cluster_cidr, args.masquerade)?;
         dp.attach_uplink(&uplink)
             .with_context(|| format!("attaching to the uplink {uplink}"))?;
         tracing::info!(%pod_cidr, %uplink, "pod network ready");
@@ -397,6 +407,20 @@ pub async fn describe(pin_dir: &Path) -> anyhow::Result<String> {
             e.ifindex,
             mac(&e.pod_mac),
             mac(&e.host_mac)
+        )?;
+    }
+    let nat = datapath::read_nat(pin_dir)?;
+    writeln!(out, "\nmasqueraded flows ({}):", nat.len())?;
+    for (pod, pport, remote, rport, proto, nport) in nat.iter().take(50) {
+        let proto = match proto {
+            6 => "tcp",
+            17 => "udp",
+            1 => "icmp",
+            _ => "?",
+        };
+        writeln!(
+            out,
+            "  {proto:<4} {pod}:{pport} -> {remote}:{rport} as node port {nport}"
         )?;
     }
     writeln!(out, "\ncounters:")?;
