@@ -43,7 +43,11 @@ pub async fn run(args: config::RunArgs) -> anyhow::Result<()> {
             .context("--node-ip is not an IPv4 address")?;
         let network =
             network::Network::start(&client, &cfg.name, ip, &args.network, &state).await?;
-        tokio::spawn(network::sync_routes(client.clone(), cfg.name.clone()));
+        tokio::spawn(network::sync_routes(
+            client.clone(),
+            cfg.name.clone(),
+            network.tunnel,
+        ));
         std::fs::create_dir_all(&args.log_dir)?;
         let env = std::sync::Arc::new(pods::Env {
             client: client.clone(),
@@ -146,6 +150,9 @@ pub async fn reset(
     if let Ok(routes) = network::routes::Routes::new() {
         if let Err(e) = routes.sync(&[]).await {
             tracing::warn!("removing node routes: {e}");
+        }
+        if let Err(e) = network::vxlan::remove_device(routes.handle()).await {
+            tracing::warn!("removing the VXLAN device: {e}");
         }
     }
     if let Some(dir) = bpffs_dir {

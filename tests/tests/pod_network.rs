@@ -523,3 +523,92 @@ fn pod_traffic_leaving_the_cluster_is_masqueraded() {
     http(&k, "a1", &b1, "b1", &[&n1, &n2]);
     let _ = (&n1, &n2);
 }
+
+/// Packets through the kernel's VXLAN device `kst-vxlan` of `node`,
+/// sent plus received.
+fn vxlan_packets(node: &Node) -> u64 {
+    let out = node.exec(&["cat", "/proc/net/dev"]).unwrap_or_default();
+    out.lines()
+        .find_map(|l| {
+            let (name, rest) = l.split_once(':')?;
+            (name.trim() == "kst-vxlan").then(|| {
+                let f: Vec<u64> = rest
+                    .split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
+                f.get(1).copied().unwrap_or(0) + f.get(9).copied().unwrap_or(0)
+            })
+        })
+        .unwrap_or(0)
+}
+
+/// With `--tunnel vxlan` pods on two nodes reach each other through the
+/// VXLAN devices (their counters move), routes point into the tunnel, and
+/// pod interfaces leave room for the encapsulation.
+#[test]
+fn pods_reach_each_other_across_nodes_over_vxlan() {
+    let cp = ControlPlane::start_networked(&[]).unwrap();
+    let k = cp.kubectl();
+    let n1 = Node::start_with(&cp, &["--tunnel", "vxlan"]);
+    let n2 = Node::start_with(&cp, &["--tunnel", "vxlan"]);
+    let nodes = [&n1, &n2];
+    apply(
+        &k,
+        &(server_pod("a1", &n1.name) + &server_pod("a2", &n1.name) + &server_pod("b1", &n2.name)),
+    );
+    let a1 = running_ip(&k, "a1", &nodes);
+    let a2 = running_ip(&k, "a2", &nodes);
+    let b1 = running_ip(&k, "b1", &nodes);
+    let mtu = exec(&k, "a1", &["cat", "/sys/class/net/eth0/mtu"]).unwrap();
+    assert_eq!(mtu.trim(), "1450", "pod MTU leaves 50 bytes for VXLAN");
+    let routes = n1.exec(&["ip", "route"]).unwrap();
+    let net2 = n2.pod_cidr.trim_end_matches("/24");
+    assert!(
+        routes.contains(&format!(
+            "{} via {net2} dev kst-vxlan proto 211 onlink",
+            n2.pod_cidr
+        )),
+        "{routes}"
+    );
+    let before = (vxlan_packets(&n1), vxlan_packets(&n2));
+    http(&k, "a1", &b1, "b1", &nodes);
+    http(&k, "b1", &a2, "a2", &nodes);
+    ping(&k, "b1", &a1, &nodes);
+    http(&k, "a1", &a2, "a2", &nodes);
+    assert!(
+        vxlan_packets(&n1) > before.0,
+        "no packet through node 1's tunnel"
+    );
+    assert!(
+        vxlan_packets(&n2) > before.1,
+        "no packet through node 2's tunnel"
+    );
+    assert!(
+        counter(&n2, "uplink_to_local_pod") > 0,
+        "{}",
+        n2.bpf_status()
+    );
+    // A large response crosses the tunnel whole (the MTU is right).
+    let big = exec(
+        &k,
+        "b1",
+        &[
+            "sh",
+            "-c",
+            "head -c 200000 /dev/zero | tr '\\0' x > /www/big; true",
+        ],
+    );
+    assert!(big.is_ok(), "{big:?}");
+    let len = exec(
+        &k,
+        "a1",
+        &[
+            "sh",
+            "-c",
+            &format!("printf 'GET /big HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {b1} 8080 | wc -c"),
+        ],
+    )
+    .unwrap();
+    let len: usize = len.trim().parse().unwrap();
+    assert!(len > 200_000, "a 200 kB response arrived as {len} bytes");
+}

@@ -8,6 +8,7 @@
 
 pub mod datapath;
 pub mod routes;
+pub mod vxlan;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -56,6 +57,18 @@ pub struct NetworkArgs {
     /// addresses visible outside, for networks that route pod CIDRs.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub masquerade: bool,
+    /// How pod traffic crosses between nodes: `none` routes it natively
+    /// (nodes on one L2 segment), `vxlan` encapsulates it (any IP network
+    /// between nodes; pod MTU 50 bytes below the uplink's).
+    #[arg(long, value_enum, default_value_t = Tunnel::None)]
+    pub tunnel: Tunnel,
+}
+
+/// Cross-node encapsulation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Tunnel {
+    None,
+    Vxlan,
 }
 
 /// The node's pod network.
@@ -64,6 +77,8 @@ pub struct Network {
     datapath: Mutex<Datapath>,
     pub pod_cidr: Ipv4Net,
     pub pin_dir: PathBuf,
+    /// The VXLAN device's index in tunnel mode.
+    pub tunnel: Option<u32>,
 }
 
 /// The default bpffs directory of node `name`.
@@ -81,7 +96,21 @@ impl Network {
         state_dir: &Path,
     ) -> anyhow::Result<Arc<Self>> {
         let pod_cidr = pod_cidr(client, node_name, args.pod_cidr).await?;
-        let (uplink, uplink_mtu) = uplink(node_ip, args.uplink.as_deref()).await?;
+        let (uplink, uplink_index, uplink_mtu) = uplink(node_ip, args.uplink.as_deref()).await?;
+        let pod_mtu = match args.tunnel {
+            Tunnel::None => uplink_mtu,
+            Tunnel::Vxlan => uplink_mtu - vxlan::OVERHEAD,
+        };
+        let tunnel = match args.tunnel {
+            Tunnel::None => None,
+            Tunnel::Vxlan => {
+                let (conn, handle, _) = rtnetlink::new_connection()?;
+                let task = tokio::spawn(conn);
+                let index = vxlan::ensure_device(&handle, uplink_index, node_ip, pod_mtu).await;
+                task.abort();
+                Some(index.context("creating the VXLAN device")?)
+            }
+        };
         let pin_dir = args
             .bpffs_dir
             .clone()
@@ -92,17 +121,23 @@ impl Network {
         dp.configure(node_ip, args.cluster_cidr, args.masquerade)?;
         dp.attach_uplink(&uplink)
             .with_context(|| format!("attaching to the uplink {uplink}"))?;
-        tracing::info!(%pod_cidr, %uplink, "pod network ready");
+        if tunnel.is_some() {
+            // Decapsulated traffic for local pods arrives on the tunnel.
+            dp.attach_uplink(vxlan::DEVICE)
+                .context("attaching to the VXLAN device")?;
+        }
+        tracing::info!(%pod_cidr, %uplink, tunnel = ?args.tunnel, mtu = pod_mtu, "pod network ready");
         Ok(Arc::new(Self {
             conf: kestrel_cni::NetConf {
                 name: "kestrel".into(),
                 subnet: pod_cidr,
-                mtu: args.mtu.unwrap_or(uplink_mtu),
+                mtu: args.mtu.unwrap_or(pod_mtu),
                 data_dir: state_dir.join("cni"),
             },
             datapath: Mutex::new(dp),
             pod_cidr,
             pin_dir,
+            tunnel,
         }))
     }
 
@@ -211,7 +246,7 @@ async fn pod_cidr(
 
 /// The uplink's name and MTU: `name` when given, else the interface that
 /// holds `node_ip`.
-async fn uplink(node_ip: Ipv4Addr, name: Option<&str>) -> anyhow::Result<(String, u32)> {
+async fn uplink(node_ip: Ipv4Addr, name: Option<&str>) -> anyhow::Result<(String, u32, u32)> {
     let (conn, handle, _) = rtnetlink::new_connection()?;
     let task = tokio::spawn(conn);
     let result = async {
@@ -262,15 +297,21 @@ async fn uplink(node_ip: Ipv4Addr, name: Option<&str>) -> anyhow::Result<(String
                 _ => {}
             }
         }
-        Ok((ifname.context("the uplink has no name")?, mtu))
+        Ok((ifname.context("the uplink has no name")?, index, mtu))
     }
     .await;
     task.abort();
     result
 }
 
-/// The routes this node needs to reach the pods of `nodes` (all but itself).
-pub fn desired_routes(self_name: &str, nodes: &[Arc<Node>]) -> Vec<NodeRoute> {
+/// The routes this node needs to reach the pods of `nodes` (all but
+/// itself), and in tunnel mode (the VXLAN device `tunnel`) the peers.
+pub fn desired_routes(
+    self_name: &str,
+    nodes: &[Arc<Node>],
+    tunnel: Option<u32>,
+) -> (Vec<NodeRoute>, Vec<vxlan::Peer>) {
+    let mut peers = Vec::new();
     let mut out: Vec<NodeRoute> = nodes
         .iter()
         .filter(|n| n.name_any() != self_name)
@@ -286,20 +327,36 @@ pub fn desired_routes(self_name: &str, nodes: &[Arc<Node>]) -> Vec<NodeRoute> {
                 .address
                 .parse()
                 .ok()?;
-            Some(NodeRoute {
-                pod_cidr: cidr,
-                via,
+            Some(match tunnel {
+                None => NodeRoute {
+                    pod_cidr: cidr,
+                    via,
+                    dev: None,
+                },
+                Some(dev) => {
+                    peers.push(vxlan::Peer {
+                        node_ip: via,
+                        overlay_ip: cidr.network(),
+                    });
+                    NodeRoute {
+                        pod_cidr: cidr,
+                        via: cidr.network(),
+                        dev: Some(dev),
+                    }
+                }
             })
         })
         .collect();
     out.sort();
     out.dedup();
-    out
+    peers.sort();
+    peers.dedup();
+    (out, peers)
 }
 
 /// Keeps the routes to other nodes' pod CIDRs equal to the Node objects,
 /// until dropped.
-pub async fn sync_routes(client: kube::Client, self_name: String) {
+pub async fn sync_routes(client: kube::Client, self_name: String, tunnel: Option<u32>) {
     let routes = match Routes::new() {
         Ok(r) => r,
         Err(e) => {
@@ -348,7 +405,14 @@ pub async fn sync_routes(client: kube::Client, self_name: String) {
             continue;
         }
         let all: Vec<Arc<Node>> = nodes.values().cloned().collect();
-        let want = desired_routes(&self_name, &all);
+        let (want, peers) = desired_routes(&self_name, &all, tunnel);
+        if let Some(dev) = tunnel {
+            // Neighbours before routes: a route must never point at a tunnel
+            // endpoint the device cannot address yet.
+            if let Err(e) = vxlan::sync_peers(routes.handle(), dev, &peers).await {
+                tracing::warn!("syncing VXLAN peers: {e}");
+            }
+        }
         match routes.sync(&want).await {
             Ok(n) if n > 0 || last.as_ref() != Some(&want) => {
                 tracing::info!("node routes: {} to other nodes ({n} changed)", want.len());

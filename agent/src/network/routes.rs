@@ -19,6 +19,19 @@ pub const ROUTE_PROTOCOL: u8 = 211;
 pub struct NodeRoute {
     pub pod_cidr: Ipv4Net,
     pub via: Ipv4Addr,
+    /// The device, for routes through a tunnel (`onlink`: the next hop is
+    /// reached over the tunnel, not a local subnet). None: wherever the
+    /// next hop is.
+    pub dev: Option<u32>,
+}
+
+impl NodeRoute {
+    /// Whether the kernel's route `have` is this one.
+    fn is(&self, have: &NodeRoute) -> bool {
+        self.pod_cidr == have.pod_cidr
+            && self.via == have.via
+            && (self.dev.is_none() || self.dev == have.dev)
+    }
 }
 
 /// A netlink handle in the agent's network namespace.
@@ -33,6 +46,11 @@ impl Routes {
         Ok(Self { handle })
     }
 
+    /// The netlink handle, for the tunnel's neighbours.
+    pub fn handle(&self) -> &rtnetlink::Handle {
+        &self.handle
+    }
+
     /// The routes this agent wrote earlier, as the kernel has them.
     pub async fn current(&self) -> Result<Vec<NodeRoute>, rtnetlink::Error> {
         let msg = RouteMessageBuilder::<Ipv4Addr>::new().build();
@@ -44,16 +62,19 @@ impl Routes {
             .filter_map(|r| {
                 let mut dst = None;
                 let mut via = None;
+                let mut dev = None;
                 for a in &r.attributes {
                     match a {
                         RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = Some(*d),
                         RouteAttribute::Gateway(RouteAddress::Inet(g)) => via = Some(*g),
+                        RouteAttribute::Oif(i) => dev = Some(*i),
                         _ => {}
                     }
                 }
                 Some(NodeRoute {
                     pod_cidr: Ipv4Net::new(dst?, r.header.destination_prefix_length).ok()?,
                     via: via?,
+                    dev,
                 })
             })
             .collect())
@@ -64,7 +85,7 @@ impl Routes {
     pub async fn sync(&self, want: &[NodeRoute]) -> Result<usize, rtnetlink::Error> {
         let have = self.current().await?;
         let mut changed = 0;
-        for r in have.iter().filter(|r| !want.contains(r)) {
+        for r in have.iter().filter(|r| !want.iter().any(|w| w.is(r))) {
             // A CIDR that moved to another node is replaced below instead.
             if want.iter().any(|w| w.pod_cidr == r.pod_cidr) {
                 continue;
@@ -72,7 +93,7 @@ impl Routes {
             self.handle.route().del(message(r)).execute().await?;
             changed += 1;
         }
-        for r in want.iter().filter(|r| !have.contains(r)) {
+        for r in want.iter().filter(|w| !have.iter().any(|h| w.is(h))) {
             self.handle
                 .route()
                 .add(message(r))
@@ -86,9 +107,12 @@ impl Routes {
 }
 
 fn message(r: &NodeRoute) -> RouteMessage {
-    RouteMessageBuilder::<Ipv4Addr>::new()
+    let b = RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(r.pod_cidr.network(), r.pod_cidr.prefix_len())
         .gateway(r.via)
-        .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
-        .build()
+        .protocol(RouteProtocol::Other(ROUTE_PROTOCOL));
+    match r.dev {
+        Some(dev) => b.output_interface(dev).onlink().build(),
+        None => b.build(),
+    }
 }
