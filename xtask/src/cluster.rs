@@ -628,6 +628,65 @@ pub fn down(args: DownArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[derive(clap::Subcommand)]
+pub enum ImageTask {
+    /// Make a `docker save` or OCI image archive available on every node of
+    /// the local cluster (each node imports it into its own store).
+    Load {
+        /// The archive.
+        file: PathBuf,
+    },
+}
+
+/// The state directories of the local cluster's nodes.
+fn node_state_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(state_dir().join("nodes"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    dirs.sort();
+    let single = state_dir().join("agent");
+    if single.exists() {
+        dirs.insert(0, single);
+    }
+    dirs
+}
+
+pub fn image(task: ImageTask) -> anyhow::Result<()> {
+    match task {
+        ImageTask::Load { file } => {
+            let file = file
+                .canonicalize()
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let agent = ["release", "debug"]
+                .iter()
+                .map(|p| util::root().join("target").join(p).join("agent"))
+                .find(|p| p.exists())
+                .ok_or_else(|| anyhow::anyhow!("no agent binary: run `cargo xtask up` first"))?;
+            let dirs = node_state_dirs();
+            anyhow::ensure!(
+                !dirs.is_empty(),
+                "no local cluster: run `cargo xtask up` first"
+            );
+            for dir in dirs {
+                util::step(&format!("loading into {}", dir.display()));
+                // The store writes by rename, so a running agent sees the
+                // image complete or not at all.
+                util::run(
+                    Command::new(&agent)
+                        .args(["image", "import"])
+                        .arg(&file)
+                        .arg("--state-dir")
+                        .arg(&dir),
+                )?;
+            }
+            Ok(())
+        }
+    }
+}
+
 fn remove_all(dir: &Path) -> anyhow::Result<()> {
     match std::fs::remove_dir_all(dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),

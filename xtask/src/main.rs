@@ -32,8 +32,12 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
-    /// Bring up a single-node cluster: etcd, the control plane and the agent.
+    /// Bring up a cluster: etcd, the control plane and the agent(s); one
+    /// node on this machine, or `--nodes N` in network namespaces.
     Up(cluster::UpArgs),
+    /// Local images for the cluster's nodes.
+    #[command(subcommand)]
+    Image(cluster::ImageTask),
     /// Stop the cluster that `up` started and remove what it made at run time.
     Down(cluster::DownArgs),
     /// Build in release and run a benchmark; writes target/bench/<what>.md.
@@ -56,6 +60,7 @@ fn main() {
         }),
         Task::Up(args) => cluster::up(args),
         Task::Down(args) => cluster::down(args),
+        Task::Image(task) => cluster::image(task),
         Task::Bench(what) => bench::run(what),
         Task::Test { args } => test(&args),
     };
