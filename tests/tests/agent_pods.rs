@@ -300,6 +300,278 @@ spec:
     assert!(leftover.is_some(), "the pod's mounts outlived it");
 }
 
+/// kubectl on a pseudo-terminal of the test's own, as a user's shell would
+/// run it: `-t` needs a terminal on stdin, and takes its size from stdout.
+struct Terminal {
+    master: std::fs::File,
+    child: std::process::Child,
+    output: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    stderr: tempfile::NamedTempFile,
+}
+
+impl Terminal {
+    fn winsize(rows: u16, cols: u16) -> libc::winsize {
+        libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        }
+    }
+
+    /// Starts `kubectl args` with a `rows`x`cols` terminal as its
+    /// controlling terminal, stdin and stdout.
+    fn spawn(k: &Kubectl, args: &[&str], rows: u16, cols: u16) -> Self {
+        use std::io::Read;
+        use std::os::fd::FromRawFd;
+        use std::os::unix::process::CommandExt;
+        let (mut master, mut slave) = (-1, -1);
+        let ws = Self::winsize(rows, cols);
+        // SAFETY: openpty fills in two descriptors we then own.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                &ws,
+            )
+        };
+        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+        // SAFETY: fresh descriptors from openpty, owned from here on.
+        let (master, slave) = unsafe {
+            (
+                std::fs::File::from_raw_fd(master),
+                std::fs::File::from_raw_fd(slave),
+            )
+        };
+        // kubectl must hold only the slave, or the master would never
+        // report the hang-up when it exits.
+        // SAFETY: fcntl on our own descriptor.
+        unsafe {
+            libc::fcntl(
+                std::os::fd::AsRawFd::as_raw_fd(&master),
+                libc::F_SETFD,
+                libc::FD_CLOEXEC,
+            )
+        };
+        let stderr = tempfile::NamedTempFile::new().unwrap();
+        let child = {
+            let mut cmd = k.command(args);
+            cmd.stdin(slave.try_clone().unwrap())
+                .stdout(slave)
+                .stderr(stderr.reopen().unwrap());
+            // A session of its own with the PTY as controlling terminal, so
+            // that a size change reaches kubectl as SIGWINCH.
+            // SAFETY: setsid and ioctl are async-signal-safe.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            cmd.spawn().unwrap()
+            // cmd, and with it our copy of the slave, is dropped here.
+        };
+        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (mut r, out) = (master.try_clone().unwrap(), output.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // Ends with EIO once kubectl, the last holder of the slave, exits.
+            while let Ok(n) = r.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                out.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Terminal {
+            master,
+            child,
+            output,
+            stderr,
+        }
+    }
+
+    fn output(&self) -> String {
+        String::from_utf8_lossy(&self.output.lock().unwrap()).into_owned()
+    }
+
+    /// What the user sees, and what kubectl said on stderr.
+    fn screen(&self) -> String {
+        format!(
+            "--- terminal\n{}\n--- kubectl stderr\n{}",
+            self.output(),
+            std::fs::read_to_string(self.stderr.path()).unwrap_or_default()
+        )
+    }
+
+    fn type_in(&mut self, keys: &str) {
+        use std::io::Write;
+        self.master.write_all(keys.as_bytes()).unwrap();
+    }
+
+    /// Waits until the output after byte `from` contains `text`.
+    fn expect(&self, from: usize, text: &str, secs: u64) -> bool {
+        wait_for(Duration::from_secs(secs), || {
+            self.output().get(from..)?.contains(text).then_some(())
+        })
+        .is_some()
+    }
+
+    fn resize(&self, rows: u16, cols: u16) {
+        let ws = Self::winsize(rows, cols);
+        // SAFETY: TIOCSWINSZ on our own PTY master with a valid winsize.
+        let rc = unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(&self.master),
+                libc::TIOCSWINSZ,
+                &ws,
+            )
+        };
+        assert_eq!(rc, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
+    }
+
+    /// kubectl's exit status; kills it after `secs`.
+    fn wait(&mut self, secs: u64) -> Option<i32> {
+        let status = wait_for(Duration::from_secs(secs), || self.child.try_wait().unwrap());
+        match status {
+            Some(s) => s.code(),
+            None => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("kubectl did not exit in {secs} s\n{}", self.screen());
+            }
+        }
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `kubectl exec -it` gives the process a terminal in the container: it
+/// is a tty of the container's own devpts with the user's size from the
+/// start, keystrokes reach it (^C as a signal to the foreground job), a
+/// resize of the user's terminal follows, and the exit code comes back as
+/// kubectl's status.
+#[test]
+fn exec_on_a_terminal() {
+    let cp = ControlPlane::start_networked(&[]).unwrap();
+    let k = cp.kubectl();
+    let agent = Agent::start(&cp);
+    let node = agent.name.clone();
+    apply(
+        &k,
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: shell}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: shell
+    image: busybox
+    command: [sleep, "3600"]
+"#
+        ),
+    );
+    wait(&agent, 30, "shell running", || {
+        let p = pod(&k, "shell");
+        (p["status"]["containerStatuses"][0]["state"]["running"].is_object()).then_some(())
+    });
+
+    // A terminal from the first instruction: its name, the size of the
+    // user's terminal, and the exit code.
+    let t0 = Instant::now();
+    let mut t = Terminal::spawn(
+        &k,
+        &[
+            "exec",
+            "-it",
+            "shell",
+            "--",
+            "sh",
+            "-c",
+            "tty; stty size; exit 7",
+        ],
+        33,
+        101,
+    );
+    let code = t.wait(30);
+    let screen = t.screen();
+    assert_eq!(code, Some(7), "{screen}\n{}", agent.log());
+    let out = t.output();
+    let tty = out.lines().next().unwrap_or("").trim();
+    assert!(
+        tty.starts_with("/dev/pts/") && tty["/dev/pts/".len()..].parse::<u32>().is_ok(),
+        "tty printed {tty:?}\n{screen}"
+    );
+    assert!(out.contains("33 101"), "stty size\n{screen}");
+    eprintln!("exec -it with exit 7 took {:?}", t0.elapsed());
+    drop(t);
+
+    // An interactive shell: a command typed in and its answer, then a
+    // resize of the user's terminal, which the shell sees.
+    let mut t = Terminal::spawn(&k, &["exec", "-it", "shell", "--", "sh"], 24, 80);
+    assert!(t.expect(0, "# ", 30), "no prompt\n{}", t.screen());
+    let mark = t.output().len();
+    t.type_in("echo hi-$((1+1))\n");
+    assert!(t.expect(mark, "hi-2", 10), "no answer\n{}", t.screen());
+    t.resize(50, 132);
+    // kubectl sends the new size when SIGWINCH reaches it; ask until the
+    // shell sees it.
+    let resized = wait_for(Duration::from_secs(10), || {
+        let mark = t.output().len();
+        t.type_in("stty size\n");
+        t.expect(mark, "50 132", 1).then_some(())
+    });
+    assert!(resized.is_some(), "resize not seen\n{}", t.screen());
+    // The PTY is the shell's controlling terminal: ^C interrupts the
+    // foreground job, well before its 30 s are up.
+    t.type_in("sleep 30\n");
+    std::thread::sleep(Duration::from_millis(500));
+    let mark = t.output().len();
+    t.type_in("\x03");
+    t.type_in("echo back-$((2+2))\n");
+    assert!(
+        t.expect(mark, "back-4", 10),
+        "^C did not interrupt\n{}",
+        t.screen()
+    );
+    t.type_in("exit\n");
+    assert_eq!(t.wait(30), Some(0), "{}", t.screen());
+
+    // The terminal sessions left nothing behind in the exec directory.
+    let exec_dir = agent.state.path().join("exec");
+    let left: Vec<_> = std::fs::read_dir(&exec_dir)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left in {}: {left:?}", exec_dir.display());
+    // Nor in the runtime's container directories: the process files and
+    // console socket links of terminal execs.
+    for c in std::fs::read_dir(agent.state.path().join("containers"))
+        .unwrap()
+        .flatten()
+    {
+        for e in std::fs::read_dir(c.path()).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            assert!(
+                !name.starts_with("tenant-tty-") && !name.starts_with("kestrel-exec-"),
+                "left in {}: {name}",
+                c.path().display()
+            );
+        }
+    }
+}
+
 /// Probes: a readiness probe keeps a pod out of Ready until its check
 /// passes, and a failing liveness probe restarts the container.
 #[test]

@@ -153,33 +153,159 @@ fn handle(
             stdin,
             stdout,
             stderr,
+            terminal,
         } => {
             let c = load(root, &id)?;
-            let [i, o, e] = stdio(stdin, stdout, stderr)?;
-            let b = ContainerBuilder::new(id.clone(), SyscallType::Linux)
+            let mut b = ContainerBuilder::new(id.clone(), SyscallType::Linux)
                 .with_root_path(root)
-                .map_err(|e| e.to_string())?
-                .with_stdin(i)
-                .with_stdout(o)
-                .with_stderr(e);
-            let env = env
+                .map_err(|e| e.to_string())?;
+            let env: std::collections::HashMap<String, String> = env
                 .into_iter()
                 .filter_map(|e| {
                     e.split_once('=')
                         .map(|(k, v)| (k.to_string(), v.to_string()))
                 })
                 .collect();
-            let pid = b
+            let mut process = None;
+            match &terminal {
+                Some(t) => {
+                    process = Some(terminal_process(root, &c, &args, &env, t)?);
+                    b = b
+                        .with_console_socket(Some(t.console_socket.clone()))
+                        .with_executor(SizedTerminal);
+                }
+                None => {
+                    let [i, o, e] = stdio(stdin, stdout, stderr)?;
+                    b = b.with_stdin(i).with_stdout(o).with_stderr(e);
+                }
+            }
+            let built = b
                 .as_tenant()
                 .with_container_args(args)
                 .with_env(env)
+                .with_process(process.clone())
                 .with_detach(true)
-                .build()
-                .map_err(|e| format!("exec in container {id}: {e}"))?;
+                .build();
+            if let Some(p) = &process {
+                remove_terminal_leftovers(root, &id, p);
+            }
+            let pid = built.map_err(|e| format!("exec in container {id}: {e}"))?;
             let mut st = state_of(&c);
             st.pid = Some(pid.as_raw());
             Ok((Some(st), vec![]))
         }
+    }
+}
+
+/// The process of an exec on a PTY, written as a process file for the
+/// tenant builder: its plain-arguments form cannot ask for a terminal. It
+/// is what that form would build (the container's environment under the
+/// request's, its capabilities and no-new-privileges, root in `/`), plus
+/// the terminal, its size, and TERM when the image sets none (shells need
+/// it for line editing).
+fn terminal_process(
+    root: &Path,
+    c: &Container,
+    args: &[String],
+    env: &std::collections::HashMap<String, String>,
+    t: &super::protocol::Terminal,
+) -> Result<PathBuf, String> {
+    use libcontainer::oci_spec::runtime::{BoxBuilder, LinuxCapabilities, Process, Spec};
+    let spec = Spec::load(c.bundle().join("config.json")).map_err(|e| e.to_string())?;
+    let base = spec.process().clone().unwrap_or_default();
+    let mut vars: Vec<String> = base
+        .env()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| !env.contains_key(e.split('=').next().unwrap_or("")))
+        .collect();
+    vars.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
+    if !vars.iter().any(|e| e.starts_with("TERM=")) {
+        vars.push("TERM=xterm".into());
+    }
+    let mut p = Process::default();
+    p.set_terminal(Some(true));
+    p.set_args(Some(args.to_vec()));
+    p.set_env(Some(vars));
+    // No capabilities in the spec means none for the process, never the
+    // helper's full set.
+    let caps = base.capabilities().clone().unwrap_or_else(|| {
+        let mut none = LinuxCapabilities::default();
+        none.set_bounding(Some(Default::default()));
+        none.set_effective(Some(Default::default()));
+        none.set_permitted(Some(Default::default()));
+        none.set_inheritable(None);
+        none.set_ambient(None);
+        none
+    });
+    p.set_capabilities(Some(caps));
+    if let Some(nnp) = base.no_new_privileges() {
+        p.set_no_new_privileges(Some(nnp));
+    }
+    if t.width > 0 && t.height > 0 {
+        let size = BoxBuilder::default()
+            .width(u64::from(t.width))
+            .height(u64::from(t.height))
+            .build()
+            .map_err(|e| e.to_string())?;
+        p.set_console_size(Some(size));
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let path = root.join(c.id()).join(format!("kestrel-exec-{nanos}.json"));
+    let json = serde_json::to_vec(&p).map_err(|e| e.to_string())?;
+    std::fs::write(&path, json).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// After a terminal exec: its process file, and the links to the console
+/// socket libcontainer leaves in the container's directory (it has
+/// connected through them by now; the helper runs one exec at a time).
+fn remove_terminal_leftovers(root: &Path, id: &str, process: &Path) {
+    let _ = std::fs::remove_file(process);
+    if let Ok(entries) = std::fs::read_dir(root.join(id)) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with("tenant-tty-") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// Runs the exec'd program like libcontainer's default executor, first
+/// giving the PTY (stdin by then) the client's size from the process's
+/// consoleSize, which libcontainer does not apply itself. Done here, in the
+/// container right before exec, the program never sees a 0x0 terminal, as
+/// it could if the agent set the size on the master afterwards.
+#[derive(Clone)]
+struct SizedTerminal;
+
+impl libcontainer::workload::Executor for SizedTerminal {
+    fn exec(
+        &self,
+        spec: &libcontainer::oci_spec::runtime::Spec,
+    ) -> Result<(), libcontainer::workload::ExecutorError> {
+        if let Some(size) = spec.process().as_ref().and_then(|p| p.console_size()) {
+            let ws = libc::winsize {
+                ws_row: size.height().min(u64::from(u16::MAX)) as u16,
+                ws_col: size.width().min(u64::from(u16::MAX)) as u16,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            // SAFETY: an ioctl on our own stdin with a valid winsize.
+            unsafe { libc::ioctl(0, libc::TIOCSWINSZ, &ws) };
+        }
+        libcontainer::workload::default::DefaultExecutor {}.exec(spec)
+    }
+
+    fn validate(
+        &self,
+        spec: &libcontainer::oci_spec::runtime::Spec,
+    ) -> Result<(), libcontainer::workload::ExecutorValidationError> {
+        libcontainer::workload::default::DefaultExecutor {}.validate(spec)
     }
 }
 

@@ -249,6 +249,30 @@ impl Runtime {
                 stdin,
                 stdout,
                 stderr,
+                terminal: None,
+            })
+            .await?;
+        s.and_then(|s| s.pid).ok_or(RuntimeError::Gone)
+    }
+
+    /// Starts `args` inside running container `id` on a new PTY whose
+    /// master arrives on `terminal.console_socket`; returns the pid.
+    pub async fn exec_tty(
+        &self,
+        id: &str,
+        args: Vec<String>,
+        env: Vec<String>,
+        terminal: protocol::Terminal,
+    ) -> Result<i32, RuntimeError> {
+        let (s, _) = self
+            .call(Request::Exec {
+                id: id.into(),
+                args,
+                env,
+                stdin: None,
+                stdout: None,
+                stderr: None,
+                terminal: Some(terminal),
             })
             .await?;
         s.and_then(|s| s.pid).ok_or(RuntimeError::Gone)

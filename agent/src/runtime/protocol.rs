@@ -46,7 +46,24 @@ pub enum Request {
         stdin: Option<PathBuf>,
         stdout: Option<PathBuf>,
         stderr: Option<PathBuf>,
+        /// Run on a PTY instead of the stdio paths. Absent from agents that
+        /// predate it, so older peers still parse each other.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        terminal: Option<Terminal>,
     },
+}
+
+/// A PTY for an exec'd process. libcontainer opens it inside the
+/// container (so the process sees its own /dev/pts/N and has it as
+/// controlling terminal) and sends the master over `console_socket`, a
+/// listening unix socket of the agent, which keeps the master.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Terminal {
+    pub console_socket: PathBuf,
+    /// The client's initial size; 0 when it sent none. Set on the PTY
+    /// before the program runs, so its first look at the size is right.
+    pub width: u16,
+    pub height: u16,
 }
 
 /// A request and its sequence number.
