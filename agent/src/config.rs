@@ -136,6 +136,7 @@ impl RunArgs {
             status_interval: Duration::from_secs(self.node_status_report_frequency.max(1)),
             runtime_version: "libcontainer://0.7".into(),
             api_port: self.node_api_address.port(),
+            pod_cidr: self.network.pod_cidr.map(|c| c.to_string()),
         })
     }
 

@@ -32,6 +32,9 @@ pub struct NodeConfig {
     pub runtime_version: String,
     /// Port of the node API, advertised in status.daemonEndpoints.
     pub api_port: u16,
+    /// The pod CIDR given on the command line, recorded in the Node at
+    /// creation so no allocator races to give it another.
+    pub pod_cidr: Option<String>,
 }
 
 fn now() -> String {
@@ -220,10 +223,14 @@ pub async fn register(client: &kube::Client, cfg: &NodeConfig) -> anyhow::Result
     for (k, v) in &cfg.labels {
         labels.insert(k.clone(), json!(v));
     }
-    let node: Node = serde_json::from_value(json!({
+    let mut node = json!({
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": cfg.name, "labels": labels},
-    }))?;
+    });
+    if let Some(cidr) = &cfg.pod_cidr {
+        node["spec"] = json!({"podCIDR": cidr, "podCIDRs": [cidr]});
+    }
+    let node: Node = serde_json::from_value(node)?;
     match api.create(&PostParams::default(), &node).await {
         Ok(_) => tracing::info!("registered node {}", cfg.name),
         Err(kube::Error::Api(s)) if s.code == 409 => {
@@ -348,6 +355,7 @@ mod tests {
             status_interval: Duration::from_secs(60),
             runtime_version: "libcontainer://0.7".into(),
             api_port: 10250,
+            pod_cidr: None,
         }
     }
 

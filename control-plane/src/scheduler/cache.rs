@@ -99,6 +99,8 @@ pub struct PodInfo {
     pub host_ports: Vec<(String, String, i32)>,
     /// The uid of the controller that owns the pod, for spreading.
     pub owner: Option<String>,
+    /// Deleted and terminating: out of spreading, still holding resources.
+    pub terminating: bool,
 }
 
 impl PodInfo {
@@ -171,6 +173,7 @@ impl PodInfo {
             nonzero_memory,
             host_ports,
             owner,
+            terminating: pod.metadata.deletion_timestamp.is_some(),
             pod,
         }
     }
@@ -227,7 +230,7 @@ impl NodeInfo {
         for hp in &p.host_ports {
             self.used_ports.insert(hp.clone());
         }
-        if let Some(o) = &p.owner {
+        if let (Some(o), false) = (&p.owner, p.terminating) {
             *self.owners.entry(o.clone()).or_default() += 1;
         }
         if let Some(old) = self.pods.insert(p.key.clone(), p) {
@@ -252,7 +255,7 @@ impl NodeInfo {
         for hp in &p.host_ports {
             self.used_ports.remove(hp);
         }
-        if let Some(o) = &p.owner {
+        if let (Some(o), false) = (&p.owner, p.terminating) {
             if let Some(n) = self.owners.get_mut(o) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {

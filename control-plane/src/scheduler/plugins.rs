@@ -242,7 +242,10 @@ impl PreFilter {
                     .pods
                     .values()
                     .filter(|o| {
-                        o.namespace == pod.namespace
+                        // A pod on its way out no longer counts towards the
+                        // spread (its resources still do, until it is gone).
+                        !o.terminating
+                            && o.namespace == pod.namespace
                             && selector_matches(c.label_selector.as_ref(), &o.labels)
                     })
                     .count() as i64;
