@@ -72,6 +72,9 @@ pub fn from_uplink(ctx: TcContext) -> i32 {
     };
     if let Some(ep) = unsafe { ENDPOINTS.get(&dst) } {
         let ep = *ep;
+        if let Some(cfg) = nat::config() {
+            nat::note_inbound(&ctx, &cfg, dst);
+        }
         return deliver_local(&ctx, &ep, abi::STAT_UPLINK_TO_LOCAL).unwrap_or(TC_ACT_OK as i32);
     }
     // A reply to a flow a pod started out of the cluster, masqueraded.

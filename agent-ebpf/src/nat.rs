@@ -25,6 +25,11 @@ static SNAT_OUT: LruHashMap<NatKey, NatValue> = LruHashMap::pinned(abi::MAX_NAT_
 #[map(name = "SNAT_IN")]
 static SNAT_IN: LruHashMap<NatKey, NatValue> = LruHashMap::pinned(abi::MAX_NAT_FLOWS, 0);
 
+/// Flows someone outside the cluster started towards a pod, keyed as the
+/// pod's replies are: those replies must keep the pod's address.
+#[map(name = "INBOUND_FLOWS")]
+static INBOUND_FLOWS: LruHashMap<NatKey, u8> = LruHashMap::pinned(abi::MAX_NAT_FLOWS, 0);
+
 const ETH_HLEN: usize = 14;
 const IP_CSUM_OFF: usize = ETH_HLEN + 10;
 const IP_SRC_OFF: usize = ETH_HLEN + 12;
@@ -156,8 +161,36 @@ pub enum Snat {
     NoPort,
 }
 
+/// Remembers a frame arriving from outside the cluster for local pod
+/// `pod`, so the pod's replies are not masqueraded.
+pub fn note_inbound(ctx: &TcContext, cfg: &Config, pod: u32) {
+    let Ok(src) = ctx.load::<u32>(IP_SRC_OFF) else {
+        return;
+    };
+    if !wants_snat(cfg, src) {
+        return;
+    }
+    let Some(f) = flow(ctx, false) else { return };
+    if f.proto == IPPROTO_ICMP {
+        // Echo replies are never masqueraded anyway.
+        return;
+    }
+    let key = NatKey {
+        src: pod,
+        dst: src,
+        sport: f.dport,
+        dport: f.sport,
+        proto: f.proto,
+        pad: [0; 3],
+    };
+    if unsafe { INBOUND_FLOWS.get(&key) }.is_none() {
+        let _ = INBOUND_FLOWS.insert(&key, &1, 0);
+    }
+}
+
 /// Masquerades a frame from a pod: a known flow keeps its port, a new one
-/// gets a free port from the NAT range.
+/// gets a free port from the NAT range; replies on flows that came in from
+/// outside keep the pod's address.
 pub fn snat_out(ctx: &TcContext, cfg: &Config) -> Option<Snat> {
     let Some(f) = flow(ctx, true) else {
         return Some(Snat::Untouched);
@@ -173,6 +206,9 @@ pub fn snat_out(ctx: &TcContext, cfg: &Config) -> Option<Snat> {
         proto: f.proto,
         pad: [0; 3],
     };
+    if unsafe { INBOUND_FLOWS.get(&out_key) }.is_some() {
+        return Some(Snat::Untouched);
+    }
     let port = match unsafe { SNAT_OUT.get(&out_key) } {
         Some(v) => v.port,
         None => match allocate(&out_key, cfg.node_ip) {

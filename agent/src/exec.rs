@@ -13,6 +13,7 @@ use axum::extract::{Path as UrlPath, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::DirBuilderExt;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -122,7 +123,12 @@ async fn session(
         .duration_since(std::time::UNIX_EPOCH)?
         .as_nanos();
     let dir = ctx.exec_dir.join(format!("{id}-{nanos}"));
-    std::fs::create_dir_all(&dir)?;
+    // Root's alone: the helper gives the FIFOs in it to the container's
+    // user, and the host's user of that uid must not reach them.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)?;
     let result = if q.tty {
         run_tty(&runtime, &ctx.exec_dir, &id, &q, &mut socket).await
     } else {

@@ -65,6 +65,8 @@ pub struct ContainerSpec {
     pub cwd: String,
     pub uid: u32,
     pub gid: u32,
+    /// Supplementary groups besides `gid` (the pod's `supplementalGroups`).
+    pub groups: Vec<u32>,
     pub hostname: String,
     /// Paths of the pod's bind-mounted namespaces.
     pub netns: Option<PathBuf>,
@@ -262,6 +264,20 @@ pub fn default_seccomp() -> Value {
     })
 }
 
+/// The process's supplementary groups: its primary group first, as
+/// containerd lists them, then the others. Never empty: libcontainer calls
+/// setgroups only for a non-empty list, and the container would otherwise
+/// keep the runtime helper's own groups.
+fn additional_gids(s: &ContainerSpec) -> Vec<u32> {
+    let mut gids = vec![s.gid];
+    for g in &s.groups {
+        if !gids.contains(g) {
+            gids.push(*g);
+        }
+    }
+    gids
+}
+
 /// The `config.json` for `s`.
 pub fn config_json(s: &ContainerSpec) -> Value {
     let caps = capabilities(s);
@@ -319,7 +335,7 @@ pub fn config_json(s: &ContainerSpec) -> Value {
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
-            "user": {"uid": s.uid, "gid": s.gid},
+            "user": {"uid": s.uid, "gid": s.gid, "additionalGids": additional_gids(s)},
             "args": s.args,
             "env": s.env,
             "cwd": if s.cwd.is_empty() { "/" } else { s.cwd.as_str() },
@@ -376,6 +392,24 @@ mod tests {
             .iter()
             .any(|p| p == "/proc/sys"));
         assert_eq!(c["linux"]["namespaces"][0]["type"], "pid");
+    }
+
+    #[test]
+    fn supplementary_groups_start_with_the_primary_group() {
+        let s = ContainerSpec {
+            gid: 20,
+            groups: vec![30, 20, 40],
+            ..Default::default()
+        };
+        assert_eq!(
+            config_json(&s)["process"]["user"]["additionalGids"],
+            json!([20, 30, 40])
+        );
+        // Without any, the list still holds the primary group.
+        assert_eq!(
+            config_json(&ContainerSpec::default())["process"]["user"]["additionalGids"],
+            json!([0])
+        );
     }
 
     #[test]

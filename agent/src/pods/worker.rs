@@ -752,6 +752,12 @@ impl Worker {
                 .unwrap_or_else(|| "/".into()),
             uid,
             gid,
+            groups: pod_sc
+                .supplemental_groups
+                .iter()
+                .flatten()
+                .filter_map(|g| u32::try_from(*g).ok())
+                .collect(),
             hostname: self.pod.name_any(),
             netns: Some(self.sandbox.ns_path("net")),
             ipcns: Some(self.sandbox.ns_path("ipc")),

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
+use libcontainer::oci_spec::runtime::{LinuxSeccomp, Process, Spec};
 use libcontainer::syscall::syscall::SyscallType;
 
 use super::protocol::{ContainerState, Envelope, Message, Request};
@@ -156,38 +157,32 @@ fn handle(
             terminal,
         } => {
             let c = load(root, &id)?;
+            let spec = Spec::load(c.bundle().join("config.json"))
+                .map_err(|e| format!("container {id}: {e}"))?;
+            let process = exec_process(&spec, args, &env, terminal.as_ref())?;
+            let executor = ExecInContainer::new(&spec)?;
+            let path = write_process_file(root, &c, &process)?;
             let mut b = ContainerBuilder::new(id.clone(), SyscallType::Linux)
                 .with_root_path(root)
-                .map_err(|e| e.to_string())?;
-            let env: std::collections::HashMap<String, String> = env
-                .into_iter()
-                .filter_map(|e| {
-                    e.split_once('=')
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                })
-                .collect();
-            let mut process = None;
+                .map_err(|e| e.to_string())?
+                .with_executor(executor);
             match &terminal {
-                Some(t) => {
-                    process = Some(terminal_process(root, &c, &args, &env, t)?);
-                    b = b
-                        .with_console_socket(Some(t.console_socket.clone()))
-                        .with_executor(SizedTerminal);
-                }
+                Some(t) => b = b.with_console_socket(Some(t.console_socket.clone())),
                 None => {
-                    let [i, o, e] = stdio(stdin, stdout, stderr)?;
+                    let fds = stdio(stdin, stdout, stderr)?;
+                    give_fifos_to(&fds, process.user().uid());
+                    let [i, o, e] = fds;
                     b = b.with_stdin(i).with_stdout(o).with_stderr(e);
                 }
             }
             let built = b
                 .as_tenant()
-                .with_container_args(args)
-                .with_env(env)
-                .with_process(process.clone())
+                .with_process(Some(&path))
                 .with_detach(true)
                 .build();
-            if let Some(p) = &process {
-                remove_terminal_leftovers(root, &id, p);
+            let _ = std::fs::remove_file(&path);
+            if terminal.is_some() {
+                remove_console_links(root, &id);
             }
             let pid = built.map_err(|e| format!("exec in container {id}: {e}"))?;
             let mut st = state_of(&c);
@@ -197,53 +192,74 @@ fn handle(
     }
 }
 
-/// The process of an exec on a PTY, written as a process file for the
-/// tenant builder: its plain-arguments form cannot ask for a terminal. It
-/// is what that form would build (the container's environment under the
-/// request's, its capabilities and no-new-privileges, root in `/`), plus
-/// the terminal, its size, and TERM when the image sets none (shells need
-/// it for line editing).
-fn terminal_process(
-    root: &Path,
-    c: &Container,
-    args: &[String],
-    env: &std::collections::HashMap<String, String>,
-    t: &super::protocol::Terminal,
-) -> Result<PathBuf, String> {
-    use libcontainer::oci_spec::runtime::{BoxBuilder, LinuxCapabilities, Process, Spec};
-    let spec = Spec::load(c.bundle().join("config.json")).map_err(|e| e.to_string())?;
-    let base = spec.process().clone().unwrap_or_default();
-    let mut vars: Vec<String> = base
+/// The process of an exec: the container's own OCI process (user and
+/// groups, working directory, environment, capabilities, no-new-privileges,
+/// rlimits, umask, AppArmor profile...), as Kubernetes runs `kubectl exec`
+/// and exec probes, with the request's arguments, its environment over the
+/// container's, and a terminal when asked for one. It goes to libcontainer
+/// as a process file, the one form of its tenant builder that takes a whole
+/// process; the builder's other form would run the program as root in `/`.
+fn exec_process(
+    spec: &Spec,
+    args: Vec<String>,
+    env: &[String],
+    terminal: Option<&super::protocol::Terminal>,
+) -> Result<Process, String> {
+    use libcontainer::oci_spec::runtime::{BoxBuilder, LinuxCapabilities};
+    if args.is_empty() {
+        return Err("exec: no command".into());
+    }
+    let mut p = spec
+        .process()
+        .clone()
+        .ok_or("the container's configuration has no process")?;
+    p.set_args(Some(args));
+
+    let key = |e: &str| e.split('=').next().unwrap_or("").to_string();
+    let overridden: std::collections::HashSet<String> = env.iter().map(|e| key(e)).collect();
+    let mut vars: Vec<String> = p
         .env()
         .clone()
         .unwrap_or_default()
         .into_iter()
-        .filter(|e| !env.contains_key(e.split('=').next().unwrap_or("")))
+        .filter(|e| !overridden.contains(&key(e)))
         .collect();
-    vars.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
-    if !vars.iter().any(|e| e.starts_with("TERM=")) {
+    vars.extend(env.iter().filter(|e| e.contains('=')).cloned());
+    // Shells need TERM for line editing; containerd sets it for terminal
+    // execs the same way when the image has none.
+    if terminal.is_some() && !vars.iter().any(|e| e.starts_with("TERM=")) {
         vars.push("TERM=xterm".into());
     }
-    let mut p = Process::default();
-    p.set_terminal(Some(true));
-    p.set_args(Some(args.to_vec()));
     p.set_env(Some(vars));
+
     // No capabilities in the spec means none for the process, never the
-    // helper's full set.
-    let caps = base.capabilities().clone().unwrap_or_else(|| {
+    // helper's full set (which is what libcontainer would leave it).
+    if p.capabilities().is_none() {
         let mut none = LinuxCapabilities::default();
         none.set_bounding(Some(Default::default()));
         none.set_effective(Some(Default::default()));
         none.set_permitted(Some(Default::default()));
         none.set_inheritable(None);
         none.set_ambient(None);
-        none
-    });
-    p.set_capabilities(Some(caps));
-    if let Some(nnp) = base.no_new_privileges() {
-        p.set_no_new_privileges(Some(nnp));
+        p.set_capabilities(Some(none));
     }
-    if t.width > 0 && t.height > 0 {
+
+    // libcontainer calls setgroups only for a non-empty list; otherwise the
+    // process would keep the helper's own supplementary groups. Containers
+    // created before config.json listed the groups have none: the primary
+    // group alone it is for them.
+    let gid = p.user().gid();
+    if p.user()
+        .additional_gids()
+        .as_ref()
+        .is_none_or(Vec::is_empty)
+    {
+        p.user_mut().set_additional_gids(Some(vec![gid]));
+    }
+
+    p.set_terminal(Some(terminal.is_some()));
+    p.set_console_size(None);
+    if let Some(t) = terminal.filter(|t| t.width > 0 && t.height > 0) {
         let size = BoxBuilder::default()
             .width(u64::from(t.width))
             .height(u64::from(t.height))
@@ -251,21 +267,56 @@ fn terminal_process(
             .map_err(|e| e.to_string())?;
         p.set_console_size(Some(size));
     }
+    Ok(p)
+}
+
+/// Writes `process` where the tenant builder reads it: a file of its own in
+/// the container's state directory, readable by root alone since the
+/// environment may hold secrets. The caller removes it after the exec.
+fn write_process_file(root: &Path, c: &Container, process: &Process) -> Result<PathBuf, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let json = serde_json::to_vec(process).map_err(|e| e.to_string())?;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or_default();
     let path = root.join(c.id()).join(format!("kestrel-exec-{nanos}.json"));
-    let json = serde_json::to_vec(&p).map_err(|e| e.to_string())?;
-    std::fs::write(&path, json).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| f.write_all(&json))
+        .map_err(|e| format!("writing {}: {e}", path.display()))?;
     Ok(path)
 }
 
-/// After a terminal exec: its process file, and the links to the console
-/// socket libcontainer leaves in the container's directory (it has
-/// connected through them by now; the helper runs one exec at a time).
-fn remove_terminal_leftovers(root: &Path, id: &str, process: &Path) {
-    let _ = std::fs::remove_file(process);
+/// Gives the FIFOs among an exec's stdio to the user it runs as, keeping
+/// their group, as runc does: the process can then also reopen them by
+/// name (`/dev/stdout`, `/proc/self/fd/2`), which opens the FIFO itself,
+/// not the descriptor it was given. /dev/null stays as it is.
+fn give_fifos_to(fds: &[OwnedFd], uid: u32) {
+    if uid == 0 {
+        return;
+    }
+    for fd in fds {
+        // SAFETY: fstat into a zeroed stat, fchown on a descriptor we own.
+        unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::fstat(fd.as_raw_fd(), &mut st) == 0
+                && st.st_mode & libc::S_IFMT == libc::S_IFIFO
+                && st.st_uid != uid
+            {
+                libc::fchown(fd.as_raw_fd(), uid, libc::gid_t::MAX);
+            }
+        }
+    }
+}
+
+/// After a terminal exec: the links to the console socket libcontainer
+/// leaves in the container's directory (it has connected through them by
+/// now; the helper runs one exec at a time).
+fn remove_console_links(root: &Path, id: &str) {
     if let Ok(entries) = std::fs::read_dir(root.join(id)) {
         for e in entries.flatten() {
             if e.file_name().to_string_lossy().starts_with("tenant-tty-") {
@@ -275,36 +326,91 @@ fn remove_terminal_leftovers(root: &Path, id: &str, process: &Path) {
     }
 }
 
-/// Runs the exec'd program like libcontainer's default executor, first
-/// giving the PTY (stdin by then) the client's size from the process's
-/// consoleSize, which libcontainer does not apply itself. Done here, in the
-/// container right before exec, the program never sees a 0x0 terminal, as
-/// it could if the agent set the size on the master afterwards.
+/// Runs an exec'd program like libcontainer's default executor, in the
+/// container right before exec, after what the tenant builder leaves
+/// undone:
+/// - on a terminal, the PTY (stdin by then) gets the client's size from the
+///   process's consoleSize, so the program never sees a 0x0 terminal, as
+///   it could if the agent set the size on the master afterwards; and it
+///   goes to the process's user (see `own_terminal`);
+/// - the container's seccomp filter: the tenant builder keeps only the
+///   namespaces and cgroup of the container's `linux` section, and runc
+///   applies the filter to exec'd processes too.
 #[derive(Clone)]
-struct SizedTerminal;
+struct ExecInContainer {
+    seccomp: Option<LinuxSeccomp>,
+}
 
-impl libcontainer::workload::Executor for SizedTerminal {
-    fn exec(
-        &self,
-        spec: &libcontainer::oci_spec::runtime::Spec,
-    ) -> Result<(), libcontainer::workload::ExecutorError> {
-        if let Some(size) = spec.process().as_ref().and_then(|p| p.console_size()) {
-            let ws = libc::winsize {
-                ws_row: size.height().min(u64::from(u16::MAX)) as u16,
-                ws_col: size.width().min(u64::from(u16::MAX)) as u16,
-                ws_xpixel: 0,
-                ws_ypixel: 0,
-            };
-            // SAFETY: an ioctl on our own stdin with a valid winsize.
-            unsafe { libc::ioctl(0, libc::TIOCSWINSZ, &ws) };
+impl ExecInContainer {
+    fn new(spec: &Spec) -> Result<Self, String> {
+        let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+        // A notify action needs a listener the agent does not run; the
+        // filter's syscalls would block forever.
+        if seccomp
+            .as_ref()
+            .is_some_and(libcontainer::seccomp::is_notify)
+        {
+            return Err("exec: seccomp notify profiles are not supported".into());
+        }
+        Ok(ExecInContainer { seccomp })
+    }
+}
+
+/// libcontainer opened the PTY's slave while still root, so it belongs to
+/// root (mode 0620, group tty). runc gives it to the process's user, and
+/// programs rely on that: they reopen their terminal by name (`$(tty)`,
+/// `/dev/stdin`) and some, like `screen`, refuse a terminal that is not
+/// theirs. Here that takes CAP_CHOWN among the container's capabilities
+/// (the default set has it); without it the program keeps its terminal,
+/// only not by name.
+fn own_terminal() {
+    // SAFETY: geteuid, fstat into a zeroed stat, fchown on our stdin.
+    unsafe {
+        let uid = libc::geteuid();
+        let mut st: libc::stat = std::mem::zeroed();
+        if uid != 0 && libc::fstat(0, &mut st) == 0 && st.st_uid != uid {
+            libc::fchown(0, uid, libc::gid_t::MAX);
+        }
+    }
+}
+
+impl libcontainer::workload::Executor for ExecInContainer {
+    fn exec(&self, spec: &Spec) -> Result<(), libcontainer::workload::ExecutorError> {
+        let process = spec.process().as_ref();
+        if process.and_then(|p| p.terminal()) == Some(true) {
+            if let Some(size) = process.and_then(|p| p.console_size()) {
+                let ws = libc::winsize {
+                    ws_row: size.height().min(u64::from(u16::MAX)) as u16,
+                    ws_col: size.width().min(u64::from(u16::MAX)) as u16,
+                    ws_xpixel: 0,
+                    ws_ypixel: 0,
+                };
+                // SAFETY: an ioctl on our own stdin with a valid winsize.
+                unsafe { libc::ioctl(0, libc::TIOCSWINSZ, &ws) };
+            }
+            own_terminal();
+        }
+        // Last before exec, so the filter governs the program alone. With
+        // no-new-privileges (Kubernetes' default) no capability is needed.
+        if let Some(filter) = &self.seccomp {
+            match libcontainer::seccomp::initialize_seccomp(filter) {
+                Ok(None) => {}
+                Ok(Some(_)) => {
+                    return Err(libcontainer::workload::ExecutorError::Other(
+                        "seccomp notify profiles are not supported".into(),
+                    ))
+                }
+                Err(e) => {
+                    return Err(libcontainer::workload::ExecutorError::Other(format!(
+                        "applying the container's seccomp filter: {e}"
+                    )))
+                }
+            }
         }
         libcontainer::workload::default::DefaultExecutor {}.exec(spec)
     }
 
-    fn validate(
-        &self,
-        spec: &libcontainer::oci_spec::runtime::Spec,
-    ) -> Result<(), libcontainer::workload::ExecutorValidationError> {
+    fn validate(&self, spec: &Spec) -> Result<(), libcontainer::workload::ExecutorValidationError> {
         libcontainer::workload::default::DefaultExecutor {}.validate(spec)
     }
 }
