@@ -11,6 +11,7 @@
 
 #[allow(dead_code)] // some constants are only read by the agent
 mod abi;
+mod lb;
 mod nat;
 
 use abi::{Endpoint, PacketCount};

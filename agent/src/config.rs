@@ -67,6 +67,8 @@ pub struct RunArgs {
     pub no_pods: bool,
     #[command(flatten)]
     pub network: crate::network::NetworkArgs,
+    #[command(flatten)]
+    pub services: crate::services::ServiceArgs,
 }
 
 fn pairs(s: &str, sep: char) -> anyhow::Result<Vec<(String, String)>> {

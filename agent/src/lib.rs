@@ -2,6 +2,7 @@
 use anyhow::Context;
 
 pub mod config;
+pub mod dns;
 pub mod ebpf;
 pub mod exec;
 pub mod image;
@@ -11,6 +12,7 @@ pub mod node;
 pub mod nodeapi;
 pub mod pods;
 pub mod runtime;
+pub mod services;
 
 /// Runs the agent: registers the Node, runs the pods bound to it and keeps
 /// both reported until SIGTERM. Containers keep running when the agent
@@ -28,11 +30,12 @@ pub async fn run(args: config::RunArgs) -> anyhow::Result<()> {
         None
     } else {
         let state = cfg.state_dir.canonicalize()?;
-        let runtime = runtime::Runtime::connect_or_spawn(
+        let runtime = runtime::Runtime::connect_or_spawn_in(
             &std::env::current_exe()?,
             &state.join("containers"),
             &state.join("runtime.sock"),
             &state.join("runtime-helper.log"),
+            services::runtime_group(&args.cgroup_root).as_deref(),
         )
         .await?;
         let images = image::ImageStore::open(&state.join("images"))?;
@@ -48,6 +51,16 @@ pub async fn run(args: config::RunArgs) -> anyhow::Result<()> {
             cfg.name.clone(),
             network.tunnel,
         ));
+        tokio::spawn(services::run(
+            client.clone(),
+            services::NodeInfo {
+                name: cfg.name.clone(),
+                ip,
+                cgroup_root: args.cgroup_root.clone(),
+                pin_dir: network.pin_dir.clone(),
+            },
+            args.services.clone(),
+        ));
         std::fs::create_dir_all(&args.log_dir)?;
         let env = std::sync::Arc::new(pods::Env {
             client: client.clone(),
@@ -60,6 +73,7 @@ pub async fn run(args: config::RunArgs) -> anyhow::Result<()> {
             cgroup_root: args.cgroup_root.clone(),
             insecure_registries: args.insecure_registries.clone(),
             network,
+            dns: args.services.cluster_dns(),
         });
         let runtime = env.runtime.clone();
         Some((tokio::spawn(pods::run(env)), runtime))
@@ -115,6 +129,7 @@ pub async fn reset(
         }
         let _ = r.shutdown().await;
     }
+    services::reset(cgroup_root);
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let prefix = state.to_string_lossy().to_string();
     let mut points: Vec<&str> = mounts

@@ -33,6 +33,9 @@ enum Command {
         /// The unix socket the agent connects to.
         #[arg(long)]
         socket: PathBuf,
+        /// A cgroup v2 directory to join first, so containers inherit it.
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
     },
     /// Stop every container of this node and remove what pods left behind
     /// (mounts, cgroups, sandboxes); images stay.
@@ -99,6 +102,15 @@ enum BpfCommand {
         #[arg(long)]
         netns: Option<PathBuf>,
     },
+    /// Show this node's service load balancer: frontends with their
+    /// backends, counters, socket translations, UDP flows and client
+    /// affinity.
+    Lb {
+        /// The agent's bpffs directory (default:
+        /// /sys/fs/bpf/kestrel/HOSTNAME).
+        #[arg(long)]
+        bpffs_dir: Option<PathBuf>,
+    },
 }
 
 fn default_pin_dir() -> anyhow::Result<PathBuf> {
@@ -120,7 +132,18 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         // Before any runtime or thread exists: libcontainer forks.
-        Command::RuntimeHelper { root, socket } => {
+        Command::RuntimeHelper {
+            root,
+            socket,
+            cgroup,
+        } => {
+            if let Some(dir) = cgroup {
+                // Containers need not be there to run, only to reach
+                // ClusterIPs: a failure is reported, not fatal.
+                if let Err(e) = kestrel_agent::services::cgroup::join(&dir) {
+                    tracing::error!("{e}; pods will not reach ClusterIPs");
+                }
+            }
             kestrel_agent::runtime::helper::serve(root, socket)
         }
         Command::Run(args) => tokio::runtime::Runtime::new()?.block_on(kestrel_agent::run(*args)),
@@ -205,6 +228,16 @@ fn main() -> anyhow::Result<()> {
             let report = tokio::runtime::Runtime::new()?
                 .block_on(kestrel_agent::network::describe(&pins))?;
             print!("{report}");
+            Ok(())
+        }
+        Command::Bpf {
+            command: BpfCommand::Lb { bpffs_dir },
+        } => {
+            let pins = match bpffs_dir {
+                Some(d) => d,
+                None => default_pin_dir()?,
+            };
+            print!("{}", kestrel_agent::services::describe(&pins)?);
             Ok(())
         }
     }

@@ -218,8 +218,10 @@ fn check_in(object: &[u8], pins: &Path) -> Result<String, Error> {
     for name in names {
         if let Some(prog) = ebpf.program_mut(&name) {
             let kind = format!("{:?}", prog.prog_type());
-            if let Ok(p) = <&mut SchedClassifier>::try_from(prog) {
-                p.load()?;
+            match prog {
+                aya::programs::Program::SchedClassifier(p) => p.load()?,
+                aya::programs::Program::CgroupSockAddr(p) => p.load()?,
+                _ => {}
             }
             out.push_str(&format!("program {name} ({kind}): loaded\n"));
         }

@@ -36,6 +36,8 @@ pub struct Env {
     pub insecure_registries: Vec<String>,
     /// Pod addresses, veths and the datapath.
     pub network: Arc<crate::network::Network>,
+    /// The cluster DNS ClusterFirst pods use, if the agent serves one.
+    pub dns: Option<crate::dns::ClusterDns>,
 }
 
 /// Records a core/v1 Event about `pod` from this agent.

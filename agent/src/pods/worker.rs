@@ -427,7 +427,9 @@ impl Worker {
         if !self.sandbox.exists() {
             let name = self.pod.name_any();
             let hosts = format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{name}\n");
-            let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+            let node_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+            let resolv =
+                crate::dns::resolv::resolv_conf(&self.pod, self.env.dns.as_ref(), &node_resolv);
             if let Err(e) = self.sandbox.create(&name, &hosts, &resolv) {
                 self.event(
                     "Warning",

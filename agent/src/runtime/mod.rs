@@ -58,6 +58,19 @@ impl Runtime {
         socket: &Path,
         log: &Path,
     ) -> Result<Self, RuntimeError> {
+        Self::connect_or_spawn_in(exe, root, socket, log, None).await
+    }
+
+    /// Like `connect_or_spawn`; a helper it starts first joins the cgroup
+    /// v2 directory `cgroup`, which every container then inherits (see
+    /// `services::cgroup`).
+    pub async fn connect_or_spawn_in(
+        exe: &Path,
+        root: &Path,
+        socket: &Path,
+        log: &Path,
+        cgroup: Option<&Path>,
+    ) -> Result<Self, RuntimeError> {
         if let Ok(stream) = tokio::net::UnixStream::connect(socket).await {
             tracing::info!("reconnected to the runtime helper at {}", socket.display());
             return Ok(Self::attach(stream));
@@ -73,6 +86,7 @@ impl Runtime {
             .arg(root)
             .arg("--socket")
             .arg(socket)
+            .args(cgroup.iter().flat_map(|c| [Path::new("--cgroup"), c]))
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().map_err(RuntimeError::Spawn)?)
             .stderr(log);
