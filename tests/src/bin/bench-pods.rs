@@ -245,12 +245,17 @@ struct Report {
     baseline: Vec<f64>,
 }
 
+/// Address of the bench's node on its own (otherwise empty) link.
+const NODE_IP: &str = "10.99.0.10";
+
 async fn run(
     a: &Args,
     env: &mut Env,
     state: &Path,
     logs: &Path,
     cgroup_root: &str,
+    node_ns: &harness::net::Netns,
+    pins: &Path,
 ) -> Result<Report> {
     let release = target_dir().join("release");
     let cp = a
@@ -278,27 +283,34 @@ async fn run(
         }
     }
     let node = "bench-node";
-    let mut agent_proc = Proc::spawn(
-        "agent",
-        Command::new(&agent)
-            .args([
-                "run",
-                "--master",
-                &env.api_url,
-                "--node-name",
-                node,
-                "--node-ip",
-                "127.0.0.1",
-            ])
-            .arg(format!("--node-api-address=127.0.0.1:{}", free_port()?))
-            .arg("--state-dir")
-            .arg(state)
-            .arg("--log-dir")
-            .arg(logs)
-            .args(["--cgroup-root", cgroup_root])
-            .env("RUST_LOG", "warn"),
-        &env.dir.path().join("agent.log"),
-    )?;
+    // The node is a network namespace of its own (pods get veths and
+    // routes there, never on this machine), whose loopback leads to the
+    // API server.
+    let api_addr: std::net::SocketAddr = env.api_url.trim_start_matches("http://").parse()?;
+    let _relay = harness::forward::Forward::start(Some(&node_ns.path()), api_addr, None, api_addr)?;
+    let mut cmd = Command::new(&agent);
+    cmd.args([
+        "run",
+        "--master",
+        &env.api_url,
+        "--node-name",
+        node,
+        "--node-ip",
+        NODE_IP,
+        "--pod-cidr",
+        "10.244.0.0/24",
+    ])
+    .arg(format!("--node-api-address=127.0.0.1:{}", free_port()?))
+    .arg("--state-dir")
+    .arg(state)
+    .arg("--log-dir")
+    .arg(logs)
+    .arg("--bpffs-dir")
+    .arg(pins)
+    .args(["--cgroup-root", cgroup_root])
+    .env("RUST_LOG", "warn");
+    harness::net::in_netns(&mut cmd, node_ns)?;
+    let mut agent_proc = Proc::spawn("agent", &mut cmd, &env.dir.path().join("agent.log"))?;
     let client = kube::Client::try_from(kube::Config::new(env.api_url.parse()?))?;
     let api: Api<Pod> = Api::namespaced(client.clone(), "default");
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client);
@@ -415,19 +427,31 @@ async fn main_inner(a: Args) -> Result<()> {
     let logs = env.dir.path().join("logs");
     std::fs::create_dir_all(&state)?;
     let cgroup_root = format!("/kestrel-bench-{}", std::process::id());
-    let result = run(&a, &mut env, &state, &logs, &cgroup_root).await;
-    // Whatever happened, leave no container, mount or cgroup behind.
+    let node_ns = harness::net::Netns::new("bench")?;
+    node_ns.exec(&[
+        "ip", "link", "add", "up0", "type", "veth", "peer", "name", "up1",
+    ])?;
+    node_ns.addr_up("up0", &format!("{NODE_IP}/24"))?;
+    node_ns.exec(&["ip", "link", "set", "up1", "up"])?;
+    let pins = Path::new("/sys/fs/bpf/kestrel").join(node_ns.name());
+    let result = run(&a, &mut env, &state, &logs, &cgroup_root, &node_ns, &pins).await;
+    // Whatever happened, leave no container, mount, cgroup or pin behind
+    // (the namespace goes with its links and routes on drop).
     let agent = a
         .agent_bin
         .clone()
         .unwrap_or_else(|| target_dir().join("release").join("agent"));
-    let _ = Command::new(&agent)
+    let mut reset = Command::new(&agent);
+    reset
         .arg("reset")
         .arg("--state-dir")
         .arg(&state)
         .args(["--cgroup-root", &cgroup_root])
-        .stderr(Stdio::null())
-        .status();
+        .arg("--bpffs-dir")
+        .arg(&pins)
+        .stderr(Stdio::null());
+    harness::net::in_netns(&mut reset, &node_ns)?;
+    let _ = reset.status();
     let report = result?;
     let table = render(&a, &report);
     println!("{table}");
