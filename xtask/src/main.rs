@@ -2,6 +2,7 @@
 
 mod bench;
 mod cluster;
+mod dist;
 mod ebpf;
 mod setup;
 mod util;
@@ -43,6 +44,10 @@ enum Task {
     /// Build in release and run a benchmark; writes target/bench/<what>.md.
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// Build a release for bare-metal machines: binaries, systemd units,
+    /// configuration and install.sh in target/dist/kestrel-<version>-<arch>/
+    /// and a .tar.gz of it.
+    Dist(dist::DistArgs),
     /// Run every test: set-up first, then the whole workspace's test suite.
     Test {
         /// Extra arguments passed to `cargo test` (after `--`, e.g. a test name).
@@ -62,6 +67,7 @@ fn main() {
         Task::Down(args) => cluster::down(args),
         Task::Image(task) => cluster::image(task),
         Task::Bench(what) => bench::run(what),
+        Task::Dist(args) => dist::run(args),
         Task::Test { args } => test(&args),
     };
     if let Err(e) = result {

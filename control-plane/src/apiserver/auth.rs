@@ -77,7 +77,7 @@ impl Pki {
     }
 }
 
-fn write_private(path: &Path, data: &str) -> anyhow::Result<()> {
+pub fn write_private(path: &Path, data: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()

@@ -196,6 +196,9 @@ async fn route(axum::extract::State(state): axum::extract::State<State>, req: Re
                     Ok(b) => b,
                     Err(_) => return ApiError::too_large(request::MAX_BODY).into_response(),
                 };
+                if let Err(e) = node_creates_only_its_own(&user, &method, &target, &body) {
+                    return e.into_response();
+                }
                 match handlers::dispatch(&state, &method, &target, &query, &parts.headers, &body)
                     .await
                 {
@@ -207,6 +210,42 @@ async fn route(axum::extract::State(state): axum::extract::State<State>, req: Re
     };
     tracing::debug!(method = %parts.method, %path, status = resp.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "request");
     resp
+}
+
+/// A node may create its own Node and Lease only: the name is in the body
+/// of a create, which path-based authorization cannot see.
+fn node_creates_only_its_own(
+    user: &auth::User,
+    method: &Method,
+    target: &request::Target,
+    body: &[u8],
+) -> Result<(), ApiError> {
+    let Some(node) = user.node_name() else {
+        return Ok(());
+    };
+    if *method != Method::POST
+        || target.name.is_some()
+        || !matches!(target.res.plural, "nodes" | "leases")
+    {
+        return Ok(());
+    }
+    let name = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.pointer("/metadata/name")?.as_str().map(str::to_string));
+    if name.as_deref() == Some(node) {
+        return Ok(());
+    }
+    let ns = target.namespace.as_deref().unwrap_or("");
+    Err(ApiError::forbidden(
+        &user.name,
+        "create",
+        target.res.plural,
+        ns,
+        &format!(
+            "node {node:?} may only create its own {}",
+            target.res.plural
+        ),
+    ))
 }
 
 /// Checks `user` against the target; for a node writing a pod, the pod's
@@ -285,7 +324,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            std::fs::write(path, kc)?;
+            // It holds the admin's private key.
+            auth::write_private(path, &kc)?;
             tracing::info!(path = %path.display(), "wrote the admin kubeconfig");
         }
         let tls = tokio_rustls::TlsAcceptor::from(auth::server_config(&pki)?);
@@ -371,5 +411,36 @@ async fn serve_tls(
                     .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
                     .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_creates_only_its_own_node_and_lease() {
+        let node = auth::User {
+            name: "system:node:n1".into(),
+            groups: vec!["system:nodes".into()],
+        };
+        let nodes = request::parse_path("/api/v1/nodes").unwrap().unwrap();
+        let leases =
+            request::parse_path("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases")
+                .unwrap()
+                .unwrap();
+        let own = br#"{"metadata":{"name":"n1"}}"#;
+        let other = br#"{"metadata":{"name":"n2"}}"#;
+        assert!(node_creates_only_its_own(&node, &Method::POST, &nodes, own).is_ok());
+        assert!(node_creates_only_its_own(&node, &Method::POST, &leases, own).is_ok());
+        let e = node_creates_only_its_own(&node, &Method::POST, &nodes, other).unwrap_err();
+        assert_eq!(e.into_response().status(), 403);
+        assert!(node_creates_only_its_own(&node, &Method::POST, &leases, other).is_err());
+        // A body it cannot read is refused too.
+        assert!(node_creates_only_its_own(&node, &Method::POST, &nodes, b"\x00k8s").is_err());
+        // Admins are not concerned.
+        assert!(
+            node_creates_only_its_own(&auth::User::admin(), &Method::POST, &nodes, other).is_ok()
+        );
     }
 }
