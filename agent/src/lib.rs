@@ -5,6 +5,7 @@ pub mod config;
 pub mod dns;
 pub mod ebpf;
 pub mod exec;
+pub mod metrics;
 pub mod image;
 pub mod netns;
 pub mod network;
@@ -76,9 +77,11 @@ pub async fn run(args: config::RunArgs) -> anyhow::Result<()> {
             dns: args.services.cluster_dns(),
         });
         let runtime = env.runtime.clone();
-        Some((tokio::spawn(pods::run(env)), runtime))
+        let pins = env.network.pin_dir.clone();
+        Some((tokio::spawn(pods::run(env)), runtime, pins))
     };
     let runtime = pods.as_ref().map(|p| p.1.clone());
+    let pins = pods.as_ref().map(|p| p.2.clone());
     // Absolute: the runtime helper opens these paths from its own cwd.
     let exec_dir = cfg.state_dir.canonicalize()?.join("exec");
     let api = tokio::spawn(nodeapi::serve(
@@ -87,6 +90,7 @@ pub async fn run(args: config::RunArgs) -> anyhow::Result<()> {
         runtime,
         exec_dir,
         ca,
+        pins,
     ));
     let beat = node::heartbeat(client, cfg, || true);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -95,7 +99,7 @@ pub async fn run(args: config::RunArgs) -> anyhow::Result<()> {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
-    if let Some((p, _)) = pods {
+    if let Some((p, _, _)) = pods {
         p.abort();
     }
     api.abort();

@@ -222,6 +222,7 @@ pub async fn serve(
     runtime: Option<crate::runtime::Runtime>,
     exec_dir: PathBuf,
     ca_der: Option<Vec<Vec<u8>>>,
+    pins: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let app = axum::Router::new()
         .route(
@@ -233,6 +234,18 @@ pub async fn serve(
             axum::routing::get(crate::exec::handle),
         )
         .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let pins = pins.clone();
+                async move {
+                    (
+                        [("content-type", "text/plain; version=0.0.4")],
+                        crate::metrics::render(pins.as_deref()),
+                    )
+                }
+            }),
+        )
         .with_state(Arc::new(Ctx {
             log_dir,
             runtime,

@@ -213,6 +213,19 @@ fn pods_reach_each_other_on_one_node_and_across_nodes() {
         "{status}"
     );
 
+    // The agent's metrics count its pods, their start-up and the datapath.
+    let metrics = n1
+        .exec(&["curl", "-sS", "-m", "3", "http://127.0.0.1:10250/metrics"])
+        .unwrap();
+    for want in [
+        "kestrel_agent_pods 2",
+        "kestrel_agent_pod_start_duration_seconds_count 2",
+        "kestrel_datapath_endpoints 2",
+        "kestrel_datapath_decisions_total{decision=\"pod_to_local_pod\"}",
+    ] {
+        assert!(metrics.contains(want), "no {want:?} in\n{metrics}");
+    }
+
     // No packet filter rule anywhere: neither in the nodes nor on the host.
     for n in &nodes {
         for cmd in [&["iptables-save"][..], &["nft", "list", "ruleset"][..]] {

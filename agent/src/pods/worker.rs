@@ -78,6 +78,8 @@ pub struct Worker {
     /// The pod's network attachment, once made (saved in the sandbox so a
     /// restarted agent finds it again).
     endpoint: Option<crate::network::Endpoint>,
+    /// Whether the pod's start-up was measured (or cannot be: adopted).
+    start_seen: bool,
 }
 
 impl Worker {
@@ -136,6 +138,7 @@ impl Worker {
             runs,
             reported: None,
             endpoint: None,
+            start_seen: false,
         }
     }
 
@@ -260,6 +263,7 @@ impl Worker {
                         r.logs.push(t);
                     }
                 }
+                self.start_seen = true;
                 tracing::info!("adopted running container {}", c.id);
             } else {
                 // It stopped while no agent watched: its exit is known to the
@@ -283,6 +287,15 @@ impl Worker {
 
     /// Runs until the pod is gone or deleted and cleaned up.
     pub async fn run(mut self, mut updates: watch::Receiver<Option<Arc<Pod>>>) {
+        // Counted while this worker lives, whichever way it ends.
+        struct Running;
+        impl Drop for Running {
+            fn drop(&mut self) {
+                crate::metrics::PODS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        crate::metrics::PODS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _running = Running;
         let mut exits = self.env.runtime.exits();
         self.adopt().await;
         loop {
@@ -619,6 +632,7 @@ impl Worker {
         .await
         {
             Ok(img) => {
+                crate::metrics::IMAGE_PULL.observe(t.elapsed());
                 self.event(
                     "Normal",
                     "Pulled",
@@ -1230,6 +1244,17 @@ impl Worker {
         let status = self.status();
         if self.reported.as_ref() == Some(&status) {
             return;
+        }
+        // First seen running by this agent (an adopted pod was running
+        // already and says nothing about start-up).
+        if status["phase"] == "Running" && !self.start_seen {
+            self.start_seen = true;
+            if let Some(created) = &self.pod.metadata.creation_timestamp {
+                let age = k8s_openapi::jiff::Timestamp::now().duration_since(created.0);
+                if let Ok(d) = std::time::Duration::try_from(age) {
+                    crate::metrics::POD_START.observe(d);
+                }
+            }
         }
         let api: Api<Pod> = Api::namespaced(
             self.env.client.clone(),
