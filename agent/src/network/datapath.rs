@@ -250,23 +250,33 @@ pub fn remove_pins(pin_dir: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Masqueraded flows in `pin_dir`'s conntrack: (pod, pod port, remote,
-/// remote port, protocol, node port), for `agent bpf status`.
-pub fn read_nat(pin_dir: &Path) -> Result<Vec<(Ipv4Addr, u16, Ipv4Addr, u16, u8, u16)>, Error> {
+/// One masqueraded flow, as `agent bpf status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct NatFlow {
+    pub pod: Ipv4Addr,
+    pub pod_port: u16,
+    pub remote: Ipv4Addr,
+    pub remote_port: u16,
+    pub proto: u8,
+    pub node_port: u16,
+}
+
+/// Masqueraded flows in `pin_dir`'s conntrack.
+pub fn read_nat(pin_dir: &Path) -> Result<Vec<NatFlow>, Error> {
     let data = MapData::from_pin(pin_dir.join(abi::SNAT_OUT_MAP))?;
     let map = aya::maps::Map::LruHashMap(data);
     let map: HashMap<_, NatKey, NatValue> = HashMap::try_from(map)?;
     let mut out = Vec::new();
     for item in map.iter() {
         let (k, v) = item?;
-        out.push((
-            Ipv4Addr::from(k.src.to_ne_bytes()),
-            k.sport,
-            Ipv4Addr::from(k.dst.to_ne_bytes()),
-            k.dport,
-            k.proto,
-            v.port,
-        ));
+        out.push(NatFlow {
+            pod: Ipv4Addr::from(k.src.to_ne_bytes()),
+            pod_port: k.sport,
+            remote: Ipv4Addr::from(k.dst.to_ne_bytes()),
+            remote_port: k.dport,
+            proto: k.proto,
+            node_port: v.port,
+        });
     }
     out.sort();
     Ok(out)

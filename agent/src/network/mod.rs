@@ -475,8 +475,8 @@ pub async fn describe(pin_dir: &Path) -> anyhow::Result<String> {
     }
     let nat = datapath::read_nat(pin_dir)?;
     writeln!(out, "\nmasqueraded flows ({}):", nat.len())?;
-    for (pod, pport, remote, rport, proto, nport) in nat.iter().take(50) {
-        let proto = match proto {
+    for f in nat.iter().take(50) {
+        let proto = match f.proto {
             6 => "tcp",
             17 => "udp",
             1 => "icmp",
@@ -484,7 +484,8 @@ pub async fn describe(pin_dir: &Path) -> anyhow::Result<String> {
         };
         writeln!(
             out,
-            "  {proto:<4} {pod}:{pport} -> {remote}:{rport} as node port {nport}"
+            "  {proto:<4} {}:{} -> {}:{} as node port {}",
+            f.pod, f.pod_port, f.remote, f.remote_port, f.node_port
         )?;
     }
     writeln!(out, "\ncounters:")?;
