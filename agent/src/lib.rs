@@ -31,6 +31,7 @@ pub async fn run(args: config::RunArgs) -> anyhow::Result<()> {
         None
     } else {
         let state = cfg.state_dir.canonicalize()?;
+        tracing::info!("connecting to the runtime helper");
         let runtime = runtime::Runtime::connect_or_spawn_in(
             &std::env::current_exe()?,
             &state.join("containers"),

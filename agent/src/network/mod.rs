@@ -96,7 +96,16 @@ impl Network {
         state_dir: &Path,
     ) -> anyhow::Result<Arc<Self>> {
         let pod_cidr = pod_cidr(client, node_name, args.pod_cidr).await?;
-        let (uplink, uplink_index, uplink_mtu) = uplink(node_ip, args.uplink.as_deref()).await?;
+        tracing::info!(%pod_cidr, "pod CIDR");
+        // Netlink answers in microseconds; a dump that never ends must not
+        // leave the agent silently stuck.
+        let (uplink, uplink_index, uplink_mtu) = tokio::time::timeout(
+            Duration::from_secs(15),
+            uplink(node_ip, args.uplink.as_deref()),
+        )
+        .await
+        .context("no answer from netlink about the uplink in 15 s")??;
+        tracing::info!(%uplink, mtu = uplink_mtu, "uplink");
         let pod_mtu = match args.tunnel {
             Tunnel::None => uplink_mtu,
             Tunnel::Vxlan => uplink_mtu - vxlan::OVERHEAD,
@@ -116,6 +125,7 @@ impl Network {
             .clone()
             .unwrap_or_else(|| default_pin_dir(node_name));
         let object = crate::ebpf::object(None)?;
+        tracing::info!(pins = %pin_dir.display(), "loading the datapath");
         let mut dp = Datapath::load(&object, &pin_dir)
             .with_context(|| format!("loading the datapath (pins in {})", pin_dir.display()))?;
         dp.configure(node_ip, args.cluster_cidr, args.masquerade)?;
