@@ -12,12 +12,18 @@ use crate::net::Segment;
 use crate::ports::free_port;
 use crate::process::{wait_for, Guarded};
 
-/// Path of a binary built from this workspace (`cargo build --workspace`).
+/// Path of a binary built from this workspace (`cargo build --workspace`):
+/// the debug build, or the one in `$KESTREL_BIN_DIR` when that is set
+/// (benchmarks run the harness on release builds).
 pub fn binary(name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate::workspace_root().join("target"));
-    let path = target.join("debug").join(name);
+    let dir = match std::env::var_os("KESTREL_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| crate::workspace_root().join("target"))
+            .join("debug"),
+    };
+    let path = dir.join(name);
     assert!(
         path.exists(),
         "{} is missing: build the workspace first (`cargo build --workspace`, which `cargo xtask test` does)",

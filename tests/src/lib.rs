@@ -13,6 +13,7 @@ pub mod forward;
 pub mod kubectl;
 pub mod names;
 pub mod net;
+pub mod netbench;
 pub mod node;
 pub mod ports;
 pub mod process;

@@ -31,6 +31,14 @@ pub enum Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Pod network: iperf3 throughput, TCP_RR and TCP_CRR on a plain veth
+    /// pair, the eBPF datapath (one node, two nodes) and the CNI bridge
+    /// plugin; a table and `target/bench/net.png`. Needs root.
+    Net {
+        /// Options for the bench program, e.g. `--duration 3 --rounds 2`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// `$CARGO_TARGET_DIR` or the workspace's `target/`, where cargo puts the binaries.
@@ -73,6 +81,11 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Pods { args } => {
             util::step("running bench-pods");
             let mut cmd = Command::new(release.join("bench-pods"));
+            util::run(cmd.args(&args).current_dir(util::root()))
+        }
+        Bench::Net { args } => {
+            util::step("running bench-net");
+            let mut cmd = Command::new(release.join("bench-net"));
             util::run(cmd.args(&args).current_dir(util::root()))
         }
         Bench::Scheduler { args } => {

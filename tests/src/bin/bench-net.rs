@@ -1,0 +1,642 @@
+//! `bench-net`: throughput and request/response rates of the pod network,
+//! against the machine's limit and against the reference bridge plugin.
+//!
+//! It builds six paths, each between network namespaces of its own:
+//! a plain veth pair (nothing but the link: the limit), node to node over
+//! the segment bridge the nodes share (the limit of any path across
+//! nodes), pod to pod on one node and across two nodes with the real agent
+//! and its eBPF datapath (nodes as namespaces on a segment bridge, as in
+//! the end-to-end tests), and the same two with Debian's CNI `bridge`
+//! plugin (`host-local` IPAM, a bridge per node, routes between the
+//! nodes). On each it measures one
+//! iperf3 TCP stream, TCP_RR and TCP_CRR (`netperf-rr`), repeats that in
+//! rounds that interleave the paths, and reports the medians as a
+//! Markdown table (stdout and `target/bench/net.md`) and a bar chart
+//! (`target/bench/net.png`). Every namespace, process, mount, cgroup and
+//! bpffs directory is removed at the end, also on error.
+//!
+//! `cargo xtask bench net [OPTIONS]` builds the release binaries and runs
+//! this; it needs root.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::Parser;
+use serde_json::Value;
+
+use harness::benchkit::target_dir;
+use harness::cluster::ControlPlane;
+use harness::net::{veth_between, Netns, Segment};
+use harness::netbench::bridge_cni::CniNode;
+use harness::netbench::chart::{self, Bar, Family, Panel};
+use harness::netbench::{
+    background_busy, catch_interrupts, check_interrupted, interrupted, median, reachable,
+    tune_client, Cpus, Metric, Pair, Runner, StdoutToStderr,
+};
+use harness::node::Node;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bench-net",
+    about = "Benchmark pod to pod throughput, TCP_RR and TCP_CRR: plain veth, the eBPF datapath, the CNI bridge plugin"
+)]
+struct Args {
+    /// Seconds each measurement runs (iperf3 adds one second of warm-up
+    /// that it leaves out).
+    #[arg(long, default_value_t = 2)]
+    duration: u64,
+    /// How often every measurement is repeated; the table shows the median
+    /// and the range.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Leave the measuring processes to the scheduler instead of pinning
+    /// TCP_RR and TCP_CRR to one CPU and iperf3's ends to one CPU each.
+    #[arg(long)]
+    no_pin: bool,
+    /// Directory of the release binaries (agent, control-plane,
+    /// netperf-rr); default: the directory of this program.
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+}
+
+/// One measured path.
+struct Case {
+    /// Row heading in the table.
+    title: &'static str,
+    /// Bar label in the chart.
+    short: &'static str,
+    family: Family,
+    pair: Pair,
+}
+
+/// Everything the paths are made of, removed on drop in field order: the
+/// agents' nodes (their pods first) before the control plane they talk to.
+struct Testbed {
+    nodes: Vec<Node>,
+    _cp: ControlPlane,
+    _cni_nodes: Vec<CniNode>,
+    _cni_segment: Segment,
+    _veth: (Netns, Netns),
+    cases: Vec<Case>,
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        // Ctrl-C reaches the API server too: deleting the pods through it
+        // would only wait out kubectl's timeouts. Without an agent process
+        // the node's drop skips that, and its `agent reset` stops the pods'
+        // containers and removes their sandboxes all the same.
+        if interrupted() {
+            for n in &mut self.nodes {
+                n.proc = None;
+            }
+        }
+    }
+}
+
+/// Two namespaces joined by one veth pair.
+fn plain_veth() -> Result<((Netns, Netns), Pair)> {
+    let a = Netns::new("va")?;
+    let b = Netns::new("vb")?;
+    let (in_a, in_b) = veth_between(&a, &b, "v")?;
+    a.addr_up(&in_a, "10.98.0.1/24")?;
+    b.addr_up(&in_b, "10.98.0.2/24")?;
+    let pair = Pair {
+        client_ns: a.path(),
+        server_ns: b.path(),
+        server_ip: "10.98.0.2".parse()?,
+    };
+    Ok(((a, b), pair))
+}
+
+/// Two nodes with the bridge plugin: pods 0 and 1 on the first, pod 0 on
+/// the second. Returns (segment, nodes, node-to-node pair, same-node pair,
+/// cross-node pair).
+fn bridge_plugin() -> Result<(Segment, Vec<CniNode>, Pair, Pair, Pair)> {
+    let segment = Segment::new()?;
+    let mut n1 = CniNode::new(&segment, 1)?;
+    let mut n2 = CniNode::new(&segment, 2)?;
+    n1.route_to(&n2)?;
+    n2.route_to(&n1)?;
+    n1.add_pod()?;
+    n1.add_pod()?;
+    n2.add_pod()?;
+    // The nodes themselves: the segment's veths and bridge, no pod link.
+    let nodes = Pair {
+        client_ns: n1.netns.path(),
+        server_ns: n2.netns.path(),
+        server_ip: n2.ip.parse()?,
+    };
+    let same = Pair {
+        client_ns: n1.pods[0].netns.path(),
+        server_ns: n1.pods[1].netns.path(),
+        server_ip: n1.pods[1].ip,
+    };
+    let cross = Pair {
+        client_ns: n1.pods[0].netns.path(),
+        server_ns: n2.pods[0].netns.path(),
+        server_ip: n2.pods[0].ip,
+    };
+    Ok((segment, vec![n1, n2], nodes, same, cross))
+}
+
+/// A pod that only holds its sandbox: the measuring processes join its
+/// network namespace from outside.
+fn pod_yaml(name: &str, node: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  \
+         terminationGracePeriodSeconds: 0\n  containers:\n  - {{name: c, image: busybox, command: [sleep, '3600']}}\n---\n"
+    )
+}
+
+/// The network namespace and address of pod `name` on `node`, once it runs.
+fn pod_endpoint(
+    k: &harness::kubectl::Kubectl,
+    name: &str,
+    node: &Node,
+) -> Result<(PathBuf, std::net::Ipv4Addr)> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        check_interrupted()?;
+        if let Ok(out) = k.run(&["get", "pod", name, "-o", "json"]) {
+            let p: Value = serde_json::from_str(&out)?;
+            let ip = p["status"]["podIP"].as_str().and_then(|s| s.parse().ok());
+            let uid = p["metadata"]["uid"].as_str();
+            if let (true, Some(ip), Some(uid)) = (p["status"]["phase"] == "Running", ip, uid) {
+                // Where the agent bind-mounts the pod's namespace.
+                let ns = node
+                    .state
+                    .path()
+                    .join("pods")
+                    .join(uid)
+                    .join("sandbox/ns/net");
+                ensure!(
+                    ns.exists(),
+                    "pod {name} runs but {} is missing",
+                    ns.display()
+                );
+                return Ok((ns, ip));
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "pod {name} not Running with an IP after 90 s\n{}",
+                node.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The real control plane and two agents; pods a1 and a2 on the first
+/// node, b1 on the second. Returns (cp, nodes, same-node, cross-node).
+fn ebpf_datapath() -> Result<(ControlPlane, Vec<Node>, Pair, Pair)> {
+    let cp = ControlPlane::start_networked(&[])?;
+    let n1 = Node::start(&cp);
+    let n2 = Node::start(&cp);
+    let k = cp.kubectl();
+    let yaml = pod_yaml("a1", &n1.name) + &pod_yaml("a2", &n1.name) + &pod_yaml("b1", &n2.name);
+    let out = k.run_stdin(&["apply", "-f", "-"], &yaml)?;
+    ensure!(
+        out.status.success(),
+        "kubectl apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (a1, _) = pod_endpoint(&k, "a1", &n1)?;
+    let (a2, a2_ip) = pod_endpoint(&k, "a2", &n1)?;
+    let (b1, b1_ip) = pod_endpoint(&k, "b1", &n2)?;
+    let same = Pair {
+        client_ns: a1.clone(),
+        server_ns: a2,
+        server_ip: a2_ip,
+    };
+    let cross = Pair {
+        client_ns: a1,
+        server_ns: b1,
+        server_ip: b1_ip,
+    };
+    Ok((cp, vec![n1, n2], same, cross))
+}
+
+fn build() -> Result<Testbed> {
+    eprintln!("  plain veth pair");
+    let (veth, veth_pair) = plain_veth()?;
+    eprintln!("  bridge plugin: two nodes, three pods");
+    let (cni_segment, cni_nodes, node_to_node, bridge_same, bridge_cross) = bridge_plugin()?;
+    eprintln!("  control plane and two agents, three pods");
+    let (cp, nodes, ours_same, ours_cross) = ebpf_datapath()?;
+    let cases = vec![
+        Case {
+            title: "plain veth pair (the limit)",
+            short: "veth",
+            family: Family::Veth,
+            pair: veth_pair,
+        },
+        Case {
+            title: "node to node over the segment bridge (the limit across nodes)",
+            short: "node to node",
+            family: Family::Veth,
+            pair: node_to_node,
+        },
+        Case {
+            title: "eBPF datapath, pod to pod, same node",
+            short: "ours, 1 node",
+            family: Family::Ours,
+            pair: ours_same,
+        },
+        Case {
+            title: "eBPF datapath, pod to pod, two nodes",
+            short: "ours, 2 nodes",
+            family: Family::Ours,
+            pair: ours_cross,
+        },
+        Case {
+            title: "bridge plugin, pod to pod, same node",
+            short: "bridge, 1 node",
+            family: Family::Bridge,
+            pair: bridge_same,
+        },
+        Case {
+            title: "bridge plugin, pod to pod, two nodes",
+            short: "bridge, 2 nodes",
+            family: Family::Bridge,
+            pair: bridge_cross,
+        },
+    ];
+    Ok(Testbed {
+        nodes,
+        _cp: cp,
+        _cni_nodes: cni_nodes,
+        _cni_segment: cni_segment,
+        _veth: veth,
+        cases,
+    })
+}
+
+/// A decision counter of `node`'s eBPF programs, as `agent bpf status`
+/// prints it.
+fn counter(node: &Node, name: &str) -> Result<u64> {
+    let status = node.bpf_status();
+    status
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next() == Some(name)).then(|| f.next()?.parse().ok())?
+        })
+        .with_context(|| format!("no counter {name} in:\n{status}"))
+}
+
+/// The counters that show pod traffic took the programs: (node index,
+/// counter) for same-node delivery, leaving for the other node, and
+/// arriving from it.
+const COUNTERS: [(usize, &str); 3] = [
+    (0, "pod_to_local_pod"),
+    (0, "pod_to_remote_node"),
+    (1, "uplink_to_local_pod"),
+];
+
+fn counters(nodes: &[Node]) -> Result<Vec<u64>> {
+    COUNTERS
+        .iter()
+        .map(|(n, name)| counter(&nodes[*n], name))
+        .collect()
+}
+
+/// What the report says besides the measurements.
+struct RunInfo {
+    /// CPU busy percent before and after measuring.
+    busy: (f64, f64),
+    /// Seconds of measuring.
+    wall: f64,
+    /// The eBPF counters' increase over the measurements, per [`COUNTERS`].
+    counted: Vec<u64>,
+}
+
+/// samples[case][metric]: one value per round.
+type Samples = Vec<[Vec<f64>; 3]>;
+
+fn measure_all(a: &Args, runner: &Runner, cases: &[Case]) -> Result<Samples> {
+    let mut samples: Samples = cases.iter().map(|_| Default::default()).collect();
+    for round in 1..=a.rounds {
+        for (m, metric) in Metric::ALL.into_iter().enumerate() {
+            // Paths interleave, so a burst of load from elsewhere on the
+            // machine spreads over all of them rather than one.
+            for (c, case) in cases.iter().enumerate() {
+                check_interrupted()?;
+                let v = match runner.measure(metric, &case.pair) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        check_interrupted()?;
+                        eprintln!("    {}: {e:#}; once more", case.title);
+                        runner.measure(metric, &case.pair)?
+                    }
+                };
+                eprintln!(
+                    "  round {round}/{}: {}: {}: {}",
+                    a.rounds,
+                    metric.title(),
+                    case.title,
+                    fmt(v)
+                );
+                samples[c][m].push(v);
+            }
+        }
+    }
+    Ok(samples)
+}
+
+fn fmt(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn cell(v: &[f64]) -> String {
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if v.len() > 1 {
+        format!("{} ({}–{})", fmt(median(v)), fmt(lo), fmt(hi))
+    } else {
+        fmt(median(v))
+    }
+}
+
+/// Indices into the case list, in the order `build` makes them.
+const VETH: usize = 0;
+const NODE_TO_NODE: usize = 1;
+const OURS_SAME: usize = 2;
+const OURS_CROSS: usize = 3;
+const BRIDGE_SAME: usize = 4;
+const BRIDGE_CROSS: usize = 5;
+
+fn rounds(n: usize) -> String {
+    if n == 1 {
+        "1 round".into()
+    } else {
+        format!("{n} rounds")
+    }
+}
+
+fn render(a: &Args, cases: &[Case], s: &Samples, info: &RunInfo, cpus: Option<Cpus>) -> String {
+    // Within a round the paths are measured a few seconds apart, so a
+    // ratio of two paths of the same round cancels load that lasted the
+    // round; the median over rounds then drops a round a burst spoilt.
+    let ratio = |num: usize, den: usize, m: Metric| {
+        let i = Metric::ALL.iter().position(|x| *x == m).expect("a metric");
+        let per_round: Vec<f64> = s[num][i]
+            .iter()
+            .zip(&s[den][i])
+            .map(|(n, d)| n / d)
+            .collect();
+        median(&per_round)
+    };
+    let mut out = String::from("# Pod network: throughput and request/response rates\n\n");
+    out.push_str(&format!(
+        "Nodes are network namespaces on one machine ({} CPUs). Medians of {} of {} s, \
+         lowest–highest round in brackets. Throughput: iperf3, one TCP stream. TCP_RR: 1-byte \
+         request and response on one connection; TCP_CRR: connect, 1-byte request and response, \
+         close (`netperf-rr`). Client and server run in the pods' network namespaces; {}.\n\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        rounds(a.rounds),
+        a.duration,
+        match cpus {
+            Some(c) => format!(
+                "TCP_RR and TCP_CRR have both ends on CPU {} (a transaction costs the CPU time \
+                 of both stacks and the path; no wake-ups across idle vCPUs), iperf3 has its \
+                 client on CPU {} and its server on CPU {}",
+                c.rr, c.stream.0, c.stream.1
+            ),
+            None => "the scheduler places them".into(),
+        }
+    ));
+    out.push_str("| path | ");
+    out.push_str(
+        &Metric::ALL
+            .iter()
+            .map(|m| m.title())
+            .collect::<Vec<_>>()
+            .join(" | "),
+    );
+    out.push_str(" |\n|---|---:|---:|---:|\n");
+    for (c, case) in cases.iter().enumerate() {
+        out.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            case.title,
+            cell(&s[c][0]),
+            cell(&s[c][1]),
+            cell(&s[c][2])
+        ));
+    }
+    out.push_str("\nRatios are the median over rounds of the ratio within each round.\n");
+    out.push_str("\n| ratio | measured | target | met |\n|---|---:|---:|---|\n");
+    let ratios: [(&str, f64, Option<f64>); 8] = [
+        (
+            "throughput: eBPF same node ÷ plain veth",
+            ratio(OURS_SAME, VETH, Metric::Throughput),
+            Some(0.95),
+        ),
+        (
+            "TCP_RR: eBPF same node ÷ bridge plugin same node",
+            ratio(OURS_SAME, BRIDGE_SAME, Metric::Rr),
+            Some(1.10),
+        ),
+        (
+            "throughput: eBPF two nodes ÷ plain veth",
+            ratio(OURS_CROSS, VETH, Metric::Throughput),
+            Some(0.90),
+        ),
+        (
+            "throughput: eBPF same node ÷ bridge plugin same node",
+            ratio(OURS_SAME, BRIDGE_SAME, Metric::Throughput),
+            None,
+        ),
+        (
+            "TCP_CRR: eBPF same node ÷ bridge plugin same node",
+            ratio(OURS_SAME, BRIDGE_SAME, Metric::Crr),
+            None,
+        ),
+        (
+            "throughput: eBPF two nodes ÷ node to node",
+            ratio(OURS_CROSS, NODE_TO_NODE, Metric::Throughput),
+            None,
+        ),
+        (
+            "throughput: eBPF two nodes ÷ bridge plugin two nodes",
+            ratio(OURS_CROSS, BRIDGE_CROSS, Metric::Throughput),
+            None,
+        ),
+        (
+            "TCP_RR: eBPF two nodes ÷ bridge plugin two nodes",
+            ratio(OURS_CROSS, BRIDGE_CROSS, Metric::Rr),
+            None,
+        ),
+    ];
+    for (what, r, target) in ratios {
+        let (t, met) = match target {
+            Some(t) => (format!("≥ {t:.2}"), if r >= t { "yes" } else { "**no**" }),
+            None => ("–".into(), ""),
+        };
+        out.push_str(&format!("| {what} | {r:.3} | {t} | {met} |\n"));
+    }
+    out.push_str(
+        "\nTargets: same-node pod to pod ≥ 95% of the plain veth pair's throughput and ≥ 1.1× \
+         the bridge plugin's TCP_RR; across nodes ≥ 90% of the plain veth pair's throughput.\n",
+    );
+    out.push_str(&format!(
+        "\nMeasuring took {:.0} s. The eBPF programs counted {} frames delivered to a pod on the \
+         same node, {} sent to the other node and {} received from it. Other load: the CPUs were \
+         {:.0}% busy in the 2 s before measuring and {:.0}% in the 2 s after (the idle testbed \
+         included); a busy machine makes the numbers noisier.\n",
+        info.wall, info.counted[0], info.counted[1], info.counted[2], info.busy.0, info.busy.1
+    ));
+    out
+}
+
+fn chart_panels(cases: &[Case], s: &Samples) -> Vec<Panel> {
+    Metric::ALL
+        .iter()
+        .enumerate()
+        .map(|(m, metric)| Panel {
+            title: metric.title().to_string(),
+            bars: cases
+                .iter()
+                .enumerate()
+                .map(|(c, case)| {
+                    let v = &s[c][m];
+                    Bar {
+                        label: case.short.to_string(),
+                        family: case.family,
+                        value: median(v),
+                        low: v.iter().copied().fold(f64::INFINITY, f64::min),
+                        high: v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                    }
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+fn main_inner(a: Args) -> Result<()> {
+    harness::require_root("it builds network namespaces and runs the agent");
+    catch_interrupts();
+    ensure!(
+        (1..=60).contains(&a.duration),
+        "--duration must be 1 to 60 s"
+    );
+    ensure!((1..=10).contains(&a.rounds), "--rounds must be 1 to 10");
+    let bin_dir = match &a.bin_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("this program's directory")?
+            .to_path_buf(),
+    };
+    for b in ["agent", "control-plane", "netperf-rr"] {
+        ensure!(
+            bin_dir.join(b).exists(),
+            "{} is missing: build with `cargo build --release --workspace --bins` \
+             (which `cargo xtask bench net` does) or pass --bin-dir",
+            bin_dir.join(b).display()
+        );
+    }
+    ensure!(
+        harness::netbench::run_bounded(
+            Command::new("iperf3").arg("--version"),
+            None,
+            Duration::from_secs(5)
+        )
+        .is_ok(),
+        "iperf3 is not installed: run `cargo xtask setup`"
+    );
+    harness::netbench::bridge_cni::plugin_dir()?;
+    // The harness starts agents and the control plane from here. Set
+    // before any thread exists.
+    std::env::set_var("KESTREL_BIN_DIR", &bin_dir);
+
+    let started = Instant::now();
+    let (table, panels) = {
+        let _quiet = StdoutToStderr::new()?;
+        eprintln!("building the paths");
+        let bed = build()?;
+        check_interrupted()?;
+        for case in &bed.cases {
+            reachable(&case.pair).with_context(|| case.title)?;
+            tune_client(&case.pair.client_ns)?;
+        }
+        eprintln!(
+            "ready after {:.0} s; measuring",
+            started.elapsed().as_secs_f64()
+        );
+        let cpus = if a.no_pin { None } else { Cpus::pick() };
+        let runner = Runner {
+            rr_bin: bin_dir.join("netperf-rr"),
+            duration: a.duration,
+            cpus,
+        };
+        let before = background_busy();
+        let counted0 = counters(&bed.nodes)?;
+        let t0 = Instant::now();
+        let samples = measure_all(&a, &runner, &bed.cases)?;
+        let wall = t0.elapsed().as_secs_f64();
+        let counted: Vec<u64> = counters(&bed.nodes)?
+            .iter()
+            .zip(&counted0)
+            .map(|(after, before)| after.saturating_sub(*before))
+            .collect();
+        let after = background_busy();
+        // Traffic that bypassed the programs would make the eBPF rows
+        // measure something else.
+        for ((_, name), n) in COUNTERS.iter().zip(&counted) {
+            ensure!(
+                *n > 0,
+                "the eBPF counter {name} did not move: the pod traffic bypassed the programs"
+            );
+        }
+        let info = RunInfo {
+            busy: (before, after),
+            wall,
+            counted,
+        };
+        let table = render(&a, &bed.cases, &samples, &info, cpus);
+        let panels = chart_panels(&bed.cases, &samples);
+        drop(bed);
+        (table, panels)
+    };
+    eprintln!(
+        "cleaned up; {:.0} s in all",
+        started.elapsed().as_secs_f64()
+    );
+
+    println!("{table}");
+    let out = target_dir().join("bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("net.md"), &table)?;
+    let png = out.join("net.png");
+    chart::render(
+        &png,
+        &format!(
+            "Pod network: median of {} of {} s (bars), lowest to highest round (lines)",
+            rounds(a.rounds),
+            a.duration
+        ),
+        &panels,
+    )?;
+    eprintln!(
+        "written to {} and {}",
+        out.join("net.md").display(),
+        png.display()
+    );
+    Ok(())
+}
+
+fn main() {
+    let a = Args::parse();
+    if let Err(e) = main_inner(a) {
+        eprintln!("bench-net: {e:#}");
+        std::process::exit(1);
+    }
+}

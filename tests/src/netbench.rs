@@ -1,0 +1,480 @@
+//! What `bench-net` measures with: iperf3 and `netperf-rr` started inside
+//! a given network namespace (a harness [`Netns`](crate::net::Netns) or a
+//! pod's bind-mounted one), each run bounded in time, and the reference
+//! datapath built with Debian's CNI `bridge` plugin; and the checks around
+//! them (reachability, how busy the machine is).
+//!
+//! Measuring processes run in the pod's network namespace but not in its
+//! container: they cross exactly the links a containerised client would
+//! (pod `eth0`, its veth, the programs or bridge behind it), without an
+//! image that carries iperf3.
+
+pub mod bridge_cni;
+pub mod chart;
+
+use std::io::Read;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+
+use crate::process::Guarded;
+
+/// TCP port of the iperf3 server.
+pub const IPERF_PORT: u16 = 5201;
+/// TCP port of the `netperf-rr` server.
+pub const RR_PORT: u16 = 7001;
+
+/// What is measured on each path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Metric {
+    /// iperf3, one TCP stream, Gbit/s.
+    Throughput,
+    /// 1-byte request/response on one connection, transactions/s.
+    Rr,
+    /// connect, 1-byte request/response, close, transactions/s.
+    Crr,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 3] = [Metric::Throughput, Metric::Rr, Metric::Crr];
+
+    /// Column heading with its unit.
+    pub fn title(self) -> &'static str {
+        match self {
+            Metric::Throughput => "TCP throughput, Gbit/s",
+            Metric::Rr => "TCP_RR, transactions/s",
+            Metric::Crr => "TCP_CRR, transactions/s",
+        }
+    }
+}
+
+/// One measured path: a client's namespace, and a server's namespace and address.
+#[derive(Clone, Debug)]
+pub struct Pair {
+    pub client_ns: PathBuf,
+    pub server_ns: PathBuf,
+    pub server_ip: Ipv4Addr,
+}
+
+/// Makes `cmd` run in the network namespace at `ns` (a /run/netns entry or
+/// a bind-mounted nsfs file); the mount namespace stays ours, so such bind
+/// mounts stay reachable.
+pub fn in_ns(cmd: &mut Command, ns: &Path) -> Result<()> {
+    let fd: OwnedFd = std::fs::File::open(ns)
+        .with_context(|| format!("open the network namespace {}", ns.display()))?
+        .into();
+    // SAFETY: setns is async-signal-safe; the Command keeps the fd alive in
+    // the closure until it is dropped.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
+/// CPUs the measuring processes are pinned to.
+///
+/// Request/response runs put both ends on one CPU: a transaction then
+/// costs the CPU time of both stacks and the path between them. On a VM,
+/// ends on two CPUs wait for each other's idle vCPU to wake at every
+/// message, which costs more than any path and makes every path look alike.
+/// The stream's ends get a CPU each, as on two hosts.
+#[derive(Clone, Copy, Debug)]
+pub struct Cpus {
+    /// iperf3's client and server.
+    pub stream: (usize, usize),
+    /// netperf-rr's client and server.
+    pub rr: usize,
+}
+
+impl Cpus {
+    /// Picks from the CPUs this process may run on: the stream on the
+    /// first two, request/response on the last. None with fewer than two.
+    pub fn pick() -> Option<Self> {
+        // SAFETY: a zeroed cpu_set_t is valid; sched_getaffinity fills it.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        // SAFETY: a valid buffer of `size` bytes.
+        if unsafe { libc::sched_getaffinity(0, size, &mut set) } != 0 {
+            return None;
+        }
+        let allowed: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+            // SAFETY: i is below CPU_SETSIZE.
+            .filter(|i| unsafe { libc::CPU_ISSET(*i, &set) })
+            .collect();
+        match allowed[..] {
+            [a, b, ..] => Some(Self {
+                stream: (a, b),
+                rr: *allowed.last().unwrap_or(&b),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Makes `cmd` run on CPU `cpu` only.
+fn pin(cmd: &mut Command, cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: cpu is below CPU_SETSIZE (Cpus::pick found it with CPU_ISSET).
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: sched_setaffinity is async-signal-safe; the set is copied
+    // into the closure.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Runs `f` on a short-lived thread that has entered the namespace at `ns`
+/// (setns moves only the calling thread, so ours stays where it is).
+pub fn on_ns_thread<T: Send + 'static>(
+    ns: &Path,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let ns = ns.to_path_buf();
+    std::thread::spawn(move || {
+        crate::forward::enter(&ns)
+            .with_context(|| format!("enter the network namespace {}", ns.display()))?;
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("a namespace thread panicked"))?
+}
+
+/// Lets one client namespace open tens of thousands of short connections a
+/// second (TCP_CRR): the whole port range, and reuse of ports in TIME_WAIT.
+/// Both are per-namespace settings.
+pub fn tune_client(ns: &Path) -> Result<()> {
+    on_ns_thread(ns, || {
+        std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "1024 65535")?;
+        std::fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", "1")?;
+        Ok(())
+    })
+}
+
+/// Waits until something listens on TCP `port` in the namespace at `ns`
+/// (read from its /proc/net/tcp, so the server sees no probe connection).
+pub fn wait_listening(ns: &Path, port: u16, timeout: Duration) -> Result<()> {
+    let want = format!(":{port:04X}");
+    on_ns_thread(ns, move || {
+        let deadline = Instant::now() + timeout;
+        loop {
+            // thread-self: /proc/self/net would show the main thread's namespace.
+            let tcp = std::fs::read_to_string("/proc/thread-self/net/tcp")?;
+            let listening = tcp.lines().skip(1).any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() > 3 && f[1].ends_with(&want) && f[3] == "0A"
+            });
+            if listening {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("nothing listens on port {port} after {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+}
+
+/// Runs `cmd` to its end, with `input` on its stdin, and returns its
+/// stdout; kills it after `timeout`.
+pub fn run_bounded(cmd: &mut Command, input: Option<&str>, timeout: Duration) -> Result<String> {
+    let mut child = cmd
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("start {:?}", cmd.get_program()))?;
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        use std::io::Write;
+        // Small enough for the pipe's buffer; dropping stdin sends EOF.
+        stdin.write_all(input.as_bytes())?;
+    }
+    let mut stdout = child.stdout.take().context("piped stdout")?;
+    let mut stderr = child.stderr.take().context("piped stderr")?;
+    // Readers on their own threads: a full pipe would stall the child.
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{:?} still ran after {timeout:?}", cmd.get_program());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = out.join().unwrap_or_default();
+    let err = err.join().unwrap_or_default();
+    ensure!(
+        status.success(),
+        "{:?} {:?} failed ({status}): {}{}",
+        cmd.get_program(),
+        cmd.get_args().collect::<Vec<_>>(),
+        err.trim(),
+        out.chars().take(500).collect::<String>()
+    );
+    Ok(out)
+}
+
+/// Runs the measurements of one kind on a path.
+pub struct Runner {
+    /// The `netperf-rr` binary.
+    pub rr_bin: PathBuf,
+    /// Seconds each measurement runs.
+    pub duration: u64,
+    /// Where the measuring processes run; None leaves it to the scheduler.
+    pub cpus: Option<Cpus>,
+}
+
+impl Runner {
+    /// One measurement of `metric` on `path`, in its unit (Gbit/s or
+    /// transactions/s).
+    pub fn measure(&self, metric: Metric, path: &Pair) -> Result<f64> {
+        match metric {
+            Metric::Throughput => self.iperf3(path),
+            Metric::Rr => self.rr(path, "rr"),
+            Metric::Crr => self.rr(path, "crr"),
+        }
+    }
+
+    /// The longest a measurement may take before it is killed.
+    fn bound(&self) -> Duration {
+        Duration::from_secs(self.duration + 20)
+    }
+
+    fn iperf3(&self, path: &Pair) -> Result<f64> {
+        let ip = path.server_ip.to_string();
+        let port = IPERF_PORT.to_string();
+        let mut server = Command::new("iperf3");
+        // -1: the server serves one test and exits.
+        server
+            .args(["-s", "-1", "-B", &ip, "-p", &port])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        in_ns(&mut server, &path.server_ns)?;
+        if let Some(c) = self.cpus {
+            pin(&mut server, c.stream.1);
+        }
+        let _server = Guarded::spawn("iperf3 server", &mut server)?;
+        wait_listening(&path.server_ns, IPERF_PORT, Duration::from_secs(5))?;
+        let mut client = Command::new("iperf3");
+        // One second of warm-up (slow start, first allocations) is left out.
+        client.args([
+            "-c",
+            &ip,
+            "-p",
+            &port,
+            "-t",
+            &self.duration.to_string(),
+            "-O",
+            "1",
+            "-J",
+        ]);
+        in_ns(&mut client, &path.client_ns)?;
+        if let Some(c) = self.cpus {
+            pin(&mut client, c.stream.0);
+        }
+        let out = run_bounded(&mut client, None, self.bound())?;
+        let v: serde_json::Value = serde_json::from_str(&out).context("iperf3's JSON report")?;
+        let bps = v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .with_context(|| format!("no end.sum_received in iperf3's report: {v}"))?;
+        Ok(bps / 1e9)
+    }
+
+    fn rr(&self, path: &Pair, mode: &str) -> Result<f64> {
+        let addr = format!("{}:{RR_PORT}", path.server_ip);
+        let mut server = Command::new(&self.rr_bin);
+        server
+            .args(["server", "--listen", &addr, "--max-seconds"])
+            .arg(format!("{}", self.bound().as_secs()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        in_ns(&mut server, &path.server_ns)?;
+        if let Some(c) = self.cpus {
+            pin(&mut server, c.rr);
+        }
+        let _server = Guarded::spawn("netperf-rr server", &mut server)?;
+        wait_listening(&path.server_ns, RR_PORT, Duration::from_secs(5))?;
+        let mut client = Command::new(&self.rr_bin);
+        client
+            .args(["client", "--connect", &addr, "--mode", mode, "--duration"])
+            .arg(self.duration.to_string());
+        in_ns(&mut client, &path.client_ns)?;
+        if let Some(c) = self.cpus {
+            pin(&mut client, c.rr);
+        }
+        let out = run_bounded(&mut client, None, self.bound())?;
+        let v: serde_json::Value =
+            serde_json::from_str(out.trim()).context("netperf-rr's JSON line")?;
+        v["per_second"]
+            .as_f64()
+            .with_context(|| format!("no per_second in {v}"))
+    }
+}
+
+/// Waits until the client reaches the server (routes between nodes are
+/// learnt from Node objects a moment after the pods run).
+pub fn reachable(pair: &Pair) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        check_interrupted()?;
+        let mut ping = Command::new("ping");
+        ping.args(["-c", "1", "-W", "1"])
+            .arg(pair.server_ip.to_string());
+        in_ns(&mut ping, &pair.client_ns)?;
+        match run_bounded(&mut ping, None, Duration::from_secs(5)) {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() > deadline => {
+                return Err(e.context(format!("{} is unreachable", pair.server_ip)))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// (busy, total) CPU time of the whole machine so far, in clock ticks.
+fn cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is
+    // already in user and nice).
+    let total: u64 = f.iter().take(8).sum();
+    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// How busy the machine's CPUs are over two seconds in which the bench
+/// itself measures nothing: the load it competes with (the idle testbed
+/// included), in percent.
+pub fn background_busy() -> f64 {
+    let (b0, t0) = cpu_ticks();
+    std::thread::sleep(Duration::from_secs(2));
+    let (b1, t1) = cpu_ticks();
+    100.0 * (b1 - b0) as f64 / (t1 - t0).max(1) as f64
+}
+
+/// Points this process's stdout at its stderr until dropped, so that
+/// what the programs the harness starts print goes to the log and stdout
+/// carries only the table.
+pub struct StdoutToStderr {
+    saved: std::os::fd::OwnedFd,
+}
+
+impl StdoutToStderr {
+    pub fn new() -> Result<Self> {
+        use std::io::Write;
+        use std::os::fd::FromRawFd;
+        std::io::stdout().flush()?;
+        // SAFETY: dup and dup2 on the standard descriptors, which stay open.
+        let saved = unsafe { libc::dup(1) };
+        ensure!(
+            saved >= 0,
+            "dup stdout: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: a descriptor dup just returned, owned from here on.
+        let saved = unsafe { std::os::fd::OwnedFd::from_raw_fd(saved) };
+        // SAFETY: as above.
+        if unsafe { libc::dup2(2, 1) } < 0 {
+            bail!("dup2 stderr: {}", std::io::Error::last_os_error());
+        }
+        Ok(Self { saved })
+    }
+}
+
+impl Drop for StdoutToStderr {
+    fn drop(&mut self) {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let _ = std::io::stdout().flush();
+        // SAFETY: restores the descriptor saved in new.
+        unsafe { libc::dup2(self.saved.as_raw_fd(), 1) };
+    }
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Turns SIGINT and SIGTERM into a flag that [`interrupted`] reads: a
+/// bench stopped with Ctrl-C then returns an error and unwinds, and the
+/// namespaces, nodes and processes it built are removed on the way out.
+/// Children get the default action back when they exec.
+pub fn catch_interrupts() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is
+        // async-signal-safe.
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
+}
+
+/// Whether SIGINT or SIGTERM arrived since [`catch_interrupts`].
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Fails once SIGINT or SIGTERM arrived, so the caller stops and cleans up.
+pub fn check_interrupted() -> Result<()> {
+    if interrupted() {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// The median of `v` (0 when empty).
+pub fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let m = s.len() / 2;
+    if s.len() % 2 == 1 {
+        s[m]
+    } else {
+        (s[m - 1] + s[m]) / 2.0
+    }
+}
