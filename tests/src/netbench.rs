@@ -11,6 +11,7 @@
 
 pub mod bridge_cni;
 pub mod chart;
+pub mod testbed;
 
 use std::io::Read;
 use std::net::Ipv4Addr;
@@ -82,51 +83,35 @@ pub fn in_ns(cmd: &mut Command, ns: &Path) -> Result<()> {
     Ok(())
 }
 
-/// CPUs the measuring processes are pinned to.
+/// The CPU request/response runs pin both their ends to: the last one
+/// this process may run on, or None with fewer than two (nothing else
+/// would be left for the rest of the testbed).
 ///
-/// Request/response runs put both ends on one CPU: a transaction then
-/// costs the CPU time of both stacks and the path between them. On a VM,
-/// ends on two CPUs wait for each other's idle vCPU to wake at every
-/// message, which costs more than any path and makes every path look alike.
-/// The stream's ends get a CPU each, as on two hosts.
-#[derive(Clone, Copy, Debug)]
-pub struct Cpus {
-    /// iperf3's client and server.
-    pub stream: (usize, usize),
-    /// netperf-rr's client and server.
-    pub rr: usize,
-}
-
-impl Cpus {
-    /// Picks from the CPUs this process may run on: the stream on the
-    /// first two, request/response on the last. None with fewer than two.
-    pub fn pick() -> Option<Self> {
-        // SAFETY: a zeroed cpu_set_t is valid; sched_getaffinity fills it.
-        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        let size = std::mem::size_of::<libc::cpu_set_t>();
-        // SAFETY: a valid buffer of `size` bytes.
-        if unsafe { libc::sched_getaffinity(0, size, &mut set) } != 0 {
-            return None;
-        }
-        let allowed: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
-            // SAFETY: i is below CPU_SETSIZE.
-            .filter(|i| unsafe { libc::CPU_ISSET(*i, &set) })
-            .collect();
-        match allowed[..] {
-            [a, b, ..] => Some(Self {
-                stream: (a, b),
-                rr: *allowed.last().unwrap_or(&b),
-            }),
-            _ => None,
-        }
+/// On one CPU a transaction costs the CPU time of both stacks and the path
+/// between them. With the ends on two CPUs of a VM, each message waits for
+/// the other idle vCPU to wake, which costs more than any path and makes
+/// every path look alike; whether it waits depends on what else the
+/// machine runs at that moment.
+pub fn rr_cpu() -> Option<usize> {
+    // SAFETY: a zeroed cpu_set_t is valid; sched_getaffinity fills it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: a valid buffer of `size` bytes.
+    if unsafe { libc::sched_getaffinity(0, size, &mut set) } != 0 {
+        return None;
     }
+    let allowed: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: i is below CPU_SETSIZE.
+        .filter(|i| unsafe { libc::CPU_ISSET(*i, &set) })
+        .collect();
+    (allowed.len() >= 2).then(|| allowed[allowed.len() - 1])
 }
 
 /// Makes `cmd` run on CPU `cpu` only.
 fn pin(cmd: &mut Command, cpu: usize) {
     // SAFETY: a zeroed cpu_set_t is valid.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: cpu is below CPU_SETSIZE (Cpus::pick found it with CPU_ISSET).
+    // SAFETY: cpu is below CPU_SETSIZE (rr_cpu found it with CPU_ISSET).
     unsafe { libc::CPU_SET(cpu, &mut set) };
     // SAFETY: sched_setaffinity is async-signal-safe; the set is copied
     // into the closure.
@@ -253,8 +238,10 @@ pub struct Runner {
     pub rr_bin: PathBuf,
     /// Seconds each measurement runs.
     pub duration: u64,
-    /// Where the measuring processes run; None leaves it to the scheduler.
-    pub cpus: Option<Cpus>,
+    /// The CPU of both ends of TCP_RR and TCP_CRR ([`rr_cpu`]); None
+    /// leaves them to the scheduler, like iperf3, whose ends run best on
+    /// whichever CPUs are free.
+    pub rr_cpu: Option<usize>,
 }
 
 impl Runner {
@@ -284,9 +271,6 @@ impl Runner {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         in_ns(&mut server, &path.server_ns)?;
-        if let Some(c) = self.cpus {
-            pin(&mut server, c.stream.1);
-        }
         let _server = Guarded::spawn("iperf3 server", &mut server)?;
         wait_listening(&path.server_ns, IPERF_PORT, Duration::from_secs(5))?;
         let mut client = Command::new("iperf3");
@@ -303,9 +287,6 @@ impl Runner {
             "-J",
         ]);
         in_ns(&mut client, &path.client_ns)?;
-        if let Some(c) = self.cpus {
-            pin(&mut client, c.stream.0);
-        }
         let out = run_bounded(&mut client, None, self.bound())?;
         let v: serde_json::Value = serde_json::from_str(&out).context("iperf3's JSON report")?;
         let bps = v["end"]["sum_received"]["bits_per_second"]
@@ -324,8 +305,8 @@ impl Runner {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         in_ns(&mut server, &path.server_ns)?;
-        if let Some(c) = self.cpus {
-            pin(&mut server, c.rr);
+        if let Some(cpu) = self.rr_cpu {
+            pin(&mut server, cpu);
         }
         let _server = Guarded::spawn("netperf-rr server", &mut server)?;
         wait_listening(&path.server_ns, RR_PORT, Duration::from_secs(5))?;
@@ -334,8 +315,8 @@ impl Runner {
             .args(["client", "--connect", &addr, "--mode", mode, "--duration"])
             .arg(self.duration.to_string());
         in_ns(&mut client, &path.client_ns)?;
-        if let Some(c) = self.cpus {
-            pin(&mut client, c.rr);
+        if let Some(cpu) = self.rr_cpu {
+            pin(&mut client, cpu);
         }
         let out = run_bounded(&mut client, None, self.bound())?;
         let v: serde_json::Value =

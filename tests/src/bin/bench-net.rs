@@ -22,20 +22,19 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use clap::Parser;
-use serde_json::Value;
 
 use harness::benchkit::target_dir;
-use harness::cluster::ControlPlane;
-use harness::net::{veth_between, Netns, Segment};
-use harness::netbench::bridge_cni::CniNode;
-use harness::netbench::chart::{self, Bar, Family, Panel};
-use harness::netbench::{
-    background_busy, catch_interrupts, check_interrupted, interrupted, median, reachable,
-    tune_client, Cpus, Metric, Pair, Runner, StdoutToStderr,
+use harness::netbench::chart::{self, Bar, Panel};
+use harness::netbench::testbed::{
+    self, counters, Case, BRIDGE_CROSS, BRIDGE_SAME, COUNTERS, NODE_TO_NODE, OURS_CROSS, OURS_SAME,
+    VETH,
 };
-use harness::node::Node;
+use harness::netbench::{
+    background_busy, catch_interrupts, check_interrupted, median, reachable, rr_cpu, tune_client,
+    Metric, Runner, StdoutToStderr,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -51,257 +50,14 @@ struct Args {
     /// and the range.
     #[arg(long, default_value_t = 5)]
     rounds: usize,
-    /// Leave the measuring processes to the scheduler instead of pinning
-    /// TCP_RR and TCP_CRR to one CPU and iperf3's ends to one CPU each.
+    /// Leave TCP_RR and TCP_CRR to the scheduler instead of running both
+    /// their ends on one CPU.
     #[arg(long)]
     no_pin: bool,
     /// Directory of the release binaries (agent, control-plane,
     /// netperf-rr); default: the directory of this program.
     #[arg(long)]
     bin_dir: Option<PathBuf>,
-}
-
-/// One measured path.
-struct Case {
-    /// Row heading in the table.
-    title: &'static str,
-    /// Bar label in the chart.
-    short: &'static str,
-    family: Family,
-    pair: Pair,
-}
-
-/// Everything the paths are made of, removed on drop in field order: the
-/// agents' nodes (their pods first) before the control plane they talk to.
-struct Testbed {
-    nodes: Vec<Node>,
-    _cp: ControlPlane,
-    _cni_nodes: Vec<CniNode>,
-    _cni_segment: Segment,
-    _veth: (Netns, Netns),
-    cases: Vec<Case>,
-}
-
-impl Drop for Testbed {
-    fn drop(&mut self) {
-        // Ctrl-C reaches the API server too: deleting the pods through it
-        // would only wait out kubectl's timeouts. Without an agent process
-        // the node's drop skips that, and its `agent reset` stops the pods'
-        // containers and removes their sandboxes all the same.
-        if interrupted() {
-            for n in &mut self.nodes {
-                n.proc = None;
-            }
-        }
-    }
-}
-
-/// Two namespaces joined by one veth pair.
-fn plain_veth() -> Result<((Netns, Netns), Pair)> {
-    let a = Netns::new("va")?;
-    let b = Netns::new("vb")?;
-    let (in_a, in_b) = veth_between(&a, &b, "v")?;
-    a.addr_up(&in_a, "10.98.0.1/24")?;
-    b.addr_up(&in_b, "10.98.0.2/24")?;
-    let pair = Pair {
-        client_ns: a.path(),
-        server_ns: b.path(),
-        server_ip: "10.98.0.2".parse()?,
-    };
-    Ok(((a, b), pair))
-}
-
-/// Two nodes with the bridge plugin: pods 0 and 1 on the first, pod 0 on
-/// the second. Returns (segment, nodes, node-to-node pair, same-node pair,
-/// cross-node pair).
-fn bridge_plugin() -> Result<(Segment, Vec<CniNode>, Pair, Pair, Pair)> {
-    let segment = Segment::new()?;
-    let mut n1 = CniNode::new(&segment, 1)?;
-    let mut n2 = CniNode::new(&segment, 2)?;
-    n1.route_to(&n2)?;
-    n2.route_to(&n1)?;
-    n1.add_pod()?;
-    n1.add_pod()?;
-    n2.add_pod()?;
-    // The nodes themselves: the segment's veths and bridge, no pod link.
-    let nodes = Pair {
-        client_ns: n1.netns.path(),
-        server_ns: n2.netns.path(),
-        server_ip: n2.ip.parse()?,
-    };
-    let same = Pair {
-        client_ns: n1.pods[0].netns.path(),
-        server_ns: n1.pods[1].netns.path(),
-        server_ip: n1.pods[1].ip,
-    };
-    let cross = Pair {
-        client_ns: n1.pods[0].netns.path(),
-        server_ns: n2.pods[0].netns.path(),
-        server_ip: n2.pods[0].ip,
-    };
-    Ok((segment, vec![n1, n2], nodes, same, cross))
-}
-
-/// A pod that only holds its sandbox: the measuring processes join its
-/// network namespace from outside.
-fn pod_yaml(name: &str, node: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  \
-         terminationGracePeriodSeconds: 0\n  containers:\n  - {{name: c, image: busybox, command: [sleep, '3600']}}\n---\n"
-    )
-}
-
-/// The network namespace and address of pod `name` on `node`, once it runs.
-fn pod_endpoint(
-    k: &harness::kubectl::Kubectl,
-    name: &str,
-    node: &Node,
-) -> Result<(PathBuf, std::net::Ipv4Addr)> {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        check_interrupted()?;
-        if let Ok(out) = k.run(&["get", "pod", name, "-o", "json"]) {
-            let p: Value = serde_json::from_str(&out)?;
-            let ip = p["status"]["podIP"].as_str().and_then(|s| s.parse().ok());
-            let uid = p["metadata"]["uid"].as_str();
-            if let (true, Some(ip), Some(uid)) = (p["status"]["phase"] == "Running", ip, uid) {
-                // Where the agent bind-mounts the pod's namespace.
-                let ns = node
-                    .state
-                    .path()
-                    .join("pods")
-                    .join(uid)
-                    .join("sandbox/ns/net");
-                ensure!(
-                    ns.exists(),
-                    "pod {name} runs but {} is missing",
-                    ns.display()
-                );
-                return Ok((ns, ip));
-            }
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "pod {name} not Running with an IP after 90 s\n{}",
-                node.log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// The real control plane and two agents; pods a1 and a2 on the first
-/// node, b1 on the second. Returns (cp, nodes, same-node, cross-node).
-fn ebpf_datapath() -> Result<(ControlPlane, Vec<Node>, Pair, Pair)> {
-    let cp = ControlPlane::start_networked(&[])?;
-    let n1 = Node::start(&cp);
-    let n2 = Node::start(&cp);
-    let k = cp.kubectl();
-    let yaml = pod_yaml("a1", &n1.name) + &pod_yaml("a2", &n1.name) + &pod_yaml("b1", &n2.name);
-    let out = k.run_stdin(&["apply", "-f", "-"], &yaml)?;
-    ensure!(
-        out.status.success(),
-        "kubectl apply: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (a1, _) = pod_endpoint(&k, "a1", &n1)?;
-    let (a2, a2_ip) = pod_endpoint(&k, "a2", &n1)?;
-    let (b1, b1_ip) = pod_endpoint(&k, "b1", &n2)?;
-    let same = Pair {
-        client_ns: a1.clone(),
-        server_ns: a2,
-        server_ip: a2_ip,
-    };
-    let cross = Pair {
-        client_ns: a1,
-        server_ns: b1,
-        server_ip: b1_ip,
-    };
-    Ok((cp, vec![n1, n2], same, cross))
-}
-
-fn build() -> Result<Testbed> {
-    eprintln!("  plain veth pair");
-    let (veth, veth_pair) = plain_veth()?;
-    eprintln!("  bridge plugin: two nodes, three pods");
-    let (cni_segment, cni_nodes, node_to_node, bridge_same, bridge_cross) = bridge_plugin()?;
-    eprintln!("  control plane and two agents, three pods");
-    let (cp, nodes, ours_same, ours_cross) = ebpf_datapath()?;
-    let cases = vec![
-        Case {
-            title: "plain veth pair (the limit)",
-            short: "veth",
-            family: Family::Veth,
-            pair: veth_pair,
-        },
-        Case {
-            title: "node to node over the segment bridge (the limit across nodes)",
-            short: "node to node",
-            family: Family::Veth,
-            pair: node_to_node,
-        },
-        Case {
-            title: "eBPF datapath, pod to pod, same node",
-            short: "ours, 1 node",
-            family: Family::Ours,
-            pair: ours_same,
-        },
-        Case {
-            title: "eBPF datapath, pod to pod, two nodes",
-            short: "ours, 2 nodes",
-            family: Family::Ours,
-            pair: ours_cross,
-        },
-        Case {
-            title: "bridge plugin, pod to pod, same node",
-            short: "bridge, 1 node",
-            family: Family::Bridge,
-            pair: bridge_same,
-        },
-        Case {
-            title: "bridge plugin, pod to pod, two nodes",
-            short: "bridge, 2 nodes",
-            family: Family::Bridge,
-            pair: bridge_cross,
-        },
-    ];
-    Ok(Testbed {
-        nodes,
-        _cp: cp,
-        _cni_nodes: cni_nodes,
-        _cni_segment: cni_segment,
-        _veth: veth,
-        cases,
-    })
-}
-
-/// A decision counter of `node`'s eBPF programs, as `agent bpf status`
-/// prints it.
-fn counter(node: &Node, name: &str) -> Result<u64> {
-    let status = node.bpf_status();
-    status
-        .lines()
-        .find_map(|l| {
-            let mut f = l.split_whitespace();
-            (f.next() == Some(name)).then(|| f.next()?.parse().ok())?
-        })
-        .with_context(|| format!("no counter {name} in:\n{status}"))
-}
-
-/// The counters that show pod traffic took the programs: (node index,
-/// counter) for same-node delivery, leaving for the other node, and
-/// arriving from it.
-const COUNTERS: [(usize, &str); 3] = [
-    (0, "pod_to_local_pod"),
-    (0, "pod_to_remote_node"),
-    (1, "uplink_to_local_pod"),
-];
-
-fn counters(nodes: &[Node]) -> Result<Vec<u64>> {
-    COUNTERS
-        .iter()
-        .map(|(n, name)| counter(&nodes[*n], name))
-        .collect()
 }
 
 /// What the report says besides the measurements.
@@ -365,14 +121,6 @@ fn cell(v: &[f64]) -> String {
     }
 }
 
-/// Indices into the case list, in the order `build` makes them.
-const VETH: usize = 0;
-const NODE_TO_NODE: usize = 1;
-const OURS_SAME: usize = 2;
-const OURS_CROSS: usize = 3;
-const BRIDGE_SAME: usize = 4;
-const BRIDGE_CROSS: usize = 5;
-
 fn rounds(n: usize) -> String {
     if n == 1 {
         "1 round".into()
@@ -381,7 +129,7 @@ fn rounds(n: usize) -> String {
     }
 }
 
-fn render(a: &Args, cases: &[Case], s: &Samples, info: &RunInfo, cpus: Option<Cpus>) -> String {
+fn render(a: &Args, cases: &[Case], s: &Samples, info: &RunInfo, rr_cpu: Option<usize>) -> String {
     // Within a round the paths are measured a few seconds apart, so a
     // ratio of two paths of the same round cancels load that lasted the
     // round; the median over rounds then drops a round a burst spoilt.
@@ -403,12 +151,10 @@ fn render(a: &Args, cases: &[Case], s: &Samples, info: &RunInfo, cpus: Option<Cp
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         rounds(a.rounds),
         a.duration,
-        match cpus {
-            Some(c) => format!(
-                "TCP_RR and TCP_CRR have both ends on CPU {} (a transaction costs the CPU time \
-                 of both stacks and the path; no wake-ups across idle vCPUs), iperf3 has its \
-                 client on CPU {} and its server on CPU {}",
-                c.rr, c.stream.0, c.stream.1
+        match rr_cpu {
+            Some(cpu) => format!(
+                "TCP_RR and TCP_CRR have both ends on CPU {cpu}, so that a transaction costs \
+                 the CPU time of both stacks and the path rather than wake-ups of idle vCPUs"
             ),
             None => "the scheduler places them".into(),
         }
@@ -561,7 +307,7 @@ fn main_inner(a: Args) -> Result<()> {
     let (table, panels) = {
         let _quiet = StdoutToStderr::new()?;
         eprintln!("building the paths");
-        let bed = build()?;
+        let bed = testbed::build()?;
         check_interrupted()?;
         for case in &bed.cases {
             reachable(&case.pair).with_context(|| case.title)?;
@@ -571,11 +317,11 @@ fn main_inner(a: Args) -> Result<()> {
             "ready after {:.0} s; measuring",
             started.elapsed().as_secs_f64()
         );
-        let cpus = if a.no_pin { None } else { Cpus::pick() };
+        let rr_cpu = if a.no_pin { None } else { rr_cpu() };
         let runner = Runner {
             rr_bin: bin_dir.join("netperf-rr"),
             duration: a.duration,
-            cpus,
+            rr_cpu,
         };
         let before = background_busy();
         let counted0 = counters(&bed.nodes)?;
@@ -601,7 +347,7 @@ fn main_inner(a: Args) -> Result<()> {
             wall,
             counted,
         };
-        let table = render(&a, &bed.cases, &samples, &info, cpus);
+        let table = render(&a, &bed.cases, &samples, &info, rr_cpu);
         let panels = chart_panels(&bed.cases, &samples);
         drop(bed);
         (table, panels)

@@ -1,0 +1,268 @@
+//! The paths `bench-net` measures, built from namespaces of its own: a
+//! plain veth pair, the reference bridge plugin's nodes and pods, and the
+//! real control plane with two agents and their pods.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+
+use super::bridge_cni::CniNode;
+use super::chart::Family;
+use super::{check_interrupted, interrupted, Pair};
+use crate::cluster::ControlPlane;
+use crate::kubectl::Kubectl;
+use crate::net::{veth_between, Netns, Segment};
+use crate::node::Node;
+
+/// Indices into the case list, in the order `build` makes them.
+pub const VETH: usize = 0;
+pub const NODE_TO_NODE: usize = 1;
+pub const OURS_SAME: usize = 2;
+pub const OURS_CROSS: usize = 3;
+pub const BRIDGE_SAME: usize = 4;
+pub const BRIDGE_CROSS: usize = 5;
+
+/// One measured path.
+pub struct Case {
+    /// Row heading in the table.
+    pub title: &'static str,
+    /// Bar label in the chart.
+    pub short: &'static str,
+    pub family: Family,
+    pub pair: Pair,
+}
+
+/// Everything the paths are made of, removed on drop in field order: the
+/// agents' nodes (their pods first) before the control plane they talk to.
+pub struct Testbed {
+    pub nodes: Vec<Node>,
+    _cp: ControlPlane,
+    _cni_nodes: Vec<CniNode>,
+    _cni_segment: Segment,
+    _veth: (Netns, Netns),
+    pub cases: Vec<Case>,
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        // Ctrl-C reaches the API server too: deleting the pods through it
+        // would only wait out kubectl's timeouts. Without an agent process
+        // the node's drop skips that, and its `agent reset` stops the pods'
+        // containers and removes their sandboxes all the same.
+        if interrupted() {
+            for n in &mut self.nodes {
+                n.proc = None;
+            }
+        }
+    }
+}
+
+/// Two namespaces joined by one veth pair.
+fn plain_veth() -> Result<((Netns, Netns), Pair)> {
+    let a = Netns::new("va")?;
+    let b = Netns::new("vb")?;
+    let (in_a, in_b) = veth_between(&a, &b, "v")?;
+    a.addr_up(&in_a, "10.98.0.1/24")?;
+    b.addr_up(&in_b, "10.98.0.2/24")?;
+    let pair = Pair {
+        client_ns: a.path(),
+        server_ns: b.path(),
+        server_ip: "10.98.0.2".parse()?,
+    };
+    Ok(((a, b), pair))
+}
+
+/// Two nodes with the bridge plugin: pods 0 and 1 on the first, pod 0 on
+/// the second. Returns (segment, nodes, node-to-node pair, same-node pair,
+/// cross-node pair).
+fn bridge_plugin() -> Result<(Segment, Vec<CniNode>, Pair, Pair, Pair)> {
+    let segment = Segment::new()?;
+    let mut n1 = CniNode::new(&segment, 1)?;
+    let mut n2 = CniNode::new(&segment, 2)?;
+    n1.route_to(&n2)?;
+    n2.route_to(&n1)?;
+    n1.add_pod()?;
+    n1.add_pod()?;
+    n2.add_pod()?;
+    // The nodes themselves: the segment's veths and bridge, no pod link.
+    let nodes = Pair {
+        client_ns: n1.netns.path(),
+        server_ns: n2.netns.path(),
+        server_ip: n2.ip.parse()?,
+    };
+    let same = Pair {
+        client_ns: n1.pods[0].netns.path(),
+        server_ns: n1.pods[1].netns.path(),
+        server_ip: n1.pods[1].ip,
+    };
+    let cross = Pair {
+        client_ns: n1.pods[0].netns.path(),
+        server_ns: n2.pods[0].netns.path(),
+        server_ip: n2.pods[0].ip,
+    };
+    Ok((segment, vec![n1, n2], nodes, same, cross))
+}
+
+/// A pod that only holds its sandbox: the measuring processes join its
+/// network namespace from outside.
+fn pod_yaml(name: &str, node: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  \
+         terminationGracePeriodSeconds: 0\n  containers:\n  - {{name: c, image: busybox, command: [sleep, '3600']}}\n---\n"
+    )
+}
+
+/// The network namespace and address of pod `name` on `node`, once it runs.
+fn pod_endpoint(k: &Kubectl, name: &str, node: &Node) -> Result<(PathBuf, Ipv4Addr)> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        check_interrupted()?;
+        if let Ok(out) = k.run(&["get", "pod", name, "-o", "json"]) {
+            let p: Value = serde_json::from_str(&out)?;
+            let ip = p["status"]["podIP"].as_str().and_then(|s| s.parse().ok());
+            let uid = p["metadata"]["uid"].as_str();
+            if let (true, Some(ip), Some(uid)) = (p["status"]["phase"] == "Running", ip, uid) {
+                // Where the agent bind-mounts the pod's namespace.
+                let ns = node
+                    .state
+                    .path()
+                    .join("pods")
+                    .join(uid)
+                    .join("sandbox/ns/net");
+                ensure!(
+                    ns.exists(),
+                    "pod {name} runs but {} is missing",
+                    ns.display()
+                );
+                return Ok((ns, ip));
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "pod {name} not Running with an IP after 90 s\n{}",
+                node.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The real control plane and two agents; pods a1 and a2 on the first
+/// node, b1 on the second. Returns (cp, nodes, same-node, cross-node).
+fn ebpf_datapath() -> Result<(ControlPlane, Vec<Node>, Pair, Pair)> {
+    let cp = ControlPlane::start_networked(&[])?;
+    let n1 = Node::start(&cp);
+    let n2 = Node::start(&cp);
+    let k = cp.kubectl();
+    let yaml = pod_yaml("a1", &n1.name) + &pod_yaml("a2", &n1.name) + &pod_yaml("b1", &n2.name);
+    let out = k.run_stdin(&["apply", "-f", "-"], &yaml)?;
+    ensure!(
+        out.status.success(),
+        "kubectl apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (a1, _) = pod_endpoint(&k, "a1", &n1)?;
+    let (a2, a2_ip) = pod_endpoint(&k, "a2", &n1)?;
+    let (b1, b1_ip) = pod_endpoint(&k, "b1", &n2)?;
+    let same = Pair {
+        client_ns: a1.clone(),
+        server_ns: a2,
+        server_ip: a2_ip,
+    };
+    let cross = Pair {
+        client_ns: a1,
+        server_ns: b1,
+        server_ip: b1_ip,
+    };
+    Ok((cp, vec![n1, n2], same, cross))
+}
+
+/// Builds every path; the agents' pods are running and addressed when it
+/// returns.
+pub fn build() -> Result<Testbed> {
+    eprintln!("  plain veth pair");
+    let (veth, veth_pair) = plain_veth()?;
+    eprintln!("  bridge plugin: two nodes, three pods");
+    let (cni_segment, cni_nodes, node_to_node, bridge_same, bridge_cross) = bridge_plugin()?;
+    eprintln!("  control plane and two agents, three pods");
+    let (cp, nodes, ours_same, ours_cross) = ebpf_datapath()?;
+    let cases = vec![
+        Case {
+            title: "plain veth pair (the limit)",
+            short: "veth",
+            family: Family::Veth,
+            pair: veth_pair,
+        },
+        Case {
+            title: "node to node over the segment bridge (the limit across nodes)",
+            short: "node to node",
+            family: Family::Veth,
+            pair: node_to_node,
+        },
+        Case {
+            title: "eBPF datapath, pod to pod, same node",
+            short: "ours, 1 node",
+            family: Family::Ours,
+            pair: ours_same,
+        },
+        Case {
+            title: "eBPF datapath, pod to pod, two nodes",
+            short: "ours, 2 nodes",
+            family: Family::Ours,
+            pair: ours_cross,
+        },
+        Case {
+            title: "bridge plugin, pod to pod, same node",
+            short: "bridge, 1 node",
+            family: Family::Bridge,
+            pair: bridge_same,
+        },
+        Case {
+            title: "bridge plugin, pod to pod, two nodes",
+            short: "bridge, 2 nodes",
+            family: Family::Bridge,
+            pair: bridge_cross,
+        },
+    ];
+    Ok(Testbed {
+        nodes,
+        _cp: cp,
+        _cni_nodes: cni_nodes,
+        _cni_segment: cni_segment,
+        _veth: veth,
+        cases,
+    })
+}
+
+/// A decision counter of `node`'s eBPF programs, as `agent bpf status`
+/// prints it.
+fn counter(node: &Node, name: &str) -> Result<u64> {
+    let status = node.bpf_status();
+    status
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next() == Some(name)).then(|| f.next()?.parse().ok())?
+        })
+        .with_context(|| format!("no counter {name} in:\n{status}"))
+}
+
+/// The counters that show pod traffic took the programs: (node index,
+/// counter) for same-node delivery, leaving for the other node, and
+/// arriving from it.
+pub const COUNTERS: [(usize, &str); 3] = [
+    (0, "pod_to_local_pod"),
+    (0, "pod_to_remote_node"),
+    (1, "uplink_to_local_pod"),
+];
+
+/// The current values of [`COUNTERS`].
+pub fn counters(nodes: &[Node]) -> Result<Vec<u64>> {
+    COUNTERS
+        .iter()
+        .map(|(n, name)| counter(&nodes[*n], name))
+        .collect()
+}
