@@ -40,6 +40,7 @@ pub async fn run(args: config::RunArgs) -> anyhow::Result<()> {
             services::runtime_group(&args.cgroup_root).as_deref(),
         )
         .await?;
+        tracing::info!("runtime helper ready");
         let images = image::ImageStore::open(&state.join("images"))?;
         let ip: std::net::Ipv4Addr = node_ip
             .as_deref()

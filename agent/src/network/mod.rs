@@ -224,7 +224,17 @@ async fn pod_cidr(
     let api: Api<Node> = Api::all(client.clone());
     let mut waited = false;
     loop {
-        let node = api.get(node_name).await?;
+        // A request the API server never answers must not stall the agent
+        // for good: ask again.
+        let node = match tokio::time::timeout(Duration::from_secs(5), api.get(node_name)).await {
+            Ok(n) => n?,
+            Err(_) => {
+                tracing::warn!(
+                    "no answer from the API server about this Node in 5 s; asking again"
+                );
+                continue;
+            }
+        };
         let assigned = node.spec.as_ref().and_then(|s| s.pod_cidr.clone());
         match (assigned, flag) {
             (Some(c), Some(f)) if c != f.to_string() => {
