@@ -12,6 +12,7 @@ pub const PACKAGES: &[&str] = &[
     "libseccomp-dev",              // libcontainer's seccomp support
     "pkg-config",                  // finds libseccomp at build time
     "protobuf-compiler",           // etcd's gRPC API is generated at build time
+    "libprotobuf-dev",             // the well-known .proto files etcd's API imports
     "iproute2",                    // ip/tc in tests and clusters
     "iputils-ping",                // connectivity checks in tests
     "curl",                        // raw HTTPS checks in tests
