@@ -50,7 +50,7 @@ pub const STAT_POD_TO_STACK: u32 = 2;
 /// A frame arriving on the node's uplink delivered straight to a local pod.
 pub const STAT_UPLINK_TO_LOCAL: u32 = 3;
 /// Number of counters.
-pub const STAT_COUNT: u32 = 7;
+pub const STAT_COUNT: u32 = 12;
 /// Counter names, in index order, for `agent bpf` output.
 pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "pod_to_local_pod",
@@ -60,6 +60,11 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "masqueraded_out",
     "masqueraded_replies_in",
     "masquerade_no_port",
+    "node_port_to_local_pod",
+    "node_port_to_remote_pod",
+    "node_port_replies",
+    "node_port_no_backend",
+    "node_port_no_nat_port",
 ];
 
 /// TC ingress program on the host end of every pod veth.
@@ -291,3 +296,55 @@ pub const STAT_SNAT_OUT: u32 = 4;
 pub const STAT_SNAT_IN: u32 = 5;
 /// A frame dropped because no masquerade port was free.
 pub const STAT_SNAT_NO_PORT: u32 = 6;
+
+// ---------------------------------------------------------------------------
+// NodePort (`nodeport.rs`): a connection from outside the node to the node's
+// address and a node port is sent to a backend by the uplink program, with
+// its source rewritten to the node's when the backend is on another node
+// (so the reply comes back through here to be translated).
+//
+// The node ports themselves are frontends of the service table whose vip is
+// the node's address (`Config::node_ip`); processes in the agent's cgroup
+// subtree reach them through the socket programs like any ClusterIP.
+
+/// Where a node port connection goes, by the flow as it arrives on the
+/// uplink ([`NatKey`] of client and node address and port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodePortFlow {
+    /// The backend the flow was sent to.
+    pub backend_ip: u32,
+    /// Host byte order, as in [`NatKey`].
+    pub backend_port: u16,
+    /// The node port the client's source became (towards a backend on
+    /// another node); 0 when the backend is local and sees the client.
+    pub nat_port: u16,
+}
+
+/// What a backend's reply is translated back to, keyed by the reply as it
+/// reaches this node ([`NatKey`] from the backend to the client, or to the
+/// node address and `nat_port`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodePortReply {
+    pub client_ip: u32,
+    pub client_port: u16,
+    /// The node port the client connected to: the reply's source port.
+    pub node_port: u16,
+}
+
+/// Node port flows ([`NatKey`] to [`NodePortFlow`]), an LRU.
+pub const NODEPORT_FLOWS_MAP: &str = "NODEPORT_FLOWS";
+/// Their replies ([`NatKey`] to [`NodePortReply`]), an LRU.
+pub const NODEPORT_REPLIES_MAP: &str = "NODEPORT_REPLIES";
+/// A frame for a node port sent to a backend on this node.
+pub const STAT_NODEPORT_LOCAL: u32 = 7;
+/// A frame for a node port sent to a backend on another node.
+pub const STAT_NODEPORT_REMOTE: u32 = 8;
+/// A backend's reply translated back to the node port and forwarded.
+pub const STAT_NODEPORT_REPLY: u32 = 9;
+/// A frame for a node port without a backend, left to the node's stack
+/// (which refuses it: nothing listens there).
+pub const STAT_NODEPORT_NO_BACKEND: u32 = 10;
+/// A new flow to a remote backend dropped: no free port for its source.
+pub const STAT_NODEPORT_NO_PORT: u32 = 11;

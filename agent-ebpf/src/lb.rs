@@ -95,7 +95,7 @@ fn translate(ctx: &SockAddrContext, per_datagram: bool) -> i32 {
         pad: [0; 3],
     };
     // Anything that is not a frontend is none of our business.
-    let Some(svc) = (unsafe { LB_SERVICES.get(key) }).copied() else {
+    let Some(svc) = frontend(&key) else {
         return ALLOW;
     };
     let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
@@ -171,6 +171,20 @@ fn choose(
             }
         }
     }
+    let (id, b) = pick(key, svc)?;
+    remember(affine, &akey, id, now, per_datagram, &flow);
+    Some(b)
+}
+
+/// Slot 0 of the frontend `key` (a ClusterIP, or the node's address and a
+/// node port), if there is one.
+pub fn frontend(key: &ServiceKey) -> Option<ServiceValue> {
+    unsafe { LB_SERVICES.get(key) }.copied()
+}
+
+/// A ready backend of frontend `key` (whose slot 0 is `svc`), picked at
+/// random, with its id.
+pub fn pick(key: &ServiceKey, svc: &ServiceValue) -> Option<(u32, Backend)> {
     if svc.count == 0 {
         return None;
     }
@@ -182,9 +196,7 @@ fn choose(
     // A slot can be missing for an instant while the agent shrinks the
     // service (the count is lowered before the slots beyond it go).
     let id = unsafe { LB_SERVICES.get(slot) }?.backend_id;
-    let b = backend(id, svc.service_id, false)?;
-    remember(affine, &akey, id, now, per_datagram, &flow);
-    Some(b)
+    Some((id, backend(id, svc.service_id, false)?))
 }
 
 fn remember(

@@ -13,6 +13,7 @@
 mod abi;
 mod lb;
 mod nat;
+mod nodeport;
 
 use abi::{Endpoint, PacketCount};
 use aya_ebpf::{
@@ -65,34 +66,70 @@ pub fn from_pod(ctx: TcContext) -> i32 {
     route_from_pod(&ctx).unwrap_or(TC_ACT_OK as i32)
 }
 
-/// Ingress of the node's uplink: frames for local pods skip the stack.
+/// Ingress of the node's uplink: frames for local pods skip the stack, node
+/// ports are balanced, and replies to translated flows find their way back.
 #[classifier]
 pub fn from_uplink(ctx: TcContext) -> i32 {
-    let Some(dst) = ipv4_dst(&ctx) else {
-        return TC_ACT_OK as i32;
-    };
+    from_outside(&ctx).unwrap_or(TC_ACT_OK as i32)
+}
+
+fn from_outside(ctx: &TcContext) -> Option<i32> {
+    let dst = ipv4_dst(ctx)?;
     if let Some(ep) = unsafe { ENDPOINTS.get(&dst) } {
         let ep = *ep;
         if let Some(cfg) = nat::config() {
-            nat::note_inbound(&ctx, &cfg, dst);
+            nat::note_inbound(ctx, &cfg, dst);
         }
-        return deliver_local(&ctx, &ep, abi::STAT_UPLINK_TO_LOCAL).unwrap_or(TC_ACT_OK as i32);
+        return deliver_local(ctx, &ep, abi::STAT_UPLINK_TO_LOCAL);
+    }
+    let cfg = nat::config()?;
+    if dst == cfg.node_ip {
+        if let Some(verdict) = node_port(ctx, &cfg, dst) {
+            return Some(verdict);
+        }
     }
     // A reply to a flow a pod started out of the cluster, masqueraded.
-    let Some(cfg) = nat::config() else {
-        return TC_ACT_OK as i32;
-    };
-    let Some(pod) = nat::snat_in(&ctx, &cfg, dst) else {
-        return TC_ACT_OK as i32;
-    };
+    let pod = nat::snat_in(ctx, &cfg, dst)?;
     match unsafe { ENDPOINTS.get(&pod) } {
         Some(ep) => {
             let ep = *ep;
-            deliver_local(&ctx, &ep, abi::STAT_SNAT_IN).unwrap_or(TC_ACT_OK as i32)
+            Some(deliver_local(ctx, &ep, abi::STAT_SNAT_IN).unwrap_or(TC_ACT_OK as i32))
         }
         // The pod is gone: nobody to deliver the (now rewritten) reply to.
-        None => TC_ACT_SHOT as i32,
+        None => Some(TC_ACT_SHOT as i32),
     }
+}
+
+/// A frame for the node's own address: a node port flow, or a remote
+/// backend's reply to one. None when it is neither.
+fn node_port(ctx: &TcContext, cfg: &abi::Config, dst: u32) -> Option<i32> {
+    // Once a frame is rewritten, the stack must not see it: it would not
+    // know what to do with it.
+    const SHOT: i32 = TC_ACT_SHOT as i32;
+    if nodeport::reply_in(ctx, cfg).is_some() {
+        return Some(forward(ctx, abi::STAT_NODEPORT_REPLY).unwrap_or(SHOT));
+    }
+    Some(match nodeport::ingress(ctx, cfg, dst)? {
+        nodeport::Ingress::Local(pod) => match unsafe { ENDPOINTS.get(&pod) }.copied() {
+            Some(ep) => deliver_local(ctx, &ep, abi::STAT_NODEPORT_LOCAL).unwrap_or(SHOT),
+            // The pod went between the pick and here.
+            None => SHOT,
+        },
+        nodeport::Ingress::Remote => forward(ctx, abi::STAT_NODEPORT_REMOTE).unwrap_or(SHOT),
+        nodeport::Ingress::NoBackend => {
+            count(abi::STAT_NODEPORT_NO_BACKEND);
+            TC_ACT_OK as i32
+        }
+        nodeport::Ingress::NoPort => {
+            count(abi::STAT_NODEPORT_NO_PORT);
+            SHOT
+        }
+    })
+}
+
+/// Whether `ip` (as in the IP header) is a pod of this node.
+pub fn is_local_pod(ip: u32) -> bool {
+    unsafe { ENDPOINTS.get(&ip) }.is_some()
 }
 
 fn route_from_pod(ctx: &TcContext) -> Option<i32> {
@@ -101,6 +138,31 @@ fn route_from_pod(ctx: &TcContext) -> Option<i32> {
         let ep = *ep;
         return deliver_local(ctx, &ep, abi::STAT_POD_TO_LOCAL);
     }
+    let cfg = nat::config();
+    if let Some(cfg) = &cfg {
+        // Node port clients are outside the pod network (pods reach node
+        // ports through the socket programs, or masqueraded from another
+        // node), so traffic between pods never pays for this lookup.
+        if dst & cfg.cluster_mask != cfg.cluster_net
+            && nodeport::reply_from_pod(ctx, cfg).is_some()
+        {
+            return Some(forward(ctx, abi::STAT_NODEPORT_REPLY).unwrap_or(TC_ACT_SHOT as i32));
+        }
+    }
+    route(ctx, dst, cfg.as_ref(), abi::STAT_POD_TO_REMOTE)
+}
+
+/// Forwards a frame the programs rewrote by the FIB, as the node would
+/// route it, without masquerade.
+fn forward(ctx: &TcContext, stat: u32) -> Option<i32> {
+    let dst = ipv4_dst(ctx)?;
+    route(ctx, dst, None, stat)
+}
+
+/// Routes a frame for `dst` by a FIB lookup: sent out where the node would
+/// send it (masqueraded first when `masquerade` is given and the frame
+/// leaves the cluster), or left to the node's stack.
+fn route(ctx: &TcContext, dst: u32, masquerade: Option<&abi::Config>, stat: u32) -> Option<i32> {
     let src: u32 = ctx.load(IP_SRC_OFF).ok()?;
     let tot_len: u16 = ctx.load(ETH_HLEN + 2).ok()?;
     let tos: u8 = ctx.load(ETH_HLEN + 1).ok()?;
@@ -125,9 +187,9 @@ fn route_from_pod(ctx: &TcContext) -> Option<i32> {
     // forwarding off) is the node stack's business, as if no program ran.
     let routed = matches!(rc as u32, BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH);
     if routed {
-        if let Some(cfg) = nat::config() {
-            if nat::wants_snat(&cfg, dst) {
-                match nat::snat_out(ctx, &cfg)? {
+        if let Some(cfg) = masquerade {
+            if nat::wants_snat(cfg, dst) {
+                match nat::snat_out(ctx, cfg)? {
                     nat::Snat::Done => count(abi::STAT_SNAT_OUT),
                     nat::Snat::NoPort => {
                         count(abi::STAT_SNAT_NO_PORT);
@@ -146,7 +208,7 @@ fn route_from_pod(ctx: &TcContext) -> Option<i32> {
             macs[..6].copy_from_slice(&fib.dmac);
             macs[6..].copy_from_slice(&fib.smac);
             ctx.store(0, &macs, 0).ok()?;
-            count(abi::STAT_POD_TO_REMOTE);
+            count(stat);
             Some(unsafe { bpf_redirect(fib.ifindex, 0) } as i32)
         }
         BPF_FIB_LKUP_RET_NO_NEIGH => {
@@ -155,7 +217,7 @@ fn route_from_pod(ctx: &TcContext) -> Option<i32> {
             let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
             nh.nh_family = AF_INET as u32;
             nh.__bindgen_anon_1.ipv4_nh = unsafe { fib.__bindgen_anon_4.ipv4_dst };
-            count(abi::STAT_POD_TO_REMOTE);
+            count(stat);
             Some(unsafe {
                 bpf_redirect_neigh(
                     fib.ifindex,

@@ -32,23 +32,24 @@ static INBOUND_FLOWS: LruHashMap<NatKey, u8> = LruHashMap::pinned(abi::MAX_NAT_F
 
 const ETH_HLEN: usize = 14;
 const IP_CSUM_OFF: usize = ETH_HLEN + 10;
-const IP_SRC_OFF: usize = ETH_HLEN + 12;
-const IP_DST_OFF: usize = ETH_HLEN + 16;
-const IPPROTO_ICMP: u8 = 1;
+pub const IP_SRC_OFF: usize = ETH_HLEN + 12;
+pub const IP_DST_OFF: usize = ETH_HLEN + 16;
+pub const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_ECHO_REQUEST: u8 = 8;
 
 /// Where the parts of a packet that NAT touches are.
-struct Flow {
-    proto: u8,
+pub struct Flow {
+    pub proto: u8,
     /// Offset of the (local-side) port or ICMP identifier to rewrite.
     port_off: usize,
     /// Offset of the L4 checksum.
     csum_off: usize,
-    sport: u16,
-    dport: u16,
+    /// Host byte order, as in [`NatKey`].
+    pub sport: u16,
+    pub dport: u16,
 }
 
 pub fn config() -> Option<Config> {
@@ -56,8 +57,9 @@ pub fn config() -> Option<Config> {
 }
 
 /// Parses what NAT needs; None for what it leaves alone (fragments after
-/// the first, other protocols, ICMP other than echo).
-fn flow(ctx: &TcContext, outgoing: bool) -> Option<Flow> {
+/// the first, other protocols, ICMP other than echo). `outgoing` picks the
+/// port a [`rewrite`] changes: the source port, or the destination port.
+pub fn flow(ctx: &TcContext, outgoing: bool) -> Option<Flow> {
     let vihl: u8 = ctx.load(ETH_HLEN).ok()?;
     let l4 = ETH_HLEN + usize::from(vihl & 0x0f) * 4;
     let frag: u16 = ctx.load(ETH_HLEN + 6).ok()?;
@@ -110,7 +112,7 @@ fn flow(ctx: &TcContext, outgoing: bool) -> Option<Flow> {
 
 /// Rewrites an address at `addr_off` and a port at `flow.port_off`,
 /// keeping the IP and L4 checksums right.
-fn rewrite(
+pub fn rewrite(
     ctx: &TcContext,
     f: &Flow,
     addr_off: usize,
@@ -220,6 +222,19 @@ pub fn snat_out(ctx: &TcContext, cfg: &Config) -> Option<Snat> {
     Some(Snat::Done)
 }
 
+/// How many ports a new flow tries before it gives up.
+pub const NAT_PORT_TRIES: u32 = 16;
+
+/// The `i`th port of the NAT range a flow hashed to `seed` tries: spread
+/// by a multiplicative hash, then stepped, so flows rarely meet twice.
+pub fn candidate_port(seed: u32, i: u32) -> u16 {
+    abi::NAT_PORT_MIN
+        + ((seed
+            .wrapping_mul(2654435761)
+            .wrapping_add(i.wrapping_mul(40503)))
+            % u32::from(abi::NAT_PORT_COUNT)) as u16
+}
+
 /// Finds a node port for a new flow and records both directions. The
 /// reply key includes the remote end, so a port is only taken per remote.
 fn allocate(out_key: &NatKey, node_ip: u32) -> Option<u16> {
@@ -227,12 +242,8 @@ fn allocate(out_key: &NatKey, node_ip: u32) -> Option<u16> {
         ^ out_key.dst.rotate_left(7)
         ^ (u32::from(out_key.sport) << 16)
         ^ u32::from(out_key.dport);
-    for i in 0..16u32 {
-        let port = abi::NAT_PORT_MIN
-            + ((seed
-                .wrapping_mul(2654435761)
-                .wrapping_add(i.wrapping_mul(40503)))
-                % u32::from(abi::NAT_PORT_COUNT)) as u16;
+    for i in 0..NAT_PORT_TRIES {
+        let port = candidate_port(seed, i);
         let in_key = NatKey {
             src: out_key.dst,
             dst: node_ip,

@@ -1,6 +1,7 @@
 //! `cargo xtask bench <what>`: builds the release binaries and runs a
 //! benchmark program from `tests/src/bin/`. Each writes a Markdown table to
-//! stdout and to `target/bench/<what>.md`.
+//! stdout and to `target/bench/<what>.md`; `bench all` runs them one after
+//! another and joins their tables into `target/bench/report.md`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -39,7 +40,14 @@ pub enum Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Every benchmark above with its defaults, one after another (they
+    /// would disturb each other's numbers side by side), then one report:
+    /// `target/bench/report.md` with each table and the charts. Needs root.
+    All,
 }
+
+/// The benchmarks `bench all` runs, by the name of their report.
+const ALL: [&str; 4] = ["apiserver", "scheduler", "pods", "net"];
 
 /// `$CARGO_TARGET_DIR` or the workspace's `target/`, where cargo puts the binaries.
 fn target_dir() -> PathBuf {
@@ -50,6 +58,9 @@ fn target_dir() -> PathBuf {
 }
 
 pub fn run(bench: Bench) -> anyhow::Result<()> {
+    if let Bench::All = bench {
+        return all();
+    }
     anyhow::ensure!(
         util::succeeds(Command::new("etcd").arg("--version")),
         "etcd is not installed: run `cargo xtask setup` first"
@@ -97,5 +108,49 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
             }
             util::run(cmd.args(&args).current_dir(util::root()))
         }
+        Bench::All => unreachable!("handled above"),
     }
+}
+
+/// `bench all`: runs each benchmark, then writes the joint report. A
+/// benchmark that fails is named in the report and the others still run.
+fn all() -> anyhow::Result<()> {
+    let dir = target_dir().join("bench");
+    let mut failed = Vec::new();
+    for name in ALL {
+        let _ = std::fs::remove_file(dir.join(format!("{name}.md")));
+        let args = Vec::new();
+        let bench = match name {
+            "apiserver" => Bench::Apiserver { args },
+            "scheduler" => Bench::Scheduler { args },
+            "pods" => Bench::Pods { args },
+            _ => Bench::Net { args },
+        };
+        if let Err(e) = run(bench) {
+            eprintln!("bench {name} failed: {e:#}");
+            failed.push(name);
+        }
+    }
+    let mut report = String::from(
+        "# kestrel benchmarks\n\nEvery figure below was measured in this one run, \
+         each against the baseline its table names (raw etcd, the runtime \
+         helper alone, a plain veth pair, the CNI bridge plugin).\n",
+    );
+    for name in ALL {
+        report += &format!("\n## {name}\n\n");
+        match std::fs::read_to_string(dir.join(format!("{name}.md"))) {
+            Ok(table) => report += &table,
+            Err(_) => report += "(no result: the benchmark failed, see its output)\n",
+        }
+        let chart = dir.join(format!("{name}.png"));
+        if chart.exists() {
+            report += &format!("\n![{name}]({name}.png)\n");
+        }
+    }
+    let out = dir.join("report.md");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(&out, report)?;
+    util::step(&format!("report written to {}", out.display()));
+    anyhow::ensure!(failed.is_empty(), "failed: {}", failed.join(", "));
+    Ok(())
 }

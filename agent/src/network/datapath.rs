@@ -151,8 +151,15 @@ impl Datapath {
         Ok(())
     }
 
-    /// Takes traffic arriving on the node's uplink for local pods.
+    /// Takes traffic arriving on the node's uplink for local pods and node
+    /// ports. The uplink forwards: the programs route node port flows to
+    /// other nodes by FIB lookups, which the kernel answers only for an
+    /// interface that forwards (every Kubernetes node forwards; this turns
+    /// it on for the uplink alone, not for the whole node).
     pub fn attach_uplink(&mut self, iface: &str) -> Result<(), Error> {
+        let switch = format!("/proc/sys/net/ipv4/conf/{iface}/forwarding");
+        std::fs::write(&switch, "1")
+            .map_err(|e| Error::Io(std::io::Error::other(format!("writing 1 to {switch}: {e}"))))?;
         self.attach(abi::FROM_UPLINK_PROGRAM, iface)
     }
 

@@ -17,8 +17,8 @@ use aya::programs::{CgroupAttachMode, CgroupSockAddr};
 use aya::EbpfLoader;
 
 use crate::ebpf::abi::{
-    self, AffinityKey, AffinityValue, Backend, FlowKey, ReverseKey, ReverseValue, ServiceKey,
-    ServiceValue,
+    self, AffinityKey, AffinityValue, Backend, FlowKey, NatKey, NodePortFlow, ReverseKey,
+    ReverseValue, ServiceKey, ServiceValue,
 };
 use crate::ebpf::Error;
 
@@ -34,6 +34,8 @@ unsafe impl aya::Pod for ReverseValue {}
 unsafe impl aya::Pod for FlowKey {}
 unsafe impl aya::Pod for AffinityKey {}
 unsafe impl aya::Pod for AffinityValue {}
+// SAFETY: as above.
+unsafe impl aya::Pod for NodePortFlow {}
 
 /// Directory of the load balancer's pinned links, inside the agent's
 /// bpffs directory (apart from the datapath's per-interface `links/`).
@@ -153,6 +155,9 @@ pub struct Snapshot {
     pub reverse: Vec<(ReverseKey, ReverseValue)>,
     pub flows: Vec<(FlowKey, u32)>,
     pub affinity: Vec<(AffinityKey, AffinityValue)>,
+    /// Node port connections (the uplink program's conntrack); empty when
+    /// the routing programs never ran here.
+    pub node_port_flows: Vec<(NatKey, NodePortFlow)>,
     pub stats: Vec<(&'static str, u64)>,
     /// Names of the pinned program links.
     pub links: Vec<String>,
@@ -176,6 +181,13 @@ pub fn snapshot(pin_dir: &Path) -> Result<Snapshot, Error> {
     for (i, name) in abi::LB_STAT_NAMES.iter().enumerate() {
         counters.push((*name, stats.get(&(i as u32), 0)?.iter().sum()));
     }
+    let node_port_flows = match pinned(pin_dir, abi::NODEPORT_FLOWS_MAP) {
+        Ok(data) => {
+            let map: HashMap<_, NatKey, NodePortFlow> = HashMap::try_from(Map::LruHashMap(data))?;
+            map.iter().filter_map(Result::ok).collect()
+        }
+        Err(_) => Vec::new(),
+    };
     let mut links: Vec<String> = std::fs::read_dir(links_dir(pin_dir))
         .map(|d| {
             d.flatten()
@@ -191,6 +203,7 @@ pub fn snapshot(pin_dir: &Path) -> Result<Snapshot, Error> {
         reverse: reverse.iter().filter_map(Result::ok).collect(),
         flows: flows.iter().filter_map(Result::ok).collect(),
         affinity: affinity.iter().filter_map(Result::ok).collect(),
+        node_port_flows,
         stats: counters,
         links,
     })

@@ -162,6 +162,31 @@ pub fn describe(pin_dir: &Path) -> anyhow::Result<String> {
         )?;
     }
     more(&mut out, snap.affinity.len())?;
+
+    writeln!(
+        out,
+        "\nnode port flows ({}): client -> node port -> backend",
+        snap.node_port_flows.len()
+    )?;
+    for (k, v) in snap.node_port_flows.iter().take(MAX_LINES) {
+        let proto = Proto::from_number(k.proto).map_or("?".to_string(), |p| p.to_string());
+        let via = if v.nat_port == 0 {
+            String::new()
+        } else {
+            format!("  (from node port {})", v.nat_port)
+        };
+        writeln!(
+            out,
+            "  {}:{} -> {}:{}/{proto} -> {}:{}{via}",
+            ip(k.src),
+            k.sport,
+            ip(k.dst),
+            k.dport,
+            ip(v.backend_ip),
+            v.backend_port
+        )?;
+    }
+    more(&mut out, snap.node_port_flows.len())?;
     Ok(out)
 }
 

@@ -154,7 +154,7 @@ pub async fn run(client: kube::Client, node: NodeInfo, args: ServiceArgs) {
         }
         None => None,
     };
-    sync::run(client, node.name, table, local, zone).await
+    sync::run(client, node.name, node.ip, table, local, zone).await
 }
 
 /// For `agent reset`, once the runtime helper was told to exit: removes

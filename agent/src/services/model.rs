@@ -96,14 +96,24 @@ pub struct Desired {
 /// Default of `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
 const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
 
+/// The node the load balancer runs on, as Services see it.
+#[derive(Clone, Copy, Debug)]
+pub struct Here<'a> {
+    /// For `internalTrafficPolicy` and `externalTrafficPolicy: Local`.
+    pub name: &'a str,
+    /// The address node ports are served on.
+    pub ip: Ipv4Addr,
+}
+
 /// The frontends of `svc` and what each balances over, given the
-/// EndpointSlices that name it. `node` is this node's name (for
-/// `internalTrafficPolicy: Local`).
+/// EndpointSlices that name it: one per ClusterIP and port, and one per
+/// node port on this node's address.
 pub fn frontends<'a>(
     svc: &Service,
     slices: impl IntoIterator<Item = &'a EndpointSlice> + Clone,
-    node: &str,
+    here: Here<'_>,
 ) -> Vec<(Frontend, Desired)> {
+    let node = here.name;
     let Some(spec) = svc.spec.as_ref() else {
         return Vec::new();
     };
@@ -121,6 +131,10 @@ pub fn frontends<'a>(
     vips.sort();
     vips.dedup();
     let local_only = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let external_local_only = spec.external_traffic_policy.as_deref() == Some("Local");
+    // Node ports are only allocated for these types; one left behind on a
+    // Service turned ClusterIP is not served.
+    let node_ports = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
     let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
         spec.session_affinity_config
             .as_ref()
@@ -146,6 +160,28 @@ pub fn frontends<'a>(
                     proto,
                 },
                 desired.clone(),
+            ));
+        }
+        let node_port = p.node_port.and_then(|n| u16::try_from(n).ok());
+        if let (true, Some(node_port)) = (node_ports, node_port) {
+            let mut desired = if external_local_only == local_only {
+                desired
+            } else {
+                backends(
+                    slices.clone(),
+                    name,
+                    proto,
+                    external_local_only.then_some(node),
+                )
+            };
+            desired.affinity_timeout = affinity_timeout;
+            out.push((
+                Frontend {
+                    vip: here.ip,
+                    port: node_port,
+                    proto,
+                },
+                desired,
             ));
         }
     }
@@ -244,6 +280,11 @@ mod tests {
                "conditions": {"ready": ready, "serving": serving, "terminating": terminating}})
     }
 
+    const N1: Here = Here {
+        name: "n1",
+        ip: Ipv4Addr::new(192, 168, 0, 1),
+    };
+
     fn t(ip: &str, port: u16) -> Target {
         Target {
             ip: ip.parse().unwrap(),
@@ -266,7 +307,7 @@ mod tests {
             json!([{"name": "http", "port": 9090, "protocol": "TCP"}]),
             json!([ep("10.244.1.3", true, true, false)]),
         );
-        let got = frontends(&s, [&a, &b], "n1");
+        let got = frontends(&s, [&a, &b], N1);
         assert_eq!(got.len(), 2);
         let (fe, d) = &got[0];
         assert_eq!(fe.to_string(), "10.96.0.10:80/TCP");
@@ -288,7 +329,7 @@ mod tests {
                 ep("10.244.1.5", false, false, true),
             ]),
         );
-        let got = frontends(&s, [&sl], "n1");
+        let got = frontends(&s, [&sl], N1);
         assert_eq!(got[0].1.active, vec![t("10.244.1.2", 8080)]);
         assert_eq!(got[0].1.draining, vec![t("10.244.1.4", 8080)]);
     }
@@ -303,7 +344,7 @@ mod tests {
                 ep("10.244.1.5", false, false, false)
             ]),
         );
-        let got = frontends(&s, [&sl], "n1");
+        let got = frontends(&s, [&sl], N1);
         assert_eq!(got[0].1.active, vec![t("10.244.1.4", 8080)]);
         assert!(got[0].1.draining.is_empty());
     }
@@ -316,7 +357,7 @@ mod tests {
             json!([{"addresses": ["10.244.1.9"]}]),
         );
         assert_eq!(
-            frontends(&s, [&sl], "n1")[0].1.active,
+            frontends(&s, [&sl], N1)[0].1.active,
             vec![t("10.244.1.9", 8080)]
         );
     }
@@ -324,18 +365,18 @@ mod tests {
     #[test]
     fn headless_external_name_and_sctp_have_no_frontend() {
         let headless = svc(json!({"clusterIP": "None", "ports": [{"port": 80}]}));
-        assert!(frontends(&headless, [], "n1").is_empty());
+        assert!(frontends(&headless, [], N1).is_empty());
         let ext = svc(json!({"type": "ExternalName", "externalName": "example.com"}));
-        assert!(frontends(&ext, [], "n1").is_empty());
+        assert!(frontends(&ext, [], N1).is_empty());
         let sctp =
             svc(json!({"clusterIP": "10.96.0.1", "ports": [{"port": 80, "protocol": "SCTP"}]}));
-        assert!(frontends(&sctp, [], "n1").is_empty());
+        assert!(frontends(&sctp, [], N1).is_empty());
     }
 
     #[test]
     fn a_service_without_endpoints_has_an_empty_frontend() {
         let s = svc(json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80}]}));
-        let got = frontends(&s, [], "n1");
+        let got = frontends(&s, [], N1);
         assert_eq!(got.len(), 1);
         assert!(got[0].1.active.is_empty());
     }
@@ -353,7 +394,7 @@ mod tests {
             json!([ep("10.244.1.2", true, true, false), other]),
         );
         assert_eq!(
-            frontends(&s, [&sl], "n1")[0].1.active,
+            frontends(&s, [&sl], N1)[0].1.active,
             vec![t("10.244.1.2", 8080)]
         );
     }
@@ -363,11 +404,86 @@ mod tests {
         let s = svc(json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80}],
                            "sessionAffinity": "ClientIP",
                            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 30}}}));
-        assert_eq!(frontends(&s, [], "n1")[0].1.affinity_timeout, Some(30));
+        assert_eq!(frontends(&s, [], N1)[0].1.affinity_timeout, Some(30));
         let s = svc(json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80}],
                            "sessionAffinity": "ClientIP"}));
-        assert_eq!(frontends(&s, [], "n1")[0].1.affinity_timeout, Some(10800));
+        assert_eq!(frontends(&s, [], N1)[0].1.affinity_timeout, Some(10800));
         let s = svc(json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80}]}));
-        assert_eq!(frontends(&s, [], "n1")[0].1.affinity_timeout, None);
+        assert_eq!(frontends(&s, [], N1)[0].1.affinity_timeout, None);
+    }
+}
+
+#[cfg(test)]
+mod node_port_tests {
+    use super::*;
+    use serde_json::json;
+
+    const N1: Here = Here {
+        name: "n1",
+        ip: Ipv4Addr::new(192, 168, 0, 1),
+    };
+
+    fn svc(spec: serde_json::Value) -> Service {
+        serde_json::from_value(
+            json!({"metadata": {"name": "web", "namespace": "default"}, "spec": spec}),
+        )
+        .unwrap()
+    }
+
+    fn two_nodes() -> EndpointSlice {
+        serde_json::from_value(json!({
+            "metadata": {"name": "web-abc", "namespace": "default"},
+            "addressType": "IPv4",
+            "ports": [{"port": 8080}],
+            "endpoints": [
+                {"addresses": ["10.244.1.2"], "nodeName": "n1"},
+                {"addresses": ["10.244.2.2"], "nodeName": "n2"},
+            ],
+        }))
+        .unwrap()
+    }
+
+    fn ips(d: &Desired) -> Vec<String> {
+        d.active.iter().map(|t| t.ip.to_string()).collect()
+    }
+
+    #[test]
+    fn a_node_port_is_a_frontend_on_the_node_address() {
+        let s = svc(json!({"type": "NodePort", "clusterIP": "10.96.0.10",
+                           "ports": [{"port": 80, "nodePort": 30080}]}));
+        let sl = two_nodes();
+        let got = frontends(&s, [&sl], N1);
+        let names: Vec<String> = got.iter().map(|(f, _)| f.to_string()).collect();
+        assert_eq!(names, ["10.96.0.10:80/TCP", "192.168.0.1:30080/TCP"]);
+        assert_eq!(ips(&got[1].1), ["10.244.1.2", "10.244.2.2"]);
+    }
+
+    #[test]
+    fn external_traffic_policy_local_keeps_this_nodes_endpoints_for_node_ports_only() {
+        let s = svc(json!({"type": "NodePort", "clusterIP": "10.96.0.10",
+                           "externalTrafficPolicy": "Local",
+                           "ports": [{"port": 80, "nodePort": 30080}]}));
+        let sl = two_nodes();
+        let got = frontends(&s, [&sl], N1);
+        assert_eq!(ips(&got[0].1), ["10.244.1.2", "10.244.2.2"], "ClusterIP");
+        assert_eq!(ips(&got[1].1), ["10.244.1.2"], "node port");
+    }
+
+    #[test]
+    fn internal_traffic_policy_leaves_node_ports_alone() {
+        let s = svc(json!({"type": "LoadBalancer", "clusterIP": "10.96.0.10",
+                           "internalTrafficPolicy": "Local",
+                           "ports": [{"port": 80, "nodePort": 30080}]}));
+        let sl = two_nodes();
+        let got = frontends(&s, [&sl], N1);
+        assert_eq!(ips(&got[0].1), ["10.244.1.2"], "ClusterIP");
+        assert_eq!(ips(&got[1].1), ["10.244.1.2", "10.244.2.2"], "node port");
+    }
+
+    #[test]
+    fn a_cluster_ip_service_serves_no_node_port() {
+        let s = svc(json!({"type": "ClusterIP", "clusterIP": "10.96.0.10",
+                           "ports": [{"port": 80, "nodePort": 30080}]}));
+        assert_eq!(frontends(&s, [], N1).len(), 1);
     }
 }

@@ -5,6 +5,7 @@
 //! restarting agent never empties a service it simply has not seen yet.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
@@ -35,6 +36,8 @@ enum Event {
 /// The API objects the load balancer follows, and what it made of them.
 struct State<M: Maps> {
     node: String,
+    /// The node's address, where node ports are served.
+    node_ip: Ipv4Addr,
     table: Table<M>,
     services: BTreeMap<Ref, Service>,
     /// EndpointSlices by the Service they belong to, then by name.
@@ -80,6 +83,7 @@ fn owner_of(slice: &EndpointSlice) -> Option<Ref> {
 pub async fn run<M: Maps>(
     client: kube::Client,
     node: String,
+    node_ip: Ipv4Addr,
     table: Table<M>,
     local: Vec<(Frontend, Desired)>,
     zone: Option<dns::SharedZone>,
@@ -99,6 +103,7 @@ pub async fn run<M: Maps>(
     let mut events = std::pin::pin!(futures::stream::select(services, slices));
     let mut state = State {
         node,
+        node_ip,
         table,
         services: BTreeMap::new(),
         slices: BTreeMap::new(),
@@ -302,7 +307,14 @@ impl<M: Maps> State<M> {
             .map(|m| m.values().collect())
             .unwrap_or_default();
         let want = match self.services.get(r) {
-            Some(svc) => model::frontends(svc, slices.iter().copied(), &self.node),
+            Some(svc) => model::frontends(
+                svc,
+                slices.iter().copied(),
+                model::Here {
+                    name: &self.node,
+                    ip: self.node_ip,
+                },
+            ),
             None => Vec::new(),
         };
         if let Some(zone) = &self.zone {

@@ -330,6 +330,17 @@ fn validate_service(obj: &Value, causes: &mut Vec<Cause>) {
             &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"],
         ));
     }
+    for field in ["externalTrafficPolicy", "internalTrafficPolicy"] {
+        if let Some(policy) = spec.get(field) {
+            if !matches!(policy.as_str(), Some("Cluster" | "Local")) {
+                causes.push(Cause::not_supported(
+                    format!("spec.{field}"),
+                    policy,
+                    &["Cluster", "Local"],
+                ));
+            }
+        }
+    }
     let ports = spec
         .get("ports")
         .and_then(Value::as_array)
