@@ -937,13 +937,17 @@ impl Machine {
         )
         .expect("systemd-nspawn is missing: `cargo xtask setup` installs systemd-container");
         let pid = nspawn.pid();
+        // nspawn forks short-lived helpers too: the leader is the child
+        // that has become systemd.
         let leader = wait_for(Duration::from_secs(20), || {
             std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
                 .ok()?
                 .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
+                .filter_map(|c| c.parse::<u32>().ok())
+                .find(|c| {
+                    std::fs::read_to_string(format!("/proc/{c}/comm"))
+                        .is_ok_and(|comm| comm.trim() == "systemd")
+                })
         })
         .expect("the container's init started");
         let mut machine = Self {
