@@ -11,6 +11,7 @@
 
 pub mod bridge_cni;
 pub mod chart;
+pub mod kube_proxy;
 pub mod testbed;
 
 use std::io::Read;
@@ -61,6 +62,66 @@ pub struct Pair {
     pub client_ns: PathBuf,
     pub server_ns: PathBuf,
     pub server_ip: Ipv4Addr,
+    /// Where the client connects, when not to the server's own address (a
+    /// service address in front of it, on the same ports).
+    pub connect_ip: Option<Ipv4Addr>,
+    /// A cgroup v2 directory the client runs in (where socket programs
+    /// attach).
+    pub client_cgroup: Option<PathBuf>,
+}
+
+impl Pair {
+    pub fn new(client_ns: PathBuf, server_ns: PathBuf, server_ip: Ipv4Addr) -> Self {
+        Self {
+            client_ns,
+            server_ns,
+            server_ip,
+            connect_ip: None,
+            client_cgroup: None,
+        }
+    }
+
+    /// The address the client connects to.
+    pub fn target(&self) -> Ipv4Addr {
+        self.connect_ip.unwrap_or(self.server_ip)
+    }
+
+    /// Makes `cmd` a client of this path: in its namespace and cgroup.
+    fn client(&self, cmd: &mut Command) -> Result<()> {
+        in_ns(cmd, &self.client_ns)?;
+        if let Some(dir) = &self.client_cgroup {
+            join_cgroup(cmd, dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// Makes `cmd` start in the cgroup v2 directory `dir`.
+fn join_cgroup(cmd: &mut Command, dir: &Path) -> Result<()> {
+    let procs = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("cgroup.procs"))
+        .with_context(|| format!("open {}/cgroup.procs", dir.display()))?;
+    let fd: OwnedFd = procs.into();
+    // SAFETY: write(2) is async-signal-safe; "0" moves the writing process
+    // itself. The Command keeps the fd alive in the closure.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
+/// One TCP_CRR run: its rate and how long its connect() calls took.
+#[derive(Clone, Copy, Debug)]
+pub struct Crr {
+    pub per_second: f64,
+    pub connect_p50_us: f64,
+    pub connect_p99_us: f64,
 }
 
 /// Makes `cmd` run in the network namespace at `ns` (a /run/netns entry or
@@ -248,11 +309,31 @@ impl Runner {
     /// One measurement of `metric` on `path`, in its unit (Gbit/s or
     /// transactions/s).
     pub fn measure(&self, metric: Metric, path: &Pair) -> Result<f64> {
+        let per_second = |v: serde_json::Value| {
+            v["per_second"]
+                .as_f64()
+                .with_context(|| format!("no per_second in {v}"))
+        };
         match metric {
             Metric::Throughput => self.iperf3(path),
-            Metric::Rr => self.rr(path, "rr"),
-            Metric::Crr => self.rr(path, "crr"),
+            Metric::Rr => per_second(self.rr(path, "rr")?),
+            Metric::Crr => per_second(self.rr(path, "crr")?),
         }
+    }
+
+    /// TCP_CRR on `path` with its connect() latencies.
+    pub fn crr(&self, path: &Pair) -> Result<Crr> {
+        let v = self.rr(path, "crr")?;
+        let field = |name: &str| {
+            v[name]
+                .as_f64()
+                .with_context(|| format!("no {name} in {v}"))
+        };
+        Ok(Crr {
+            per_second: field("per_second")?,
+            connect_p50_us: field("connect_p50_us")?,
+            connect_p99_us: field("connect_p99_us")?,
+        })
     }
 
     /// The longest a measurement may take before it is killed.
@@ -274,10 +355,11 @@ impl Runner {
         let _server = Guarded::spawn("iperf3 server", &mut server)?;
         wait_listening(&path.server_ns, IPERF_PORT, Duration::from_secs(5))?;
         let mut client = Command::new("iperf3");
+        let target = path.target().to_string();
         // One second of warm-up (slow start, first allocations) is left out.
         client.args([
             "-c",
-            &ip,
+            &target,
             "-p",
             &port,
             "-t",
@@ -286,7 +368,7 @@ impl Runner {
             "1",
             "-J",
         ]);
-        in_ns(&mut client, &path.client_ns)?;
+        path.client(&mut client)?;
         let out = run_bounded(&mut client, None, self.bound())?;
         let v: serde_json::Value = serde_json::from_str(&out).context("iperf3's JSON report")?;
         let bps = v["end"]["sum_received"]["bits_per_second"]
@@ -295,8 +377,9 @@ impl Runner {
         Ok(bps / 1e9)
     }
 
-    fn rr(&self, path: &Pair, mode: &str) -> Result<f64> {
+    fn rr(&self, path: &Pair, mode: &str) -> Result<serde_json::Value> {
         let addr = format!("{}:{RR_PORT}", path.server_ip);
+        let target = format!("{}:{RR_PORT}", path.target());
         let mut server = Command::new(&self.rr_bin);
         server
             .args(["server", "--listen", &addr, "--max-seconds"])
@@ -312,18 +395,14 @@ impl Runner {
         wait_listening(&path.server_ns, RR_PORT, Duration::from_secs(5))?;
         let mut client = Command::new(&self.rr_bin);
         client
-            .args(["client", "--connect", &addr, "--mode", mode, "--duration"])
+            .args(["client", "--connect", &target, "--mode", mode, "--duration"])
             .arg(self.duration.to_string());
-        in_ns(&mut client, &path.client_ns)?;
+        path.client(&mut client)?;
         if let Some(cpu) = self.rr_cpu {
             pin(&mut client, cpu);
         }
         let out = run_bounded(&mut client, None, self.bound())?;
-        let v: serde_json::Value =
-            serde_json::from_str(out.trim()).context("netperf-rr's JSON line")?;
-        v["per_second"]
-            .as_f64()
-            .with_context(|| format!("no per_second in {v}"))
+        serde_json::from_str(out.trim()).context("netperf-rr's JSON line")
     }
 }
 

@@ -40,6 +40,16 @@ pub enum Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// ClusterIPs by service count (1, 1,000, 5,000, 10,000): TCP_CRR with
+    /// connect() latency, TCP_RR and throughput through the eBPF socket
+    /// load balancer, straight to the pod, and through kube-proxy's
+    /// iptables and nftables rules; a table and `target/bench/services.png`.
+    /// Needs root.
+    Services {
+        /// Options for the bench program, e.g. `--sizes 1,1000 --rounds 1`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Every benchmark above with its defaults, one after another (they
     /// would disturb each other's numbers side by side), then one report:
     /// `target/bench/report.md` with each table and the charts. Needs root.
@@ -47,7 +57,7 @@ pub enum Bench {
 }
 
 /// The benchmarks `bench all` runs, by the name of their report.
-const ALL: [&str; 4] = ["apiserver", "scheduler", "pods", "net"];
+const ALL: [&str; 5] = ["apiserver", "scheduler", "pods", "net", "services"];
 
 /// `$CARGO_TARGET_DIR` or the workspace's `target/`, where cargo puts the binaries.
 fn target_dir() -> PathBuf {
@@ -99,6 +109,11 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
             let mut cmd = Command::new(release.join("bench-net"));
             util::run(cmd.args(&args).current_dir(util::root()))
         }
+        Bench::Services { args } => {
+            util::step("running bench-services");
+            let mut cmd = Command::new(release.join("bench-services"));
+            util::run(cmd.args(&args).current_dir(util::root()))
+        }
         Bench::Scheduler { args } => {
             util::step("running bench-scheduler");
             let mut cmd = Command::new(release.join("bench-scheduler"));
@@ -124,7 +139,8 @@ fn all() -> anyhow::Result<()> {
             "apiserver" => Bench::Apiserver { args },
             "scheduler" => Bench::Scheduler { args },
             "pods" => Bench::Pods { args },
-            _ => Bench::Net { args },
+            "net" => Bench::Net { args },
+            _ => Bench::Services { args },
         };
         if let Err(e) = run(bench) {
             eprintln!("bench {name} failed: {e:#}");
@@ -134,7 +150,7 @@ fn all() -> anyhow::Result<()> {
     let mut report = String::from(
         "# kestrel benchmarks\n\nEvery figure below was measured in this one run, \
          each against the baseline its table names (raw etcd, the runtime \
-         helper alone, a plain veth pair, the CNI bridge plugin).\n",
+         helper alone, a plain veth pair, the CNI bridge plugin, kube-proxy's rules).\n",
     );
     for name in ALL {
         report += &format!("\n## {name}\n\n");

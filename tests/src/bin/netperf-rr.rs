@@ -7,7 +7,8 @@
 //! a 1-byte request and waits for the 1-byte response on one connection,
 //! over and over; `--mode crr` opens a connection for each transaction and
 //! closes it after the response. The client prints one JSON line with the
-//! count and the rate. Both stop by themselves: the client after
+//! count and the rate (and, for `crr`, the median and 99th percentile of
+//! the connect() calls). Both stop by themselves: the client after
 //! `--duration`, the server after `--max-seconds`.
 
 use std::io::{ErrorKind, Read, Write};
@@ -115,6 +116,9 @@ fn client(addr: SocketAddr, mode: Mode, duration: f64) -> Result<()> {
     }
     let run = Duration::from_secs_f64(duration);
     let mut count: u64 = 0;
+    // How long each connect() took (TCP_CRR): the first packet of a flow
+    // is the one that pays for finding the service.
+    let mut connects: Vec<Duration> = Vec::new();
     let start = Instant::now();
     match mode {
         Mode::Rr => {
@@ -126,13 +130,20 @@ fn client(addr: SocketAddr, mode: Mode, duration: f64) -> Result<()> {
         }
         Mode::Crr => {
             while start.elapsed() < run {
+                let t = Instant::now();
                 let mut conn = open(addr)?;
+                connects.push(t.elapsed());
                 transact(&mut conn).context("request/response")?;
                 count += 1;
             }
         }
     }
     let secs = start.elapsed().as_secs_f64();
+    connects.sort();
+    let quantile = |q: f64| -> Option<f64> {
+        let i = ((connects.len() as f64 * q) as usize).min(connects.len().checked_sub(1)?);
+        Some(connects[i].as_secs_f64() * 1e6)
+    };
     println!(
         "{}",
         serde_json::json!({
@@ -140,6 +151,8 @@ fn client(addr: SocketAddr, mode: Mode, duration: f64) -> Result<()> {
             "transactions": count,
             "seconds": secs,
             "per_second": count as f64 / secs,
+            "connect_p50_us": quantile(0.5),
+            "connect_p99_us": quantile(0.99),
         })
     );
     Ok(())

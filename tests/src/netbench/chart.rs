@@ -1,4 +1,4 @@
-//! The PNG bar chart of `bench-net`: one panel per metric, one bar per
+//! The PNG bar charts of `bench-net` and `bench-services`: one panel per metric, one bar per
 //! path (the median of the rounds) with a line from the lowest to the
 //! highest round.
 
@@ -19,6 +19,10 @@ pub enum Family {
     Veth,
     Ours,
     Bridge,
+    /// kube-proxy's iptables mode.
+    Iptables,
+    /// kube-proxy's nftables mode.
+    Nftables,
 }
 
 impl Family {
@@ -27,6 +31,8 @@ impl Family {
             Family::Veth => RGBColor(130, 130, 130),
             Family::Ours => RGBColor(31, 119, 180),
             Family::Bridge => RGBColor(230, 120, 20),
+            Family::Iptables => RGBColor(214, 39, 40),
+            Family::Nftables => RGBColor(148, 103, 189),
         }
     }
 }

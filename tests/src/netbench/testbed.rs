@@ -67,11 +67,7 @@ fn plain_veth() -> Result<((Netns, Netns), Pair)> {
     let (in_a, in_b) = veth_between(&a, &b, "v")?;
     a.addr_up(&in_a, "10.98.0.1/24")?;
     b.addr_up(&in_b, "10.98.0.2/24")?;
-    let pair = Pair {
-        client_ns: a.path(),
-        server_ns: b.path(),
-        server_ip: "10.98.0.2".parse()?,
-    };
+    let pair = Pair::new(a.path(), b.path(), "10.98.0.2".parse()?);
     Ok(((a, b), pair))
 }
 
@@ -88,27 +84,15 @@ fn bridge_plugin() -> Result<(Segment, Vec<CniNode>, Pair, Pair, Pair)> {
     n1.add_pod()?;
     n2.add_pod()?;
     // The nodes themselves: the segment's veths and bridge, no pod link.
-    let nodes = Pair {
-        client_ns: n1.netns.path(),
-        server_ns: n2.netns.path(),
-        server_ip: n2.ip.parse()?,
-    };
-    let same = Pair {
-        client_ns: n1.pods[0].netns.path(),
-        server_ns: n1.pods[1].netns.path(),
-        server_ip: n1.pods[1].ip,
-    };
-    let cross = Pair {
-        client_ns: n1.pods[0].netns.path(),
-        server_ns: n2.pods[0].netns.path(),
-        server_ip: n2.pods[0].ip,
-    };
+    let nodes = Pair::new(n1.netns.path(), n2.netns.path(), n2.ip.parse()?);
+    let same = Pair::new(n1.pods[0].netns.path(), n1.pods[1].netns.path(), n1.pods[1].ip);
+    let cross = Pair::new(n1.pods[0].netns.path(), n2.pods[0].netns.path(), n2.pods[0].ip);
     Ok((segment, vec![n1, n2], nodes, same, cross))
 }
 
 /// A pod that only holds its sandbox: the measuring processes join its
 /// network namespace from outside.
-fn pod_yaml(name: &str, node: &str) -> String {
+pub fn pod_yaml(name: &str, node: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  \
          terminationGracePeriodSeconds: 0\n  containers:\n  - {{name: c, image: busybox, command: [sleep, '3600']}}\n---\n"
@@ -116,7 +100,7 @@ fn pod_yaml(name: &str, node: &str) -> String {
 }
 
 /// The network namespace and address of pod `name` on `node`, once it runs.
-fn pod_endpoint(k: &Kubectl, name: &str, node: &Node) -> Result<(PathBuf, Ipv4Addr)> {
+pub fn pod_endpoint(k: &Kubectl, name: &str, node: &Node) -> Result<(PathBuf, Ipv4Addr)> {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         check_interrupted()?;
@@ -167,16 +151,8 @@ fn ebpf_datapath() -> Result<(ControlPlane, Vec<Node>, Pair, Pair)> {
     let (a1, _) = pod_endpoint(&k, "a1", &n1)?;
     let (a2, a2_ip) = pod_endpoint(&k, "a2", &n1)?;
     let (b1, b1_ip) = pod_endpoint(&k, "b1", &n2)?;
-    let same = Pair {
-        client_ns: a1.clone(),
-        server_ns: a2,
-        server_ip: a2_ip,
-    };
-    let cross = Pair {
-        client_ns: a1,
-        server_ns: b1,
-        server_ip: b1_ip,
-    };
+    let same = Pair::new(a1.clone(), a2, a2_ip);
+    let cross = Pair::new(a1, b1, b1_ip);
     Ok((cp, vec![n1, n2], same, cross))
 }
 
