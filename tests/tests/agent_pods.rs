@@ -1059,3 +1059,86 @@ spec:
         "{waiting}"
     );
 }
+
+/// A pod deleted with preStop hooks: each container's hook runs to its end
+/// before the container gets SIGTERM, and a hook that fails is a
+/// FailedPreStopHook event without holding the deletion up.
+#[test]
+fn pre_stop_hooks_run_before_sigterm() {
+    let cp = ControlPlane::start_networked(&[]).unwrap();
+    let k = cp.kubectl();
+    let agent = Agent::start(&cp);
+    let node = agent.name.clone();
+    let data = tempfile::Builder::new()
+        .prefix("kestrel-hooks-")
+        .tempdir()
+        .unwrap();
+    apply(
+        &k,
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: hooked}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 6
+  volumes: [{{name: data, hostPath: {{path: {data}}}}}]
+  containers:
+  - name: main
+    image: busybox
+    volumeMounts: [{{name: data, mountPath: /data}}]
+    command: [sh, -c, "trap 'echo TERM >> /data/log; exit 0' TERM; echo started >> /data/log; while true; do sleep 0.2; done"]
+    lifecycle:
+      preStop:
+        exec: {{command: [sh, -c, "sleep 1; echo prestop >> /data/log"]}}
+  - name: broken
+    image: busybox
+    command: [sleep, "3600"]
+    lifecycle:
+      preStop:
+        exec: {{command: [sh, -c, "exit 7"]}}
+"#,
+            data = data.path().display()
+        ),
+    );
+    let log = data.path().join("log");
+    wait(&agent, 60, "hooked running", || {
+        let p = pod(&k, "hooked");
+        (p["status"]["phase"] == "Running" && std::fs::read_to_string(&log).is_ok()).then_some(())
+    });
+    let t0 = Instant::now();
+    let out = k
+        .output(&["delete", "pod", "hooked", "--timeout=60s"])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        agent.log()
+    );
+    let took = t0.elapsed();
+    let lines = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        lines.lines().collect::<Vec<_>>(),
+        ["started", "prestop", "TERM"],
+        "the hook ran before SIGTERM"
+    );
+    // The hook took a second; the broken container's sleep ignores
+    // SIGTERM as PID 1 and waits out the grace period.
+    assert!(took >= Duration::from_secs(1), "{took:?}");
+    let events = k
+        .run(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=hooked,reason=FailedPreStopHook",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ])
+        .unwrap();
+    assert!(
+        events.contains("broken") && events.contains("exited with 7"),
+        "{events:?}"
+    );
+}

@@ -506,8 +506,11 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
                 .arg(format!("/{node}"));
             in_netns(&mut cmd, ns)?;
         } else {
+            // The only agent on this machine: every process of it reaches
+            // ClusterIPs, as with kube-proxy.
             cmd.arg("--log-dir")
-                .arg(state_dir().join("logs").join("pods"));
+                .arg(state_dir().join("logs").join("pods"))
+                .args(["--service-cgroup", "/"]);
         }
         c.start(&mut cmd)?;
     }

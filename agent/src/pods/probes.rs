@@ -110,34 +110,7 @@ impl Prober {
         let timeout = self.timeout();
         if let Some(exec) = &self.probe.exec {
             let cmd = exec.command.clone().unwrap_or_default();
-            let mut exits = runtime.exits();
-            let pid = runtime
-                .exec(container_id, cmd.clone(), vec![], [None, None, None])
-                .await
-                .map_err(|e| e.to_string())?;
-            let code = match runtime.recent_exit(pid) {
-                Some(e) => e.code,
-                None => tokio::time::timeout(timeout, async {
-                    loop {
-                        match exits.recv().await {
-                            Ok(e) if e.pid == pid => return e.code,
-                            Ok(_) => {}
-                            Err(_) => return -1,
-                        }
-                    }
-                })
-                .await
-                .map_err(|_| {
-                    // SAFETY: a signal to the probe process we started.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                    format!("command {cmd:?} timed out")
-                })?,
-            };
-            return if code == 0 {
-                Ok(())
-            } else {
-                Err(format!("command {cmd:?} exited with {code}"))
-            };
+            return exec_in(runtime, container_id, &cmd, timeout).await;
         }
         let port_of = |p: &IntOrString| -> Result<u16, String> {
             match p {
@@ -247,5 +220,44 @@ mod tests {
         assert_eq!(p.record(true), None);
         assert_eq!(p.record(true), Some(true));
         assert_eq!(p.record(false), Some(false));
+    }
+}
+
+/// Runs `cmd` in container `container_id` and waits up to `timeout` for it
+/// (killed after that): Ok(()) when it exits 0, else why not. Exec probes
+/// and preStop hooks run this way.
+pub async fn exec_in(
+    runtime: &Runtime,
+    container_id: &str,
+    cmd: &[String],
+    timeout: Duration,
+) -> Result<(), String> {
+    let mut exits = runtime.exits();
+    let pid = runtime
+        .exec(container_id, cmd.to_vec(), vec![], [None, None, None])
+        .await
+        .map_err(|e| e.to_string())?;
+    let code = match runtime.recent_exit(pid) {
+        Some(e) => e.code,
+        None => tokio::time::timeout(timeout, async {
+            loop {
+                match exits.recv().await {
+                    Ok(e) if e.pid == pid => return e.code,
+                    Ok(_) => {}
+                    Err(_) => return -1,
+                }
+            }
+        })
+        .await
+        .map_err(|_| {
+            // SAFETY: a signal to the process we started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            format!("command {cmd:?} timed out")
+        })?,
+    };
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(format!("command {cmd:?} exited with {code}"))
     }
 }

@@ -1045,10 +1045,15 @@ impl Worker {
         if running.is_empty() {
             return;
         }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(grace);
+        self.pre_stop(Duration::from_secs(grace)).await;
         for id in &running {
             let _ = self.env.runtime.kill(id, libc::SIGTERM).await;
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(grace);
+        // As kubelet does, a hook that used up the grace period still
+        // leaves the containers a moment to act on SIGTERM.
+        let floor = tokio::time::Instant::now() + Duration::from_secs(grace.min(2));
+        let deadline = deadline.max(floor);
         while self.runs.iter().any(|r| r.pid.is_some()) {
             match tokio::time::timeout_at(deadline, exits.recv()).await {
                 Ok(Ok(e)) => self.exited_for_good(e).await,
@@ -1067,6 +1072,43 @@ impl Worker {
                 Ok(Ok(e)) => self.exited_for_good(e).await,
                 Ok(Err(_)) => {}
                 Err(_) => break,
+            }
+        }
+    }
+
+    /// Runs the preStop exec hooks of the running containers, all at once,
+    /// for at most `grace`; a failing hook is an event, not a reason to
+    /// keep the container.
+    async fn pre_stop(&self, grace: Duration) {
+        let containers: Vec<Container> = self
+            .pod
+            .spec
+            .iter()
+            .flat_map(|s| s.containers.clone())
+            .collect();
+        let hooks: Vec<(String, String, Vec<String>)> = self
+            .runs
+            .iter()
+            .filter(|r| r.pid.is_some())
+            .filter_map(|r| {
+                let c = containers.iter().find(|c| c.name == r.name)?;
+                let cmd = c.lifecycle.as_ref()?.pre_stop.as_ref()?.exec.as_ref()?.command.clone()?;
+                Some((r.id.clone()?, r.name.clone(), cmd))
+            })
+            .collect();
+        let runtime = &self.env.runtime;
+        let results = futures::future::join_all(hooks.iter().map(|(id, name, cmd)| async move {
+            (name, super::probes::exec_in(runtime, id, cmd, grace).await)
+        }))
+        .await;
+        for (name, result) in results {
+            if let Err(why) = result {
+                self.event(
+                    "Warning",
+                    "FailedPreStopHook",
+                    format!("PreStopHook failed in container {name}: {why}"),
+                )
+                .await;
             }
         }
     }

@@ -391,11 +391,12 @@ pub async fn watch(
             }
         }
     });
-    let stream =
-        futures::stream::unfold(
-            out_rx,
-            |mut rx| async move { rx.recv().await.map(|l| (l, rx)) },
-        );
+    // The guard lives as long as the stream: the watch counts as open
+    // until the client goes or the stream ends.
+    let open = state.metrics.watch(&super::metrics::resource(target));
+    let stream = futures::stream::unfold((out_rx, open), |(mut rx, open)| async move {
+        rx.recv().await.map(|l| (l, (rx, open)))
+    });
     Ok(stream_response(stream))
 }
 

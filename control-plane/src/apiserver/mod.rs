@@ -9,6 +9,7 @@ mod defaults;
 pub mod discovery;
 pub mod errors;
 mod handlers;
+pub mod metrics;
 pub mod nodeproxy;
 pub mod request;
 pub mod resources;
@@ -80,6 +81,7 @@ pub struct Inner {
     pub storage: Storage,
     pub cache: Arc<watch::WatchCache>,
     pub config: Config,
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 /// Handle passed to handlers.
@@ -102,6 +104,7 @@ pub async fn build(mut config: Config) -> anyhow::Result<State> {
         storage,
         cache,
         config,
+        metrics: Arc::default(),
     }))
 }
 
@@ -164,6 +167,15 @@ async fn route(axum::extract::State(state): axum::extract::State<State>, req: Re
         (Method::GET, "/api") => ok_json(discovery::api_versions()),
         (Method::GET, "/apis") => ok_json(discovery::api_group_list()),
         (Method::GET, "/healthz" | "/livez") => (StatusCode::OK, "ok").into_response(),
+        (Method::GET, "/metrics") => (
+            StatusCode::OK,
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4",
+            )],
+            state.metrics.render(),
+        )
+            .into_response(),
         (Method::GET, "/readyz") => match state.storage.current_revision().await {
             Ok(_) => (StatusCode::OK, "ok").into_response(),
             Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("etcd: {e}")).into_response(),
@@ -199,12 +211,20 @@ async fn route(axum::extract::State(state): axum::extract::State<State>, req: Re
                 if let Err(e) = node_creates_only_its_own(&user, &method, &target, &body) {
                     return e.into_response();
                 }
-                match handlers::dispatch(&state, &method, &target, &query, &parts.headers, &body)
-                    .await
-                {
-                    Ok(r) => r,
-                    Err(e) => e.into_response(),
-                }
+                let resp =
+                    match handlers::dispatch(&state, &method, &target, &query, &parts.headers, &body)
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(e) => e.into_response(),
+                    };
+                state.metrics.observe(
+                    metrics::verb(&method, &target, &query),
+                    &metrics::resource(&target),
+                    resp.status().as_u16(),
+                    started.elapsed(),
+                );
+                resp
             }
         },
     };
