@@ -143,8 +143,7 @@ fn route_from_pod(ctx: &TcContext) -> Option<i32> {
         // Node port clients are outside the pod network (pods reach node
         // ports through the socket programs, or masqueraded from another
         // node), so traffic between pods never pays for this lookup.
-        if dst & cfg.cluster_mask != cfg.cluster_net
-            && nodeport::reply_from_pod(ctx, cfg).is_some()
+        if dst & cfg.cluster_mask != cfg.cluster_net && nodeport::reply_from_pod(ctx, cfg).is_some()
         {
             return Some(forward(ctx, abi::STAT_NODEPORT_REPLY).unwrap_or(TC_ACT_SHOT as i32));
         }
@@ -185,7 +184,10 @@ fn route(ctx: &TcContext, dst: u32, masquerade: Option<&abi::Config>, stat: u32)
     };
     // Anything the FIB does not forward (the node's own addresses, no route,
     // forwarding off) is the node stack's business, as if no program ran.
-    let routed = matches!(rc as u32, BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH);
+    let routed = matches!(
+        rc as u32,
+        BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH
+    );
     if routed {
         if let Some(cfg) = masquerade {
             if nat::wants_snat(cfg, dst) {

@@ -20,8 +20,7 @@ use crate::abi::{self, Config, NatKey, NodePortFlow, NodePortReply, ServiceKey};
 use crate::{lb, nat};
 
 #[map(name = "NODEPORT_FLOWS")]
-static NODEPORT_FLOWS: LruHashMap<NatKey, NodePortFlow> =
-    LruHashMap::pinned(abi::MAX_NAT_FLOWS, 0);
+static NODEPORT_FLOWS: LruHashMap<NatKey, NodePortFlow> = LruHashMap::pinned(abi::MAX_NAT_FLOWS, 0);
 
 #[map(name = "NODEPORT_REPLIES")]
 static NODEPORT_REPLIES: LruHashMap<NatKey, NodePortReply> =

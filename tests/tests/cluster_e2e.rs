@@ -886,7 +886,10 @@ fn identities(pods: &[Value]) -> BTreeMap<String, (String, String, u64)> {
             (
                 name(p),
                 (
-                    p["metadata"]["uid"].as_str().unwrap_or_default().to_string(),
+                    p["metadata"]["uid"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
                     cs["containerID"].as_str().unwrap_or_default().to_string(),
                     cs["restartCount"].as_u64().unwrap_or(u64::MAX),
                 ),
@@ -939,7 +942,13 @@ fn restarting_any_one_component_loses_no_object_and_no_running_pod() {
                 }
             }
         });
-        for component in ["etcd", "apiserver", "scheduler", "controller-manager", "agent"] {
+        for component in [
+            "etcd",
+            "apiserver",
+            "scheduler",
+            "controller-manager",
+            "agent",
+        ] {
             std::thread::sleep(Duration::from_secs(2));
             match component {
                 "etcd" => c.cp.etcd.restart().expect("etcd restarts"),
@@ -953,9 +962,8 @@ fn restarting_any_one_component_loses_no_object_and_no_running_pod() {
                 }
                 "controller-manager" => {
                     c.cm.kill();
-                    c.cm = c
-                        .cp
-                        .component(
+                    c.cm =
+                        c.cp.component(
                             "controller-manager",
                             &["controller-manager", "--allocate-node-cidrs=false"],
                         )
@@ -972,10 +980,14 @@ fn restarting_any_one_component_loses_no_object_and_no_running_pod() {
             c.step(&format!("{component} restarted"));
             // Back to work: the replicas are the same ones, running, not
             // restarted, and the Service still reaches all three.
-            c.wait(60, &format!("the same 3 replicas after {component}"), || {
-                let now = c.live_pods("app=web");
-                (now.iter().all(running_and_ready) && identities(&now) == before).then_some(())
-            });
+            c.wait(
+                60,
+                &format!("the same 3 replicas after {component}"),
+                || {
+                    let now = c.live_pods("app=web");
+                    (now.iter().all(running_and_ready) && identities(&now) == before).then_some(())
+                },
+            );
             c.balanced_over("probe", &vip, &names);
         }
         stop.store(true, Ordering::Relaxed);
@@ -989,14 +1001,20 @@ fn restarting_any_one_component_loses_no_object_and_no_running_pod() {
         .iter()
         .map(name)
         .collect();
-    let lost: Vec<&String> = acknowledged.iter().filter(|n| !stored.contains(*n)).collect();
+    let lost: Vec<&String> = acknowledged
+        .iter()
+        .filter(|n| !stored.contains(*n))
+        .collect();
     c.step(&format!(
         "{} ConfigMaps acknowledged, {} refused while a component was down, {} lost",
         acknowledged.len(),
         refused.into_inner().unwrap(),
         lost.len()
     ));
-    assert!(acknowledged.len() > 20, "the writer hardly wrote: {acknowledged:?}");
+    assert!(
+        acknowledged.len() > 20,
+        "the writer hardly wrote: {acknowledged:?}"
+    );
     assert!(lost.is_empty(), "acknowledged and lost: {lost:?}");
 
     // Still a working cluster: the restarted scheduler and

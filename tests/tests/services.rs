@@ -1136,17 +1136,13 @@ fn node_ports_answer_from_another_node_with_the_clients_view_right() {
     let frontend = format!("{}:{tcp}/TCP", n1.ip);
     let udp_frontend = format!("{}:{udp}/UDP", n1.ip);
     c.wait(60, "node 1 balances its node ports over both pods", || {
-        (active_backends(n1, &frontend).len() == 2
-            && active_backends(n1, &udp_frontend).len() == 2)
+        (active_backends(n1, &frontend).len() == 2 && active_backends(n1, &udp_frontend).len() == 2)
             .then_some(())
     });
 
     let probe = c.probe.path().join("netprobe");
     let from_node2 = |what: &str, n: usize| -> String {
-        let script = format!(
-            "for i in $(seq {n}); do {} {what}; done",
-            probe.display()
-        );
+        let script = format!("for i in $(seq {n}); do {} {what}; done", probe.display());
         n2.exec(&["sh", "-c", &script])
             .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()))
     };
@@ -1155,14 +1151,17 @@ fn node_ports_answer_from_another_node_with_the_clients_view_right() {
     let seen = seen_by(&out);
     eprintln!("40 connections to {target} from node 2: {seen:?}");
     assert_eq!(
-        out.lines().filter(|l| *l == format!("peer {target}")).count(),
+        out.lines()
+            .filter(|l| *l == format!("peer {target}"))
+            .count(),
         40,
         "the client's peer is the node port:\n{out}\n{}",
         c.logs()
     );
     assert_eq!(seen.values().map(Vec::len).sum::<usize>(), 40, "{out}");
     assert!(
-        seen.get(&pod1).is_some_and(|p| p.len() >= 8) && seen.get(&pod2).is_some_and(|p| p.len() >= 8),
+        seen.get(&pod1).is_some_and(|p| p.len() >= 8)
+            && seen.get(&pod2).is_some_and(|p| p.len() >= 8),
         "both backends answer: {seen:?}"
     );
     assert!(
@@ -1179,7 +1178,8 @@ fn node_ports_answer_from_another_node_with_the_clients_view_right() {
     let seen = seen_by(&out);
     assert_eq!(seen.values().map(Vec::len).sum::<usize>(), 20, "{out}");
     assert!(
-        out.lines().all(|l| l.ends_with(&format!("via {}:{udp}", n1.ip))),
+        out.lines()
+            .all(|l| l.ends_with(&format!("via {}:{udp}", n1.ip))),
         "{out}"
     );
     assert_eq!(seen.len(), 2, "both backends answer UDP: {seen:?}");
@@ -1187,7 +1187,11 @@ fn node_ports_answer_from_another_node_with_the_clients_view_right() {
     let status = lb(n1);
     assert!(status.contains("node port flows ("), "{status}");
     let counters = n1.bpf_status();
-    for name in ["node_port_to_local_pod", "node_port_to_remote_pod", "node_port_replies"] {
+    for name in [
+        "node_port_to_local_pod",
+        "node_port_to_remote_pod",
+        "node_port_replies",
+    ] {
         assert!(
             counter(&counters, name) > 0,
             "{name} never counted:\n{counters}"

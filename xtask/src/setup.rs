@@ -20,15 +20,17 @@ pub const PACKAGES: &[&str] = &[
     "iperf3",                      // throughput benchmarks
     "docker-registry",             // an OCI registry on loopback for image pulls
     "containernetworking-plugins", // the reference bridge CNI, a benchmark baseline
-    "python3-venv",                // the venv the python-client tests run in
-    "fonts-dejavu-core",           // the text of `bench net`'s chart
-    "shellcheck",                  // lints install.sh in the dist tests
-    "openssl",                     // install.sh join checks certificates with it
-    "systemd",                     // systemd-analyze verifies the dist's units
-    "vagrant",                     // `vagrant validate` of vagrant/Vagrantfile
-    "vagrant-libvirt",             // the provider that validate checks against
-    "systemd-container",           // systemd-nspawn: machines install.sh provisions for real
-    "debootstrap",                 // the Debian root file system of those machines
+    "iptables", // kube-proxy's iptables rules, a benchmark baseline; iptables-save in tests
+    "nftables", // kube-proxy's nftables rules, likewise; nft list ruleset in tests
+    "python3-venv", // the venv the python-client tests run in
+    "fonts-dejavu-core", // the text of `bench net`'s chart
+    "shellcheck", // lints install.sh in the dist tests
+    "openssl",  // install.sh join checks certificates with it
+    "systemd",  // systemd-analyze verifies the dist's units
+    "vagrant",  // `vagrant validate` of vagrant/Vagrantfile
+    "vagrant-libvirt", // the provider that validate checks against
+    "systemd-container", // systemd-nspawn: machines install.sh provisions for real
+    "debootstrap", // the Debian root file system of those machines
 ];
 
 const NIGHTLY: &str = "nightly";

@@ -189,40 +189,6 @@ fn connect(port: u16, http: Option<String>, timeout: Duration) -> Result<(), Str
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn prober(success: i32, failure: i32) -> Prober {
-        Prober {
-            kind: Kind::Readiness,
-            probe: Probe {
-                success_threshold: Some(success),
-                failure_threshold: Some(failure),
-                ..Default::default()
-            },
-            next: Instant::now(),
-            successes: 0,
-            failures: 0,
-            passing: None,
-        }
-    }
-
-    #[test]
-    fn thresholds_decide_the_verdict() {
-        let mut p = prober(1, 3);
-        assert_eq!(p.record(true), Some(true));
-        assert_eq!(p.record(false), None);
-        assert_eq!(p.record(false), None);
-        assert_eq!(p.record(false), Some(false));
-        assert_eq!(p.record(false), None, "no change, no new verdict");
-        let mut p = prober(2, 1);
-        assert_eq!(p.record(true), None);
-        assert_eq!(p.record(true), Some(true));
-        assert_eq!(p.record(false), Some(false));
-    }
-}
-
 /// Runs `cmd` in container `container_id` and waits up to `timeout` for it
 /// (killed after that): Ok(()) when it exits 0, else why not. Exec probes
 /// and preStop hooks run this way.
@@ -259,5 +225,39 @@ pub async fn exec_in(
         Ok(())
     } else {
         Err(format!("command {cmd:?} exited with {code}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prober(success: i32, failure: i32) -> Prober {
+        Prober {
+            kind: Kind::Readiness,
+            probe: Probe {
+                success_threshold: Some(success),
+                failure_threshold: Some(failure),
+                ..Default::default()
+            },
+            next: Instant::now(),
+            successes: 0,
+            failures: 0,
+            passing: None,
+        }
+    }
+
+    #[test]
+    fn thresholds_decide_the_verdict() {
+        let mut p = prober(1, 3);
+        assert_eq!(p.record(true), Some(true));
+        assert_eq!(p.record(false), None);
+        assert_eq!(p.record(false), None);
+        assert_eq!(p.record(false), Some(false));
+        assert_eq!(p.record(false), None, "no change, no new verdict");
+        let mut p = prober(2, 1);
+        assert_eq!(p.record(true), None);
+        assert_eq!(p.record(true), Some(true));
+        assert_eq!(p.record(false), Some(false));
     }
 }

@@ -1092,7 +1092,15 @@ impl Worker {
             .filter(|r| r.pid.is_some())
             .filter_map(|r| {
                 let c = containers.iter().find(|c| c.name == r.name)?;
-                let cmd = c.lifecycle.as_ref()?.pre_stop.as_ref()?.exec.as_ref()?.command.clone()?;
+                let cmd = c
+                    .lifecycle
+                    .as_ref()?
+                    .pre_stop
+                    .as_ref()?
+                    .exec
+                    .as_ref()?
+                    .command
+                    .clone()?;
                 Some((r.id.clone()?, r.name.clone(), cmd))
             })
             .collect();

@@ -13,12 +13,15 @@ use axum::http::Method;
 use super::request::{Query, Target};
 use crate::component::metrics::LATENCY_BUCKETS;
 
+/// One latency series: bucket counts, count, sum in seconds.
+type Series = (Vec<u64>, u64, f64);
+
 /// Request counts and latencies; one per API server.
 #[derive(Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<(&'static str, String, u16), u64>>,
-    /// Per (verb, resource): bucket counts, count, sum in seconds.
-    latency: Mutex<BTreeMap<(&'static str, String), (Vec<u64>, u64, f64)>>,
+    /// Per (verb, resource).
+    latency: Mutex<BTreeMap<(&'static str, String), Series>>,
     watches: Mutex<BTreeMap<String, AtomicI64>>,
 }
 
@@ -191,7 +194,9 @@ mod tests {
         let w = m.watch("pods");
         let text = m.render();
         assert!(
-            text.contains("apiserver_request_total{verb=\"LIST\",resource=\"pods\",code=\"200\"} 2"),
+            text.contains(
+                "apiserver_request_total{verb=\"LIST\",resource=\"pods\",code=\"200\"} 2"
+            ),
             "{text}"
         );
         assert!(text.contains("code=\"422\"} 1"), "{text}");
@@ -202,7 +207,10 @@ mod tests {
             "apiserver_request_duration_seconds_count{verb=\"LIST\",resource=\"pods\"} 2"
         ));
         // Watches are counted, but their minute is no latency.
-        assert!(!text.contains("verb=\"WATCH\",resource=\"pods\",le="), "{text}");
+        assert!(
+            !text.contains("verb=\"WATCH\",resource=\"pods\",le="),
+            "{text}"
+        );
         assert!(text.contains("apiserver_longrunning_requests{verb=\"WATCH\",resource=\"pods\"} 1"));
         drop(w);
         assert!(m

@@ -211,13 +211,19 @@ async fn route(axum::extract::State(state): axum::extract::State<State>, req: Re
                 if let Err(e) = node_creates_only_its_own(&user, &method, &target, &body) {
                     return e.into_response();
                 }
-                let resp =
-                    match handlers::dispatch(&state, &method, &target, &query, &parts.headers, &body)
-                        .await
-                    {
-                        Ok(r) => r,
-                        Err(e) => e.into_response(),
-                    };
+                let resp = match handlers::dispatch(
+                    &state,
+                    &method,
+                    &target,
+                    &query,
+                    &parts.headers,
+                    &body,
+                )
+                .await
+                {
+                    Ok(r) => r,
+                    Err(e) => e.into_response(),
+                };
                 state.metrics.observe(
                     metrics::verb(&method, &target, &query),
                     &metrics::resource(&target),

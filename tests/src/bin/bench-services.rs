@@ -101,6 +101,13 @@ struct Sample {
 /// samples[size][path]: one per round.
 type Samples = Vec<Vec<Vec<Sample>>>;
 
+/// A ratio row: what, the value, and its target (bound, whether it is a
+/// floor rather than a ceiling).
+type Row = (String, f64, Option<(f64, bool)>);
+
+/// Picks one number out of a sample.
+type Field = fn(&Sample) -> f64;
+
 /// A cgroup directory removed on drop (once the clients in it are gone).
 struct Cgroup(PathBuf);
 
@@ -170,8 +177,8 @@ fn build(rt: &tokio::runtime::Runtime) -> Result<Testbed> {
     let vip = rt.block_on(measured_service(&cp, server_ip))?;
     let mount = kestrel_agent::services::cgroup::v2_mount()
         .context("no cgroup v2 hierarchy: the socket programs need one")?;
-    let dir = kestrel_agent::services::cgroup::group_dir(&mount, &node.cgroup_root)
-        .join("bench-client");
+    let dir =
+        kestrel_agent::services::cgroup::group_dir(&mount, &node.cgroup_root).join("bench-client");
     std::fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
     let client_cgroup = Cgroup(dir.clone());
     let direct = Pair::new(client_ns, server_ns, server_ip);
@@ -194,7 +201,9 @@ fn build(rt: &tokio::runtime::Runtime) -> Result<Testbed> {
 }
 
 fn client(cp: &ControlPlane) -> Result<kube::Client> {
-    Ok(kube::Client::try_from(kube::Config::new(cp.url().parse()?))?)
+    Ok(kube::Client::try_from(kube::Config::new(
+        cp.url().parse()?,
+    ))?)
 }
 
 /// The Service in front of the server pod, on the two ports the
@@ -313,7 +322,11 @@ fn grow(rt: &tokio::runtime::Runtime, bed: &Testbed, have: usize, n: usize) -> R
     let ipt = &bed.pairs[IPTABLES];
     let set = kube_proxy::services(n, &[server(ipt, RR_PORT), server(ipt, IPERF_PORT)]);
     let t = Instant::now();
-    load(&bed.veths[1].0, "iptables-restore", &kube_proxy::iptables(&set))?;
+    load(
+        &bed.veths[1].0,
+        "iptables-restore",
+        &kube_proxy::iptables(&set),
+    )?;
     let ipt_took = t.elapsed();
     let nft = &bed.pairs[NFTABLES];
     let set = kube_proxy::services(n, &[server(nft, RR_PORT), server(nft, IPERF_PORT)]);
@@ -335,7 +348,8 @@ fn load(ns: &Netns, program: &str, input: &str) -> Result<()> {
     let mut cmd: Vec<&str> = program.split_whitespace().collect();
     let path = file.path().to_string_lossy().into_owned();
     cmd.push(&path);
-    ns.exec(&cmd).with_context(|| format!("{program} in {}", ns.name()))?;
+    ns.exec(&cmd)
+        .with_context(|| format!("{program} in {}", ns.name()))?;
     Ok(())
 }
 
@@ -389,7 +403,7 @@ fn ratio(num: &[Sample], den: &[Sample], f: impl Fn(&Sample) -> f64) -> f64 {
 fn render(a: &Args, s: &Samples, busy: (f64, f64), rr_cpu: Option<usize>) -> String {
     let mut out = String::from("# Services: ClusterIP cost by service count\n\n");
     out.push_str(&format!(
-        "One node (a network namespace) on one machine ({} CPUs). Medians of {} rounds of {} s per \
+        "One node (a network namespace) on one machine ({} CPUs). Medians of {} round(s) of {} s per \
          measurement. connect: the connect() calls of TCP_CRR (`netperf-rr`), median and 99th \
          percentile; TCP_RR: 1-byte request/response on one connection; throughput: iperf3, one \
          stream. Ours: the client pod's namespace, in the agent's cgroup subtree, to the measured \
@@ -423,9 +437,10 @@ fn render(a: &Args, s: &Samples, busy: (f64, f64), rr_cpu: Option<usize>) -> Str
     }
     let first = 0;
     let last = a.sizes.len() - 1;
-    let growth = |p: usize| med(&s[last][p], |x| x.connect_p50_us) / med(&s[first][p], |x| x.connect_p50_us);
+    let growth =
+        |p: usize| med(&s[last][p], |x| x.connect_p50_us) / med(&s[first][p], |x| x.connect_p50_us);
     out.push_str("\n| ratio | measured | target | met |\n|---|---:|---:|---|\n");
-    let mut rows: Vec<(String, f64, Option<(f64, bool)>)> = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
     for (z, n) in a.sizes.iter().enumerate() {
         rows.push((
             format!("throughput at {n} services: ClusterIP ÷ pod IP"),
@@ -485,7 +500,7 @@ fn render(a: &Args, s: &Samples, busy: (f64, f64), rr_cpu: Option<usize>) -> Str
 }
 
 fn size_label(n: usize) -> String {
-    if n >= 1000 && n % 1000 == 0 {
+    if n >= 1000 && n.is_multiple_of(1000) {
         format!("{}k", n / 1000)
     } else {
         n.to_string()
@@ -493,8 +508,10 @@ fn size_label(n: usize) -> String {
 }
 
 fn panels(a: &Args, s: &Samples) -> Vec<Panel> {
-    let metrics: [(&str, fn(&Sample) -> f64); 3] = [
-        ("connect() median, µs (lower is better)", |x| x.connect_p50_us),
+    let metrics: [(&str, Field); 3] = [
+        ("connect() median, µs (lower is better)", |x| {
+            x.connect_p50_us
+        }),
         ("TCP_CRR, transactions/s", |x| x.crr),
         ("TCP throughput, Gbit/s", |x| x.gbps),
     ];
@@ -544,7 +561,10 @@ fn main_inner(a: Args) -> Result<()> {
         !a.sizes.is_empty() && a.sizes.windows(2).all(|w| w[0] < w[1]) && a.sizes[0] >= 1,
         "--sizes must be increasing counts of at least 1"
     );
-    ensure!(a.rounds >= 1 && a.duration >= 1, "--rounds and --duration must be at least 1");
+    ensure!(
+        a.rounds >= 1 && a.duration >= 1,
+        "--rounds and --duration must be at least 1"
+    );
     let bin_dir = match &a.bin_dir {
         Some(d) => d.clone(),
         None => std::env::current_exe()?
@@ -605,7 +625,7 @@ fn main_inner(a: Args) -> Result<()> {
     chart::render(
         &png,
         &format!(
-            "ClusterIPs by service count: median of {} rounds of {} s (bars), lowest to highest (lines)",
+            "ClusterIPs by service count: median of {} round(s) of {} s (bars), lowest to highest (lines)",
             a.rounds, a.duration
         ),
         &charts,

@@ -103,7 +103,7 @@ pub fn iptables(services: &[Service]) -> String {
 pub fn nftables(services: &[Service]) -> String {
     let mut out = String::from(
         "table ip kube-proxy\ndelete table ip kube-proxy\ntable ip kube-proxy {\n\
-         \tchain mark-for-masquerade { meta mark set meta mark or 0x4000 }\n",
+         \tchain mark-for-masquerade {\n\t\tmeta mark set meta mark or 0x4000\n\t}\n",
     );
     let mut elements = Vec::with_capacity(services.len());
     for (i, s) in services.iter().enumerate() {
@@ -114,26 +114,26 @@ pub fn nftables(services: &[Service]) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "\tchain {svc} {{ numgen random mod {} vmap {{ {} }} }}",
+            "\tchain {svc} {{\n\t\tnumgen random mod {} vmap {{ {} }}\n\t}}",
             s.endpoints.len(),
             picks.join(", ")
         );
         for (j, (ip, port)) in s.endpoints.iter().enumerate() {
             let _ = writeln!(
                 out,
-                "\tchain {} {{ ip saddr {ip} jump mark-for-masquerade; meta l4proto tcp dnat to {ip}:{port} }}",
+                "\tchain {} {{\n\t\tip saddr {ip} jump mark-for-masquerade\n\t\tmeta l4proto tcp dnat to {ip}:{port}\n\t}}",
                 tag("endpoint", i, j)
             );
         }
     }
     let _ = writeln!(
         out,
-        "\tmap service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict; elements = {{ {} }} }}",
+        "\tmap service-ips {{\n\t\ttype ipv4_addr . inet_proto . inet_service : verdict\n\t\telements = {{ {} }}\n\t}}",
         elements.join(", ")
     );
     out.push_str(
-        "\tchain services { ip daddr . meta l4proto . th dport vmap @service-ips }\n\
-         \tchain nat-output { type nat hook output priority -100; policy accept; jump services }\n}\n",
+        "\tchain services {\n\t\tip daddr . meta l4proto . th dport vmap @service-ips\n\t}\n\
+         \tchain nat-output {\n\t\ttype nat hook output priority -100; policy accept;\n\t\tjump services\n\t}\n}\n",
     );
     out
 }

@@ -85,8 +85,16 @@ fn bridge_plugin() -> Result<(Segment, Vec<CniNode>, Pair, Pair, Pair)> {
     n2.add_pod()?;
     // The nodes themselves: the segment's veths and bridge, no pod link.
     let nodes = Pair::new(n1.netns.path(), n2.netns.path(), n2.ip.parse()?);
-    let same = Pair::new(n1.pods[0].netns.path(), n1.pods[1].netns.path(), n1.pods[1].ip);
-    let cross = Pair::new(n1.pods[0].netns.path(), n2.pods[0].netns.path(), n2.pods[0].ip);
+    let same = Pair::new(
+        n1.pods[0].netns.path(),
+        n1.pods[1].netns.path(),
+        n1.pods[1].ip,
+    );
+    let cross = Pair::new(
+        n1.pods[0].netns.path(),
+        n2.pods[0].netns.path(),
+        n2.pods[0].ip,
+    );
     Ok((segment, vec![n1, n2], nodes, same, cross))
 }
 
