@@ -146,7 +146,14 @@ fn main() -> anyhow::Result<()> {
             }
             kestrel_agent::runtime::helper::serve(root, socket)
         }
-        Command::Run(args) => tokio::runtime::Runtime::new()?.block_on(kestrel_agent::run(*args)),
+        Command::Run(args) => {
+            // glibc gives each thread that allocates an arena of its own (up
+            // to eight per CPU), and each keeps pages resident; the agent's
+            // allocations are small, and two arenas hold them.
+            // SAFETY: mallopt only tunes the allocator, before any thread.
+            unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+            tokio::runtime::Runtime::new()?.block_on(kestrel_agent::run(*args))
+        }
         Command::Reset {
             state_dir,
             cgroup_root,

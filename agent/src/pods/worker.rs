@@ -367,18 +367,22 @@ impl Worker {
             .unwrap_or("Always")
     }
 
+    /// The pod's app containers (not its init containers).
+    fn app_containers(&self) -> Vec<Container> {
+        self.pod
+            .spec
+            .iter()
+            .flat_map(|s| s.containers.clone())
+            .collect()
+    }
+
     /// Runs the probes that are due. A failed startup or liveness probe
     /// kills the container (its restart policy then applies); readiness
     /// only flips the Ready condition.
     async fn probe(&mut self) {
         use super::probes::Kind;
         let netns = self.sandbox.ns_path("net");
-        let containers: Vec<Container> = self
-            .pod
-            .spec
-            .iter()
-            .flat_map(|s| s.containers.clone())
-            .collect();
+        let containers = self.app_containers();
         for i in 0..self.runs.len() {
             let (Some(id), Some(_)) = (self.runs[i].id.clone(), self.runs[i].pid) else {
                 continue;
@@ -1080,12 +1084,7 @@ impl Worker {
     /// for at most `grace`; a failing hook is an event, not a reason to
     /// keep the container.
     async fn pre_stop(&self, grace: Duration) {
-        let containers: Vec<Container> = self
-            .pod
-            .spec
-            .iter()
-            .flat_map(|s| s.containers.clone())
-            .collect();
+        let containers = self.app_containers();
         let hooks: Vec<(String, String, Vec<String>)> = self
             .runs
             .iter()
