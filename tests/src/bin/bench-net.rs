@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use clap::Parser;
 
-use harness::benchkit::target_dir;
 use harness::netbench::chart::{self, Bar, Panel};
 use harness::netbench::testbed::{
     self, counters, Case, BRIDGE_CROSS, BRIDGE_SAME, COUNTERS, NODE_TO_NODE, OURS_CROSS, OURS_SAME,
@@ -357,13 +356,9 @@ fn main_inner(a: Args) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
 
-    println!("{table}");
-    let out = target_dir().join("bench");
-    std::fs::create_dir_all(&out)?;
-    std::fs::write(out.join("net.md"), &table)?;
-    let png = out.join("net.png");
-    chart::render(
-        &png,
+    chart::write_report(
+        "net",
+        &table,
         &format!(
             "Pod network: median of {} of {} s (bars), lowest to highest round (lines)",
             rounds(a.rounds),
@@ -371,11 +366,6 @@ fn main_inner(a: Args) -> Result<()> {
         ),
         &panels,
     )?;
-    eprintln!(
-        "written to {} and {}",
-        out.join("net.md").display(),
-        png.display()
-    );
     Ok(())
 }
 

@@ -33,7 +33,6 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, PostParams};
 
-use harness::benchkit::target_dir;
 use harness::cluster::ControlPlane;
 use harness::net::{veth_between, Netns};
 use harness::netbench::chart::{self, Bar, Family, Panel};
@@ -617,24 +616,15 @@ fn main_inner(a: Args) -> Result<()> {
         "cleaned up; {:.0} s in all",
         started.elapsed().as_secs_f64()
     );
-    println!("{table}");
-    let out = target_dir().join("bench");
-    std::fs::create_dir_all(&out)?;
-    std::fs::write(out.join("services.md"), &table)?;
-    let png = out.join("services.png");
-    chart::render(
-        &png,
+    chart::write_report(
+        "services",
+        &table,
         &format!(
             "ClusterIPs by service count: median of {} round(s) of {} s (bars), lowest to highest (lines)",
             a.rounds, a.duration
         ),
         &charts,
     )?;
-    eprintln!(
-        "written to {} and {}",
-        out.join("services.md").display(),
-        png.display()
-    );
     Ok(())
 }
 

@@ -153,3 +153,17 @@ fn draw_panel<DB: DrawingBackend>(
     }))?;
     Ok(())
 }
+
+/// Prints `table`, then writes it to `target/bench/NAME.md` and the chart
+/// of `panels` under `title` to `target/bench/NAME.png`.
+pub fn write_report(name: &str, table: &str, title: &str, panels: &[Panel]) -> Result<()> {
+    println!("{table}");
+    let out = crate::benchkit::target_dir().join("bench");
+    std::fs::create_dir_all(&out)?;
+    let md = out.join(format!("{name}.md"));
+    std::fs::write(&md, table)?;
+    let png = out.join(format!("{name}.png"));
+    render(&png, title, panels)?;
+    eprintln!("written to {} and {}", md.display(), png.display());
+    Ok(())
+}
