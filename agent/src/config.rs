@@ -14,9 +14,11 @@ pub struct RunArgs {
     /// kubeconfig with the API server's address and this node's credentials.
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
-    /// API server URL; overrides the kubeconfig's server.
-    #[arg(long)]
-    pub master: Option<String>,
+    /// API server URL; overrides the kubeconfig's server. Several,
+    /// comma-separated, for a highly available control plane: the agent
+    /// then connects through a local relay that fails over between them.
+    #[arg(long, value_delimiter = ',')]
+    pub master: Vec<String>,
     /// The Node's name (default: the host name).
     #[arg(long)]
     pub node_name: Option<String>,
@@ -145,7 +147,10 @@ impl RunArgs {
     /// An API client from --kubeconfig and/or --master, and the cluster CA
     /// (DER) when the kubeconfig has one.
     pub async fn client(&self) -> anyhow::Result<(kube::Client, Option<Vec<Vec<u8>>>)> {
-        let mut config = match (&self.kubeconfig, &self.master) {
+        let master = apimachinery::failover::client_url(&self.master)
+            .await
+            .map_err(|e| anyhow::anyhow!("--master: {e}"))?;
+        let mut config = match (&self.kubeconfig, &master) {
             (Some(path), _) => {
                 let kc = Kubeconfig::read_from(path)
                     .with_context(|| format!("reading kubeconfig {}", path.display()))?;
@@ -154,7 +159,7 @@ impl RunArgs {
             (None, Some(url)) => kube::Config::new(url.parse().context("--master is not a URL")?),
             (None, None) => anyhow::bail!("pass --kubeconfig PATH or --master URL"),
         };
-        if let Some(url) = &self.master {
+        if let Some(url) = &master {
             config.cluster_url = url.parse().context("--master is not a URL")?;
         }
         config.read_timeout = None;

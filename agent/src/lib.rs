@@ -178,6 +178,11 @@ pub async fn reset(
     }
     if let Some(dir) = bpffs_dir {
         network::datapath::remove_pins(dir)?;
+        // Nodes share the parent (/sys/fs/bpf/kestrel); the last one to
+        // go removes it, while others still pin there it stays.
+        if let Some(parent) = dir.parent().filter(|p| p.ends_with("kestrel")) {
+            let _ = std::fs::remove_dir(parent);
+        }
     }
     Ok(())
 }

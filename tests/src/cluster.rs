@@ -35,8 +35,14 @@ pub fn binary(name: &str) -> PathBuf {
 /// etcd plus an API server on a plain-HTTP loopback port, and a kubeconfig.
 pub struct ControlPlane {
     pub etcd: Etcd,
-    apiserver: Option<Guarded>,
+    /// The other members of a highly available control plane's etcd.
+    pub etcd_peers: Vec<Etcd>,
+    /// One API server per control plane, by index (`None` while killed).
+    apiservers: Vec<Option<Guarded>>,
+    /// The first API server's port.
     pub port: u16,
+    /// Every API server's port, by index.
+    ports: Vec<u16>,
     dir: tempfile::TempDir,
     apiserver_args: Vec<String>,
     net: Option<Network>,
@@ -65,7 +71,7 @@ impl ControlPlane {
 
     /// Like `start`, with extra API server flags.
     pub fn start_with(apiserver_args: &[&str]) -> anyhow::Result<Self> {
-        Self::start_inner(apiserver_args, false)
+        Self::start_inner(apiserver_args, false, 1)
     }
 
     /// Starts a control plane for nodes in network namespaces: the API
@@ -73,16 +79,31 @@ impl ControlPlane {
     /// with [`ControlPlane::segment`], at [`API_ADDRESS`]. The test still
     /// reaches it at [`ControlPlane::url`].
     pub fn start_networked(apiserver_args: &[&str]) -> anyhow::Result<Self> {
-        Self::start_inner(apiserver_args, true)
+        Self::start_inner(apiserver_args, true, 1)
     }
 
-    fn start_inner(apiserver_args: &[&str], networked: bool) -> anyhow::Result<Self> {
-        let etcd = Etcd::start()?;
+    /// A highly available control plane for nodes in namespaces: an etcd
+    /// cluster of `n` members and `n` API servers over it, each on a port
+    /// of its own at [`API_ADDRESS`] (see [`ControlPlane::node_urls`]).
+    pub fn start_ha(n: usize, apiserver_args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_inner(apiserver_args, true, n)
+    }
+
+    fn start_inner(apiserver_args: &[&str], networked: bool, n: usize) -> anyhow::Result<Self> {
+        let mut members = if n == 1 {
+            vec![Etcd::start()?]
+        } else {
+            Etcd::start_cluster(n)?
+        };
+        let etcd = members.remove(0);
         let dir = tempfile::Builder::new().prefix("kestrel-cp-").tempdir()?;
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let mut cp = Self {
             etcd,
-            apiserver: None,
-            port: free_port(),
+            etcd_peers: members,
+            apiservers: (0..n).map(|_| None).collect(),
+            port: ports[0],
+            ports,
             dir,
             apiserver_args: apiserver_args.iter().map(|s| s.to_string()).collect(),
             net: None,
@@ -93,13 +114,25 @@ impl ControlPlane {
                 segment.bridge(),
                 &format!("{API_ADDRESS}/{NODE_NET_PREFIX}"),
             )?;
-            let etcd_addr: std::net::SocketAddr =
-                cp.etcd.client_url().trim_start_matches("http://").parse()?;
-            let api_addr: std::net::SocketAddr = format!("127.0.0.1:{}", cp.port).parse()?;
-            let forwards = vec![
-                Forward::start(Some(&segment.ns.path()), etcd_addr, None, etcd_addr)?,
-                Forward::start(None, api_addr, Some(&segment.ns.path()), api_addr)?,
-            ];
+            let mut forwards = Vec::new();
+            for url in cp.etcd_urls() {
+                let etcd_addr: std::net::SocketAddr = url.trim_start_matches("http://").parse()?;
+                forwards.push(Forward::start(
+                    Some(&segment.ns.path()),
+                    etcd_addr,
+                    None,
+                    etcd_addr,
+                )?);
+            }
+            for port in &cp.ports {
+                let api_addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
+                forwards.push(Forward::start(
+                    None,
+                    api_addr,
+                    Some(&segment.ns.path()),
+                    api_addr,
+                )?);
+            }
             cp.net = Some(Network {
                 _forwards: forwards,
                 segment,
@@ -110,13 +143,31 @@ impl ControlPlane {
             cp.url()
         );
         std::fs::write(cp.kubeconfig(), kubeconfig)?;
-        cp.start_apiserver()?;
+        for i in 0..n {
+            cp.start_apiserver_at(i)?;
+        }
         Ok(cp)
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, the first API server.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Every API server's URL as the test reaches it, by index.
+    pub fn urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// Every etcd member's client URL.
+    pub fn etcd_urls(&self) -> Vec<String> {
+        std::iter::once(&self.etcd)
+            .chain(&self.etcd_peers)
+            .map(Etcd::client_url)
+            .collect()
     }
 
     /// The admin kubeconfig for this control plane.
@@ -148,15 +199,34 @@ impl ControlPlane {
         format!("http://{API_ADDRESS}:{}", self.port)
     }
 
+    /// Every API server's URL as nodes on the segment reach it, by index.
+    pub fn node_urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("http://{API_ADDRESS}:{p}"))
+            .collect()
+    }
+
     /// (Re)starts the API server on the same port.
     pub fn start_apiserver(&mut self) -> anyhow::Result<()> {
-        self.apiserver = None;
+        self.start_apiserver_at(0)
+    }
+
+    /// (Re)starts API server `i` on its port.
+    pub fn start_apiserver_at(&mut self, i: usize) -> anyhow::Result<()> {
+        self.apiservers[i] = None;
+        let port = self.ports[i];
+        let log_name = if i == 0 {
+            "apiserver.log".to_string()
+        } else {
+            format!("apiserver-{i}.log")
+        };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.path().join("apiserver.log"))?;
+            .open(self.dir.path().join(&log_name))?;
         let mut cmd = Command::new(binary("control-plane"));
-        cmd.args(["apiserver", "--etcd-servers", &self.etcd.client_url()])
+        cmd.args(["apiserver", "--etcd-servers", &self.etcd_urls().join(",")])
             .arg("--no-tls")
             .args(&self.apiserver_args)
             .stdin(Stdio::null())
@@ -164,22 +234,22 @@ impl ControlPlane {
             .stderr(log);
         match &self.net {
             Some(net) => {
-                cmd.arg(format!("--insecure-bind-address=0.0.0.0:{}", self.port));
+                cmd.arg(format!("--insecure-bind-address=0.0.0.0:{port}"));
                 crate::net::in_netns(&mut cmd, &net.segment.ns)?;
             }
             None => {
-                cmd.arg(format!("--insecure-bind-address=127.0.0.1:{}", self.port));
+                cmd.arg(format!("--insecure-bind-address=127.0.0.1:{port}"));
             }
         }
-        self.apiserver = Some(Guarded::spawn("apiserver", &mut cmd)?);
-        let url = format!("127.0.0.1:{}", self.port);
+        self.apiservers[i] = Some(Guarded::spawn("apiserver", &mut cmd)?);
+        let url = format!("127.0.0.1:{port}");
         // An answer, not just a connection: a relay accepts before the API
         // server behind it listens.
         let ready = wait_for(Duration::from_secs(30), || healthy(&url).then_some(()));
         anyhow::ensure!(
             ready.is_some(),
             "apiserver did not listen on {url}:\n{}",
-            self.apiserver_log()
+            std::fs::read_to_string(self.dir.path().join(&log_name)).unwrap_or_default()
         );
         Ok(())
     }
@@ -193,7 +263,20 @@ impl ControlPlane {
             .append(true)
             .open(self.dir.path().join(format!("{log_name}.log")))?;
         let mut cmd = Command::new(binary("control-plane"));
-        cmd.args(args).arg("--master").arg(self.url());
+        cmd.args(args);
+        match &self.net {
+            // Several API servers: the component is given them all and
+            // fails over between them. It runs on the node network and
+            // dials them there: a relay in the test's namespace would
+            // accept connections for an API server that is gone.
+            Some(net) if self.ports.len() > 1 => {
+                cmd.arg("--master").arg(self.node_urls().join(","));
+                crate::net::in_netns(&mut cmd, &net.segment.ns)?;
+            }
+            _ => {
+                cmd.arg("--master").arg(self.url());
+            }
+        }
         if matches!(args.first(), Some(&"scheduler" | &"controller-manager")) {
             // Short leases so a killed component's successor takes over fast.
             cmd.args([
@@ -221,7 +304,12 @@ impl ControlPlane {
 
     /// Kills the API server (SIGKILL).
     pub fn kill_apiserver(&mut self) {
-        self.apiserver = None;
+        self.kill_apiserver_at(0);
+    }
+
+    /// Kills API server `i` (SIGKILL).
+    pub fn kill_apiserver_at(&mut self, i: usize) {
+        self.apiservers[i] = None;
     }
 }
 

@@ -13,6 +13,15 @@ pub struct Etcd {
     data: tempfile::TempDir,
     client_port: u16,
     peer_port: u16,
+    /// The member's name and the cluster it was started in.
+    member: Member,
+}
+
+/// Who a member is within its cluster (`--name`, `--initial-cluster`).
+#[derive(Clone)]
+struct Member {
+    name: String,
+    initial_cluster: String,
 }
 
 impl Etcd {
@@ -24,12 +33,17 @@ impl Etcd {
         // A port picked as free can be taken before etcd binds it: retry.
         for _ in 0..3 {
             let (client_port, peer_port) = (free_port(), free_port());
-            let process = spawn(data.path(), client_port, peer_port)?;
+            let member = Member {
+                name: "test".into(),
+                initial_cluster: format!("test=http://127.0.0.1:{peer_port}"),
+            };
+            let process = spawn(data.path(), client_port, peer_port, &member)?;
             let mut etcd = Self {
                 process,
                 data,
                 client_port,
                 peer_port,
+                member,
             };
             if etcd.wait_healthy(Duration::from_secs(20)) {
                 return Ok(etcd);
@@ -41,6 +55,49 @@ impl Etcd {
             data = tempfile::Builder::new().prefix("kestrel-etcd-").tempdir()?;
         }
         Err(last_err.expect("at least one attempt"))
+    }
+
+    /// Starts an etcd cluster of `n` members on free loopback ports and
+    /// waits until every member is healthy (which needs a quorum).
+    pub fn start_cluster(n: usize) -> anyhow::Result<Vec<Self>> {
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let initial_cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members = Vec::new();
+        for (i, &(client_port, peer_port)) in ports.iter().enumerate() {
+            let data = tempfile::Builder::new().prefix("kestrel-etcd-").tempdir()?;
+            let member = Member {
+                name: format!("m{i}"),
+                initial_cluster: initial_cluster.clone(),
+            };
+            let process = spawn(data.path(), client_port, peer_port, &member)?;
+            members.push(Self {
+                process,
+                data,
+                client_port,
+                peer_port,
+                member,
+            });
+        }
+        for m in &mut members {
+            anyhow::ensure!(
+                m.wait_healthy(Duration::from_secs(30)),
+                "etcd member {} did not become healthy on {}:\n{}",
+                m.member.name,
+                m.client_url(),
+                std::fs::read_to_string(m.data.path().join("etcd.log")).unwrap_or_default()
+            );
+        }
+        Ok(members)
+    }
+
+    /// Whether this member's process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.process.is_running()
     }
 
     fn wait_healthy(&mut self, timeout: Duration) -> bool {
@@ -79,7 +136,12 @@ impl Etcd {
     /// Starts etcd again on the same ports and data directory.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.process.kill();
-        self.process = spawn(self.data.path(), self.client_port, self.peer_port)?;
+        self.process = spawn(
+            self.data.path(),
+            self.client_port,
+            self.peer_port,
+            &self.member,
+        )?;
         anyhow::ensure!(
             self.wait_healthy(Duration::from_secs(20)),
             "etcd did not come back on {}",
@@ -104,21 +166,24 @@ impl Etcd {
     }
 }
 
-fn spawn(data: &Path, client_port: u16, peer_port: u16) -> anyhow::Result<Guarded> {
+fn spawn(data: &Path, client_port: u16, peer_port: u16, m: &Member) -> anyhow::Result<Guarded> {
     let client = format!("http://127.0.0.1:{client_port}");
     let peer = format!("http://127.0.0.1:{peer_port}");
-    let log = std::fs::File::create(data.join("etcd.log"))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data.join("etcd.log"))?;
     let member_dir: PathBuf = data.join("member-data");
     Ok(Guarded::spawn(
         "etcd",
         Command::new("etcd")
-            .arg("--name=test")
+            .arg(format!("--name={}", m.name))
             .arg(format!("--data-dir={}", member_dir.display()))
             .arg(format!("--listen-client-urls={client}"))
             .arg(format!("--advertise-client-urls={client}"))
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=test={peer}"))
+            .arg(format!("--initial-cluster={}", m.initial_cluster))
             .arg("--log-level=warn")
             .stdout(log.try_clone()?)
             .stderr(log),

@@ -15,6 +15,8 @@ pub fn binary() -> PathBuf {
 pub struct Kubectl {
     kubeconfig: PathBuf,
     cache: tempfile::TempDir,
+    /// Overrides the kubeconfig's server (`--server`).
+    server: Option<String>,
 }
 
 impl Kubectl {
@@ -30,7 +32,15 @@ impl Kubectl {
             cache: tempfile::Builder::new()
                 .prefix("kubectl-cache-")
                 .tempdir()?,
+            server: None,
         })
+    }
+
+    /// The same kubeconfig, sent to `url` instead of its server (one API
+    /// server of several).
+    pub fn with_server(mut self, url: &str) -> Self {
+        self.server = Some(url.to_string());
+        self
     }
 
     /// A command with the kubeconfig and cache directory set.
@@ -39,8 +49,11 @@ impl Kubectl {
         c.arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .arg("--cache-dir")
-            .arg(self.cache.path())
-            .args(args);
+            .arg(self.cache.path());
+        if let Some(url) = &self.server {
+            c.arg("--server").arg(url);
+        }
+        c.args(args);
         c
     }
 

@@ -62,7 +62,8 @@ impl Node {
             bpffs_dir: Path::new("/sys/fs/bpf/kestrel").join(&name),
             name,
             ip,
-            master: cp.node_url(),
+            // Every API server: with several, the agent fails over.
+            master: cp.node_urls().join(","),
             admin: cp.kubeconfig(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             netns,
@@ -206,5 +207,10 @@ impl Drop for Node {
             }
         }
         let _ = std::fs::remove_dir_all(&self.bpffs_dir);
+        // The shared parent goes with its last child; while other nodes
+        // still pin there, removing it fails and it stays.
+        if let Some(parent) = self.bpffs_dir.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
     }
 }

@@ -38,6 +38,13 @@ pub struct UpArgs {
     /// control plane's namespace, instead of one node on this machine.
     #[arg(long)]
     nodes: Option<u32>,
+    /// A highly available control plane: N etcd members, API servers,
+    /// schedulers and controller-managers (leader-elected), control plane
+    /// i at 10.99.0.i; every agent fails over between the API servers.
+    /// Runs in namespaces, with as many nodes as control planes unless
+    /// --nodes says otherwise.
+    #[arg(long, default_value_t = 1)]
+    control_planes: u32,
 }
 
 #[derive(clap::Args)]
@@ -175,27 +182,35 @@ fn reap() {
     while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
 }
 
-/// The control plane's components in start order.
-const CONTROL_PLANE: &[&str] = &["etcd", "apiserver", "scheduler", "controller-manager"];
+/// Where a component stands in start order: etcd, API servers, the
+/// scheduler, the controller-manager, then agents.
+fn start_rank(name: &str) -> usize {
+    [
+        "etcd",
+        "apiserver",
+        "scheduler",
+        "controller-manager",
+        "agent",
+    ]
+    .iter()
+    .position(|p| name.starts_with(p))
+    .unwrap_or(usize::MAX)
+}
 
-/// Every component with a pid file, control plane first; `down` stops
-/// them in reverse.
+/// Every component with a pid file, in start order; `down` stops them in
+/// reverse.
 fn all_components() -> Vec<Component> {
-    let mut out: Vec<Component> = CONTROL_PLANE.iter().map(|n| Component::named(*n)).collect();
-    let mut agents: Vec<String> = std::fs::read_dir(state_dir().join("run"))
+    let mut names: Vec<String> = std::fs::read_dir(state_dir().join("run"))
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|e| {
             let n = e.file_name().to_string_lossy().into_owned();
-            n.strip_suffix(".pid")
-                .filter(|n| n.starts_with("agent"))
-                .map(String::from)
+            n.strip_suffix(".pid").map(String::from)
         })
         .collect();
-    agents.sort();
-    out.extend(agents.into_iter().map(Component::named));
-    out
+    names.sort_by(|a, b| (start_rank(a), a).cmp(&(start_rank(b), b)));
+    names.into_iter().map(Component::named).collect()
 }
 
 /// The node's name: the host name, as kubelet does.
@@ -209,6 +224,11 @@ fn node_name() -> String {
 const CP_NETNS: &str = "kestrel-cp";
 /// The segment's bridge address: the API server as nodes reach it.
 const CP_ADDRESS: &str = "10.99.0.1";
+
+/// Control plane `i`'s address (1-based; the first is CP_ADDRESS).
+fn cp_address(i: u32) -> String {
+    format!("10.99.0.{i}")
+}
 
 fn node_netns(i: u32) -> String {
     format!("kestrel-node-{i}")
@@ -252,7 +272,7 @@ fn netns_command(ns: Option<&str>, program: &str) -> Command {
 /// control plane's, holding a bridge at CP_ADDRESS, and one per node with
 /// an `eth0` on that bridge at 10.99.0.(10+i). Nothing touches the
 /// machine's own interfaces.
-fn build_namespaces(nodes: u32) -> anyhow::Result<()> {
+fn build_namespaces(nodes: u32, control_planes: u32) -> anyhow::Result<()> {
     let exists = |ns: &str| Path::new("/run/netns").join(ns).exists();
     if !exists(CP_NETNS) {
         ip(&["netns", "add", CP_NETNS])?;
@@ -268,6 +288,18 @@ fn build_namespaces(nodes: u32) -> anyhow::Result<()> {
             "kbr0",
         ])?;
         ip(&["-n", CP_NETNS, "link", "set", "kbr0", "up"])?;
+    }
+    // Control planes 2..N: more addresses on the same bridge (nodes start
+    // at .10); a namespace from an earlier, smaller cluster gets them too.
+    let out = Command::new("ip")
+        .args(["-n", CP_NETNS, "-4", "-o", "addr", "show", "dev", "kbr0"])
+        .output()?;
+    let have = String::from_utf8_lossy(&out.stdout).into_owned();
+    for i in 2..=control_planes {
+        let addr = format!("{}/24", cp_address(i));
+        if !have.contains(&format!(" {addr} ")) {
+            ip(&["-n", CP_NETNS, "addr", "add", &addr, "dev", "kbr0"])?;
+        }
     }
     for i in 1..=nodes {
         let ns = node_netns(i);
@@ -323,121 +355,220 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         build.push("--release");
     }
     util::cargo(&build)?;
-    if let Some(n) = args.nodes {
+    let cps = args.control_planes;
+    anyhow::ensure!(
+        matches!(cps, 1 | 3 | 5 | 7),
+        "--control-planes takes 1, 3, 5 or 7: etcd needs a majority of its members"
+    );
+    // A highly available control plane lives on the node network, so it
+    // comes with nodes in namespaces.
+    let node_count = match (args.nodes, cps) {
+        (Some(n), _) => Some(n),
+        (None, 1) => None,
+        (None, n) => Some(n),
+    };
+    if let Some(n) = node_count {
         anyhow::ensure!((1..=50).contains(&n), "--nodes takes 1 to 50");
         util::step(&format!(
             "building the network: namespace {CP_NETNS} (bridge at {CP_ADDRESS}) and {n} node namespaces"
         ));
-        build_namespaces(n)?;
+        build_namespaces(n, cps)?;
     }
-    let cp_ns = args.nodes.map(|_| CP_NETNS);
+    let cp_ns = node_count.map(|_| CP_NETNS);
     let spawn_in = |cmd: &mut Command| -> anyhow::Result<()> {
         if let Some(ns) = cp_ns {
             in_netns(cmd, ns)?;
         }
         Ok(())
     };
+    // Component names: `etcd`, or `etcd-1` .. `etcd-N` for several.
+    let named = |base: &str, i: u32| -> String {
+        if cps == 1 {
+            base.to_string()
+        } else {
+            format!("{base}-{i}")
+        }
+    };
+    // Where control plane i listens: loopback for a single node on this
+    // machine; the bridge (all of its addresses) for one control plane
+    // with nodes; its own address for several.
+    let listen_host = |i: u32| -> String {
+        match (cp_ns, cps) {
+            (None, _) => "127.0.0.1".into(),
+            (Some(_), 1) => "0.0.0.0".into(),
+            (Some(_), _) => cp_address(i),
+        }
+    };
+    // How the others reach control plane i.
+    let reach_host = |i: u32| -> String {
+        match cp_ns {
+            None => "127.0.0.1".into(),
+            Some(_) => cp_address(i),
+        }
+    };
 
-    util::step("starting etcd");
-    let etcd_url = format!("http://127.0.0.1:{}", args.etcd_port);
-    let peer_url = format!("http://127.0.0.1:{}", args.etcd_port + 1);
-    let etcd = Component::named("etcd");
-    let mut cmd = Command::new("etcd");
-    cmd.arg("--name=kestrel")
-        .arg(format!("--data-dir={}", state_dir().join("etcd").display()))
-        .arg(format!("--listen-client-urls={etcd_url}"))
-        .arg(format!("--advertise-client-urls={etcd_url}"))
-        .arg(format!("--listen-peer-urls={peer_url}"))
-        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-        .arg(format!("--initial-cluster=kestrel={peer_url}"));
-    spawn_in(&mut cmd)?;
-    etcd.start(&mut cmd)?;
-    etcd.wait_ready(Duration::from_secs(30), || {
-        util::succeeds(
-            netns_command(cp_ns, "etcdctl")
-                .env("ETCDCTL_API", "3")
-                .args(["--endpoints", &etcd_url, "endpoint", "health"]),
-        )
-    })?;
+    util::step(&if cps == 1 {
+        "starting etcd".to_string()
+    } else {
+        format!("starting a {cps}-member etcd cluster")
+    });
+    let etcd_urls: Vec<String> = (1..=cps)
+        .map(|i| format!("http://{}:{}", reach_host(i), args.etcd_port))
+        .collect();
+    let peer_url = |i: u32| format!("http://{}:{}", reach_host(i), args.etcd_port + 1);
+    let initial_cluster = (1..=cps)
+        .map(|i| format!("{}={}", named("kestrel", i), peer_url(i)))
+        .collect::<Vec<_>>()
+        .join(",");
+    // Members start together: none is healthy before a majority runs.
+    for i in 1..=cps {
+        let mut cmd = Command::new("etcd");
+        cmd.arg(format!("--name={}", named("kestrel", i)))
+            .arg(format!(
+                "--data-dir={}",
+                state_dir().join(named("etcd", i)).display()
+            ))
+            .arg(format!(
+                "--listen-client-urls={}",
+                etcd_urls[i as usize - 1]
+            ))
+            .arg(format!(
+                "--advertise-client-urls={}",
+                etcd_urls[i as usize - 1]
+            ))
+            .arg(format!("--listen-peer-urls={}", peer_url(i)))
+            .arg(format!("--initial-advertise-peer-urls={}", peer_url(i)))
+            .arg(format!("--initial-cluster={initial_cluster}"));
+        spawn_in(&mut cmd)?;
+        Component::named(named("etcd", i)).start(&mut cmd)?;
+    }
+    for i in 1..=cps {
+        let url = &etcd_urls[i as usize - 1];
+        Component::named(named("etcd", i)).wait_ready(Duration::from_secs(30), || {
+            util::succeeds(
+                netns_command(cp_ns, "etcdctl")
+                    .env("ETCDCTL_API", "3")
+                    .args(["--endpoints", url, "endpoint", "health"]),
+            )
+        })?;
+    }
 
-    util::step("starting the API server");
+    util::step(&if cps == 1 {
+        "starting the API server".to_string()
+    } else {
+        format!("starting {cps} API servers")
+    });
     let profile = if args.debug { "debug" } else { "release" };
     let bin = util::root()
         .join("target")
         .join(profile)
         .join("control-plane");
     let kubeconfig_path = state_dir().join("kubeconfig");
-    let apiserver = Component::named("apiserver");
-    let mut cmd = Command::new(&bin);
-    cmd.arg("apiserver")
-        .arg(format!("--etcd-servers={etcd_url}"))
-        .arg(format!("--cert-dir={}", state_dir().join("pki").display()))
-        .arg(format!("--admin-kubeconfig={}", kubeconfig_path.display()));
-    // Kept open until the API server has its copy.
-    let mut _host_socket = None;
-    if cp_ns.is_some() {
-        // The API server lives in the control plane's namespace, where the
-        // nodes reach it; the user's kubectl reaches it on this machine's
-        // loopback through a socket made here and handed over
-        // (socket activation).
-        cmd.arg(format!("--bind-address=0.0.0.0:{}", args.apiserver_port))
-            .arg(format!("--tls-san={CP_ADDRESS}"));
-        if apiserver.pid().is_none() {
-            let l = std::net::TcpListener::bind(("127.0.0.1", args.apiserver_port))
-                .map_err(|e| anyhow::anyhow!("127.0.0.1:{}: {e}", args.apiserver_port))?;
-            let fd = std::os::fd::AsRawFd::as_raw_fd(&l);
-            cmd.env("LISTEN_FDS", "1");
-            // SAFETY: dup2 is async-signal-safe; fd 3 is where socket
-            // activation puts the first socket.
-            unsafe {
-                cmd.pre_exec(move || {
-                    // Already fd 3: only its close-on-exec flag must go.
-                    let r = if fd == 3 {
-                        libc::fcntl(3, libc::F_SETFD, 0)
-                    } else {
-                        libc::dup2(fd, 3)
-                    };
-                    if r < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-            _host_socket = Some(l);
-        }
-        spawn_in(&mut cmd)?;
-    } else {
-        cmd.arg(format!("--bind-address=127.0.0.1:{}", args.apiserver_port));
-    }
-    apiserver.start(&mut cmd)?;
-    drop(_host_socket);
-    // Ready when the admin, through TLS and its client certificate, is answered.
-    apiserver.wait_ready(Duration::from_secs(30), || {
-        kubeconfig_path.exists()
-            && util::succeeds(
-                Command::new(kubectl_path())
-                    .arg("--kubeconfig")
-                    .arg(&kubeconfig_path)
-                    .args(["get", "--raw", "/readyz"]),
-            )
-    })?;
-
-    util::step("starting the scheduler and the controller-manager");
-    for (name, health) in [("scheduler", 10259), ("controller-manager", 10257)] {
-        let c = Component::named(name);
+    let api_urls: Vec<String> = (1..=cps)
+        .map(|i| format!("https://{}:{}", reach_host(i), args.apiserver_port))
+        .collect();
+    // One at a time: they share the CA in pki/, and each re-issues its
+    // serving certificate there as it starts.
+    for i in 1..=cps {
+        let apiserver = Component::named(named("apiserver", i));
+        // The user's kubectl reaches API server i on this machine at
+        // 127.0.0.1:(port + i - 1).
+        let host_port = args.apiserver_port + (i as u16 - 1);
         let mut cmd = Command::new(&bin);
-        cmd.arg(name).arg("--kubeconfig").arg(&kubeconfig_path);
-        spawn_in(&mut cmd)?;
-        c.start(&mut cmd)?;
-        let url = format!("http://127.0.0.1:{health}/readyz");
-        c.wait_ready(Duration::from_secs(30), || {
-            util::succeeds(netns_command(cp_ns, "curl").args(["-sf", &url]))
+        cmd.arg("apiserver")
+            .arg(format!("--etcd-servers={}", etcd_urls.join(",")))
+            .arg(format!("--cert-dir={}", state_dir().join("pki").display()))
+            .arg(format!(
+                "--bind-address={}:{}",
+                listen_host(i),
+                args.apiserver_port
+            ));
+        if i == 1 {
+            cmd.arg(format!("--admin-kubeconfig={}", kubeconfig_path.display()));
+        }
+        // Kept open until the API server has its copy.
+        let mut _host_socket = None;
+        if cp_ns.is_some() {
+            // The API server lives in the control plane's namespace, where
+            // the nodes reach it; the user's kubectl reaches it on this
+            // machine's loopback through a socket made here and handed
+            // over (socket activation).
+            for j in 1..=cps {
+                cmd.arg(format!("--tls-san={}", cp_address(j)));
+            }
+            if apiserver.pid().is_none() {
+                let l = std::net::TcpListener::bind(("127.0.0.1", host_port))
+                    .map_err(|e| anyhow::anyhow!("127.0.0.1:{host_port}: {e}"))?;
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&l);
+                cmd.env("LISTEN_FDS", "1");
+                // SAFETY: dup2 is async-signal-safe; fd 3 is where socket
+                // activation puts the first socket.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        // Already fd 3: only its close-on-exec flag must go.
+                        let r = if fd == 3 {
+                            libc::fcntl(3, libc::F_SETFD, 0)
+                        } else {
+                            libc::dup2(fd, 3)
+                        };
+                        if r < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+                _host_socket = Some(l);
+            }
+            spawn_in(&mut cmd)?;
+        }
+        apiserver.start(&mut cmd)?;
+        drop(_host_socket);
+        // Ready when the admin, through TLS and its client certificate, is
+        // answered.
+        apiserver.wait_ready(Duration::from_secs(30), || {
+            kubeconfig_path.exists()
+                && util::succeeds(
+                    Command::new(kubectl_path())
+                        .arg("--kubeconfig")
+                        .arg(&kubeconfig_path)
+                        .arg(format!("--server=https://127.0.0.1:{host_port}"))
+                        .args(["get", "--raw", "/readyz"]),
+                )
         })?;
+    }
+
+    util::step(&if cps == 1 {
+        "starting the scheduler and the controller-manager".to_string()
+    } else {
+        format!("starting {cps} schedulers and {cps} controller-managers (one of each leads)")
+    });
+    for i in 1..=cps {
+        for (base, health) in [("scheduler", 10259), ("controller-manager", 10257)] {
+            let c = Component::named(named(base, i));
+            let mut cmd = Command::new(&bin);
+            cmd.arg(base).arg("--kubeconfig").arg(&kubeconfig_path);
+            if cps > 1 {
+                // Every API server, so the component fails over.
+                cmd.arg(format!("--master={}", api_urls.join(",")))
+                    .arg(format!("--bind-address={}:{health}", cp_address(i)));
+            }
+            spawn_in(&mut cmd)?;
+            c.start(&mut cmd)?;
+            // A standby is live but not ready until it leads.
+            let url = format!(
+                "http://{}:{health}/{}",
+                reach_host(i),
+                if cps == 1 { "readyz" } else { "healthz" }
+            );
+            c.wait_ready(Duration::from_secs(30), || {
+                util::succeeds(netns_command(cp_ns, "curl").args(["-sf", &url]))
+            })?;
+        }
     }
 
     let agent = bin.with_file_name("agent");
     // (name, namespace, state dir) of each node.
-    let nodes: Vec<(String, Option<String>, PathBuf)> = match args.nodes {
+    let nodes: Vec<(String, Option<String>, PathBuf)> = match node_count {
         None => vec![(node_name(), None, state_dir().join("agent"))],
         Some(n) => (1..=n)
             .map(|i| {
@@ -495,6 +626,8 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         cmd.arg("run")
             .arg("--kubeconfig")
             .arg(&node_kubeconfig)
+            // Every API server: with several, the agent fails over.
+            .arg(format!("--master={}", api_urls.join(",")))
             .arg("--node-name")
             .arg(node)
             .arg("--state-dir")
@@ -537,11 +670,21 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     }
 
     eprintln!();
-    eprintln!(
-        "the cluster is ready: API server at https://127.0.0.1:{}, {} node(s)",
-        args.apiserver_port,
-        nodes.len()
-    );
+    if cps == 1 {
+        eprintln!(
+            "the cluster is ready: API server at https://127.0.0.1:{}, {} node(s)",
+            args.apiserver_port,
+            nodes.len()
+        );
+    } else {
+        eprintln!(
+            "the cluster is ready: {cps} control planes, API servers at https://127.0.0.1:{}..{} \
+             (the kubeconfig names the first; `kubectl --server` picks another), {} node(s)",
+            args.apiserver_port,
+            args.apiserver_port + cps as u16 - 1,
+            nodes.len()
+        );
+    }
     eprintln!();
     eprintln!("    export KUBECONFIG={}", kubeconfig_path.display());
     eprintln!("    kubectl get nodes -o wide");

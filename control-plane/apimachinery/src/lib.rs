@@ -1,7 +1,10 @@
 //! Kubernetes API machinery that works on objects as JSON values: label and
 //! field selectors, the patch formats kubectl sends, server-side tables and
-//! validation. Pure functions, no I/O, so the API server and tests share them.
+//! validation. Pure functions, no I/O, so the API server and tests share
+//! them; the one exception is `failover`, the relay API clients use to
+//! move between the API servers of a highly available control plane.
 
+pub mod failover;
 pub mod patch;
 pub mod protobuf;
 pub mod quantity;

@@ -67,6 +67,71 @@ async fn timed<T>(
     }
 }
 
+/// Retries after the first failure, then waits three times longer each
+/// time: about 1.3 s in all, enough for the client to stop picking a
+/// member that went away.
+const RETRIES: [Duration; 3] = [
+    Duration::from_millis(100),
+    Duration::from_millis(300),
+    Duration::from_millis(900),
+];
+
+/// Whether the call failed on the way to etcd (the member it went to is
+/// gone or going) rather than with etcd's answer. Another member may
+/// serve it.
+fn transient(e: &etcd_client::Error) -> bool {
+    use etcd_client::Error;
+    match e {
+        Error::TransportError(_) => true,
+        Error::GRpcStatus(s) => matches!(
+            s.code(),
+            tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
+        ),
+        _ => false,
+    }
+}
+
+/// Runs `op` until etcd answers, retrying transport failures; the second
+/// value says whether an earlier attempt failed that way, in which case a
+/// write may have been applied by it.
+async fn retried<T, F, Fut>(mut op: F) -> Result<(T, bool)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+{
+    let mut ambiguous = false;
+    for delay in RETRIES.iter().map(Some).chain([None]) {
+        match tokio::time::timeout(ETCD_TIMEOUT, op()).await {
+            Ok(Ok(v)) => return Ok((v, ambiguous)),
+            Ok(Err(e)) if transient(&e) => match delay {
+                Some(d) => {
+                    tracing::warn!(error = %e, "etcd call failed on the way; retrying");
+                    ambiguous = true;
+                    tokio::time::sleep(*d).await;
+                }
+                None => return Err(e.into()),
+            },
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(StorageError::Unavailable("etcd request timed out".into())),
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+/// Whether `stored` is the object `ours` would have written (the
+/// resourceVersion aside): a retried write whose first attempt went
+/// through before the connection broke.
+fn same_write(stored: &Stored, ours: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.remove("resourceVersion");
+        }
+        v
+    };
+    strip(&stored.value) == strip(ours)
+}
+
 /// Decodes a stored value and stamps its revision into `metadata.resourceVersion`.
 pub fn decode(key: &[u8], value: &[u8], rev: i64) -> Result<Value> {
     let mut v: Value = serde_json::from_slice(value).map_err(|e| {
@@ -106,15 +171,26 @@ impl Storage {
 
     /// The current etcd revision.
     pub async fn current_revision(&self) -> Result<i64> {
-        let mut kv = self.client.kv_client();
-        let resp = timed(kv.get("/registry/", Some(GetOptions::new().with_count_only()))).await?;
+        let kv = self.client.kv_client();
+        let (resp, _) = retried(|| {
+            let mut kv = kv.clone();
+            async move {
+                kv.get("/registry/", Some(GetOptions::new().with_count_only()))
+                    .await
+            }
+        })
+        .await?;
         Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
     }
 
     /// Reads one object.
     pub async fn get(&self, key: &str) -> Result<Option<Stored>> {
-        let mut kv = self.client.kv_client();
-        let resp = timed(kv.get(key, None)).await?;
+        let kv = self.client.kv_client();
+        let (resp, _) = retried(|| {
+            let mut kv = kv.clone();
+            async move { kv.get(key, None).await }
+        })
+        .await?;
         match resp.kvs().first() {
             None => Ok(None),
             Some(kv) => Ok(Some(Stored {
@@ -133,7 +209,7 @@ impl Storage {
         limit: Option<i64>,
         at: Option<i64>,
     ) -> Result<Page> {
-        let mut kv = self.client.kv_client();
+        let kv = self.client.kv_client();
         let range_end = prefix_end(prefix.as_bytes());
         let start: Vec<u8> = match start_after {
             Some(k) => {
@@ -152,7 +228,11 @@ impl Storage {
         if let Some(rev) = at.filter(|r| *r > 0) {
             opts = opts.with_revision(rev);
         }
-        let resp = timed(kv.get(start, Some(opts))).await?;
+        let (resp, _) = retried(|| {
+            let (mut kv, start, opts) = (kv.clone(), start.clone(), opts.clone());
+            async move { kv.get(start, Some(opts)).await }
+        })
+        .await?;
         let revision = match at {
             Some(r) if r > 0 => r,
             _ => resp.header().map(|h| h.revision()).unwrap_or(0),
@@ -185,11 +265,16 @@ impl Storage {
             ops.push(TxnOp::put(c.as_str(), key, None));
         }
         let txn = Txn::new().when(compares).and_then(ops);
-        let mut kv = self.client.kv_client();
-        let resp = timed(kv.txn(txn)).await?;
+        let kv = self.client.kv_client();
+        let (resp, ambiguous) = retried(|| {
+            let (mut kv, txn) = (kv.clone(), txn.clone());
+            async move { kv.txn(txn).await }
+        })
+        .await?;
         if !resp.succeeded() {
             // Tell "the object exists" from "a claimed value is taken".
             return match self.get(key).await? {
+                Some(s) if ambiguous && same_write(&s, value) => Ok(s.rev),
                 Some(_) => Err(StorageError::AlreadyExists),
                 None => Err(StorageError::Conflict),
             };
@@ -217,11 +302,16 @@ impl Storage {
             ops.push(TxnOp::delete(r.as_str(), None));
         }
         let txn = Txn::new().when(compares).and_then(ops);
-        let mut kv = self.client.kv_client();
-        let resp = timed(kv.txn(txn)).await?;
+        let kv = self.client.kv_client();
+        let (resp, ambiguous) = retried(|| {
+            let (mut kv, txn) = (kv.clone(), txn.clone());
+            async move { kv.txn(txn).await }
+        })
+        .await?;
         if !resp.succeeded() {
             return match self.get(key).await? {
                 None => Err(StorageError::NotFound),
+                Some(s) if ambiguous && same_write(&s, value) => Ok(s.rev),
                 Some(s) if s.rev != expected => Err(StorageError::Conflict),
                 Some(_) => Err(StorageError::AlreadyExists),
             };
@@ -252,11 +342,15 @@ impl Storage {
 
     /// Keys (not values) under a prefix, for allocators.
     pub async fn keys(&self, prefix: &str) -> Result<Vec<String>> {
-        let mut kv = self.client.kv_client();
+        let kv = self.client.kv_client();
         let opts = GetOptions::new()
             .with_range(prefix_end(prefix.as_bytes()))
             .with_keys_only();
-        let resp = timed(kv.get(prefix, Some(opts))).await?;
+        let (resp, _) = retried(|| {
+            let (mut kv, opts) = (kv.clone(), opts.clone());
+            async move { kv.get(prefix, Some(opts)).await }
+        })
+        .await?;
         Ok(resp
             .kvs()
             .iter()

@@ -19,9 +19,11 @@ pub struct ClientArgs {
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
     /// API server URL; overrides the kubeconfig's server (plain HTTP for an
-    /// API server started with --insecure-bind-address).
-    #[arg(long)]
-    pub master: Option<String>,
+    /// API server started with --insecure-bind-address). Several,
+    /// comma-separated, for a highly available control plane: the component
+    /// then connects through a local relay that fails over between them.
+    #[arg(long, value_delimiter = ',')]
+    pub master: Vec<String>,
     /// Requests per second the component may send (0: unlimited).
     #[arg(long, default_value_t = 0)]
     pub kube_api_qps: u32,
@@ -30,7 +32,10 @@ pub struct ClientArgs {
 impl ClientArgs {
     /// A kube client from --kubeconfig and/or --master.
     pub async fn client(&self) -> anyhow::Result<kube::Client> {
-        let mut config = match (&self.kubeconfig, &self.master) {
+        let master = apimachinery::failover::client_url(&self.master)
+            .await
+            .map_err(|e| anyhow::anyhow!("--master: {e}"))?;
+        let mut config = match (&self.kubeconfig, &master) {
             (Some(path), _) => {
                 let kc = Kubeconfig::read_from(path)
                     .with_context(|| format!("reading kubeconfig {}", path.display()))?;
@@ -44,7 +49,7 @@ impl ClientArgs {
             ),
             (None, None) => anyhow::bail!("pass --kubeconfig PATH or --master URL"),
         };
-        if let Some(url) = &self.master {
+        if let Some(url) = &master {
             config.cluster_url = url
                 .parse()
                 .with_context(|| format!("--master {url:?} is not a URL"))?;
