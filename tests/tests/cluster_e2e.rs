@@ -84,11 +84,18 @@ impl Cluster {
             cp,
             t0,
         };
-        c.wait(60, "three Ready nodes", || {
+        // Ready and untainted: the node lifecycle controller lifts the
+        // not-ready taint a moment after Ready turns True, and a replica
+        // scheduled in between cannot go to that node.
+        c.wait(60, "three Ready, untainted nodes", || {
             let nodes = c.get(&["nodes"]);
             let items = nodes["items"].as_array()?;
-            (items.len() == 3 && items.iter().all(|n| condition(n, "Ready") == "True"))
-                .then_some(())
+            (items.len() == 3
+                && items.iter().all(|n| {
+                    condition(n, "Ready") == "True"
+                        && n["spec"]["taints"].as_array().is_none_or(|t| t.is_empty())
+                }))
+            .then_some(())
         });
         // A Node is Ready as soon as its agent registers it; the agent
         // could still fail to set up the pod network and exit after that.
@@ -1215,6 +1222,21 @@ fn ha_control_plane_keeps_serving_without_its_leading_controller_manager_an_apis
         let written = acked();
         c.cp.etcd.kill();
         c.step("etcd member 0 killed");
+        let cs = c.k.run(&["get", "cs", "--no-headers"]).unwrap();
+        let health: BTreeMap<&str, &str> = cs
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                Some((f.next()?, f.next()?))
+            })
+            .collect();
+        for (member, want) in [
+            ("etcd-0", "Unhealthy"),
+            ("etcd-1", "Healthy"),
+            ("etcd-2", "Healthy"),
+        ] {
+            assert_eq!(health.get(member), Some(&want), "kubectl get cs:\n{cs}");
+        }
         c.wait(60, "writes acknowledged after the etcd member died", || {
             (acked() >= written + 10).then_some(())
         });

@@ -41,12 +41,27 @@ async fn lease_fresh(state: &State, name: &str) -> Result<String, String> {
     }
 }
 
-/// The three component statuses, computed now.
-pub async fn list(state: &State) -> Vec<Value> {
-    let etcd = match state.storage.current_revision().await {
-        Ok(_) => status("etcd-0", true, "ok", ""),
-        Err(e) => status("etcd-0", false, "", &e.to_string()),
+/// Whether the etcd member at `url` answers on its own (the API server's
+/// shared client would route around a dead one).
+async fn member_health(url: &str) -> Result<(), String> {
+    use std::time::Duration;
+    let opts = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(2));
+    let check = async {
+        let mut client = etcd_client::Client::connect([url], Some(opts)).await?;
+        client.status().await
     };
+    match tokio::time::timeout(Duration::from_secs(3), check).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("{url} did not answer within 3s")),
+    }
+}
+
+/// The component statuses, computed now: the controller-manager, the
+/// scheduler, and each etcd server as `etcd-N` in --etcd-servers order.
+pub async fn list(state: &State) -> Vec<Value> {
     let mut out = vec![];
     for (name, lease) in [
         ("controller-manager", "kube-controller-manager"),
@@ -57,6 +72,17 @@ pub async fn list(state: &State) -> Vec<Value> {
             Err(e) => status(name, false, "", &e),
         });
     }
-    out.push(etcd);
+    let checks = state.config.etcd_servers.iter().map(|u| member_health(u));
+    for (i, health) in futures::future::join_all(checks)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        let name = format!("etcd-{i}");
+        out.push(match health {
+            Ok(()) => status(&name, true, "ok", ""),
+            Err(e) => status(&name, false, "", &e),
+        });
+    }
     out
 }
