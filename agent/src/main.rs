@@ -72,6 +72,17 @@ enum ImageCommand {
     Ls,
     /// Remove an image (its layers go when no other image uses them).
     Rm { reference: String },
+    /// Push the image in a `docker save` or OCI archive to a registry
+    /// under TARGET (`REGISTRY/NAME:TAG`, e.g. 10.99.0.1:5000/app:1).
+    /// Leaves this node's images alone.
+    Push {
+        archive: PathBuf,
+        target: String,
+        /// A registry to push to over plain HTTP (repeatable); loopback
+        /// registries always are.
+        #[arg(long = "insecure-registry")]
+        insecure_registries: Vec<String>,
+    },
     /// Write an OCI archive of a busybox image made from a static busybox
     /// binary (Debian's busybox-static), for clusters without a registry.
     BuildBusybox {
@@ -196,6 +207,39 @@ fn main() -> anyhow::Result<()> {
                         anyhow::bail!("no image {reference:?} on this node");
                     }
                     println!("removed {reference}");
+                }
+                ImageCommand::Push {
+                    archive,
+                    target,
+                    insecure_registries,
+                } => {
+                    // A store of its own, so the push reads exactly what the
+                    // archive holds, and the node's store is not touched.
+                    let scratch =
+                        std::env::temp_dir().join(format!("kestrel-push-{}", std::process::id()));
+                    let result = (|| {
+                        let store = ImageStore::open(&scratch)?;
+                        let refs = store.import(&archive)?;
+                        let [source] = refs.as_slice() else {
+                            anyhow::bail!(
+                                "{} holds {} images; push takes an archive of one",
+                                archive.display(),
+                                refs.len()
+                            );
+                        };
+                        let digest = tokio::runtime::Runtime::new()?
+                            .block_on(kestrel_agent::image::push::push(
+                                &store,
+                                source,
+                                &target,
+                                &insecure_registries,
+                            ))
+                            .map_err(anyhow::Error::msg)?;
+                        println!("pushed {target} ({digest})");
+                        Ok(())
+                    })();
+                    let _ = std::fs::remove_dir_all(&scratch);
+                    result?;
                 }
                 ImageCommand::BuildBusybox {
                     out,

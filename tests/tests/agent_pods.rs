@@ -869,7 +869,7 @@ spec:
 }
 
 /// Debian's docker-registry on a loopback port, with the project's busybox
-/// image pushed to it over the registry API (as `docker push` would).
+/// image pushed to it by `agent image push`.
 struct Registry {
     // The node reaches the registry on its own loopback, relayed here.
     _relay: harness::forward::Forward,
@@ -905,84 +905,26 @@ impl Registry {
         let sock: std::net::SocketAddr = addr.parse().unwrap();
         let relay =
             harness::forward::Forward::start(Some(&agent.netns.path()), sock, None, sock).unwrap();
-        // The busybox OCI archive the agent built, unpacked.
+        // The busybox OCI archive the agent built, pushed the way a user
+        // fills a registry from an archive.
         let archive = agent.state.path().join("busybox.tar");
-        let layout = dir.path().join("layout");
-        tar::Archive::new(std::fs::File::open(&archive).unwrap())
-            .unpack(&layout)
+        let target = format!("{addr}/{repo}:{tag}");
+        let out = Command::new(harness::cluster::binary("agent"))
+            .args(["image", "push"])
+            .arg(&archive)
+            .arg(&target)
+            .output()
             .unwrap();
-        let index: Value =
-            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-        let digest = index["manifests"][0]["digest"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let blob = |d: &str| {
-            layout
-                .join("blobs/sha256")
-                .join(d.trim_start_matches("sha256:"))
-        };
-        let manifest: Value =
-            serde_json::from_slice(&std::fs::read(blob(&digest)).unwrap()).unwrap();
-        let mut blobs = vec![manifest["config"]["digest"].as_str().unwrap().to_string()];
-        blobs.extend(
-            manifest["layers"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|l| l["digest"].as_str().unwrap().to_string()),
+        assert!(
+            out.status.success(),
+            "agent image push {target}: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
-        for d in blobs {
-            let out = Command::new("curl")
-                .args(["-sf", "-X", "POST", "-D", "-", "-o", "/dev/null"])
-                .arg(format!("http://{addr}/v2/{repo}/blobs/uploads/"))
-                .output()
-                .unwrap();
-            let head = String::from_utf8_lossy(&out.stdout).to_string();
-            let location = head
-                .lines()
-                .find_map(|l| {
-                    l.strip_prefix("Location: ")
-                        .or_else(|| l.strip_prefix("location: "))
-                })
-                .unwrap_or_else(|| panic!("no upload location: {head}"))
-                .trim()
-                .to_string();
-            let url = if location.starts_with("http") {
-                location
-            } else {
-                format!("http://{addr}{location}")
-            };
-            let sep = if url.contains('?') { '&' } else { '?' };
-            let ok = Command::new("curl")
-                .args([
-                    "-sf",
-                    "-X",
-                    "PUT",
-                    "-H",
-                    "Content-Type: application/octet-stream",
-                    "--data-binary",
-                ])
-                .arg(format!("@{}", blob(&d).display()))
-                .arg(format!("{url}{sep}digest={d}"))
-                .status()
-                .unwrap();
-            assert!(ok.success(), "uploading {d}");
-        }
-        let ok = Command::new("curl")
-            .args([
-                "-sf",
-                "-X",
-                "PUT",
-                "-H",
-                "Content-Type: application/vnd.oci.image.manifest.v1+json",
-                "--data-binary",
-            ])
-            .arg(format!("@{}", blob(&digest).display()))
-            .arg(format!("http://{addr}/v2/{repo}/manifests/{tag}"))
-            .status()
-            .unwrap();
-        assert!(ok.success(), "pushing the manifest");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with(&format!("pushed {target} (sha256:")),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         Registry {
             _relay: relay,
             _proc: proc,

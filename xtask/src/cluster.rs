@@ -45,6 +45,14 @@ pub struct UpArgs {
     /// --nodes says otherwise.
     #[arg(long, default_value_t = 1)]
     control_planes: u32,
+    /// Also run a cluster-local image registry (Debian's docker-registry,
+    /// data in .cluster/registry) that every node pulls from over plain
+    /// HTTP; `cargo xtask image push` fills it.
+    #[arg(long)]
+    registry: bool,
+    /// The registry's port.
+    #[arg(long, default_value_t = 5000)]
+    registry_port: u16,
 }
 
 #[derive(clap::Args)]
@@ -555,15 +563,47 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             spawn_in(&mut cmd)?;
             c.start(&mut cmd)?;
             // A standby is live but not ready until it leads.
-            let url = format!(
-                "http://{}:{health}/{}",
-                reach_host(i),
-                if cps == 1 { "readyz" } else { "healthz" }
-            );
+            // One component binds its default, loopback; several bind
+            // their control plane's address.
+            let url = if cps == 1 {
+                format!("http://127.0.0.1:{health}/readyz")
+            } else {
+                format!("http://{}:{health}/healthz", cp_address(i))
+            };
             c.wait_ready(Duration::from_secs(30), || {
                 util::succeeds(netns_command(cp_ns, "curl").args(["-sf", &url]))
             })?;
         }
+    }
+
+    // Where nodes reach the registry: this machine's loopback for a single
+    // node, the control plane's address on the node network otherwise.
+    let registry = args
+        .registry
+        .then(|| format!("{}:{}", reach_host(1), args.registry_port));
+    if let Some(addr) = &registry {
+        util::step(&format!("starting the cluster registry at {addr}"));
+        let dir = state_dir().join("registry");
+        std::fs::create_dir_all(dir.join("data"))?;
+        let config = dir.join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "# Written by `cargo xtask up --registry`.\nversion: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {}:{}\n",
+                dir.join("data").display(),
+                listen_host(1),
+                args.registry_port
+            ),
+        )?;
+        let c = Component::named("registry");
+        let mut cmd = Command::new("docker-registry");
+        cmd.arg("serve").arg(&config);
+        spawn_in(&mut cmd)?;
+        c.start(&mut cmd)?;
+        let url = format!("http://{addr}/v2/");
+        c.wait_ready(Duration::from_secs(30), || {
+            util::succeeds(netns_command(cp_ns, "curl").args(["-sf", &url]))
+        })?;
     }
 
     let agent = bin.with_file_name("agent");
@@ -628,6 +668,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             .arg(&node_kubeconfig)
             // Every API server: with several, the agent fails over.
             .arg(format!("--master={}", api_urls.join(",")))
+            .args(registry.iter().map(|r| format!("--insecure-registry={r}")))
             .arg("--node-name")
             .arg(node)
             .arg("--state-dir")
@@ -691,6 +732,12 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     eprintln!("    kubectl run hello --image=busybox --restart=Never -- echo hello");
     eprintln!();
 
+    if let Some(addr) = &registry {
+        eprintln!("the cluster registry is at {addr}; fill it from an image archive and run it:");
+        eprintln!("    cargo xtask image push app.tar {addr}/app:1");
+        eprintln!("    kubectl create deployment app --image={addr}/app:1");
+        eprintln!();
+    }
     if args.detach {
         eprintln!("the cluster keeps running; stop it with `cargo xtask down`");
         return Ok(());
@@ -782,6 +829,14 @@ pub enum ImageTask {
         /// The archive.
         file: PathBuf,
     },
+    /// Push the image in a `docker save` or OCI archive to the cluster
+    /// registry (`up --registry`) as TARGET, e.g. 10.99.0.1:5000/app:1.
+    Push {
+        /// The archive.
+        file: PathBuf,
+        /// REGISTRY/NAME:TAG, the registry as `up` printed it.
+        target: String,
+    },
 }
 
 /// The state directories of the local cluster's nodes.
@@ -802,6 +857,32 @@ fn node_state_dirs() -> Vec<PathBuf> {
 
 pub fn image(task: ImageTask) -> anyhow::Result<()> {
     match task {
+        ImageTask::Push { file, target } => {
+            let file = file
+                .canonicalize()
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let agent = ["release", "debug"]
+                .iter()
+                .map(|p| util::root().join("target").join(p).join("agent"))
+                .find(|p| p.exists())
+                .ok_or_else(|| anyhow::anyhow!("no agent binary: run `cargo xtask up` first"))?;
+            anyhow::ensure!(
+                Component::named("registry").pid().is_some(),
+                "no cluster registry runs: start the cluster with `cargo xtask up --registry`"
+            );
+            let registry = target.split('/').next().unwrap_or_default().to_string();
+            let mut cmd = Command::new(&agent);
+            cmd.args(["image", "push"])
+                .arg(&file)
+                .arg(&target)
+                .arg(format!("--insecure-registry={registry}"));
+            // With nodes in namespaces the registry lives on the node
+            // network, reached from the control plane's namespace.
+            if Path::new("/run/netns").join(CP_NETNS).exists() {
+                in_netns(&mut cmd, CP_NETNS)?;
+            }
+            util::run(&mut cmd)
+        }
         ImageTask::Load { file } => {
             let file = file
                 .canonicalize()

@@ -9,6 +9,7 @@ mod archive;
 pub mod build;
 mod oci;
 pub mod pull;
+pub mod push;
 mod store;
 mod unpack;
 

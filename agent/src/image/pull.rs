@@ -18,7 +18,7 @@ const MANIFEST_TYPES: &[&str] = &[
 
 /// Registries reached over plain HTTP: loopback ones (as Docker does) and
 /// those named with `--insecure-registry`.
-fn plain_http(registry: &str, insecure: &[String]) -> bool {
+pub(super) fn plain_http(registry: &str, insecure: &[String]) -> bool {
     let host = registry
         .rsplit_once(':')
         .map(|(h, _)| h)

@@ -304,7 +304,7 @@ impl ImageStore {
         }
     }
 
-    pub(super) fn blob_path(&self, digest: &str) -> Result<PathBuf> {
+    pub(crate) fn blob_path(&self, digest: &str) -> Result<PathBuf> {
         Ok(self.root.join("blobs/sha256").join(digest_hex(digest)?))
     }
 
