@@ -151,16 +151,25 @@ pub fn ensure_pki(dir: &Path, sans: &[String]) -> anyhow::Result<Pki> {
     let pki = Pki {
         dir: dir.to_path_buf(),
     };
-    if pki.ca_cert().exists() && pki.serving_cert().exists() && pki.admin_cert().exists() {
+    if pki.ca_cert().exists() && pki.ca_key().exists() {
         // The serving certificate is re-issued from the same CA on every
         // start, so a changed --tls-san takes effect; clients trust the CA,
-        // not this certificate.
+        // not this certificate. A CA copied in from another control plane
+        // (with nothing else) is kept, so every API server of a cluster
+        // shares it; the admin certificate is made when missing.
         let ca_key = KeyPair::from_pem(&std::fs::read_to_string(pki.ca_key())?)?;
         let ca_pem = std::fs::read_to_string(pki.ca_cert())?;
         let ca_cert = CertificateParams::from_ca_cert_pem(&ca_pem)?.self_signed(&ca_key)?;
         let (cert, key) = serving_certificate(sans, &ca_cert, &ca_key)?;
         write_private(&pki.serving_key(), &key.serialize_pem())?;
         std::fs::write(pki.serving_cert(), cert.pem())?;
+        if !pki.admin_cert().exists() || !pki.admin_key().exists() {
+            let admin_key = KeyPair::generate()?;
+            let admin_cert = client_params("kubernetes-admin", &["system:masters"])?
+                .signed_by(&admin_key, &ca_cert, &ca_key)?;
+            write_private(&pki.admin_key(), &admin_key.serialize_pem())?;
+            std::fs::write(pki.admin_cert(), admin_cert.pem())?;
+        }
         return Ok(pki);
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -394,4 +403,29 @@ pub fn authorize(
 /// Whether a path may be read without credentials (health checks only).
 pub fn public_path(method: &Method, path: &str) -> bool {
     method == Method::GET && matches!(path, "/healthz" | "/livez" | "/readyz")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copied_in_ca_is_kept_and_completed() {
+        let first = tempfile::tempdir().unwrap();
+        ensure_pki(first.path(), &[]).unwrap();
+        let ca = std::fs::read_to_string(first.path().join("ca.crt")).unwrap();
+        // A second control plane gets only the CA, as an operator copies it.
+        let second = tempfile::tempdir().unwrap();
+        for f in ["ca.crt", "ca.key"] {
+            std::fs::copy(first.path().join(f), second.path().join(f)).unwrap();
+        }
+        let pki = ensure_pki(second.path(), &["10.0.0.2".into()]).unwrap();
+        assert_eq!(std::fs::read_to_string(pki.ca_cert()).unwrap(), ca);
+        assert!(pki.serving_cert().exists() && pki.admin_cert().exists());
+        // Starting again changes nothing but the serving certificate.
+        let admin = std::fs::read_to_string(pki.admin_cert()).unwrap();
+        ensure_pki(second.path(), &[]).unwrap();
+        assert_eq!(std::fs::read_to_string(pki.ca_cert()).unwrap(), ca);
+        assert_eq!(std::fs::read_to_string(pki.admin_cert()).unwrap(), admin);
+    }
 }
