@@ -908,6 +908,21 @@ fn replicas_leave_a_dead_node() {
     c.step("agent back: node Ready, evicted replica deleted");
 }
 
+/// The acknowledged ConfigMaps the cluster no longer has.
+fn lost_configmaps(c: &Cluster, acknowledged: &[String]) -> Vec<String> {
+    let stored: BTreeSet<String> = c.get(&["configmaps"])["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(name)
+        .collect();
+    acknowledged
+        .iter()
+        .filter(|n| !stored.contains(*n))
+        .cloned()
+        .collect()
+}
+
 /// Sets its flag when dropped, so a writer thread stops also when a step
 /// of the test panics (the scope would otherwise wait for it forever).
 struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
@@ -1037,16 +1052,7 @@ fn restarting_any_one_component_loses_no_object_and_no_running_pod() {
     });
 
     let acknowledged = acknowledged.into_inner().unwrap();
-    let stored: BTreeSet<String> = c.get(&["configmaps"])["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(name)
-        .collect();
-    let lost: Vec<&String> = acknowledged
-        .iter()
-        .filter(|n| !stored.contains(*n))
-        .collect();
+    let lost = lost_configmaps(&c, &acknowledged);
     c.step(&format!(
         "{} ConfigMaps acknowledged, {} refused while a component was down, {} lost",
         acknowledged.len(),
@@ -1250,16 +1256,7 @@ fn ha_control_plane_keeps_serving_without_its_leading_controller_manager_an_apis
     });
 
     let acknowledged = acknowledged.into_inner().unwrap();
-    let stored: BTreeSet<String> = c.get(&["configmaps"])["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(name)
-        .collect();
-    let lost: Vec<&String> = acknowledged
-        .iter()
-        .filter(|n| !stored.contains(*n))
-        .collect();
+    let lost = lost_configmaps(&c, &acknowledged);
     c.step(&format!(
         "{} ConfigMaps acknowledged, {} creates failed over to another API server, {} lost",
         acknowledged.len(),

@@ -856,16 +856,17 @@ fn node_state_dirs() -> Vec<PathBuf> {
 }
 
 pub fn image(task: ImageTask) -> anyhow::Result<()> {
+    let (ImageTask::Push { file, .. } | ImageTask::Load { file }) = &task;
+    let file = file
+        .canonicalize()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let agent = ["release", "debug"]
+        .iter()
+        .map(|p| util::root().join("target").join(p).join("agent"))
+        .find(|p| p.exists())
+        .ok_or_else(|| anyhow::anyhow!("no agent binary: run `cargo xtask up` first"))?;
     match task {
-        ImageTask::Push { file, target } => {
-            let file = file
-                .canonicalize()
-                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-            let agent = ["release", "debug"]
-                .iter()
-                .map(|p| util::root().join("target").join(p).join("agent"))
-                .find(|p| p.exists())
-                .ok_or_else(|| anyhow::anyhow!("no agent binary: run `cargo xtask up` first"))?;
+        ImageTask::Push { target, .. } => {
             anyhow::ensure!(
                 Component::named("registry").pid().is_some(),
                 "no cluster registry runs: start the cluster with `cargo xtask up --registry`"
@@ -883,15 +884,7 @@ pub fn image(task: ImageTask) -> anyhow::Result<()> {
             }
             util::run(&mut cmd)
         }
-        ImageTask::Load { file } => {
-            let file = file
-                .canonicalize()
-                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-            let agent = ["release", "debug"]
-                .iter()
-                .map(|p| util::root().join("target").join(p).join("agent"))
-                .find(|p| p.exists())
-                .ok_or_else(|| anyhow::anyhow!("no agent binary: run `cargo xtask up` first"))?;
+        ImageTask::Load { .. } => {
             let dirs = node_state_dirs();
             anyhow::ensure!(
                 !dirs.is_empty(),
