@@ -21,27 +21,38 @@ Usage: $PROG [--root DIR] [--dry-run] COMMAND [OPTIONS]
 
 Commands:
   control-plane [--advertise-address IP] [--port PORT]
+                [--peers IP,IP,IP [--ca DIR]]
       Installs and starts etcd, the API server, the scheduler and the
-      controller-manager as systemd units. The API server makes the cluster
-      CA in $CERT_DIR on its first start. IP is the address nodes reach
-      the API server at (default: this machine's address on its default
-      route); PORT its HTTPS port (default 6443).
+      controller-manager as systemd units, after making the cluster CA in
+      $CERT_DIR unless one is there. IP is the address nodes reach the
+      API server at (default: this machine's address on its default
+      route); PORT its HTTPS port (default 6443, the same on every control
+      plane).
+      With --peers, this machine is one of several control planes (3, 5 or
+      7; the list holds every one's IP, this one's included, the same on
+      each): etcd runs as a member of a cluster of them over TLS, the API
+      server uses every member, and the scheduler and controller-manager
+      fail over between the API servers. The first control plane makes the
+      CA; the others are given a copy of its ca.crt and ca.key in DIR.
 
-  add-node NAME [--server URL]
-      On the control plane: writes the credentials of the node NAME to
+  add-node NAME [--server URL[,URL...]]
+      On a control plane: writes the credentials of the node NAME to
       $NODES_DIR/NAME.kubeconfig (a client certificate for the user
       system:node:NAME in the group system:nodes, signed by the cluster CA)
-      and prints the command that joins it. URL is the API server as the
-      node reaches it (default: the API server's --advertise-url).
+      and prints the command that joins it. URL is an API server as the
+      node reaches it (default: every control plane's, as control-plane
+      recorded them in $CONF_DIR/apiservers).
 
   join --kubeconfig FILE --ca-cert-hash sha256:HEX [--node-name NAME]
-       [--node-ip IP] [--server URL] [--skip-server-check]
+       [--node-ip IP] [--server URL[,URL...]] [--skip-server-check]
       On a node: checks that the CA in FILE is the one whose hash the
       control plane printed, that FILE's certificate is signed by it and
-      names this node (NAME, default: the host name), and that the API
+      names this node (NAME, default: the host name), and that every API
       server, trusted through that CA only, accepts it; then installs and
-      starts the node agent. IP is the node's address for the cluster
-      (default: the agent's choice, its first non-loopback IPv4 address).
+      starts the node agent, which fails over between the API servers when
+      there are several (default: FILE's server). IP is the node's address
+      for the cluster (default: the agent's choice, its first non-loopback
+      IPv4 address).
 
   ca-cert-hash
       On the control plane: prints the hash of the cluster CA for join.
@@ -157,13 +168,16 @@ install_units() {
 
 # Starts UNITS (and enables them at boot); restarts them when something of
 # theirs changed during this run.
+# With --no-block first, it does not wait for them to be started.
 start_units() {
+	block=
+	if [ "$1" = --no-block ]; then block=$1; shift; fi
 	system systemctl daemon-reload
 	system systemctl enable "$@"
 	if [ "$CHANGED" = 1 ]; then
-		system systemctl restart "$@"
+		system systemctl restart ${block:+"$block"} "$@"
 	else
-		system systemctl start "$@"
+		system systemctl start ${block:+"$block"} "$@"
 	fi
 }
 
@@ -238,12 +252,87 @@ env_flag() {
 	sed -n "s/^$2=\"\(.*\)\"$/\1/p" "$1" | tr ' ' '\n' | sed -n "s/^--$3=//p" | head -n 1
 }
 
+# The etcd member name of the control plane at IP.
+member_name() { say "etcd-$1" | tr '.:' '--'; }
+
+# check_ca DIR: DIR holds a copy of a CA fit to be this machine's: both
+# files, the key the certificate's, and no other CA already here.
+check_ca() {
+	for f in ca.crt ca.key; do
+		[ -f "$1/$f" ] || die "--ca: no $f in $1 (copy ca.crt and ca.key from $CERT_DIR on the first control plane)"
+	done
+	pub=$(openssl x509 -in "$1/ca.crt" -noout -pubkey 2>/dev/null) || die "--ca: $1/ca.crt is not a PEM certificate"
+	[ "$pub" = "$(openssl pkey -in "$1/ca.key" -pubout 2>/dev/null)" ] ||
+		die "--ca: $1/ca.key is not the key of $1/ca.crt"
+	if [ -f "$ROOT$CERT_DIR/ca.crt" ] && ! cmp -s "$1/ca.crt" "$ROOT$CERT_DIR/ca.crt"; then
+		die "$CERT_DIR already holds another CA than $1/ca.crt: this machine belongs to another cluster (remove $CERT_DIR to reinstall it)"
+	fi
+}
+
+# cluster_ca DIR: makes $CERT_DIR hold the cluster CA: the copy in DIR
+# (checked by check_ca) when given, else the one there, else a new one.
+cluster_ca() {
+	if [ -n "$1" ]; then
+		mkdir_p "$CERT_DIR" 0700
+		put "$1/ca.crt" "$CERT_DIR/ca.crt" 0644
+		put "$1/ca.key" "$CERT_DIR/ca.key" 0600
+	elif [ -f "$ROOT$CERT_DIR/ca.crt" ]; then
+		say "unchanged: $CERT_DIR/ca.crt"
+	elif [ "$DRY_RUN" = 1 ]; then
+		say "would make the cluster CA in $CERT_DIR"
+	else
+		"$HERE/bin/control-plane" ca --cert-dir "$ROOT$CERT_DIR" >/dev/null
+		CHANGED=1
+		say "made the cluster CA: $CERT_DIR/ca.crt"
+	fi
+}
+
+# certificate PREFIX CN SANS ARGS...: PREFIX.crt and .key from the cluster
+# CA unless they exist; SANS is a comma-separated list of addresses.
+certificate() {
+	if [ -f "$ROOT$1.crt" ] && [ -f "$ROOT$1.key" ]; then
+		say "unchanged: $1.crt"
+		return 0
+	fi
+	if [ "$DRY_RUN" = 1 ]; then
+		say "would write: $1.crt (CN $2)"
+		return 0
+	fi
+	out=$1 cn=$2 sans=$3
+	shift 3
+	mkdir -p "$(dirname "$ROOT$out")"
+	for san in $(say "$sans" | tr ',' ' '); do set -- "$@" --san "$san"; done
+	"$HERE/bin/control-plane" certificate --cert-dir "$ROOT$CERT_DIR" --cn "$cn" --out "$ROOT$out" "$@"
+	CHANGED=1
+	say "written: $out.crt (CN $cn)"
+}
+
+# etcd_member ADDRESS PEERS: etcd.env and the unit's drop-in for one member
+# of the cluster of PEERS, with its certificate.
+etcd_member() {
+	cluster=
+	for p in $(say "$2" | tr ',' ' '); do
+		cluster="$cluster${cluster:+,}$(member_name "$p")=https://$(host_port "$p" 2380)"
+	done
+	# The member's certificate serves clients and peers and is the client
+	# side of its own peer connections, so it is for both.
+	certificate "$CERT_DIR/etcd/member" "$(member_name "$1")" "$1,127.0.0.1,localhost" --server --client
+	host=$(host_port "$1" 0)
+	host=${host%:0}
+	sed -e "s|@NAME@|$(member_name "$1")|" -e "s|@HOST@|$host|g" -e "s|@INITIAL_CLUSTER@|$cluster|" \
+		"$HERE/config/etcd-member.env" >"$WORK/etcd.env"
+	config "$WORK/etcd.env" "$CONF_DIR/etcd.env"
+	put "$HERE/systemd/kestrel-etcd.service.d/member.conf" "$UNIT_DIR/kestrel-etcd.service.d/member.conf" 0644
+}
+
 cmd_control_plane() {
-	address='' port=6443
+	address='' port=6443 peers='' ca=''
 	while [ $# -gt 0 ]; do
 		case $1 in
 		--advertise-address) value "$@"; address=$2; shift 2 ;;
 		--port) value "$@"; port=$2; shift 2 ;;
+		--peers) value "$@"; peers=$2; shift 2 ;;
+		--ca) value "$@"; ca=$2; shift 2 ;;
 		*) die "control-plane: unknown option $1" ;;
 		esac
 	done
@@ -253,45 +342,99 @@ cmd_control_plane() {
 	case $port in '' | *[!0-9]*) die "--port: not a port: $port" ;; esac
 	if [ "$port" -lt 1 ] || [ "$port" -gt 65535 ]; then die "--port: not a port: $port"; fi
 	url="https://$(host_port "$address" "$port")"
+	[ -z "$ca" ] || [ -n "$peers" ] || die "--ca is for the control planes after the first (with --peers)"
+	if [ -n "$peers" ]; then
+		n=0 self=0
+		for p in $(say "$peers" | tr ',' ' '); do
+			valid_ip "$p" || die "--peers: not an IP address: $p"
+			n=$((n + 1))
+			[ "$p" != "$address" ] || self=1
+		done
+		[ "$(say "$peers" | tr ',' '\n' | sort | uniq -d)" = "" ] || die "--peers: an address is listed twice: $peers"
+		[ "$self" = 1 ] || die "--peers must list this control plane's own address ($address) too: $peers"
+		case $n in
+		3 | 5 | 7) ;;
+		*) die "--peers: $n control planes; give 3, 5 or 7 (etcd needs a majority: an even count tolerates no more failures than one fewer)" ;;
+		esac
+	fi
 
 	if live; then need_commands systemctl curl; fi
+	if [ -n "$ca" ]; then
+		need_commands openssl
+		check_ca "$ca"
+	fi
 	need_packages etcd-server
 	install_binaries
 	install_units kestrel-etcd kestrel-apiserver kestrel-scheduler kestrel-controller-manager
 	mkdir_p "$CONF_DIR" 0755
-	config "$HERE/config/etcd.env" "$CONF_DIR/etcd.env"
-	env_file apiserver APISERVER_ARGS "--bind-address=$(host_port 0.0.0.0 "$port") --etcd-servers=http://127.0.0.1:2379 --cert-dir=$CERT_DIR --tls-san=$address --advertise-url=$url --admin-kubeconfig=$CONF_DIR/admin.kubeconfig"
-	env_file scheduler SCHEDULER_ARGS ""
-	env_file controller-manager CONTROLLER_MANAGER_ARGS ""
+	cluster_ca "$ca"
+	if [ -n "$peers" ]; then
+		etcd_member "$address" "$peers"
+		etcd_urls='' servers=$url
+		for p in $(say "$peers" | tr ',' ' '); do
+			etcd_urls="$etcd_urls${etcd_urls:+,}https://$(host_port "$p" 2379)"
+			[ "$p" = "$address" ] || servers="$servers,https://$(host_port "$p" "$port")"
+		done
+		certificate "$CERT_DIR/apiserver-etcd-client" kube-apiserver-etcd-client "" --client
+		etcd_args="--etcd-servers=$etcd_urls --etcd-cafile=$CERT_DIR/ca.crt --etcd-certfile=$CERT_DIR/apiserver-etcd-client.crt --etcd-keyfile=$CERT_DIR/apiserver-etcd-client.key"
+		# This machine's API server first, then the others: every serving
+		# certificate names 127.0.0.1, where the failover relay listens.
+		masters="https://127.0.0.1:$port${servers#"$url"}"
+		component_args="--master=$masters"
+	else
+		config "$HERE/config/etcd.env" "$CONF_DIR/etcd.env"
+		etcd_args=--etcd-servers=http://127.0.0.1:2379
+		servers=$url component_args=
+	fi
+	env_file apiserver APISERVER_ARGS "--bind-address=$(host_port 0.0.0.0 "$port") $etcd_args --cert-dir=$CERT_DIR --tls-san=$address --advertise-url=$url --admin-kubeconfig=$CONF_DIR/admin.kubeconfig"
+	env_file scheduler SCHEDULER_ARGS "$component_args"
+	env_file controller-manager CONTROLLER_MANAGER_ARGS "$component_args"
+	say "$servers" | tr ',' '\n' >"$WORK/apiservers"
+	put "$WORK/apiservers" "$CONF_DIR/apiservers" 0644
+
+	# The scheduler and controller-manager get certificates of their own
+	# (admins: system:masters) from the CA, before anything starts.
+	for c in scheduler controller-manager; do
+		kubeconfig "system:kube-$c" system:masters "https://127.0.0.1:$port" "$CONF_DIR/$c.kubeconfig"
+	done
 
 	# Debian starts its own etcd when etcd-server is installed; ours
 	# replaces it (same ports).
 	if [ -f "$ROOT/lib/systemd/system/etcd.service" ] || [ -f "$ROOT/usr/lib/systemd/system/etcd.service" ]; then
 		system systemctl disable --now etcd.service
 	fi
-	start_units kestrel-etcd kestrel-apiserver
-	if live; then wait_for_apiserver "$port"; fi
+	if [ -n "$peers" ]; then
+		# A member reports itself started only once a majority of the
+		# cluster runs, and the API server waits for it: on the first
+		# control planes that is later, when the next ones are installed.
+		start_units --no-block kestrel-etcd kestrel-apiserver kestrel-scheduler kestrel-controller-manager
+		if live && ! wait_for_etcd; then
+			say "etcd waits for a majority of its peers ($peers): the API server starts once enough of the other control planes are installed"
+		elif live; then
+			wait_for_apiserver "$port"
+		fi
+	else
+		start_units kestrel-etcd kestrel-apiserver
+		if live; then wait_for_apiserver "$port"; fi
+		start_units kestrel-scheduler kestrel-controller-manager
+	fi
 	# It holds the admin's key.
 	if [ "$DRY_RUN" = 0 ] && [ -f "$ROOT$CONF_DIR/admin.kubeconfig" ]; then
 		chmod 0600 "$ROOT$CONF_DIR/admin.kubeconfig"
 	fi
 
-	# The scheduler and controller-manager get certificates of their own
-	# (admins: system:masters), which needs the CA the API server made.
-	if [ -f "$ROOT$CERT_DIR/ca.crt" ]; then
-		for c in scheduler controller-manager; do
-			kubeconfig "system:kube-$c" system:masters "https://127.0.0.1:$port" "$CONF_DIR/$c.kubeconfig"
-		done
-	else
-		say "the CA is made when kestrel-apiserver first starts; run this again then to issue the scheduler's and controller-manager's credentials"
-	fi
-	start_units kestrel-scheduler kestrel-controller-manager
-
 	say ""
 	say "control plane: $url"
-	say "  admin kubeconfig: $CONF_DIR/admin.kubeconfig"
+	say "  admin kubeconfig: $CONF_DIR/admin.kubeconfig (written by the API server on its first start)"
 	say "    KUBECONFIG=$CONF_DIR/admin.kubeconfig kubectl get nodes"
 	say "  logs: journalctl -u kestrel-apiserver (and kestrel-etcd, kestrel-scheduler, kestrel-controller-manager)"
+	if [ -n "$peers" ]; then
+		say ""
+		say "The other control planes ($peers) share this cluster's CA. Copy"
+		say "$CERT_DIR/ca.crt and ca.key to each over SSH (the key signs every"
+		say "credential of the cluster: keep it from anyone else), then there:"
+		say "  ./install.sh control-plane --advertise-address IP --peers $peers --ca DIR-WITH-THE-TWO-FILES"
+	fi
 	say ""
 	say "To add a node NAME (its host name, or pass --node-name NAME to join):"
 	say "  1. here:   $HERE/install.sh add-node NAME"
@@ -305,6 +448,16 @@ ca_hash_or_later() {
 	else
 		say "sha256:... (from '$PROG ca-cert-hash' once the API server has made its CA)"
 	fi
+}
+
+# Whether kestrel-etcd has started (it has a quorum) within 10 s.
+wait_for_etcd() {
+	i=0
+	until systemctl is-active --quiet kestrel-etcd; do
+		i=$((i + 1))
+		[ "$i" -le 20 ] || return 1
+		sleep 0.5
+	done
 }
 
 wait_for_apiserver() {
@@ -337,26 +490,37 @@ kubeconfig() {
 	say "written: $4 (user $1, group $2)"
 }
 
+# valid_urls LIST: every comma-separated entry is an https URL.
+valid_urls() {
+	[ -n "$1" ] || return 1
+	for u in $(say "$1" | tr ',' ' '); do valid_url "$u" || return 1; done
+}
+
 cmd_add_node() {
 	name='' server=''
 	while [ $# -gt 0 ]; do
 		case $1 in
-		--server) value "$@"; server=$2; shift 2 ;;
+		--server) value "$@"; server="$server${server:+,}$2"; shift 2 ;;
 		-*) die "add-node: unknown option $1" ;;
 		*) [ -z "$name" ] || die "add-node takes one NAME"; name=$1; shift ;;
 		esac
 	done
 	valid_name "$name" || die "add-node: NAME must be a DNS name (a-z, 0-9, '-', '.'): '$name'"
+	if [ -z "$server" ] && [ -f "$ROOT$CONF_DIR/apiservers" ]; then
+		server=$(paste -s -d , "$ROOT$CONF_DIR/apiservers")
+	fi
 	[ -n "$server" ] || server=$(env_flag "$ROOT$CONF_DIR/apiserver.env" APISERVER_ARGS advertise-url)
-	valid_url "$server" || die "add-node: give --server https://HOST:PORT (the API server as the node reaches it)"
+	valid_urls "$server" || die "add-node: give --server https://HOST:PORT (an API server as the node reaches it): '$server'"
 	[ -f "$ROOT$CERT_DIR/ca.crt" ] || die "no cluster CA in $CERT_DIR: run '$PROG control-plane' first"
 	mkdir_p "$NODES_DIR" 0700
-	kubeconfig "system:node:$name" system:nodes "$server" "$NODES_DIR/$name.kubeconfig"
+	kubeconfig "system:node:$name" system:nodes "${server%%,*}" "$NODES_DIR/$name.kubeconfig"
 	hash=$(cert_hash "$ROOT$CERT_DIR/ca.crt")
+	more=
+	case $server in *,*) more=" --server $server" ;; esac
 	say ""
 	say "Copy $NODES_DIR/$name.kubeconfig to the node $name over SSH (it is"
 	say "the node's key: keep it from anyone else), then on that node, from this release:"
-	say "  ./install.sh join --kubeconfig $name.kubeconfig --ca-cert-hash $hash --node-name $name"
+	say "  ./install.sh join --kubeconfig $name.kubeconfig --ca-cert-hash $hash --node-name $name$more"
 }
 
 cmd_ca_cert_hash() {
@@ -370,6 +534,22 @@ kubeconfig_field() {
 	sed -n "s/^ *$2: *//p" "$1" | head -n 1
 }
 
+# check_server URL NAME: the API server at URL, trusted through the cluster
+# CA only (not the system's), accepts the node's certificate: 200 or 404 for
+# its own Node.
+check_server() {
+	code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 \
+		--cacert "$WORK/ca.crt" --cert "$WORK/node.crt" --key "$WORK/node.key" \
+		"$1/api/v1/nodes/$2") || code="curl exit $?"
+	case $code in
+	200 | 404) say "the API server at $1 accepts node $2" ;;
+	401) die "the API server at $1 does not accept these credentials (was the control plane reinstalled?)" ;;
+	"curl exit 35" | "curl exit 51" | "curl exit 60") die "$1 does not prove it holds the cluster CA's certificate: wrong --server, or not the cluster these credentials are for" ;;
+	"curl exit 6" | "curl exit 7" | "curl exit 28") die "cannot reach the API server at $1 ($code)" ;;
+	*) die "cannot check the API server at $1 ($code)" ;;
+	esac
+}
+
 cmd_join() {
 	file='' want='' name='' node_ip='' server='' check_server=1
 	while [ $# -gt 0 ]; do
@@ -378,7 +558,7 @@ cmd_join() {
 		--ca-cert-hash) value "$@"; want=$2; shift 2 ;;
 		--node-name) value "$@"; name=$2; shift 2 ;;
 		--node-ip) value "$@"; node_ip=$2; shift 2 ;;
-		--server) value "$@"; server=$2; shift 2 ;;
+		--server) value "$@"; server="$server${server:+,}$2"; shift 2 ;;
 		--skip-server-check) check_server=0; shift ;;
 		*) die "join: unknown option $1" ;;
 		esac
@@ -392,7 +572,7 @@ cmd_join() {
 	[ -n "$name" ] || name=$(tr '[:upper:]' '[:lower:]' </proc/sys/kernel/hostname)
 	valid_name "$name" || die "join: not a valid node name: '$name' (give --node-name)"
 	[ -z "$node_ip" ] || valid_ip "$node_ip" || die "--node-ip: not an IP address: $node_ip"
-	[ -z "$server" ] || valid_url "$server" || die "--server: not an https URL: $server"
+	[ -z "$server" ] || valid_urls "$server" || die "--server: not an https URL or a comma-separated list of them: $server"
 	need_commands openssl base64 sha256sum
 	if [ "$check_server" = 1 ]; then need_commands curl; fi
 
@@ -431,23 +611,12 @@ cmd_join() {
 	say "credentials are for node $name"
 
 	[ -n "$server" ] || server=$(kubeconfig_field "$file" server)
-	valid_url "$server" || die "$file: server is not an https URL: $server"
+	valid_urls "$server" || die "$file: server is not an https URL: $server"
 	# Rewriting the server keeps everything else byte for byte.
-	awk -v s="$server" '/^ *server: / { sub(/server: .*/, "server: " s) } { print }' "$file" >"$WORK/agent.kubeconfig"
+	awk -v s="${server%%,*}" '/^ *server: / { sub(/server: .*/, "server: " s) } { print }' "$file" >"$WORK/agent.kubeconfig"
 
 	if [ "$check_server" = 1 ]; then
-		# Trusting only the cluster CA (not the system's), the API server must
-		# accept the node's certificate: 200 or 404 for its own Node.
-		code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 \
-			--cacert "$WORK/ca.crt" --cert "$WORK/node.crt" --key "$WORK/node.key" \
-			"$server/api/v1/nodes/$name") || code="curl exit $?"
-		case $code in
-		200 | 404) say "the API server at $server accepts node $name" ;;
-		401) die "the API server at $server does not accept these credentials (was the control plane reinstalled?)" ;;
-		"curl exit 35" | "curl exit 51" | "curl exit 60") die "$server does not prove it holds the cluster CA's certificate: wrong --server, or not the cluster these credentials are for" ;;
-		"curl exit 6" | "curl exit 7" | "curl exit 28") die "cannot reach the API server at $server ($code)" ;;
-		*) die "cannot check the API server at $server ($code)" ;;
-		esac
+		for s in $(say "$server" | tr ',' ' '); do check_server "$s" "$name"; done
 	fi
 
 	if live; then need_commands systemctl; fi
@@ -456,12 +625,15 @@ cmd_join() {
 	install_units kestrel-agent
 	mkdir_p "$CONF_DIR" 0755
 	put "$WORK/agent.kubeconfig" "$CONF_DIR/agent.kubeconfig" 0600
-	args="--kubeconfig=$CONF_DIR/agent.kubeconfig --node-name=$name"
+	# A machine that is only a node balances Services for every process
+	# on it, not only for its pods.
+	args="--kubeconfig=$CONF_DIR/agent.kubeconfig --node-name=$name --service-cgroup=/"
 	[ -z "$node_ip" ] || args="$args --node-ip=$node_ip"
+	case $server in *,*) args="$args --master=$server" ;; esac
 	env_file agent AGENT_ARGS "$args"
 	start_units kestrel-agent
 	say ""
-	say "node $name joins $server; on the control plane: kubectl get node $name"
+	say "node $name joins $(say "$server" | sed 's/,/, /g'); on a control plane: kubectl get node $name"
 }
 
 while [ $# -gt 0 ]; do

@@ -39,6 +39,37 @@ enum Component {
         #[arg(long)]
         out: std::path::PathBuf,
     },
+    /// Make the cluster CA (ca.crt, ca.key) in --cert-dir unless one is
+    /// there; the API server completes the directory on its first start.
+    Ca {
+        #[arg(long, default_value = "/var/lib/kestrel/pki")]
+        cert_dir: std::path::PathBuf,
+    },
+    /// Write a new key and a certificate signed by the cluster CA to
+    /// OUT.crt and OUT.key (mode 0600): for etcd members (--server
+    /// --client, their addresses as --san) and the API server's etcd client.
+    Certificate {
+        #[arg(long, default_value = "/var/lib/kestrel/pki")]
+        cert_dir: std::path::PathBuf,
+        /// The subject's common name.
+        #[arg(long)]
+        cn: String,
+        /// Organizations (groups) of the subject.
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// A DNS name or IP address the certificate is valid for (repeatable).
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        /// Valid for TLS servers.
+        #[arg(long)]
+        server: bool,
+        /// Valid for TLS clients.
+        #[arg(long)]
+        client: bool,
+        /// Path prefix of the two files.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
     /// Simulated nodes: Node objects, Leases and a stand-in kubelet that
     /// marks their pods Running, for tests and benchmarks at scale.
     HollowNodes(kestrel_control_plane::hollow::Config),
@@ -75,6 +106,45 @@ async fn main() -> anyhow::Result<()> {
                 .mode(0o600)
                 .open(&out)?
                 .write_all(kc.as_bytes())?;
+            Ok(())
+        }
+        Component::Ca { cert_dir } => {
+            if kestrel_control_plane::apiserver::auth::ensure_ca(&cert_dir)? {
+                println!("made a new cluster CA in {}", cert_dir.display());
+            } else {
+                println!("kept the cluster CA in {}", cert_dir.display());
+            }
+            Ok(())
+        }
+        Component::Certificate {
+            cert_dir,
+            cn,
+            groups,
+            sans,
+            server,
+            client,
+            out,
+        } => {
+            use kestrel_control_plane::apiserver::auth;
+            let pki = auth::Pki { dir: cert_dir };
+            let (cert, key) = auth::issue(
+                &pki,
+                &auth::CertRequest {
+                    common_name: &cn,
+                    organizations: &groups,
+                    sans: &sans,
+                    server,
+                    client,
+                },
+            )?;
+            let path = |ext: &str| {
+                let mut p = out.clone().into_os_string();
+                p.push(ext);
+                std::path::PathBuf::from(p)
+            };
+            // The key first: a certificate on disk means its key is there.
+            auth::write_private(&path(".key"), &key)?;
+            std::fs::write(path(".crt"), cert)?;
             Ok(())
         }
         Component::HollowNodes(config) => kestrel_control_plane::hollow::run(config).await,

@@ -1,7 +1,8 @@
 //! `cargo xtask dist`: a release for machines without a Rust toolchain.
 //!
 //! Writes `target/dist/kestrel-<version>-<arch>/` and a `.tar.gz` of it:
-//! `bin/` (control-plane, agent, kestrel-cni), `systemd/` (the units),
+//! `bin/` (control-plane, agent, kestrel-cni), `systemd/` (the units and
+//! etcd's drop-in for a member of several control planes),
 //! `config/` (one environment file per unit), `install.sh` and `README.md`.
 //! Units, etcd's configuration, the installer and the README come from
 //! `deploy/`; the other environment files are generated from the packaged
@@ -171,11 +172,20 @@ pub fn layout(bin_dir: &Path, dir: &Path) -> anyhow::Result<()> {
             0o644,
         )?;
     }
+    // The member's drop-in is installed only on control planes with peers.
+    std::fs::create_dir_all(dir.join("systemd/kestrel-etcd.service.d"))?;
     copy(
-        &deploy.join("config/etcd.env"),
-        &dir.join("config/etcd.env"),
+        &deploy.join("systemd/kestrel-etcd.service.d/member.conf"),
+        &dir.join("systemd/kestrel-etcd.service.d/member.conf"),
         0o644,
     )?;
+    for env in ["etcd.env", "etcd-member.env"] {
+        copy(
+            &deploy.join("config").join(env),
+            &dir.join("config").join(env),
+            0o644,
+        )?;
+    }
     copy(&deploy.join("install.sh"), &dir.join("install.sh"), 0o755)?;
     copy(&deploy.join("README.md"), &dir.join("README.md"), 0o644)?;
     std::fs::write(

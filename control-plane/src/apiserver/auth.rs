@@ -145,6 +145,107 @@ fn serving_certificate(
     Ok((serving_cert, serving_key))
 }
 
+/// The CA's certificate (as an issuer) and key, read from the directory.
+fn load_ca(pki: &Pki) -> anyhow::Result<(rcgen::Certificate, KeyPair)> {
+    let ca_pem = std::fs::read_to_string(pki.ca_cert())
+        .with_context(|| format!("reading {}", pki.ca_cert().display()))?;
+    let key_pem = std::fs::read_to_string(pki.ca_key())
+        .with_context(|| format!("reading {}", pki.ca_key().display()))?;
+    let ca_key = KeyPair::from_pem(&key_pem)
+        .with_context(|| format!("{}: not a PEM private key", pki.ca_key().display()))?;
+    // Re-signing the CA's own parameters with its key gives an issuer with
+    // the same subject and key as the certificate on disk.
+    let ca_cert = CertificateParams::from_ca_cert_pem(&ca_pem)
+        .with_context(|| format!("{}: not a CA certificate", pki.ca_cert().display()))?
+        .self_signed(&ca_key)?;
+    Ok((ca_cert, ca_key))
+}
+
+/// Makes the cluster CA in `dir` unless one is there. Returns whether it
+/// made one. Only `ca.crt` and `ca.key`: an API server started on the
+/// directory later completes it, and other control planes can be given a
+/// copy of the pair before their first start.
+pub fn ensure_ca(dir: &Path) -> anyhow::Result<bool> {
+    let pki = Pki {
+        dir: dir.to_path_buf(),
+    };
+    match (pki.ca_cert().exists(), pki.ca_key().exists()) {
+        (true, true) => return Ok(false),
+        (false, false) => {}
+        _ => anyhow::bail!(
+            "{} holds only one of ca.crt and ca.key: restore the other, or remove both to make a new CA",
+            dir.display()
+        ),
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (ca_cert, ca_key) = new_ca()?;
+    write_private(&pki.ca_key(), &ca_key.serialize_pem())?;
+    std::fs::write(pki.ca_cert(), ca_cert.pem())?;
+    Ok(true)
+}
+
+fn new_ca() -> anyhow::Result<(rcgen::Certificate, KeyPair)> {
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.distinguished_name.push(DnType::CommonName, "kestrel-ca");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca.not_after = rcgen::date_time_ymd(2099, 1, 1);
+    let ca_cert = ca.self_signed(&ca_key)?;
+    Ok((ca_cert, ca_key))
+}
+
+/// What a certificate from [`issue`] is for.
+pub struct CertRequest<'a> {
+    pub common_name: &'a str,
+    pub organizations: &'a [String],
+    /// DNS names or IP addresses it is valid for (servers).
+    pub sans: &'a [String],
+    pub server: bool,
+    pub client: bool,
+}
+
+/// A new key and a certificate for it signed by the cluster CA, as PEM
+/// (certificate, key): for etcd members and their clients, which trust the
+/// same CA as the API server.
+pub fn issue(pki: &Pki, req: &CertRequest) -> anyhow::Result<(String, String)> {
+    anyhow::ensure!(
+        req.server || req.client,
+        "a certificate must be for a server, a client or both"
+    );
+    let (ca_cert, ca_key) = load_ca(pki)?;
+    let orgs: Vec<&str> = req.organizations.iter().map(String::as_str).collect();
+    let mut params = client_params(req.common_name, &orgs)?;
+    params.extended_key_usages.clear();
+    if req.server {
+        params
+            .extended_key_usages
+            .push(ExtendedKeyUsagePurpose::ServerAuth);
+    }
+    if req.client {
+        params
+            .extended_key_usages
+            .push(ExtendedKeyUsagePurpose::ClientAuth);
+    }
+    for n in req.sans {
+        match n.parse::<IpAddr>() {
+            Ok(ip) => params.subject_alt_names.push(SanType::IpAddress(ip)),
+            Err(_) => params.subject_alt_names.push(SanType::DnsName(
+                n.clone()
+                    .try_into()
+                    .map_err(|_| anyhow::anyhow!("--san {n}: not a DNS name or IP address"))?,
+            )),
+        }
+    }
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &ca_cert, &ca_key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
 /// Makes the CA, serving and admin certificates unless they exist.
 /// `sans` are extra names and addresses for the serving certificate.
 pub fn ensure_pki(dir: &Path, sans: &[String]) -> anyhow::Result<Pki> {
@@ -157,9 +258,7 @@ pub fn ensure_pki(dir: &Path, sans: &[String]) -> anyhow::Result<Pki> {
         // not this certificate. A CA copied in from another control plane
         // (with nothing else) is kept, so every API server of a cluster
         // shares it; the admin certificate is made when missing.
-        let ca_key = KeyPair::from_pem(&std::fs::read_to_string(pki.ca_key())?)?;
-        let ca_pem = std::fs::read_to_string(pki.ca_cert())?;
-        let ca_cert = CertificateParams::from_ca_cert_pem(&ca_pem)?.self_signed(&ca_key)?;
+        let (ca_cert, ca_key) = load_ca(&pki)?;
         let (cert, key) = serving_certificate(sans, &ca_cert, &ca_key)?;
         write_private(&pki.serving_key(), &key.serialize_pem())?;
         std::fs::write(pki.serving_cert(), cert.pem())?;
@@ -173,17 +272,7 @@ pub fn ensure_pki(dir: &Path, sans: &[String]) -> anyhow::Result<Pki> {
         return Ok(pki);
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let ca_key = KeyPair::generate()?;
-    let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.distinguished_name.push(DnType::CommonName, "kestrel-ca");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    ca.not_after = rcgen::date_time_ymd(2099, 1, 1);
-    let ca_cert = ca.self_signed(&ca_key)?;
+    let (ca_cert, ca_key) = new_ca()?;
 
     let (serving_cert, serving_key) = serving_certificate(sans, &ca_cert, &ca_key)?;
 
@@ -212,10 +301,7 @@ pub fn client_kubeconfig(
 ) -> anyhow::Result<String> {
     let ca_pem = std::fs::read_to_string(pki.ca_cert())
         .with_context(|| format!("reading {}", pki.ca_cert().display()))?;
-    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(pki.ca_key())?)?;
-    // Re-signing the CA's own parameters with its key gives an issuer with
-    // the same subject and key as the certificate on disk.
-    let ca = CertificateParams::from_ca_cert_pem(&ca_pem)?.self_signed(&ca_key)?;
+    let (ca, ca_key) = load_ca(pki)?;
     let key = KeyPair::generate()?;
     let cert = client_params(user, groups)?.signed_by(&key, &ca, &ca_key)?;
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
@@ -233,9 +319,7 @@ pub fn kubelet_client(pki: &Pki) -> anyhow::Result<(String, String)> {
     let cert = pki.dir.join("apiserver-kubelet-client.crt");
     let key = pki.dir.join("apiserver-kubelet-client.key");
     if !cert.exists() || !key.exists() {
-        let ca_pem = std::fs::read_to_string(pki.ca_cert())?;
-        let ca_key = KeyPair::from_pem(&std::fs::read_to_string(pki.ca_key())?)?;
-        let ca = CertificateParams::from_ca_cert_pem(&ca_pem)?.self_signed(&ca_key)?;
+        let (ca, ca_key) = load_ca(pki)?;
         let k = KeyPair::generate()?;
         let c = client_params("kube-apiserver-kubelet-client", &["system:masters"])?
             .signed_by(&k, &ca, &ca_key)?;
@@ -427,5 +511,68 @@ mod tests {
         ensure_pki(second.path(), &[]).unwrap();
         assert_eq!(std::fs::read_to_string(pki.ca_cert()).unwrap(), ca);
         assert_eq!(std::fs::read_to_string(pki.admin_cert()).unwrap(), admin);
+    }
+
+    #[test]
+    fn a_ca_is_made_once_and_issues_server_and_client_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(ensure_ca(dir.path()).unwrap());
+        let ca = std::fs::read_to_string(dir.path().join("ca.crt")).unwrap();
+        assert!(!ensure_ca(dir.path()).unwrap(), "a second call made another CA");
+        assert_eq!(std::fs::read_to_string(dir.path().join("ca.crt")).unwrap(), ca);
+
+        let pki = Pki {
+            dir: dir.path().to_path_buf(),
+        };
+        let (cert, _key) = issue(
+            &pki,
+            &CertRequest {
+                common_name: "etcd-10-0-0-1",
+                organizations: &[],
+                sans: &["10.0.0.1".into(), "localhost".into()],
+                server: true,
+                client: true,
+            },
+        )
+        .unwrap();
+        let der = rustls_pemfile::certs(&mut cert.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let ca_der = rustls_pemfile::certs(&mut ca.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        let (_, ca_parsed) = x509_parser::parse_x509_certificate(&ca_der).unwrap();
+        assert_eq!(parsed.issuer(), ca_parsed.subject());
+        parsed
+            .verify_signature(Some(ca_parsed.public_key()))
+            .expect("signed by the CA");
+        let eku = parsed.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && eku.client_auth);
+        let sans = parsed.subject_alternative_name().unwrap().unwrap().value;
+        use x509_parser::extensions::GeneralName;
+        assert!(sans
+            .general_names
+            .iter()
+            .any(|n| matches!(n, GeneralName::IPAddress(ip) if *ip == [10, 0, 0, 1])));
+        assert!(sans
+            .general_names
+            .iter()
+            .any(|n| matches!(n, GeneralName::DNSName("localhost"))));
+
+        // A certificate for nothing, or from half a CA, is refused.
+        let none = CertRequest {
+            common_name: "x",
+            organizations: &[],
+            sans: &[],
+            server: false,
+            client: false,
+        };
+        assert!(issue(&pki, &none).is_err());
+        std::fs::remove_file(dir.path().join("ca.key")).unwrap();
+        let err = ensure_ca(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("only one of"), "{err}");
     }
 }

@@ -3,6 +3,7 @@
 
 use serde_json::{json, Value};
 
+use super::storage::EtcdTls;
 use super::State;
 
 fn status(name: &str, healthy: bool, message: &str, error: &str) -> Value {
@@ -43,11 +44,14 @@ async fn lease_fresh(state: &State, name: &str) -> Result<String, String> {
 
 /// Whether the etcd member at `url` answers on its own (the API server's
 /// shared client would route around a dead one).
-async fn member_health(url: &str) -> Result<(), String> {
+async fn member_health(url: &str, tls: Option<&EtcdTls>) -> Result<(), String> {
     use std::time::Duration;
-    let opts = etcd_client::ConnectOptions::new()
+    let mut opts = etcd_client::ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(2));
+    if let Some(tls) = tls {
+        opts = opts.with_tls(tls.options());
+    }
     let check = async {
         let mut client = etcd_client::Client::connect([url], Some(opts)).await?;
         client.status().await
@@ -72,7 +76,12 @@ pub async fn list(state: &State) -> Vec<Value> {
             Err(e) => status(name, false, "", &e),
         });
     }
-    let checks = state.config.etcd_servers.iter().map(|u| member_health(u));
+    let tls = state.etcd_tls.as_ref();
+    let checks = state
+        .config
+        .etcd_servers
+        .iter()
+        .map(|u| member_health(u, tls));
     for (i, health) in futures::future::join_all(checks)
         .await
         .into_iter()

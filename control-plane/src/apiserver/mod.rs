@@ -35,6 +35,15 @@ pub struct Config {
     /// etcd client URLs, comma-separated.
     #[arg(long, default_value = "http://127.0.0.1:2379", value_delimiter = ',')]
     pub etcd_servers: Vec<String>,
+    /// CA that signed the etcd members' certificates (https etcd URLs).
+    #[arg(long)]
+    pub etcd_cafile: Option<std::path::PathBuf>,
+    /// Client certificate presented to etcd, for members that require one.
+    #[arg(long, requires = "etcd_keyfile")]
+    pub etcd_certfile: Option<std::path::PathBuf>,
+    /// Key of --etcd-certfile.
+    #[arg(long, requires = "etcd_certfile")]
+    pub etcd_keyfile: Option<std::path::PathBuf>,
     /// Address and port for plain HTTP without authentication. Only for
     /// tests and local experiments: every request is treated as the admin.
     #[arg(long)]
@@ -79,6 +88,8 @@ pub struct Config {
 pub struct Inner {
     pub tokens: auth::Tokens,
     pub storage: Storage,
+    /// TLS towards etcd, for the per-member checks of `get cs`.
+    pub etcd_tls: Option<storage::EtcdTls>,
     pub cache: Arc<watch::WatchCache>,
     pub config: Config,
     pub metrics: Arc<metrics::Metrics>,
@@ -93,7 +104,8 @@ pub async fn build(mut config: Config) -> anyhow::Result<State> {
         .service_cluster_ip_range
         .parse()
         .map_err(|e| anyhow::anyhow!("--service-cluster-ip-range: {e}"))?;
-    let storage = Storage::connect(&config.etcd_servers)
+    let tls = storage::EtcdTls::load(&config)?;
+    let storage = Storage::connect(&config.etcd_servers, tls.as_ref())
         .await
         .map_err(|e| anyhow::anyhow!("connecting to etcd at {:?}: {e}", config.etcd_servers))?;
     seed(&storage).await?;
@@ -102,6 +114,7 @@ pub async fn build(mut config: Config) -> anyhow::Result<State> {
     Ok(Arc::new(Inner {
         tokens,
         storage,
+        etcd_tls: tls,
         cache,
         config,
         metrics: Arc::default(),

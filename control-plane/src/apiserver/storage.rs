@@ -152,14 +152,62 @@ fn encode(value: &Value) -> Vec<u8> {
     serde_json::to_vec(&v).unwrap_or_default()
 }
 
+/// TLS towards etcd (--etcd-cafile, --etcd-certfile, --etcd-keyfile), read
+/// once at start so a missing file fails the start, not the first request.
+#[derive(Clone)]
+pub struct EtcdTls {
+    ca: Option<String>,
+    identity: Option<(String, String)>,
+}
+
+impl EtcdTls {
+    /// None when no etcd TLS flag is given (plain http URLs).
+    pub fn load(config: &super::Config) -> anyhow::Result<Option<Self>> {
+        let read = |flag: &str, path: &Option<std::path::PathBuf>| {
+            path.as_ref()
+                .map(|p| {
+                    std::fs::read_to_string(p)
+                        .map_err(|e| anyhow::anyhow!("--{flag} {}: {e}", p.display()))
+                })
+                .transpose()
+        };
+        let ca = read("etcd-cafile", &config.etcd_cafile)?;
+        let cert = read("etcd-certfile", &config.etcd_certfile)?;
+        let key = read("etcd-keyfile", &config.etcd_keyfile)?;
+        if ca.is_none() && cert.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            ca,
+            identity: cert.zip(key),
+        }))
+    }
+
+    /// The client options. The name checked in each member's certificate
+    /// is the host of the URL dialled, so one set serves every member.
+    pub fn options(&self) -> etcd_client::TlsOptions {
+        let mut tls = etcd_client::TlsOptions::new();
+        if let Some(ca) = &self.ca {
+            tls = tls.ca_certificate(etcd_client::Certificate::from_pem(ca));
+        }
+        if let Some((cert, key)) = &self.identity {
+            tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
+        }
+        tls
+    }
+}
+
 impl Storage {
     /// Connects to etcd. The client reconnects by itself after etcd restarts.
-    pub async fn connect(endpoints: &[String]) -> Result<Self> {
-        let opts = ConnectOptions::new()
+    pub async fn connect(endpoints: &[String], tls: Option<&EtcdTls>) -> Result<Self> {
+        let mut opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
             .with_timeout(ETCD_TIMEOUT)
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
             .with_keep_alive_while_idle(true);
+        if let Some(tls) = tls {
+            opts = opts.with_tls(tls.options());
+        }
         let client = timed(Client::connect(endpoints, Some(opts))).await?;
         Ok(Self { client })
     }
