@@ -1111,18 +1111,32 @@ fn the_vagrantfile_is_valid() {
     // (whose upload sources must exist), triggers, and the libvirt
     // provider's settings; no box is needed.
     let home = tempfile::tempdir().expect("tempdir");
-    let out = Command::new("vagrant")
-        .arg("validate")
-        .current_dir(dir.path())
-        .env("VAGRANT_HOME", home.path())
-        .env("VAGRANT_DEFAULT_PROVIDER", "libvirt")
-        .env("VAGRANT_CHECKPOINT_DISABLE", "1")
-        .output()
-        .expect("vagrant is missing: `cargo xtask setup` installs it");
+    let validate = |control_planes: &str| -> Output {
+        Command::new("vagrant")
+            .arg("validate")
+            .current_dir(dir.path())
+            .env("VAGRANT_HOME", home.path())
+            .env("VAGRANT_DEFAULT_PROVIDER", "libvirt")
+            .env("VAGRANT_CHECKPOINT_DISABLE", "1")
+            .env("KESTREL_CONTROL_PLANES", control_planes)
+            .output()
+            .expect("vagrant is missing: `cargo xtask setup` installs it")
+    };
+    // One control plane, and three (cp, cp-2 and cp-3 with --peers).
+    for n in ["1", "3"] {
+        let out = validate(n);
+        assert!(
+            out.status.success() && stdout(&out).contains("validated successfully"),
+            "vagrant validate with {n} control planes: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+    }
+    let out = validate("2");
+    assert!(!out.status.success());
     assert!(
-        out.status.success() && stdout(&out).contains("validated successfully"),
-        "vagrant validate: {}{}",
-        stdout(&out),
+        stderr(&out).contains("must be 1, 3, 5 or 7"),
+        "{}",
         stderr(&out)
     );
 }

@@ -46,6 +46,8 @@ pub struct Runtime {
     /// Recent exits by pid: those the helper kept while no agent was
     /// connected arrive before anyone subscribes.
     recent: Arc<Mutex<HashMap<i32, Exit>>>,
+    /// Set once the helper was asked to stop, so its going is no error.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Runtime {
@@ -120,7 +122,13 @@ impl Runtime {
         let pending: Pending = Arc::default();
         let (exits, _) = broadcast::channel(1024);
         let recent: Arc<Mutex<HashMap<i32, Exit>>> = Arc::default();
-        let (p, tx, r) = (pending.clone(), exits.clone(), recent.clone());
+        let stopping: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        let (p, tx, r, asked) = (
+            pending.clone(),
+            exits.clone(),
+            recent.clone(),
+            stopping.clone(),
+        );
         tokio::spawn(async move {
             let mut lines = BufReader::new(read).lines();
             while let Ok(Some(line)) = lines.next_line().await {
@@ -145,7 +153,11 @@ impl Runtime {
                     Err(e) => tracing::warn!("runtime helper said {line:?}: {e}"),
                 }
             }
-            tracing::error!("lost the runtime helper");
+            if asked.load(Ordering::Relaxed) {
+                tracing::debug!("the runtime helper stopped as asked");
+            } else {
+                tracing::error!("lost the runtime helper");
+            }
             // Dropping the senders fails every waiting call.
             p.lock().unwrap_or_else(|e| e.into_inner()).clear();
         });
@@ -155,6 +167,7 @@ impl Runtime {
             seq: Arc::new(AtomicU64::new(1)),
             exits,
             recent,
+            stopping,
         }
     }
 
@@ -294,6 +307,7 @@ impl Runtime {
 
     /// Stops the helper; running containers are left alone.
     pub async fn shutdown(&self) -> Result<(), RuntimeError> {
+        self.stopping.store(true, Ordering::Relaxed);
         self.call(Request::Shutdown).await.map(|_| ())
     }
 

@@ -518,8 +518,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(ensure_ca(dir.path()).unwrap());
         let ca = std::fs::read_to_string(dir.path().join("ca.crt")).unwrap();
-        assert!(!ensure_ca(dir.path()).unwrap(), "a second call made another CA");
-        assert_eq!(std::fs::read_to_string(dir.path().join("ca.crt")).unwrap(), ca);
+        assert!(
+            !ensure_ca(dir.path()).unwrap(),
+            "a second call made another CA"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("ca.crt")).unwrap(),
+            ca
+        );
 
         let pki = Pki {
             dir: dir.path().to_path_buf(),
