@@ -358,6 +358,16 @@ cmd_control_plane() {
 		esac
 	fi
 
+	# etcd keeps the cluster it was first started in, whatever etcd.env says
+	# later: a machine cannot move between one control plane and several.
+	installed=$ROOT$CONF_DIR/etcd.env
+	if [ -f "$installed" ]; then
+		if grep -q '^ETCD_INITIAL_CLUSTER=.*,' "$installed"; then
+			[ -n "$peers" ] || die "this machine is one of several control planes ($installed): run control-plane with the same --peers again"
+		else
+			[ -z "$peers" ] || die "this machine runs a single control plane, whose etcd cannot join a cluster: --peers is for machines without one"
+		fi
+	fi
 	if live; then need_commands systemctl curl; fi
 	if [ -n "$ca" ]; then
 		need_commands openssl

@@ -1031,6 +1031,39 @@ fn three_control_planes_share_one_ca_and_lay_out_an_etcd_cluster_over_tls() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("another CA"), "{}", stderr(&out));
 
+    // A member run again without --peers is refused; so is a machine with a
+    // single control plane given --peers.
+    let out = install(&[
+        "--root",
+        &root(1),
+        "control-plane",
+        "--advertise-address",
+        "192.0.2.12",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("same --peers"), "{}", stderr(&out));
+    let single = tempfile::tempdir().expect("tempdir");
+    let single_root = single.path().to_str().expect("utf-8").to_string();
+    let single_cp = |extra: &[&str]| -> Output {
+        let mut args = vec![
+            "--root",
+            &single_root,
+            "control-plane",
+            "--advertise-address",
+            "192.0.2.11",
+        ];
+        args.extend_from_slice(extra);
+        install(&args)
+    };
+    assert!(single_cp(&[]).status.success());
+    let out = single_cp(&["--peers", peers]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("single control plane"),
+        "{}",
+        stderr(&out)
+    );
+
     // 3. A node learns every API server, this control plane's first.
     let out = install(&["--root", &root(1), "add-node", "node-a"]);
     assert!(out.status.success(), "{}", stderr(&out));
