@@ -272,8 +272,9 @@ check_ca() {
 # cluster_ca DIR: makes $CERT_DIR hold the cluster CA: the copy in DIR
 # (checked by check_ca) when given, else the one there, else a new one.
 cluster_ca() {
+	# Keys only root may read live in it.
+	mkdir_p "$CERT_DIR" 0700
 	if [ -n "$1" ]; then
-		mkdir_p "$CERT_DIR" 0700
 		put "$1/ca.crt" "$CERT_DIR/ca.crt" 0644
 		put "$1/ca.key" "$CERT_DIR/ca.key" 0600
 	elif [ -f "$ROOT$CERT_DIR/ca.crt" ]; then

@@ -539,6 +539,8 @@ fn an_operator_installs_a_control_plane_and_joins_a_node_that_can_act_only_as_it
         text.contains("made the cluster CA: /var/lib/kestrel/pki/ca.crt"),
         "{text}"
     );
+    assert_eq!(mode(&cp.path().join("var/lib/kestrel/pki")), 0o700);
+    assert_eq!(mode(&cp.path().join("var/lib/kestrel/pki/ca.key")), 0o600);
     for c in ["scheduler", "controller-manager"] {
         assert!(
             text.contains(&format!("written: /etc/kestrel/{c}.kubeconfig")),
