@@ -326,6 +326,22 @@ etcd_member() {
 	put "$HERE/systemd/kestrel-etcd.service.d/member.conf" "$UNIT_DIR/kestrel-etcd.service.d/member.conf" 0644
 }
 
+# check_peers PEERS ADDRESS: PEERS is 3, 5 or 7 distinct IPs, ADDRESS one.
+check_peers() {
+	n=0 self=0
+	for p in $(say "$1" | tr ',' ' '); do
+		valid_ip "$p" || die "--peers: not an IP address: $p"
+		n=$((n + 1))
+		[ "$p" != "$2" ] || self=1
+	done
+	[ "$(say "$1" | tr ',' '\n' | sort | uniq -d)" = "" ] || die "--peers: an address is listed twice: $1"
+	[ "$self" = 1 ] || die "--peers must list this control plane's own address ($2) too: $1"
+	case $n in
+	3 | 5 | 7) ;;
+	*) die "--peers: $n control planes; give 3, 5 or 7 (etcd needs a majority: an even count tolerates no more failures than one fewer)" ;;
+	esac
+}
+
 cmd_control_plane() {
 	address='' port=6443 peers='' ca=''
 	while [ $# -gt 0 ]; do
@@ -344,20 +360,7 @@ cmd_control_plane() {
 	if [ "$port" -lt 1 ] || [ "$port" -gt 65535 ]; then die "--port: not a port: $port"; fi
 	url="https://$(host_port "$address" "$port")"
 	[ -z "$ca" ] || [ -n "$peers" ] || die "--ca is for the control planes after the first (with --peers)"
-	if [ -n "$peers" ]; then
-		n=0 self=0
-		for p in $(say "$peers" | tr ',' ' '); do
-			valid_ip "$p" || die "--peers: not an IP address: $p"
-			n=$((n + 1))
-			[ "$p" != "$address" ] || self=1
-		done
-		[ "$(say "$peers" | tr ',' '\n' | sort | uniq -d)" = "" ] || die "--peers: an address is listed twice: $peers"
-		[ "$self" = 1 ] || die "--peers must list this control plane's own address ($address) too: $peers"
-		case $n in
-		3 | 5 | 7) ;;
-		*) die "--peers: $n control planes; give 3, 5 or 7 (etcd needs a majority: an even count tolerates no more failures than one fewer)" ;;
-		esac
-	fi
+	[ -z "$peers" ] || check_peers "$peers" "$address"
 
 	# etcd keeps the cluster it was first started in, whatever etcd.env says
 	# later: a machine cannot move between one control plane and several.
@@ -381,17 +384,17 @@ cmd_control_plane() {
 	cluster_ca "$ca"
 	if [ -n "$peers" ]; then
 		etcd_member "$address" "$peers"
-		etcd_urls='' servers=$url
+		etcd_urls='' others=''
 		for p in $(say "$peers" | tr ',' ' '); do
 			etcd_urls="$etcd_urls${etcd_urls:+,}https://$(host_port "$p" 2379)"
-			[ "$p" = "$address" ] || servers="$servers,https://$(host_port "$p" "$port")"
+			[ "$p" = "$address" ] || others="$others,https://$(host_port "$p" "$port")"
 		done
 		certificate "$CERT_DIR/apiserver-etcd-client" kube-apiserver-etcd-client "" --client
 		etcd_args="--etcd-servers=$etcd_urls --etcd-cafile=$CERT_DIR/ca.crt --etcd-certfile=$CERT_DIR/apiserver-etcd-client.crt --etcd-keyfile=$CERT_DIR/apiserver-etcd-client.key"
+		servers=$url$others
 		# This machine's API server first, then the others: every serving
 		# certificate names 127.0.0.1, where the failover relay listens.
-		masters="https://127.0.0.1:$port${servers#"$url"}"
-		component_args="--master=$masters"
+		component_args="--master=https://127.0.0.1:$port$others"
 	else
 		config "$HERE/config/etcd.env" "$CONF_DIR/etcd.env"
 		etcd_args=--etcd-servers=http://127.0.0.1:2379
@@ -472,10 +475,9 @@ wait_for_etcd() {
 }
 
 wait_for_apiserver() {
-	say "waiting for the API server to make its CA and answer"
+	say "waiting for the API server to answer"
 	i=0
-	until [ -f "$CERT_DIR/ca.crt" ] &&
-		curl -sf --cacert "$CERT_DIR/ca.crt" "https://127.0.0.1:$1/readyz" >/dev/null 2>&1; do
+	until curl -sf --cacert "$CERT_DIR/ca.crt" "https://127.0.0.1:$1/readyz" >/dev/null 2>&1; do
 		i=$((i + 1))
 		[ "$i" -le 120 ] || die "the API server is not ready after 60 s; see journalctl -u kestrel-apiserver"
 		sleep 0.5

@@ -188,6 +188,23 @@ fn help_flags(command: &[&str]) -> Vec<String> {
         .collect()
 }
 
+/// `bin subcommand ARGS` parses: the flags exist and take these values
+/// (`--help` stops it before it does anything).
+fn assert_accepts(bin: &Path, subcommand: &str, args: &[String]) {
+    let out = Command::new(bin)
+        .arg(subcommand)
+        .args(args)
+        .arg("--help")
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+    assert!(
+        out.status.success(),
+        "{} {subcommand} {args:?}: {}",
+        bin.display(),
+        stderr(&out)
+    );
+}
+
 /// The hash install.sh prints for the CA, computed independently: SHA-256
 /// of the certificate's DER encoding.
 fn openssl_ca_hash(ca: &Path) -> String {
@@ -761,17 +778,7 @@ fn an_operator_installs_a_control_plane_and_joins_a_node_that_can_act_only_as_it
         ]
     );
     // The agent accepts these flags.
-    let out = Command::new(node.path().join("usr/local/bin/agent"))
-        .arg("run")
-        .args(&agent_args)
-        .arg("--help")
-        .output()
-        .expect("agent");
-    assert!(
-        out.status.success(),
-        "agent run {agent_args:?}: {}",
-        stderr(&out)
-    );
+    assert_accepts(&node.path().join("usr/local/bin/agent"), "run", &agent_args);
 
     // A second join changes nothing.
     let out = join(&copied_s, &hash, "node-a", &[]);
@@ -972,13 +979,7 @@ fn three_control_planes_share_one_ca_and_lay_out_an_etcd_cluster_over_tls() {
     }
     // The API server and the components accept these flags.
     let args = env_args(&r0.join("etc/kestrel/apiserver.env"), "APISERVER_ARGS");
-    let out = Command::new(binary("control-plane"))
-        .arg("apiserver")
-        .args(&args)
-        .arg("--help")
-        .output()
-        .expect("control-plane");
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert_accepts(&binary("control-plane"), "apiserver", &args);
 
     // 2. The others get a copy of the CA. A wrong copy is refused.
     let copied = scratch.path().join("ca");
@@ -1108,13 +1109,7 @@ fn three_control_planes_share_one_ca_and_lay_out_an_etcd_cluster_over_tls() {
             &format!("--master={servers}"),
         ]
     );
-    let out = Command::new(binary("agent"))
-        .arg("run")
-        .args(&agent_args)
-        .arg("--help")
-        .output()
-        .expect("agent");
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert_accepts(&binary("agent"), "run", &agent_args);
 
     // 4. etcd's unit with the member's drop-in passes systemd-analyze.
     std::fs::create_dir_all(r0.join("usr/bin")).expect("mkdir");

@@ -92,18 +92,39 @@ pub fn write_private(path: &Path, data: &str) -> anyhow::Result<()> {
 }
 
 fn client_params(cn: &str, orgs: &[&str]) -> anyhow::Result<CertificateParams> {
+    leaf_params(cn, orgs, vec![ExtendedKeyUsagePurpose::ClientAuth])
+}
+
+/// A CA-signed leaf certificate's parameters for `usages`.
+fn leaf_params(
+    cn: &str,
+    orgs: &[&str],
+    usages: Vec<ExtendedKeyUsagePurpose>,
+) -> anyhow::Result<CertificateParams> {
     let mut p = CertificateParams::new(Vec::<String>::new())?;
     p.distinguished_name.push(DnType::CommonName, cn);
     for o in orgs {
         p.distinguished_name.push(DnType::OrganizationName, *o);
     }
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    p.extended_key_usages = usages;
     p.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
     ];
     p.not_after = rcgen::date_time_ymd(2099, 1, 1);
     Ok(p)
+}
+
+/// A subject alternative name: an IP address, or else a DNS name.
+fn san(name: &str) -> anyhow::Result<SanType> {
+    Ok(match name.parse::<IpAddr>() {
+        Ok(ip) => SanType::IpAddress(ip),
+        Err(_) => SanType::DnsName(
+            name.to_string()
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("{name}: not a DNS name or IP address"))?,
+        ),
+    })
 }
 
 /// The API server's certificate: its usual names and addresses plus `sans`.
@@ -126,12 +147,7 @@ fn serving_certificate(
         .distinguished_name
         .push(DnType::CommonName, "kube-apiserver");
     for n in names.iter().chain(sans.iter()) {
-        match n.parse::<IpAddr>() {
-            Ok(ip) => serving.subject_alt_names.push(SanType::IpAddress(ip)),
-            Err(_) => serving
-                .subject_alt_names
-                .push(SanType::DnsName(n.clone().try_into()?)),
-        }
+        serving.subject_alt_names.push(san(n)?);
     }
     for ip in ["127.0.0.1", "::1", "10.96.0.1"] {
         serving
@@ -219,27 +235,16 @@ pub fn issue(pki: &Pki, req: &CertRequest) -> anyhow::Result<(String, String)> {
     );
     let (ca_cert, ca_key) = load_ca(pki)?;
     let orgs: Vec<&str> = req.organizations.iter().map(String::as_str).collect();
-    let mut params = client_params(req.common_name, &orgs)?;
-    params.extended_key_usages.clear();
-    if req.server {
-        params
-            .extended_key_usages
-            .push(ExtendedKeyUsagePurpose::ServerAuth);
-    }
-    if req.client {
-        params
-            .extended_key_usages
-            .push(ExtendedKeyUsagePurpose::ClientAuth);
-    }
+    let usages = [
+        (req.server, ExtendedKeyUsagePurpose::ServerAuth),
+        (req.client, ExtendedKeyUsagePurpose::ClientAuth),
+    ]
+    .into_iter()
+    .filter_map(|(wanted, usage)| wanted.then_some(usage))
+    .collect();
+    let mut params = leaf_params(req.common_name, &orgs, usages)?;
     for n in req.sans {
-        match n.parse::<IpAddr>() {
-            Ok(ip) => params.subject_alt_names.push(SanType::IpAddress(ip)),
-            Err(_) => params.subject_alt_names.push(SanType::DnsName(
-                n.clone()
-                    .try_into()
-                    .map_err(|_| anyhow::anyhow!("--san {n}: not a DNS name or IP address"))?,
-            )),
-        }
+        params.subject_alt_names.push(san(n)?);
     }
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &ca_cert, &ca_key)?;

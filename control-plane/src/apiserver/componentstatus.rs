@@ -76,7 +76,7 @@ pub async fn list(state: &State) -> Vec<Value> {
             Err(e) => status(name, false, "", &e),
         });
     }
-    let tls = state.etcd_tls.as_ref();
+    let tls = state.storage.tls();
     let checks = state
         .config
         .etcd_servers

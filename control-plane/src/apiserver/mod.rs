@@ -88,8 +88,6 @@ pub struct Config {
 pub struct Inner {
     pub tokens: auth::Tokens,
     pub storage: Storage,
-    /// TLS towards etcd, for the per-member checks of `get cs`.
-    pub etcd_tls: Option<storage::EtcdTls>,
     pub cache: Arc<watch::WatchCache>,
     pub config: Config,
     pub metrics: Arc<metrics::Metrics>,
@@ -114,7 +112,6 @@ pub async fn build(mut config: Config) -> anyhow::Result<State> {
     Ok(Arc::new(Inner {
         tokens,
         storage,
-        etcd_tls: tls,
         cache,
         config,
         metrics: Arc::default(),

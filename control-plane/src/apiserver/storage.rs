@@ -56,6 +56,8 @@ pub struct Page {
 #[derive(Clone)]
 pub struct Storage {
     client: Client,
+    /// How it reaches etcd, for connections of its own to single members.
+    tls: Option<EtcdTls>,
 }
 
 async fn timed<T>(
@@ -209,7 +211,15 @@ impl Storage {
             opts = opts.with_tls(tls.options());
         }
         let client = timed(Client::connect(endpoints, Some(opts))).await?;
-        Ok(Self { client })
+        Ok(Self {
+            client,
+            tls: tls.cloned(),
+        })
+    }
+
+    /// The TLS settings towards etcd, if any.
+    pub fn tls(&self) -> Option<&EtcdTls> {
+        self.tls.as_ref()
     }
 
     /// The raw client, for watches.
