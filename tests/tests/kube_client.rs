@@ -98,3 +98,119 @@ fn kube_rs_client_creates_lists_watches_applies_and_deletes() {
         }
     });
 }
+
+/// Services created all at once in a small range each get an address of
+/// their own, with no conflict handed to the client; asking for an address
+/// or a NodePort another Service holds is refused with 422 naming the field.
+#[test]
+fn concurrent_services_get_distinct_addresses_and_a_taken_one_is_refused() {
+    use k8s_openapi::api::core::v1::Service;
+    use std::collections::HashSet;
+
+    // 62 usable addresses, .1 and .10 kept for the API and DNS.
+    let cp = ControlPlane::start_with(&["--service-cluster-ip-range=10.97.0.0/26"])
+        .expect("control plane starts");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = kube::Client::try_from(kube::Config::new(cp.url().parse().unwrap())).unwrap();
+        let services: Api<Service> = Api::namespaced(client, "default");
+        let svc = |name: &str, spec: serde_json::Value| -> Service {
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "spec": spec}))
+                .unwrap()
+        };
+        const N: usize = 48;
+        let ips: Vec<String> = futures::stream::iter(0..N)
+            .map(|i| {
+                let services = services.clone();
+                let s = svc(
+                    &format!("s{i}"),
+                    serde_json::json!({"ports": [{"port": 80}]}),
+                );
+                async move {
+                    let created = services
+                        .create(&PostParams::default(), &s)
+                        .await
+                        .unwrap_or_else(|e| panic!("s{i}: {e}"));
+                    created.spec.unwrap().cluster_ip.unwrap()
+                }
+            })
+            .buffer_unordered(N)
+            .collect()
+            .await;
+        let distinct: HashSet<&String> = ips.iter().collect();
+        assert_eq!(distinct.len(), N, "{ips:?}");
+        assert!(ips.iter().all(|ip| ip.starts_with("10.97.0.")), "{ips:?}");
+        assert!(!distinct.contains(&"10.97.0.1".to_string()));
+        assert!(!distinct.contains(&"10.97.0.10".to_string()));
+
+        let refused = |e: kube::Error| match e {
+            kube::Error::Api(s) => s,
+            other => panic!("expected a Status, got {other}"),
+        };
+        let taken = ips[0].clone();
+        let s = refused(
+            services
+                .create(
+                    &PostParams::default(),
+                    &svc(
+                        "same-ip",
+                        serde_json::json!({"clusterIP": taken, "ports": [{"port": 80}]}),
+                    ),
+                )
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"), "{s:?}");
+        assert!(
+            s.message.contains("spec.clusterIPs")
+                && s.message.contains("provided IP is already allocated"),
+            "{}",
+            s.message
+        );
+
+        let np = |name: &str| {
+            svc(
+                name,
+                serde_json::json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]}),
+            )
+        };
+        services
+            .create(&PostParams::default(), &np("np-a"))
+            .await
+            .unwrap();
+        let s = refused(
+            services
+                .create(&PostParams::default(), &np("np-b"))
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"), "{s:?}");
+        assert!(
+            s.message.contains("spec.ports[0].nodePort")
+                && s.message.contains("provided port is already allocated"),
+            "{}",
+            s.message
+        );
+        // Nothing of the refused ones was stored, and their addresses stay free.
+        let names: Vec<String> = services
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|s| s.metadata.name)
+            .collect();
+        assert!(
+            !names.iter().any(|n| n == "same-ip" || n == "np-b"),
+            "{names:?}"
+        );
+        services
+            .delete("np-a", &DeleteParams::default())
+            .await
+            .unwrap();
+        services
+            .create(&PostParams::default(), &np("np-b"))
+            .await
+            .unwrap();
+    });
+}

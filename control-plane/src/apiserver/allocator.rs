@@ -107,6 +107,17 @@ async fn taken(state: &State, prefix: &str) -> ApiResult<HashSet<String>> {
         .collect())
 }
 
+/// Whether another object holds `claim` already.
+async fn held(state: &State, claim: &str) -> ApiResult<bool> {
+    Ok(state
+        .storage
+        .keys(claim)
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?
+        .iter()
+        .any(|k| k == claim))
+}
+
 /// Fills in a new Service's ClusterIP and NodePorts; returns the claims to write.
 pub async fn allocate(
     state: &State,
@@ -184,7 +195,16 @@ pub async fn allocate(
             }
         }
         if ip != "None" && old_ip.as_deref() != Some(ip.as_str()) {
-            claims.push(format!("{IP_CLAIMS}{ip}"));
+            let claim = format!("{IP_CLAIMS}{ip}");
+            if !requested.is_empty() && held(state, &claim).await? {
+                return Err(invalid(
+                    obj,
+                    "spec.clusterIPs",
+                    json!([ip]),
+                    &format!("failed to allocate IP {ip}: provided IP is already allocated"),
+                ));
+            }
+            claims.push(claim);
         }
         obj["spec"]["clusterIP"] = json!(ip);
         obj["spec"]["clusterIPs"] = json!([ip]);
@@ -209,8 +229,9 @@ pub async fn allocate(
         })
         .collect();
     let mut used: Option<HashSet<String>> = None;
+    let mut asked_taken = None;
     if let Some(ports) = obj.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
-        for p in ports.iter_mut() {
+        for (i, p) in ports.iter_mut().enumerate() {
             let proto = p
                 .get("protocol")
                 .and_then(Value::as_str)
@@ -247,10 +268,22 @@ pub async fn allocate(
                 (a, _) => a,
             };
             if !old_ports.iter().any(|(pr, _, n)| *pr == proto && *n == np) {
-                claims.push(port_claim(&proto, np));
+                let claim = port_claim(&proto, np);
+                if asked != 0 && asked_taken.is_none() && held(state, &claim).await? {
+                    asked_taken = Some((i, np));
+                }
+                claims.push(claim);
             }
             p["nodePort"] = json!(np);
         }
+    }
+    if let Some((i, np)) = asked_taken {
+        return Err(invalid(
+            obj,
+            &format!("spec.ports[{i}].nodePort"),
+            json!(np),
+            "provided port is already allocated",
+        ));
     }
     Ok(claims)
 }

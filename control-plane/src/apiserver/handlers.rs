@@ -563,25 +563,33 @@ pub async fn create(
         defaults::initial_status(t.res.kind, &mut obj);
     }
     validation::validate(t.res, &obj)?;
-    let claims = allocator::allocate(state, t.res, &mut obj, None).await?;
-    if query.dry_run()? {
-        return Ok(with_warnings(
-            json_response(StatusCode::CREATED, &obj),
-            &warnings,
-        ));
-    }
-    let rev = state
-        .storage
-        .create(&t.key(), &obj, &claims)
-        .await
-        .map_err(|e| match e {
-            StorageError::Conflict => ApiError::conflict_msg(
-                t.res.plural,
-                t.name.as_deref().unwrap_or(""),
-                "an allocated address or port was taken concurrently; retry",
-            ),
-            e => storage_err(e, &t),
-        })?;
+    // Two creates can pick the same free address between reading the
+    // claims and writing theirs; etcd lets one win, and the other picks
+    // again rather than handing the race to the client.
+    let unallocated = obj;
+    let mut attempts = 0;
+    let (mut obj, rev) = loop {
+        let mut obj = unallocated.clone();
+        let claims = allocator::allocate(state, t.res, &mut obj, None).await?;
+        if query.dry_run()? {
+            return Ok(with_warnings(
+                json_response(StatusCode::CREATED, &obj),
+                &warnings,
+            ));
+        }
+        match state.storage.create(&t.key(), &obj, &claims).await {
+            Ok(rev) => break (obj, rev),
+            Err(StorageError::Conflict) if attempts < 8 => attempts += 1,
+            Err(StorageError::Conflict) => {
+                return Err(ApiError::conflict_msg(
+                    t.res.plural,
+                    t.name.as_deref().unwrap_or(""),
+                    "an allocated address or port was taken concurrently; retry",
+                ))
+            }
+            Err(e) => return Err(storage_err(e, &t)),
+        }
+    };
     obj["metadata"]["resourceVersion"] = json!(rev.to_string());
     Ok(with_warnings(
         json_response(StatusCode::CREATED, &obj),
