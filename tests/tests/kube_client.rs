@@ -191,6 +191,28 @@ fn concurrent_services_get_distinct_addresses_and_a_taken_one_is_refused() {
             "{}",
             s.message
         );
+        let twice = svc(
+            "twice",
+            serde_json::json!({"type": "NodePort", "ports": [
+                {"name": "a", "port": 80, "nodePort": 30090},
+                {"name": "b", "port": 81, "nodePort": 30090},
+                {"name": "c", "port": 80},
+            ]}),
+        );
+        let s = refused(
+            services
+                .create(&PostParams::default(), &twice)
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"), "{s:?}");
+        assert!(
+            s.message
+                .contains("spec.ports[1].nodePort: Duplicate value: 30090")
+                && s.message.contains("spec.ports[2]: Duplicate value"),
+            "{}",
+            s.message
+        );
         // Nothing of the refused ones was stored, and their addresses stay free.
         let names: Vec<String> = services
             .list(&ListParams::default())
@@ -201,7 +223,9 @@ fn concurrent_services_get_distinct_addresses_and_a_taken_one_is_refused() {
             .filter_map(|s| s.metadata.name)
             .collect();
         assert!(
-            !names.iter().any(|n| n == "same-ip" || n == "np-b"),
+            !names
+                .iter()
+                .any(|n| ["same-ip", "np-b", "twice"].contains(&n.as_str())),
             "{names:?}"
         );
         services

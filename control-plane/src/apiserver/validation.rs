@@ -351,8 +351,19 @@ fn validate_service(obj: &Value, causes: &mut Vec<Cause>) {
         causes.push(Cause::required("spec.ports"));
     }
     let mut names = std::collections::HashSet::new();
+    // One port (and one NodePort) per protocol: two entries for the same
+    // one would ask the datapath and the claims for it twice.
+    let mut pairs = std::collections::HashSet::new();
+    let mut node_ports = std::collections::HashSet::new();
     for (i, p) in ports.iter().enumerate() {
         let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
+        let protocol = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
+        if !pairs.insert((port, protocol.to_string())) {
+            causes.push(Cause::duplicate(
+                format!("spec.ports[{i}]"),
+                &serde_json::json!({"port": port, "protocol": protocol}),
+            ));
+        }
         if !(1..=65535).contains(&port) {
             causes.push(Cause::invalid(
                 format!("spec.ports[{i}].port"),
@@ -385,6 +396,12 @@ fn validate_service(obj: &Value, causes: &mut Vec<Cause>) {
                     format!("spec.ports[{i}].nodePort"),
                     &Value::from(np),
                     "provided port is not in the valid range. The range of valid ports is 30000-32767",
+                ));
+            }
+            if np != 0 && !node_ports.insert((np, protocol.to_string())) {
+                causes.push(Cause::duplicate(
+                    format!("spec.ports[{i}].nodePort"),
+                    &Value::from(np),
                 ));
             }
         }
