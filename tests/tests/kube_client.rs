@@ -191,6 +191,16 @@ fn concurrent_services_get_distinct_addresses_and_a_taken_one_is_refused() {
             "{}",
             s.message
         );
+        // The same holds for a Service turned into a NodePort one.
+        let to_np = serde_json::json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]}});
+        let s = refused(
+            services
+                .patch("s1", &PatchParams::default(), &Patch::Merge(&to_np))
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"), "{s:?}");
+        assert!(s.message.contains("provided port is already allocated"), "{}", s.message);
         let twice = svc(
             "twice",
             serde_json::json!({"type": "NodePort", "ports": [

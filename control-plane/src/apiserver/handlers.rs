@@ -506,6 +506,16 @@ fn random_suffix() -> String {
         .collect()
 }
 
+/// A write whose allocated ClusterIP or NodePort another Service took
+/// between choosing and storing it.
+fn claim_race(target: &Target) -> ApiError {
+    ApiError::conflict_msg(
+        target.res.plural,
+        target.name.as_deref().unwrap_or(""),
+        "an allocated address or port was taken concurrently; retry",
+    )
+}
+
 /// POST to a collection.
 pub async fn create(
     state: &State,
@@ -580,13 +590,7 @@ pub async fn create(
         match state.storage.create(&t.key(), &obj, &claims).await {
             Ok(rev) => break (obj, rev),
             Err(StorageError::Conflict) if attempts < 8 => attempts += 1,
-            Err(StorageError::Conflict) => {
-                return Err(ApiError::conflict_msg(
-                    t.res.plural,
-                    t.name.as_deref().unwrap_or(""),
-                    "an allocated address or port was taken concurrently; retry",
-                ))
-            }
+            Err(StorageError::Conflict) => return Err(claim_race(&t)),
             Err(e) => return Err(storage_err(e, &t)),
         }
     };
@@ -724,7 +728,11 @@ async fn store_update(
         .storage
         .update(&target.key(), &new, old.rev, &add, &release)
         .await
-        .map_err(|e| storage_err(e, target))?;
+        .map_err(|e| match e {
+            // The object was still at its revision, so a claim lost a race.
+            StorageError::AlreadyExists => claim_race(target),
+            e => storage_err(e, target),
+        })?;
     new["metadata"]["resourceVersion"] = json!(rev.to_string());
     Ok((new, StatusCode::OK))
 }
