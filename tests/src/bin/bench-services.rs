@@ -15,6 +15,10 @@
 //! At every size, in rounds that interleave the paths, it measures TCP_CRR
 //! with the latency of each connect() (the first packet of a connection is
 //! the one that has to find the service), TCP_RR and one iperf3 stream.
+//! It also times endpoint changes: one filler's EndpointSlice is replaced
+//! again and again, each time from the API's answer until the node's maps
+//! hold the new backend, against what loading the whole rule set costs
+//! the baselines (`iptables-restore`, `nft -f`) at the same size.
 //! Medians go to a Markdown table (stdout and `target/bench/services.md`)
 //! and a chart (`target/bench/services.png`). Everything it creates is
 //! removed at the end, also on error.
@@ -99,6 +103,19 @@ struct Sample {
 
 /// samples[size][path]: one per round.
 type Samples = Vec<Vec<Vec<Sample>>>;
+
+/// How many times the endpoint change is timed at each size.
+const CHANGES: usize = 20;
+
+/// At one size: endpoint change to maps, in ms, one per change (none at
+/// a size without fillers), and the seconds the baselines took to load
+/// their whole rule set.
+#[derive(Clone, Debug, Default)]
+struct Changes {
+    lags_ms: Vec<f64>,
+    iptables_s: f64,
+    nft_s: f64,
+}
 
 /// A ratio row: what, the value, and its target (bound, whether it is a
 /// floor rather than a ceiling).
@@ -283,8 +300,9 @@ async fn add_fillers(cp: &ControlPlane, from: usize, to: usize) -> Result<Option
 }
 
 /// Brings every path to `n` services: fillers through the API until the
-/// agent has programmed the last, and the baselines' rule sets.
-fn grow(rt: &tokio::runtime::Runtime, bed: &Testbed, have: usize, n: usize) -> Result<()> {
+/// agent has programmed the last, and the baselines' rule sets; returns
+/// the seconds `iptables-restore` and `nft -f` took to load theirs.
+fn grow(rt: &tokio::runtime::Runtime, bed: &Testbed, have: usize, n: usize) -> Result<(f64, f64)> {
     let t = Instant::now();
     if n > have {
         // The measured Service is one of the n.
@@ -331,13 +349,65 @@ fn grow(rt: &tokio::runtime::Runtime, bed: &Testbed, have: usize, n: usize) -> R
     let set = kube_proxy::services(n, &[server(nft, RR_PORT), server(nft, IPERF_PORT)]);
     let t = Instant::now();
     load(&bed.veths[2].0, "nft -f", &kube_proxy::nftables(&set))?;
+    let nft_took = t.elapsed();
     eprintln!(
         "  {n} services: programmed by the agent in {:.1} s, iptables-restore {:.1} s, nft {:.1} s",
         ours.as_secs_f64(),
         ipt_took.as_secs_f64(),
-        t.elapsed().as_secs_f64()
+        nft_took.as_secs_f64()
     );
-    Ok(())
+    Ok((ipt_took.as_secs_f64(), nft_took.as_secs_f64()))
+}
+
+/// Times `CHANGES` endpoint changes of filler `f0`: each replaces its
+/// slice with the third endpoint at a new address and waits until the
+/// node's maps hold it; milliseconds from the API's answer, in order.
+async fn endpoint_changes(bed: &Testbed) -> Result<Vec<f64>> {
+    let c = client(&bed.cp)?;
+    let vip: Ipv4Addr = Api::<Service>::namespaced(c.clone(), "default")
+        .get("f0")
+        .await?
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .context("f0 got no ClusterIP")?
+        .parse()?;
+    let fe = Frontend {
+        vip,
+        port: 80,
+        proto: Proto::Tcp,
+    };
+    let slices: Api<EndpointSlice> = Api::namespaced(c, "default");
+    let mut lags = Vec::with_capacity(CHANGES);
+    for k in 0..CHANGES {
+        check_interrupted()?;
+        let mut slice = slices.get("f0-x").await?;
+        let moved = Ipv4Addr::new(10, 251, 0, k as u8 + 1);
+        let third = slice
+            .endpoints
+            .get_mut(2)
+            .context("f0's slice lost its third endpoint")?;
+        third.addresses = vec![moved.to_string()];
+        slices
+            .replace("f0-x", &PostParams::default(), &slice)
+            .await?;
+        let written = Instant::now();
+        let deadline = written + Duration::from_secs(30);
+        loop {
+            let seen = kestrel_agent::services::bpf::lookup(&bed.node.bpffs_dir, &fe)
+                .ok()
+                .flatten()
+                .is_some_and(|b| b.len() == 3 && b.iter().any(|t| t.ip == moved));
+            if seen {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("endpoint change {k} did not reach the maps in 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        lags.push(written.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(lags)
 }
 
 /// Feeds `input` to `program` (with its arguments) inside `ns`.
@@ -397,6 +467,51 @@ fn ratio(num: &[Sample], den: &[Sample], f: impl Fn(&Sample) -> f64) -> f64 {
             .map(|(n, d)| f(n) / f(d))
             .collect::<Vec<_>>(),
     )
+}
+
+/// The `p`th percentile (0..=100) of sorted values, nearest rank.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn render_changes(a: &Args, changes: &[Changes]) -> String {
+    let mut out = format!(
+        "\n## Endpoint changes\n\n{CHANGES} times at each size, filler `f0`'s EndpointSlice is \
+         replaced with its third endpoint moved, and timed from the API's answer until the \
+         node's maps hold the new backend (the agent's watch, its model and the map writes). \
+         The baselines' column is what loading their whole rule set for as many services took, \
+         once (kube-proxy's full resync); a change costs them at least a restore of the chains \
+         it touches. With one service there is no filler to change (–).\n\n\
+         | services | change to maps p50 ms | max ms | iptables-restore of the set ms | nft -f of the set ms | iptables ÷ ours (p50) |\n\
+         |---:|---:|---:|---:|---:|---:|\n"
+    );
+    for (n, c) in a.sizes.iter().zip(changes) {
+        let mut v = c.lags_ms.clone();
+        v.sort_by(f64::total_cmp);
+        let (p50, max) = if v.is_empty() {
+            ("–".to_string(), "–".to_string())
+        } else {
+            (
+                format!("{:.1}", percentile(&v, 50.0)),
+                format!("{:.1}", percentile(&v, 100.0)),
+            )
+        };
+        let times = if v.is_empty() {
+            "–".to_string()
+        } else {
+            format!("{:.0}", c.iptables_s * 1e3 / percentile(&v, 50.0))
+        };
+        out.push_str(&format!(
+            "| {n} | {p50} | {max} | {:.0} | {:.0} | {times} |\n",
+            c.iptables_s * 1e3,
+            c.nft_s * 1e3
+        ));
+    }
+    out
 }
 
 fn render(a: &Args, s: &Samples, busy: (f64, f64), rr_cpu: Option<usize>) -> String {
@@ -599,15 +714,31 @@ fn main_inner(a: Args) -> Result<()> {
         };
         let before = background_busy();
         let mut samples: Samples = Vec::new();
+        let mut changes: Vec<Changes> = Vec::new();
         let mut have = 1;
         for &n in &a.sizes {
-            grow(&rt, &bed, have, n)?;
+            let (iptables_s, nft_s) = grow(&rt, &bed, have, n)?;
             have = n;
             eprintln!("  measuring at {n} services");
             samples.push(measure_size(&a, &runner, &bed)?);
+            // The measured Service is the only one at a size of 1.
+            let lags_ms = if n > 1 {
+                rt.block_on(endpoint_changes(&bed))?
+            } else {
+                Vec::new()
+            };
+            if let Some(worst) = lags_ms.iter().copied().reduce(f64::max) {
+                eprintln!("  {CHANGES} endpoint changes at {n} services: worst {worst:.1} ms");
+            }
+            changes.push(Changes {
+                lags_ms,
+                iptables_s,
+                nft_s,
+            });
         }
         let after = background_busy();
-        let table = render(&a, &samples, (before, after), rr_cpu);
+        let mut table = render(&a, &samples, (before, after), rr_cpu);
+        table.push_str(&render_changes(&a, &changes));
         let charts = panels(&a, &samples);
         drop(bed);
         (table, charts)
