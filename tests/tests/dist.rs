@@ -1591,6 +1591,18 @@ fn install_sh_provisions_three_control_planes_that_keep_serving_when_one_machine
         );
     }
     step("three control planes healthy");
+    // Service default/kubernetes leads to the three API servers.
+    let api_endpoints = |m: &Machine| -> String {
+        stdout(&m.sh(&format!(
+            "{kubectl} get endpoints kubernetes -o jsonpath='{{.subsets[*].addresses[*].ip}}'"
+        )))
+        .trim()
+        .to_string()
+    };
+    let all_three = wait_for(Duration::from_secs(60), || {
+        (api_endpoints(m(&machines, 0)) == "10.88.0.1 10.88.0.2 10.88.0.3").then_some(())
+    });
+    assert!(all_three.is_some(), "{}", api_endpoints(m(&machines, 0)));
 
     // A node joins with every API server.
     let text = m(&machines, 0).run(
@@ -1770,5 +1782,10 @@ fn install_sh_provisions_three_control_planes_that_keep_serving_when_one_machine
         "{kubectl} get node knode -o jsonpath='{{.status.conditions[?(@.type==\"Ready\")].status}}'"
     ));
     assert_eq!(node_ready, "True");
+    // The dead API server's announcement expires.
+    let two = wait_for(Duration::from_secs(90), || {
+        (api_endpoints(survivor) == "10.88.0.2 10.88.0.3").then_some(())
+    });
+    assert!(two.is_some(), "{}", api_endpoints(survivor));
     step("cluster serving without kcp1");
 }

@@ -504,6 +504,8 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             for j in 1..=cps {
                 cmd.arg(format!("--tls-san={}", cp_address(j)));
             }
+            // Where pods reach it: its endpoint in Service default/kubernetes.
+            cmd.arg(format!("--advertise-address={}", cp_address(i)));
             if apiserver.pid().is_none() {
                 let l = std::net::TcpListener::bind(("127.0.0.1", host_port))
                     .map_err(|e| anyhow::anyhow!("127.0.0.1:{host_port}: {e}"))?;

@@ -4,6 +4,7 @@
 
 mod allocator;
 pub mod auth;
+mod builtin;
 mod componentstatus;
 mod defaults;
 pub mod discovery;
@@ -72,6 +73,15 @@ pub struct Config {
     /// ClusterIP range for Services.
     #[arg(long, default_value = "10.96.0.0/12")]
     pub service_cluster_ip_range: String,
+    /// The address pods and other machines reach this server at: its
+    /// endpoint in Service default/kubernetes (default: --bind-address, or
+    /// the host of --advertise-url, unless unspecified or loopback).
+    #[arg(long)]
+    pub advertise_address: Option<std::net::IpAddr>,
+    /// ClusterIP of Service kube-system/kube-dns, the address the agents
+    /// answer DNS on (default: the tenth address of the range, 10.96.0.10).
+    #[arg(long)]
+    pub cluster_dns: Option<std::net::Ipv4Addr>,
     /// tolerationSeconds added to pods for the not-ready NoExecute taint
     /// (DefaultTolerationSeconds admission): how long they stay on a
     /// NotReady node before eviction.
@@ -329,8 +339,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "--no-tls leaves nothing to serve: give --insecure-bind-address too"
     );
     let state = build(config.clone()).await?;
-    let app = router(state);
+    let app = router(state.clone());
     let mut tasks = tokio::task::JoinSet::new();
+    // What the listener really got (--bind-address may ask for port 0).
+    let mut secure_port = config.bind_address.port();
     if let Some(addr) = config.insecure_bind_address {
         use axum::serve::ListenerExt;
         // Small JSON responses must not wait for Nagle's algorithm.
@@ -351,6 +363,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let pki = auth::ensure_pki(&config.cert_dir, &config.tls_sans)?;
         let listener = tokio::net::TcpListener::bind(config.bind_address).await?;
         let port = listener.local_addr()?.port();
+        secure_port = port;
         if let Some(path) = &config.admin_kubeconfig {
             let server = config
                 .advertise_url
@@ -372,6 +385,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tasks.spawn(serve_tls(listener, tls.clone(), app.clone()));
         }
     }
+    let endpoint = builtin::endpoint_address(
+        config.advertise_address,
+        config.bind_address.ip(),
+        config.advertise_url.as_deref(),
+    )
+    .filter(|_| !config.no_tls)
+    .map(|ip| (ip, secure_port));
+    tokio::spawn(builtin::run(state.clone(), endpoint, secure_port));
     match tasks.join_next().await {
         Some(r) => r?,
         None => Ok(()),
