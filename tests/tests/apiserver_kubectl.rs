@@ -506,6 +506,31 @@ fn apiserver_restart_loses_no_watch_events() {
     );
 }
 
+/// An HTTPS API server over `etcd` with its CA in DIR/pki, its admin
+/// kubeconfig at DIR/NAME.kubeconfig and its log at DIR/NAME.log.
+fn tls_apiserver(
+    etcd: &harness::etcd::Etcd,
+    dir: &std::path::Path,
+    name: &str,
+    args: &[String],
+) -> harness::process::Guarded {
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    harness::process::Guarded::spawn(
+        "apiserver",
+        std::process::Command::new(harness::cluster::binary("control-plane"))
+            .args(["apiserver", "--etcd-servers", &etcd.client_url()])
+            .arg(format!("--cert-dir={}", dir.join("pki").display()))
+            .arg(format!(
+                "--admin-kubeconfig={}",
+                dir.join(format!("{name}.kubeconfig")).display()
+            ))
+            .args(args)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log),
+    )
+    .unwrap()
+}
+
 /// The API server serves HTTPS with certificates it makes on first start:
 /// the admin kubeconfig it writes works, anonymous requests get 401, and a
 /// token user without rights gets 403.
@@ -516,20 +541,16 @@ fn https_with_client_certificates_and_tokens() {
     let port = harness::ports::free_port();
     let tokens = dir.path().join("tokens.csv");
     std::fs::write(&tokens, "s3cret,alice,1001\n").unwrap();
-    let kubeconfig = dir.path().join("admin.kubeconfig");
-    let log = std::fs::File::create(dir.path().join("apiserver.log")).unwrap();
-    let _apiserver = harness::process::Guarded::spawn(
+    let kubeconfig = dir.path().join("apiserver.kubeconfig");
+    let _apiserver = tls_apiserver(
+        &etcd,
+        dir.path(),
         "apiserver",
-        std::process::Command::new(harness::cluster::binary("control-plane"))
-            .args(["apiserver", "--etcd-servers", &etcd.client_url()])
-            .arg(format!("--bind-address=127.0.0.1:{port}"))
-            .arg(format!("--cert-dir={}", dir.path().join("pki").display()))
-            .arg(format!("--admin-kubeconfig={}", kubeconfig.display()))
-            .arg(format!("--token-auth-file={}", tokens.display()))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log),
-    )
-    .unwrap();
+        &[
+            format!("--bind-address=127.0.0.1:{port}"),
+            format!("--token-auth-file={}", tokens.display()),
+        ],
+    );
     let k = harness::kubectl::Kubectl::new(&kubeconfig).unwrap();
     let ready = wait_for(Duration::from_secs(30), || {
         kubeconfig
@@ -640,27 +661,23 @@ fn the_kubernetes_service_leads_to_the_live_api_servers() {
     let etcd = harness::etcd::Etcd::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let port = harness::ports::free_port();
-    let pki = dir.path().join("pki");
     // Two servers on one port, as a cluster's API servers are, on two
     // loopback addresses; the addresses they announce are documentation
     // ones that nothing connects to.
     let start = |i: u8| {
-        let kubeconfig = dir.path().join(format!("admin-{i}.kubeconfig"));
-        let log = std::fs::File::create(dir.path().join(format!("apiserver-{i}.log"))).unwrap();
-        let guard = harness::process::Guarded::spawn(
-            "apiserver",
-            std::process::Command::new(harness::cluster::binary("control-plane"))
-                .args(["apiserver", "--etcd-servers", &etcd.client_url()])
-                .arg(format!("--bind-address=127.0.0.{i}:{port}"))
-                .arg(format!("--tls-san=127.0.0.{i}"))
-                .arg(format!("--advertise-url=https://127.0.0.{i}:{port}"))
-                .arg(format!("--advertise-address=192.0.2.1{i}"))
-                .arg(format!("--cert-dir={}", pki.display()))
-                .arg(format!("--admin-kubeconfig={}", kubeconfig.display()))
-                .stdout(log.try_clone().unwrap())
-                .stderr(log),
-        )
-        .unwrap();
+        let name = format!("apiserver-{i}");
+        let kubeconfig = dir.path().join(format!("{name}.kubeconfig"));
+        let guard = tls_apiserver(
+            &etcd,
+            dir.path(),
+            &name,
+            &[
+                format!("--bind-address=127.0.0.{i}:{port}"),
+                format!("--tls-san=127.0.0.{i}"),
+                format!("--advertise-url=https://127.0.0.{i}:{port}"),
+                format!("--advertise-address=192.0.2.1{i}"),
+            ],
+        );
         let k = harness::kubectl::Kubectl::new(&kubeconfig).unwrap();
         let up = wait_for(Duration::from_secs(30), || {
             kubeconfig
