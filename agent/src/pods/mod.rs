@@ -1,6 +1,7 @@
 //! Pods on this node: the manager watches the pods bound here and runs one
 //! worker per pod (sandbox, containers, status, termination).
 
+pub mod atomic_writer;
 pub mod logs;
 pub mod probes;
 pub mod sandbox;

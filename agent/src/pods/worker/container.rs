@@ -277,9 +277,9 @@ impl Worker {
         for m in c.volume_mounts.iter().flatten() {
             let source = self.volume_path(&m.name).await?;
             binds.push(Bind {
-                source,
+                source: source.path,
                 destination: m.mount_path.clone(),
-                read_only: m.read_only.unwrap_or(false),
+                read_only: source.read_only || m.read_only.unwrap_or(false),
             });
         }
         let spec = ContainerSpec {

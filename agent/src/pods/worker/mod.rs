@@ -85,6 +85,9 @@ pub struct Worker {
     endpoint: Option<crate::network::Endpoint>,
     /// Whether the pod's start-up was measured (or cannot be: adopted).
     start_seen: bool,
+    /// Why the agent refuses to run the pod at all (it then reports the
+    /// pod Failed with that message).
+    refused: Option<String>,
 }
 
 impl Worker {
@@ -144,6 +147,7 @@ impl Worker {
             reported: None,
             endpoint: None,
             start_seen: false,
+            refused: None,
         }
     }
 
@@ -446,6 +450,23 @@ impl Worker {
     /// Starts what should run now: init containers one by one, then the app
     /// containers.
     async fn reconcile(&mut self) {
+        if self.refused.is_some() {
+            return;
+        }
+        let volumes = self.pod.spec.as_ref().and_then(|s| s.volumes.as_deref());
+        if let Some(why) = volumes.and_then(volumes::invalid_volume) {
+            self.event("Warning", "InvalidVolume", format!("Pod refused: {why}"))
+                .await;
+            for r in &mut self.runs {
+                r.next_start = None;
+                r.state = State::Waiting {
+                    reason: "CreateContainerConfigError".into(),
+                    message: why.clone(),
+                };
+            }
+            self.refused = Some(why);
+            return;
+        }
         if !self.sandbox.exists() {
             let name = self.pod.name_any();
             let hosts = format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{name}\n");

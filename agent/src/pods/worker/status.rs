@@ -122,6 +122,11 @@ impl Worker {
                 .map(container_status)
                 .collect::<Vec<_>>());
         }
+        if let Some(why) = &self.refused {
+            status["phase"] = json!("Failed");
+            status["reason"] = json!("InvalidVolume");
+            status["message"] = json!(why);
+        }
         if let Some(t) = &self.start_time {
             status["startTime"] = json!(t);
         }

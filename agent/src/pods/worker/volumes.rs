@@ -1,16 +1,78 @@
-//! The host directories behind a pod's volumes.
+//! The host directories behind a pod's volumes. configMap, secret,
+//! downwardAPI and projected volumes are written by the atomic writer and
+//! mounted read-only; emptyDir and hostPath are directories as they are.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use k8s_openapi::api::core::v1::{ConfigMap, DownwardAPIVolumeFile, KeyToPath, Secret, Volume};
 use kube::api::Api;
 use kube::ResourceExt;
 
 use super::Worker;
+use crate::pods::atomic_writer::{self, File};
+
+/// Kubernetes' defaultMode when the pod gives none.
+const DEFAULT_MODE: i32 = 0o644;
+
+/// A volume's host directory, and whether containers must see it read-only
+/// whatever their mount says.
+pub(super) struct Source {
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+/// The first volume of the pod whose name is not a DNS label, with why.
+/// Volume names become directory names on the node.
+pub(super) fn invalid_volume(volumes: &[Volume]) -> Option<String> {
+    volumes.iter().find_map(|v| {
+        (!atomic_writer::is_dns_label(&v.name)).then(|| {
+            format!(
+                "volume name {:?} is not a DNS label (lowercase letters, digits and '-', at most 63)",
+                v.name
+            )
+        })
+    })
+}
+
+/// The files `items` select from `data` (all of it without items); a key
+/// missing from `data` is an error unless the source is optional.
+fn select(
+    what: &str,
+    data: BTreeMap<String, Vec<u8>>,
+    items: Option<&Vec<KeyToPath>>,
+    mode: i32,
+    optional: bool,
+) -> Result<Vec<File>, String> {
+    let Some(items) = items else {
+        return Ok(data
+            .into_iter()
+            .map(|(path, data)| File {
+                path,
+                data,
+                mode: mode as u32,
+            })
+            .collect());
+    };
+    let mut out = Vec::new();
+    for it in items {
+        match data.get(&it.key) {
+            Some(d) => out.push(File {
+                path: it.path.clone(),
+                data: d.clone(),
+                mode: it.mode.unwrap_or(mode) as u32,
+            }),
+            None if optional => {}
+            None => return Err(format!("{what} has no key {:?}", it.key)),
+        }
+    }
+    Ok(out)
+}
 
 impl Worker {
-    /// The host directory behind a pod volume.
-    pub(super) async fn volume_path(&self, name: &str) -> Result<PathBuf, String> {
+    /// The host directory behind a pod volume, written afresh for the
+    /// volumes the agent fills.
+    pub(super) async fn volume_path(&self, name: &str) -> Result<Source, String> {
         let vol = self
             .pod
             .spec
@@ -18,82 +80,175 @@ impl Worker {
             .and_then(|s| s.volumes.as_ref())
             .and_then(|v| v.iter().find(|v| v.name == name))
             .ok_or_else(|| format!("volume {name:?} is mounted but not defined"))?;
-        let dir = self.pod_dir().join("volumes").join(name);
-        if let Some(h) = &vol.host_path {
-            return Ok(PathBuf::from(&h.path));
+        if !atomic_writer::is_dns_label(name) {
+            return Err(format!("volume name {name:?} is not a DNS label"));
         }
+        if let Some(h) = &vol.host_path {
+            return Ok(Source {
+                path: PathBuf::from(&h.path),
+                read_only: false,
+            });
+        }
+        let dir = self.pod_dir().join("volumes").join(name);
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         if vol.empty_dir.is_some() {
-            return Ok(dir);
+            return Ok(Source {
+                path: dir,
+                read_only: false,
+            });
         }
-        let ns = self.pod.namespace().unwrap_or_default();
-        let files: BTreeMap<String, Vec<u8>> = if let Some(cm) = &vol.config_map {
-            let api: Api<k8s_openapi::api::core::v1::ConfigMap> =
-                Api::namespaced(self.env.client.clone(), &ns);
-            let obj = api
-                .get(&cm.name)
+        let files = self.volume_files(vol).await?;
+        let d = dir.clone();
+        tokio::task::spawn_blocking(move || atomic_writer::write(&d, &files))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("volume {name:?}: {e}"))?;
+        Ok(Source {
+            path: dir,
+            read_only: true,
+        })
+    }
+
+    /// The files of a configMap, secret, downwardAPI or projected volume.
+    async fn volume_files(&self, vol: &Volume) -> Result<Vec<File>, String> {
+        let name = &vol.name;
+        if let Some(cm) = &vol.config_map {
+            let mode = cm.default_mode.unwrap_or(DEFAULT_MODE);
+            let optional = cm.optional == Some(true);
+            self.config_map_files(&cm.name, cm.items.as_ref(), mode, optional)
                 .await
-                .map_err(|e| format!("configmap {:?}: {e}", cm.name))?;
-            obj.data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.into_bytes()))
-                .collect()
         } else if let Some(s) = &vol.secret {
-            let api: Api<k8s_openapi::api::core::v1::Secret> =
-                Api::namespaced(self.env.client.clone(), &ns);
-            let name = s.secret_name.clone().unwrap_or_default();
-            let obj = api
-                .get(&name)
+            let mode = s.default_mode.unwrap_or(DEFAULT_MODE);
+            let optional = s.optional == Some(true);
+            let secret = s.secret_name.clone().unwrap_or_default();
+            self.secret_files(&secret, s.items.as_ref(), mode, optional)
                 .await
-                .map_err(|e| format!("secret {name:?}: {e}"))?;
-            obj.data
+        } else if let Some(d) = &vol.downward_api {
+            let mode = d.default_mode.unwrap_or(DEFAULT_MODE);
+            self.downward_files(d.items.iter().flatten(), mode)
+        } else if let Some(p) = &vol.projected {
+            let mode = p.default_mode.unwrap_or(DEFAULT_MODE);
+            let mut files = Vec::new();
+            for src in p.sources.iter().flatten() {
+                if let Some(cm) = &src.config_map {
+                    let optional = cm.optional == Some(true);
+                    files.extend(
+                        self.config_map_files(&cm.name, cm.items.as_ref(), mode, optional)
+                            .await?,
+                    );
+                } else if let Some(s) = &src.secret {
+                    let optional = s.optional == Some(true);
+                    files.extend(
+                        self.secret_files(&s.name, s.items.as_ref(), mode, optional)
+                            .await?,
+                    );
+                } else if let Some(d) = &src.downward_api {
+                    files.extend(self.downward_files(d.items.iter().flatten(), mode)?);
+                } else {
+                    return Err(format!(
+                        "volume {name:?}: projected sources other than configMap, secret and downwardAPI are not supported"
+                    ));
+                }
+            }
+            Ok(files)
+        } else {
+            Err(format!("volume {name:?}: only emptyDir, hostPath, configMap, secret, downwardAPI and projected are supported"))
+        }
+    }
+
+    async fn config_map_files(
+        &self,
+        name: &str,
+        items: Option<&Vec<KeyToPath>>,
+        mode: i32,
+        optional: bool,
+    ) -> Result<Vec<File>, String> {
+        let api: Api<ConfigMap> = Api::namespaced(
+            self.env.client.clone(),
+            &self.pod.namespace().unwrap_or_default(),
+        );
+        let obj = match api.get_opt(name).await {
+            Ok(Some(o)) => o,
+            Ok(None) if optional => return Ok(Vec::new()),
+            Ok(None) => return Err(format!("configmap {name:?} not found")),
+            Err(e) => return Err(format!("configmap {name:?}: {e}")),
+        };
+        let mut data: BTreeMap<String, Vec<u8>> = obj
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.into_bytes()))
+            .collect();
+        data.extend(
+            obj.binary_data
                 .unwrap_or_default()
                 .into_iter()
-                .map(|(k, v)| (k, v.0))
-                .collect()
-        } else if vol.downward_api.is_some() {
-            let labels = self
-                .pod
-                .labels()
-                .iter()
-                .map(|(k, v)| format!("{k}=\"{v}\"\n"))
-                .collect::<String>();
-            let annotations = self
-                .pod
-                .annotations()
-                .iter()
-                .map(|(k, v)| format!("{k}=\"{v}\"\n"))
-                .collect::<String>();
-            vol.downward_api
-                .iter()
-                .flat_map(|d| d.items.iter().flatten())
-                .filter_map(|item| {
-                    let path = item.field_ref.as_ref()?.field_path.as_str();
-                    let value = match path {
-                        "metadata.labels" => labels.clone(),
-                        "metadata.annotations" => annotations.clone(),
-                        "metadata.name" => self.pod.name_any(),
-                        "metadata.namespace" => ns.clone(),
-                        "metadata.uid" => self.uid.clone(),
-                        _ => return None,
-                    };
-                    Some((item.path.clone(), value.into_bytes()))
-                })
-                .collect()
-        } else {
-            return Err(format!("volume {name:?}: only emptyDir, hostPath, configMap, secret and downwardAPI are supported"));
+                .map(|(k, v)| (k, v.0)),
+        );
+        select(&format!("configmap {name:?}"), data, items, mode, optional)
+    }
+
+    async fn secret_files(
+        &self,
+        name: &str,
+        items: Option<&Vec<KeyToPath>>,
+        mode: i32,
+        optional: bool,
+    ) -> Result<Vec<File>, String> {
+        let api: Api<Secret> = Api::namespaced(
+            self.env.client.clone(),
+            &self.pod.namespace().unwrap_or_default(),
+        );
+        let obj = match api.get_opt(name).await {
+            Ok(Some(o)) => o,
+            Ok(None) if optional => return Ok(Vec::new()),
+            Ok(None) => return Err(format!("secret {name:?} not found")),
+            Err(e) => return Err(format!("secret {name:?}: {e}")),
         };
-        for (k, v) in files {
-            if k.contains("..") || k.starts_with('/') {
-                return Err(format!("volume {name:?}: bad key {k:?}"));
-            }
-            let p = dir.join(&k);
-            if let Some(parent) = p.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
-            }
-            std::fs::write(&p, v).map_err(|e| e.to_string())?;
+        let mut data: BTreeMap<String, Vec<u8>> = obj
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect();
+        data.extend(
+            obj.string_data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.into_bytes())),
+        );
+        select(&format!("secret {name:?}"), data, items, mode, optional)
+    }
+
+    fn downward_files<'a>(
+        &self,
+        items: impl Iterator<Item = &'a DownwardAPIVolumeFile>,
+        mode: i32,
+    ) -> Result<Vec<File>, String> {
+        let pairs = |m: &BTreeMap<String, String>| {
+            m.iter()
+                .map(|(k, v)| format!("{k}=\"{v}\"\n"))
+                .collect::<String>()
+        };
+        let mut out = Vec::new();
+        for item in items {
+            let Some(field) = item.field_ref.as_ref().map(|f| f.field_path.as_str()) else {
+                continue;
+            };
+            let value = match field {
+                "metadata.labels" => pairs(self.pod.labels()),
+                "metadata.annotations" => pairs(self.pod.annotations()),
+                "metadata.name" => self.pod.name_any(),
+                "metadata.namespace" => self.pod.namespace().unwrap_or_default(),
+                "metadata.uid" => self.uid.clone(),
+                _ => continue,
+            };
+            out.push(File {
+                path: item.path.clone(),
+                data: value.into_bytes(),
+                mode: item.mode.unwrap_or(mode) as u32,
+            });
         }
-        Ok(dir)
+        Ok(out)
     }
 }
