@@ -59,6 +59,11 @@ impl ImageStore {
         for sub in ["blobs/sha256", "layers", "tmp"] {
             let p = dir.join(sub);
             fs::create_dir_all(&p).at(&p)?;
+            // Unpacked layers keep the images' setuid binaries: root's alone.
+            if sub != "blobs/sha256" {
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(&p, fs::Permissions::from_mode(0o700)).at(&p)?;
+            }
         }
         let root = dir.canonicalize().at(dir)?;
         let layout = root.join("oci-layout");

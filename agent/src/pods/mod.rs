@@ -41,6 +41,15 @@ pub struct Env {
     pub dns: Option<crate::dns::ClusterDns>,
 }
 
+/// Creates `dir` (and its parents) and makes it reachable by root alone:
+/// pod directories hold container root filesystems (setuid binaries of
+/// images), secrets and configurations with their environments.
+pub fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
 /// Records a core/v1 Event about `pod` from this agent.
 pub async fn event(env: &Env, pod: &Pod, type_: &str, reason: &str, message: String) {
     let now =
@@ -87,6 +96,9 @@ pub async fn event(env: &Env, pod: &Pod, type_: &str, reason: &str, message: Str
 /// Watches the pods bound to this node and keeps a worker per pod until
 /// the watch ends.
 pub async fn run(env: Arc<Env>) {
+    if let Err(e) = private_dir(&env.pods_dir) {
+        tracing::warn!("making {} private: {e}", env.pods_dir.display());
+    }
     let api: Api<Pod> = Api::all(env.client.clone());
     let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", env.node_name));
     let mut stream = std::pin::pin!(watcher(api, cfg).default_backoff());

@@ -507,6 +507,11 @@ fn reply(root: &Path, line: &str) -> Message {
 /// next agent.
 pub fn serve(root: PathBuf, socket: PathBuf) -> anyhow::Result<()> {
     std::fs::create_dir_all(&root)?;
+    // Container state (the saved OCI spec with its environment) is root's.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))?;
+    }
     // SAFETY: prctl with integer arguments.
     unsafe {
         libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);

@@ -182,6 +182,8 @@ impl Worker {
         attempt: u32,
     ) -> Result<(i32, Vec<tokio::task::JoinHandle<()>>), String> {
         let rootfs = bundle.join("rootfs");
+        crate::pods::private_dir(&self.pod_dir()).map_err(|e| e.to_string())?;
+        crate::pods::private_dir(bundle).map_err(|e| e.to_string())?;
         sandbox::mount_rootfs(
             &image.layers,
             &bundle.join("upper"),
@@ -330,8 +332,11 @@ impl Worker {
                 .or(pod_sc.seccomp_profile.as_ref())
                 .is_none_or(|p| p.type_ != "Unconfined"),
         };
-        std::fs::write(bundle.join("config.json"), config_json(&spec).to_string())
-            .map_err(|e| e.to_string())?;
+        write_private(
+            &bundle.join("config.json"),
+            config_json(&spec).to_string().as_bytes(),
+        )
+        .map_err(|e| format!("writing config.json: {e}"))?;
         let log = self.log_dir().join(&c.name).join(format!("{attempt}.log"));
         std::fs::create_dir_all(log.parent().unwrap_or(&self.env.log_dir))
             .map_err(|e| e.to_string())?;
@@ -399,4 +404,20 @@ fn parse_user(user: &str, rootfs: &std::path::Path) -> (u32, u32) {
         gid = n;
     }
     (uid, gid)
+}
+
+/// Writes a file only root may read (config.json holds the container's
+/// environment, secrets included), whatever mode an older file had.
+fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(data)
 }
