@@ -190,10 +190,11 @@ fn nofile() -> u64 {
     l.rlim_max.min(1_048_576)
 }
 
-/// System calls the default profile refuses with EPERM: those Docker's and
-/// containerd's default profiles keep from unprivileged containers (kernel
-/// modules, clocks, mounts and namespaces, tracing other processes, keyrings,
-/// BPF, reboot and the like).
+/// System calls the default profile refuses with EPERM: those containerd's
+/// default profile keeps from containers without extra capabilities (kernel
+/// modules and kexec, clocks, mounts and namespaces, tracing other
+/// processes, keyrings, BPF, perf, io_uring, handles to host files, reboot
+/// and the like).
 const DENIED_SYSCALLS: &[&str] = &[
     "acct",
     "add_key",
@@ -203,9 +204,16 @@ const DENIED_SYSCALLS: &[&str] = &[
     "create_module",
     "delete_module",
     "finit_module",
+    "fsconfig",
+    "fsmount",
+    "fsopen",
+    "fspick",
     "get_kernel_syms",
     "get_mempolicy",
     "init_module",
+    "io_uring_enter",
+    "io_uring_register",
+    "io_uring_setup",
     "ioperm",
     "iopl",
     "kcmp",
@@ -215,16 +223,13 @@ const DENIED_SYSCALLS: &[&str] = &[
     "lookup_dcookie",
     "mbind",
     "mount",
+    "mount_setattr",
     "move_mount",
     "move_pages",
     "name_to_handle_at",
     "nfsservctl",
     "open_by_handle_at",
     "open_tree",
-    "fsopen",
-    "fsmount",
-    "fsconfig",
-    "fspick",
     "perf_event_open",
     "pivot_root",
     "process_vm_readv",
@@ -232,22 +237,40 @@ const DENIED_SYSCALLS: &[&str] = &[
     "ptrace",
     "query_module",
     "quotactl",
+    "quotactl_fd",
     "reboot",
     "request_key",
     "set_mempolicy",
     "setns",
     "settimeofday",
-    "swapon",
     "swapoff",
+    "swapon",
+    "syslog",
     "sysfs",
     "_sysctl",
+    "umount",
     "umount2",
     "unshare",
     "uselib",
     "userfaultfd",
     "ustat",
+    "vhangup",
     "vm86",
     "vm86old",
+];
+
+/// The clone flags that make new namespaces; clone with any of them is
+/// refused, as in containerd's profile (CLONE_NEWTIME shares its bit with
+/// clone's exit signal and is only reachable through clone3 and unshare,
+/// both refused whole).
+const CLONE_NAMESPACE_FLAGS: &[u64] = &[
+    libc::CLONE_NEWNS as u64,
+    libc::CLONE_NEWCGROUP as u64,
+    libc::CLONE_NEWUTS as u64,
+    libc::CLONE_NEWIPC as u64,
+    libc::CLONE_NEWUSER as u64,
+    libc::CLONE_NEWPID as u64,
+    libc::CLONE_NEWNET as u64,
 ];
 
 /// The default seccomp profile in OCI form.
@@ -257,10 +280,28 @@ pub fn default_seccomp() -> Value {
         "aarch64" => &["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
         _ => &[],
     };
+    let mut rules = vec![
+        json!({"names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM}),
+        // clone3 passes its flags in memory a filter cannot read. ENOSYS,
+        // as containerd answers, makes the C libraries fall back to clone,
+        // whose flags the rules below do check.
+        json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::ENOSYS}),
+    ];
+    // One rule per flag: the conditions of one rule must all hold, and a
+    // clone asking for any single namespace is to be refused. The mask and
+    // the value are the same, so the operand order does not matter.
+    for flag in CLONE_NAMESPACE_FLAGS {
+        rules.push(json!({
+            "names": ["clone"],
+            "action": "SCMP_ACT_ERRNO",
+            "errnoRet": libc::EPERM,
+            "args": [{"index": 0, "value": flag, "valueTwo": flag, "op": "SCMP_CMP_MASKED_EQ"}],
+        }));
+    }
     json!({
         "defaultAction": "SCMP_ACT_ALLOW",
         "architectures": arches,
-        "syscalls": [{"names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
+        "syscalls": rules,
     })
 }
 
@@ -392,6 +433,59 @@ mod tests {
             .iter()
             .any(|p| p == "/proc/sys"));
         assert_eq!(c["linux"]["namespaces"][0]["type"], "pid");
+    }
+
+    #[test]
+    fn default_profile_refuses_namespaces_and_kernel_interfaces() {
+        let p = default_seccomp();
+        let rules = p["syscalls"].as_array().unwrap();
+        let action_of = |name: &str| -> Vec<(String, i64, bool)> {
+            rules
+                .iter()
+                .filter(|r| r["names"].as_array().unwrap().iter().any(|n| n == name))
+                .map(|r| {
+                    (
+                        r["action"].as_str().unwrap().to_string(),
+                        r["errnoRet"].as_i64().unwrap(),
+                        r.get("args").is_some(),
+                    )
+                })
+                .collect()
+        };
+        for name in [
+            "unshare",
+            "io_uring_setup",
+            "keyctl",
+            "bpf",
+            "perf_event_open",
+            "mount",
+            "kexec_load",
+            "finit_module",
+            "open_by_handle_at",
+        ] {
+            assert_eq!(
+                action_of(name),
+                [("SCMP_ACT_ERRNO".to_string(), i64::from(libc::EPERM), false)],
+                "{name}"
+            );
+        }
+        assert_eq!(
+            action_of("clone3"),
+            [("SCMP_ACT_ERRNO".to_string(), i64::from(libc::ENOSYS), false)]
+        );
+        let clone = action_of("clone");
+        assert_eq!(clone.len(), 7);
+        assert!(clone.iter().all(|(_, errno, args)| *errno == 1 && *args));
+        let user_rule = rules.iter().any(|r| {
+            r["names"][0] == "clone"
+                && r["args"][0]["value"] == json!(libc::CLONE_NEWUSER as u64)
+                && r["args"][0]["op"] == "SCMP_CMP_MASKED_EQ"
+        });
+        assert!(user_rule);
+        assert!(action_of("clone")
+            .iter()
+            .all(|(a, _, _)| a == "SCMP_ACT_ERRNO"));
+        assert!(action_of("read").is_empty());
     }
 
     #[test]
