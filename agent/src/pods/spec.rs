@@ -102,7 +102,7 @@ fn cap_name(c: &str) -> String {
 /// `add`, minus `drop` (`ALL` drops everything first, as in Kubernetes).
 pub fn capabilities(s: &ContainerSpec) -> Vec<String> {
     let mut caps: Vec<String> = if s.privileged {
-        ALL_CAPS.iter().map(|c| c.to_string()).collect()
+        all_caps().map(|c| c.to_string()).collect()
     } else {
         DEFAULT_CAPS.iter().map(|c| c.to_string()).collect()
     };
@@ -115,7 +115,7 @@ pub fn capabilities(s: &ContainerSpec) -> Vec<String> {
     }
     for a in &s.caps_add {
         let a = if a.eq_ignore_ascii_case("ALL") {
-            for c in ALL_CAPS {
+            for c in all_caps() {
                 if !caps.iter().any(|x| x == c) {
                     caps.push(c.to_string());
                 }
@@ -131,6 +131,26 @@ pub fn capabilities(s: &ContainerSpec) -> Vec<String> {
     caps
 }
 
+/// Every capability the node grants: those of `ALL_CAPS` in the agent's
+/// own bounding set, as containerd gives privileged containers the
+/// runtime's capabilities. A node (itself in a container, say) may lack
+/// some, and asking for one it lacks makes creating the container fail.
+fn all_caps() -> impl Iterator<Item = &'static str> {
+    let bounding = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let hex = s.lines().find_map(|l| l.strip_prefix("CapBnd:"))?;
+            u64::from_str_radix(hex.trim(), 16).ok()
+        })
+        .unwrap_or(u64::MAX);
+    ALL_CAPS
+        .iter()
+        .enumerate()
+        .filter(move |(bit, _)| bounding & (1u64 << bit) != 0)
+        .map(|(_, c)| *c)
+}
+
+/// Every capability, in the order of their numbers (the index is the bit).
 const ALL_CAPS: &[&str] = &[
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
