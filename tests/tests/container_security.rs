@@ -284,7 +284,8 @@ spec:
 
 /// The default profile refuses new namespaces (busybox `unshare`) with
 /// EPERM while ordinary commands run; a privileged container has no
-/// filter and may make them.
+/// filter and may make them, as may one with every capability and the
+/// Unconfined profile.
 #[test]
 fn default_seccomp_refuses_namespaces_but_not_to_privileged_containers() {
     let cp = ControlPlane::start_networked(&[]).unwrap();
@@ -318,20 +319,34 @@ spec:
     image: busybox
     command: [sh, -c, '{script}']
     securityContext: {{privileged: true}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: allcaps}}
+spec:
+  nodeName: {node}
+  restartPolicy: Never
+  containers:
+  - name: app
+    image: busybox
+    command: [sh, -c, '{script}']
+    securityContext: {{capabilities: {{add: [ALL]}}, seccompProfile: {{type: Unconfined}}}}
 "#
         ),
     );
-    for name in ["confined", "unconfined"] {
+    for name in ["confined", "allcaps", "unconfined"] {
         let p = wait_for(Duration::from_secs(30), || {
             let p = pod(&k, name);
             matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")).then_some(p)
         })
         .unwrap_or_else(|| {
             panic!(
-                "timed out: {name} to finish\n{}\n{}\n--- agent log\n{}",
+                "timed out: {name} to finish\n{}\n{}\n--- agent log\n{}\n--- runtime helper log\n{}",
                 pod(&k, name),
                 k.run(&["get", "events"]).unwrap_or_default(),
-                std::fs::read_to_string(agent.state.path().join("runtime-helper.log")).unwrap_or_default()
+                agent.log(),
+                std::fs::read_to_string(agent.state.path().join("runtime-helper.log"))
+                    .unwrap_or_default()
             )
         });
         assert_eq!(p["status"]["phase"], "Succeeded", "{p}");
