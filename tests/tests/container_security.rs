@@ -134,7 +134,7 @@ spec:
     });
     let previous = k.run(&["logs", "planter", "--previous"]).unwrap();
     assert!(
-        previous.starts_with("color=blue token=s3cr3t\n"),
+        previous.lines().any(|l| l == "color=blue token=s3cr3t"),
         "{previous}"
     );
     assert!(previous.lines().any(|l| l == "READONLY"), "{previous}");
@@ -146,7 +146,10 @@ spec:
         let l = k.run(&["logs", "planter"]).ok()?;
         l.contains("color ->").then_some(l)
     });
-    assert!(logs.starts_with("color=blue token=s3cr3t\n"), "{logs}");
+    assert!(
+        logs.lines().any(|l| l == "color=blue token=s3cr3t"),
+        "{logs}"
+    );
     assert!(logs.contains("color -> ..data/color"), "{logs}");
 
     assert_eq!(std::fs::read_to_string(h.join("file")).unwrap(), "host\n");
@@ -163,6 +166,78 @@ spec:
         .collect();
     assert_eq!(in_dir, ["color"], "nothing was added to the host directory");
     let _ = k.run(&["delete", "pod", "planter", "--grace-period=1"]);
+}
+
+/// A projected volume gathers a configMap key, a secret key and a
+/// downward API field under the paths its items name, with the item's
+/// mode or the volume's defaultMode; a container running as user 1000 (in
+/// group 0, as Kubernetes leaves it without runAsGroup) reads them through
+/// the `..data` links.
+#[test]
+fn projected_volumes_honour_items_and_modes() {
+    let cp = ControlPlane::start_networked(&[]).unwrap();
+    let k = cp.kubectl();
+    let agent = Agent::start(&cp);
+    let node = agent.name.clone();
+    apply(
+        &k,
+        &format!(
+            r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: settings}}
+data: {{color: blue, size: large}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: token}}
+data: {{t: czNjcjN0}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: gathered}}
+spec:
+  nodeName: {node}
+  restartPolicy: Never
+  securityContext: {{runAsUser: 1000}}
+  containers:
+  - name: app
+    image: busybox
+    volumeMounts: [{{name: all, mountPath: /all}}]
+    command:
+    - sh
+    - -c
+    - |
+      cd /all
+      for f in conf/color secret/token name; do echo "$f $(stat -L -c %a $f) $(cat $f)"; done
+      ls conf
+      readlink conf
+  volumes:
+  - name: all
+    projected:
+      defaultMode: 0444
+      sources:
+      - configMap:
+          name: settings
+          items: [{{key: color, path: conf/color}}]
+      - secret:
+          name: token
+          items: [{{key: t, path: secret/token, mode: 0440}}]
+      - downwardAPI:
+          items: [{{path: name, fieldRef: {{fieldPath: metadata.name}}}}]
+"#
+        ),
+    );
+    let p = wait(&agent, 30, "gathered to finish", || {
+        let p = pod(&k, "gathered");
+        matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")).then_some(p)
+    });
+    let logs = k.run(&["logs", "gathered"]).unwrap();
+    assert_eq!(p["status"]["phase"], "Succeeded", "{p}\n{logs}");
+    assert_eq!(
+        logs,
+        "conf/color 444 blue\nsecret/token 440 s3cr3t\nname 444 gathered\ncolor\n..data/conf\n"
+    );
 }
 
 /// A pod with a volume name that is not a DNS label is refused: Failed,
@@ -352,7 +427,7 @@ spec:
         assert_eq!(p["status"]["phase"], "Succeeded", "{p}");
     }
     let confined = k.run(&["logs", "confined"]).unwrap();
-    assert!(confined.starts_with("normal=hi\n"), "{confined}");
+    assert!(confined.lines().any(|l| l == "normal=hi"), "{confined}");
     for line in ["user=1", "net=1", "root=1"] {
         assert!(confined.lines().any(|l| l == line), "{line} in\n{confined}");
     }
