@@ -21,9 +21,9 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 
-use crate::abi::{
-    self, AffinityKey, AffinityValue, Backend, FlowKey, ReverseKey, ReverseValue, ServiceKey,
-    ServiceValue,
+use agent_ebpf_common::{
+    self as abi, AffinityKey, AffinityValue, Backend, FlowKey, ReverseKey, ReverseValue, ServiceKey,
+    LbStat, ServiceValue,
 };
 
 // Entries are replaced and removed while programs read them: without
@@ -49,7 +49,7 @@ static LB_AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::pinned(abi::LB_MAX_AFFINITY, 0);
 
 #[map(name = "LB_STATS")]
-static LB_STATS: PerCpuArray<u64> = PerCpuArray::pinned(abi::LB_STAT_COUNT, 0);
+static LB_STATS: PerCpuArray<u64> = PerCpuArray::pinned(abi::LB_STATS_CAPACITY, 0);
 
 /// sock_addr verdicts: go on with the call, or fail it.
 const ALLOW: i32 = 1;
@@ -100,7 +100,7 @@ fn translate(ctx: &SockAddrContext, per_datagram: bool) -> i32 {
     };
     let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
     let Some(backend) = choose(ctx, &key, &svc, cookie, per_datagram) else {
-        count(abi::LB_STAT_NO_BACKEND);
+        count(LbStat::NoBackend);
         // A frontend without backends refuses, as a closed port would:
         // callers fail at once instead of waiting for a timeout.
         unsafe { bpf_set_retval(-ECONNREFUSED) };
@@ -121,7 +121,7 @@ fn translate(ctx: &SockAddrContext, per_datagram: bool) -> i32 {
     // If the LRU is full an old entry goes; failing here would only cost
     // the reverse translation, never the connection.
     let _ = LB_REVERSE.insert(rk, rv, 0);
-    count(abi::LB_STAT_TRANSLATED);
+    count(LbStat::Translated);
     ALLOW
 }
 
@@ -165,7 +165,7 @@ fn choose(
             if now.wrapping_sub(a.last_used_ns) < timeout {
                 if let Some(b) = backend(a.backend_id, svc.service_id, true) {
                     remember(affine, &akey, a.backend_id, now, per_datagram, &flow);
-                    count(abi::LB_STAT_AFFINITY_HIT);
+                    count(LbStat::AffinityHit);
                     return Some(b);
                 }
             }
@@ -246,12 +246,12 @@ fn reverse(ctx: &SockAddrContext) {
             (*sa).user_ip4 = v.vip;
             (*sa).user_port = u32::from(v.port);
         }
-        count(abi::LB_STAT_REVERSED);
+        count(LbStat::Reversed);
     }
 }
 
-fn count(stat: u32) {
-    if let Some(c) = LB_STATS.get_ptr_mut(stat) {
+fn count(stat: LbStat) {
+    if let Some(c) = LB_STATS.get_ptr_mut(stat.index()) {
         // Per-CPU slot: no other CPU writes it.
         unsafe { *c += 1 };
     }

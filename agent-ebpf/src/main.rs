@@ -9,13 +9,11 @@
 #![no_std]
 #![no_main]
 
-#[allow(dead_code)] // some constants are only read by the agent
-mod abi;
 mod lb;
 mod nat;
 mod nodeport;
 
-use abi::{Endpoint, PacketCount};
+use agent_ebpf_common::{self as abi, Endpoint, PacketCount, Stat};
 use aya_ebpf::{
     bindings::{
         bpf_fib_lookup as FibParams, bpf_redir_neigh, BPF_FIB_LKUP_RET_NO_NEIGH,
@@ -34,7 +32,7 @@ static PACKET_COUNT: PerCpuArray<PacketCount> = PerCpuArray::with_max_entries(1,
 static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::pinned(abi::MAX_ENDPOINTS, 0);
 
 #[map(name = "DATAPATH_STATS")]
-static DATAPATH_STATS: PerCpuArray<u64> = PerCpuArray::pinned(abi::STAT_COUNT, 0);
+static DATAPATH_STATS: PerCpuArray<u64> = PerCpuArray::pinned(abi::STATS_CAPACITY, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -80,7 +78,7 @@ fn from_outside(ctx: &TcContext) -> Option<i32> {
         if let Some(cfg) = nat::config() {
             nat::note_inbound(ctx, &cfg, dst);
         }
-        return deliver_local(ctx, &ep, abi::STAT_UPLINK_TO_LOCAL);
+        return deliver_local(ctx, &ep, Stat::UplinkToLocal);
     }
     let cfg = nat::config()?;
     if dst == cfg.node_ip {
@@ -93,7 +91,7 @@ fn from_outside(ctx: &TcContext) -> Option<i32> {
     match unsafe { ENDPOINTS.get(&pod) } {
         Some(ep) => {
             let ep = *ep;
-            Some(deliver_local(ctx, &ep, abi::STAT_SNAT_IN).unwrap_or(TC_ACT_OK as i32))
+            Some(deliver_local(ctx, &ep, Stat::SnatIn).unwrap_or(TC_ACT_OK as i32))
         }
         // The pod is gone: nobody to deliver the (now rewritten) reply to.
         None => Some(TC_ACT_SHOT as i32),
@@ -107,21 +105,21 @@ fn node_port(ctx: &TcContext, cfg: &abi::Config, dst: u32) -> Option<i32> {
     // know what to do with it.
     const SHOT: i32 = TC_ACT_SHOT as i32;
     if nodeport::reply_in(ctx, cfg).is_some() {
-        return Some(forward(ctx, abi::STAT_NODEPORT_REPLY).unwrap_or(SHOT));
+        return Some(forward(ctx, Stat::NodePortReply).unwrap_or(SHOT));
     }
     Some(match nodeport::ingress(ctx, cfg, dst)? {
         nodeport::Ingress::Local(pod) => match unsafe { ENDPOINTS.get(&pod) }.copied() {
-            Some(ep) => deliver_local(ctx, &ep, abi::STAT_NODEPORT_LOCAL).unwrap_or(SHOT),
+            Some(ep) => deliver_local(ctx, &ep, Stat::NodePortLocal).unwrap_or(SHOT),
             // The pod went between the pick and here.
             None => SHOT,
         },
-        nodeport::Ingress::Remote => forward(ctx, abi::STAT_NODEPORT_REMOTE).unwrap_or(SHOT),
+        nodeport::Ingress::Remote => forward(ctx, Stat::NodePortRemote).unwrap_or(SHOT),
         nodeport::Ingress::NoBackend => {
-            count(abi::STAT_NODEPORT_NO_BACKEND);
+            count(Stat::NodePortNoBackend);
             TC_ACT_OK as i32
         }
         nodeport::Ingress::NoPort => {
-            count(abi::STAT_NODEPORT_NO_PORT);
+            count(Stat::NodePortNoPort);
             SHOT
         }
     })
@@ -136,7 +134,7 @@ fn route_from_pod(ctx: &TcContext) -> Option<i32> {
     let dst = ipv4_dst(ctx)?;
     if let Some(ep) = unsafe { ENDPOINTS.get(&dst) } {
         let ep = *ep;
-        return deliver_local(ctx, &ep, abi::STAT_POD_TO_LOCAL);
+        return deliver_local(ctx, &ep, Stat::PodToLocal);
     }
     let cfg = nat::config();
     if let Some(cfg) = &cfg {
@@ -145,15 +143,15 @@ fn route_from_pod(ctx: &TcContext) -> Option<i32> {
         // node), so traffic between pods never pays for this lookup.
         if dst & cfg.cluster_mask != cfg.cluster_net && nodeport::reply_from_pod(ctx, cfg).is_some()
         {
-            return Some(forward(ctx, abi::STAT_NODEPORT_REPLY).unwrap_or(TC_ACT_SHOT as i32));
+            return Some(forward(ctx, Stat::NodePortReply).unwrap_or(TC_ACT_SHOT as i32));
         }
     }
-    route(ctx, dst, cfg.as_ref(), abi::STAT_POD_TO_REMOTE)
+    route(ctx, dst, cfg.as_ref(), Stat::PodToRemote)
 }
 
 /// Forwards a frame the programs rewrote by the FIB, as the node would
 /// route it, without masquerade.
-fn forward(ctx: &TcContext, stat: u32) -> Option<i32> {
+fn forward(ctx: &TcContext, stat: Stat) -> Option<i32> {
     let dst = ipv4_dst(ctx)?;
     route(ctx, dst, None, stat)
 }
@@ -161,7 +159,7 @@ fn forward(ctx: &TcContext, stat: u32) -> Option<i32> {
 /// Routes a frame for `dst` by a FIB lookup: sent out where the node would
 /// send it (masqueraded first when `masquerade` is given and the frame
 /// leaves the cluster), or left to the node's stack.
-fn route(ctx: &TcContext, dst: u32, masquerade: Option<&abi::Config>, stat: u32) -> Option<i32> {
+fn route(ctx: &TcContext, dst: u32, masquerade: Option<&abi::Config>, stat: Stat) -> Option<i32> {
     let src: u32 = ctx.load(IP_SRC_OFF).ok()?;
     let tot_len: u16 = ctx.load(ETH_HLEN + 2).ok()?;
     let tos: u8 = ctx.load(ETH_HLEN + 1).ok()?;
@@ -192,9 +190,9 @@ fn route(ctx: &TcContext, dst: u32, masquerade: Option<&abi::Config>, stat: u32)
         if let Some(cfg) = masquerade {
             if nat::wants_snat(cfg, dst) {
                 match nat::snat_out(ctx, cfg)? {
-                    nat::Snat::Done => count(abi::STAT_SNAT_OUT),
+                    nat::Snat::Done => count(Stat::SnatOut),
                     nat::Snat::NoPort => {
-                        count(abi::STAT_SNAT_NO_PORT);
+                        count(Stat::SnatNoPort);
                         return Some(TC_ACT_SHOT as i32);
                     }
                     nat::Snat::Untouched => {}
@@ -230,7 +228,7 @@ fn route(ctx: &TcContext, dst: u32, masquerade: Option<&abi::Config>, stat: u32)
             } as i32)
         }
         _ => {
-            count(abi::STAT_POD_TO_STACK);
+            count(Stat::PodToStack);
             Some(TC_ACT_OK as i32)
         }
     }
@@ -247,7 +245,7 @@ fn ipv4_dst(ctx: &TcContext) -> Option<u32> {
 
 /// Rewrites the Ethernet header for `ep` and hands the frame to the pod's
 /// side of the veth, whose stack sees it arrive on `eth0`.
-fn deliver_local(ctx: &TcContext, ep: &Endpoint, stat: u32) -> Option<i32> {
+fn deliver_local(ctx: &TcContext, ep: &Endpoint, stat: Stat) -> Option<i32> {
     decrement_ttl(ctx)?;
     let mut macs = [0u8; 12];
     macs[..6].copy_from_slice(&ep.pod_mac);
@@ -278,8 +276,8 @@ fn decrement_ttl(ctx: &TcContext) -> Option<()> {
     ctx.store(IP_TTL_OFF, &(ttl - 1), 0).ok()
 }
 
-fn count(stat: u32) {
-    if let Some(c) = DATAPATH_STATS.get_ptr_mut(stat) {
+fn count(stat: Stat) {
+    if let Some(c) = DATAPATH_STATS.get_ptr_mut(stat.index()) {
         // Per-CPU slot, as above.
         unsafe { *c += 1 };
     }

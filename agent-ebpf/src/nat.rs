@@ -14,7 +14,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 
-use crate::abi::{self, Config, NatKey, NatValue};
+use agent_ebpf_common::{self as abi, Config, NatKey, NatValue};
 
 #[map(name = "DATAPATH_CONFIG")]
 static DATAPATH_CONFIG: Array<Config> = Array::pinned(1, 0);

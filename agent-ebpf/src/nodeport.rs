@@ -16,7 +16,7 @@
 
 use aya_ebpf::{macros::map, maps::LruHashMap, programs::TcContext};
 
-use crate::abi::{self, Config, NatKey, NodePortFlow, NodePortReply, ServiceKey};
+use agent_ebpf_common::{self as abi, Config, NatKey, NodePortFlow, NodePortReply, ServiceKey};
 use crate::{lb, nat};
 
 #[map(name = "NODEPORT_FLOWS")]

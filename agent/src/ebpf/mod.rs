@@ -1,7 +1,7 @@
 //! Loading the agent's eBPF object and attaching its programs.
 
-#[path = "../../../agent-ebpf/src/abi.rs"]
-pub mod abi;
+/// The map layouts shared with the eBPF programs.
+pub use agent_ebpf_common as abi;
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -13,9 +13,6 @@ use aya::Ebpf;
 
 use crate::netns::{self, NetNs};
 use abi::PacketCount;
-
-// SAFETY: PacketCount is #[repr(C)], Copy and has no padding (two u64s).
-unsafe impl aya::Pod for PacketCount {}
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded at build time.
 pub static EMBEDDED_OBJECT: &[u8] =

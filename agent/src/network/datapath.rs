@@ -18,15 +18,6 @@ use aya::{Ebpf, EbpfLoader};
 use crate::ebpf::abi::{self, Config, Endpoint, NatKey, NatValue};
 use crate::ebpf::Error;
 
-// SAFETY: Endpoint is #[repr(C)], Copy, and has no padding (u32 + 2 × 6 bytes).
-unsafe impl aya::Pod for Endpoint {}
-// SAFETY: four u32s.
-unsafe impl aya::Pod for Config {}
-// SAFETY: #[repr(C)] with explicit padding fields, so no implicit padding.
-unsafe impl aya::Pod for NatKey {}
-// SAFETY: as NatKey.
-unsafe impl aya::Pod for NatValue {}
-
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 /// Mounts bpffs at /sys/fs/bpf unless it is already there.
@@ -235,15 +226,15 @@ pub fn read_endpoints(pin_dir: &Path) -> Result<Vec<(Ipv4Addr, Endpoint)>, Error
 }
 
 /// Reads the pinned decision counters in `pin_dir`, summed over CPUs, in
-/// the order of [`abi::STAT_NAMES`].
+/// the order of [`abi::Stat::ALL`].
 pub fn read_stats(pin_dir: &Path) -> Result<Vec<(&'static str, u64)>, Error> {
     let data = MapData::from_pin(pin_dir.join(abi::STATS_MAP))?;
     let map = aya::maps::Map::PerCpuArray(data);
     let counts: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
     let mut out = Vec::new();
-    for (i, name) in abi::STAT_NAMES.iter().enumerate() {
-        let per_cpu = counts.get(&(i as u32), 0)?;
-        out.push((*name, per_cpu.iter().sum()));
+    for stat in abi::Stat::ALL {
+        let per_cpu = counts.get(&stat.index(), 0)?;
+        out.push((stat.name(), per_cpu.iter().sum()));
     }
     Ok(out)
 }

@@ -24,19 +24,6 @@ use crate::ebpf::Error;
 
 use super::table::Maps;
 
-// SAFETY (all below): #[repr(C)], Copy, every field is an integer and the
-// explicit `pad` fields leave no implicit padding (see abi.rs).
-unsafe impl aya::Pod for ServiceKey {}
-unsafe impl aya::Pod for ServiceValue {}
-unsafe impl aya::Pod for Backend {}
-unsafe impl aya::Pod for ReverseKey {}
-unsafe impl aya::Pod for ReverseValue {}
-unsafe impl aya::Pod for FlowKey {}
-unsafe impl aya::Pod for AffinityKey {}
-unsafe impl aya::Pod for AffinityValue {}
-// SAFETY: as above.
-unsafe impl aya::Pod for NodePortFlow {}
-
 /// Directory of the load balancer's pinned links, inside the agent's
 /// bpffs directory (apart from the datapath's per-interface `links/`).
 pub fn links_dir(pin_dir: &Path) -> PathBuf {
@@ -178,8 +165,8 @@ pub fn snapshot(pin_dir: &Path) -> Result<Snapshot, Error> {
     let stats: PerCpuArray<_, u64> =
         PerCpuArray::try_from(Map::PerCpuArray(pinned(pin_dir, abi::LB_STATS_MAP)?))?;
     let mut counters = Vec::new();
-    for (i, name) in abi::LB_STAT_NAMES.iter().enumerate() {
-        counters.push((*name, stats.get(&(i as u32), 0)?.iter().sum()));
+    for stat in abi::LbStat::ALL {
+        counters.push((stat.name(), stats.get(&stat.index(), 0)?.iter().sum()));
     }
     let node_port_flows = match pinned(pin_dir, abi::NODEPORT_FLOWS_MAP) {
         Ok(data) => {
