@@ -1,0 +1,27 @@
+//! What a pod sends, seen at ingress of the host end of its veth.
+
+use agent_ebpf_common::Stat;
+use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
+
+use crate::{fib, local, nodeport, packet, stats};
+
+/// The verdict for a frame from a pod: delivered to a local pod, a node
+/// port reply sent back to its client, or routed (masqueraded when it
+/// leaves the cluster). None leaves it to the node's stack.
+pub fn from_pod(ctx: &TcContext) -> Option<i32> {
+    let dst = packet::ipv4_dst(ctx)?;
+    if let Some(ep) = local::endpoint(dst) {
+        return local::deliver(ctx, &ep, Stat::PodToLocal);
+    }
+    let cfg = stats::config();
+    if let Some(cfg) = &cfg {
+        // Node port clients are outside the pod network (pods reach node
+        // ports through the socket programs, or masqueraded from another
+        // node), so traffic between pods never pays for this lookup.
+        if dst & cfg.cluster_mask != cfg.cluster_net && nodeport::reply_from_pod(ctx, cfg).is_some()
+        {
+            return Some(fib::forward(ctx, Stat::NodePortReply).unwrap_or(TC_ACT_SHOT as i32));
+        }
+    }
+    fib::route(ctx, dst, cfg.as_ref(), Stat::PodToRemote)
+}
