@@ -10,40 +10,13 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, MapData, PerCpuArray};
-use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::links::PinnedLink;
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
-use aya::{Ebpf, EbpfLoader};
+use aya::Ebpf;
 
 use crate::ebpf::abi::{self, Config, Endpoint, NatKey, NatValue};
-use crate::ebpf::Error;
-
-const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-
-/// Mounts bpffs at /sys/fs/bpf unless it is already there.
-pub fn ensure_bpffs() -> std::io::Result<()> {
-    let path = c"/sys/fs/bpf";
-    // SAFETY: a valid C string and a zeroed statfs buffer.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
-        return Ok(());
-    }
-    std::fs::create_dir_all("/sys/fs/bpf")?;
-    // SAFETY: valid C strings; a plain bpffs mount.
-    let r = unsafe {
-        libc::mount(
-            c"bpf".as_ptr(),
-            path.as_ptr(),
-            c"bpf".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
+use crate::ebpf::{self, Error, MapPins};
 
 /// The loaded routing programs and their maps.
 pub struct Datapath {
@@ -55,17 +28,10 @@ impl Datapath {
     /// Loads the programs from `object`, reusing the maps pinned in `pin_dir`
     /// by an earlier agent (or pinning new ones there).
     pub fn load(object: &[u8], pin_dir: &Path) -> Result<Self, Error> {
-        ensure_bpffs()?;
+        let mut ebpf = ebpf::load(object, MapPins::Dir(pin_dir))?;
         std::fs::create_dir_all(pin_dir.join("links"))?;
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(pin_dir)
-            .load(object)?;
         for name in [abi::FROM_POD_PROGRAM, abi::FROM_UPLINK_PROGRAM] {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or_else(|| Error::Missing(format!("program {name}")))?
-                .try_into()?;
-            prog.load()?;
+            ebpf::program::<SchedClassifier>(&mut ebpf, name)?;
         }
         Ok(Self {
             ebpf,
@@ -106,11 +72,7 @@ impl Datapath {
     /// a previous agent pinned there, and pins the result.
     fn attach(&mut self, program: &str, iface: &str) -> Result<(), Error> {
         let pin = self.link_pin(iface);
-        let prog: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(program)
-            .ok_or_else(|| Error::Missing(format!("program {program}")))?
-            .try_into()?;
+        let prog = ebpf::program::<SchedClassifier>(&mut self.ebpf, program)?;
         let old = PinnedLink::from_pin(&pin).ok();
         let id = match old {
             Some(old) => {
@@ -133,13 +95,7 @@ impl Datapath {
                 TcAttachOptions::TcxOrder(LinkOrder::default()),
             )?,
         };
-        let link = prog.take_link(id)?;
-        let fd: FdLink = link
-            .try_into()
-            .map_err(|e| Error::Io(std::io::Error::other(format!("link of {iface}: {e}"))))?;
-        fd.pin(&pin)
-            .map_err(|e| Error::Io(std::io::Error::other(format!("pinning {iface}: {e}"))))?;
-        Ok(())
+        ebpf::pin_link(prog.take_link(id)?, &pin)
     }
 
     /// Takes traffic arriving on the node's uplink for local pods and node
