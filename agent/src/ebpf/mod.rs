@@ -5,6 +5,9 @@ pub use agent_ebpf_common as abi;
 
 mod load;
 
+/// The aya the agent is built with, for callers that reach the maps and
+/// programs of a loaded object (tests driving programs with test runs).
+pub use aya;
 pub use load::{ensure_bpffs, load, pin_link, program, MapPins};
 
 use std::borrow::Cow;
