@@ -87,6 +87,9 @@ crate::stats! {
         /// A new flow to a remote backend dropped: no free port for its
         /// source.
         NodePortNoPort = "node_port_no_nat_port",
+        /// A frame from a pod dropped because its IPv4 source is not the
+        /// pod's own address.
+        PodSpoofed = "pod_source_spoofed",
     }
 }
 

@@ -10,6 +10,10 @@ use crate::{fib, local, nodeport, packet, stats};
 /// leaves the cluster). None leaves it to the node's stack.
 pub fn from_pod(ctx: &TcContext) -> Option<i32> {
     let dst = packet::ipv4_dst(ctx)?;
+    if !own_source(ctx) {
+        stats::count(Stat::PodSpoofed);
+        return Some(TC_ACT_SHOT as i32);
+    }
     if let Some(ep) = local::endpoint(dst) {
         return local::deliver(ctx, &ep, Stat::PodToLocal);
     }
@@ -24,4 +28,17 @@ pub fn from_pod(ctx: &TcContext) -> Option<i32> {
         }
     }
     fib::route(ctx, dst, cfg.as_ref(), Stat::PodToRemote)
+}
+
+/// Whether the frame's IPv4 source is the address of the pod behind the
+/// veth it arrived on. A pod's NodePort replies pass too: they leave the
+/// pod from its own address and only take the node port's afterwards, in
+/// `nodeport::reply_from_pod`.
+fn own_source(ctx: &TcContext) -> bool {
+    let Ok(src) = ctx.load::<u32>(packet::IP_SRC_OFF) else {
+        return false;
+    };
+    // SAFETY: the kernel hands every TC program a valid skb.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    local::endpoint(src).is_some_and(|ep| ep.ifindex == ifindex)
 }
