@@ -28,6 +28,14 @@ impl Datapath {
     /// Loads the programs from `object`, reusing the maps pinned in `pin_dir`
     /// by an earlier agent (or pinning new ones there).
     pub fn load(object: &[u8], pin_dir: &Path) -> Result<Self, Error> {
+        // Counters pinned by an older agent with fewer slots than this one
+        // has are started afresh: the programs would skip the new ones.
+        let stats_pin = pin_dir.join(abi::STATS_MAP);
+        if let Ok(info) = aya::maps::MapInfo::from_pin(&stats_pin) {
+            if info.max_entries() < abi::STATS_CAPACITY {
+                std::fs::remove_file(&stats_pin)?;
+            }
+        }
         let mut ebpf = ebpf::load(object, MapPins::Dir(pin_dir))?;
         std::fs::create_dir_all(pin_dir.join("links"))?;
         for name in [abi::FROM_POD_PROGRAM, abi::FROM_UPLINK_PROGRAM] {
