@@ -60,7 +60,7 @@ pub fn route(ctx: &TcContext, dst: u32, masquerade: Option<&Config>, stat: Stat)
                     nat::Snat::Done => stats::count(Stat::SnatOut),
                     nat::Snat::NoPort => {
                         stats::count(Stat::SnatNoPort);
-                        return Some(TC_ACT_SHOT as i32);
+                        return Some(TC_ACT_SHOT);
                     }
                     nat::Snat::Untouched => {}
                 }
@@ -93,7 +93,7 @@ pub fn route(ctx: &TcContext, dst: u32, masquerade: Option<&Config>, stat: Stat)
         }
         _ => {
             stats::count(Stat::PodToStack);
-            Some(TC_ACT_OK as i32)
+            Some(TC_ACT_OK)
         }
     }
 }

@@ -13,12 +13,12 @@ static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::pinned(abi::MAX_ENDPOINTS, 0
 
 /// The local pod at `ip` (as in the IP header), if there is one.
 pub fn endpoint(ip: u32) -> Option<Endpoint> {
-    unsafe { ENDPOINTS.get(&ip) }.copied()
+    unsafe { ENDPOINTS.get(ip) }.copied()
 }
 
 /// Whether `ip` (as in the IP header) is a pod of this node.
 pub fn is_local_pod(ip: u32) -> bool {
-    unsafe { ENDPOINTS.get(&ip) }.is_some()
+    unsafe { ENDPOINTS.get(ip) }.is_some()
 }
 
 /// Rewrites the Ethernet header for `ep` and hands the frame to the pod's

@@ -44,13 +44,13 @@ pub fn count_packets(ctx: TcContext) -> i32 {
 /// Ingress of the host end of a pod's veth: everything the pod sends.
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
-    pod::from_pod(&ctx).unwrap_or(TC_ACT_OK as i32)
+    pod::from_pod(&ctx).unwrap_or(TC_ACT_OK)
 }
 
 /// Ingress of the node's uplink.
 #[classifier]
 pub fn from_uplink(ctx: TcContext) -> i32 {
-    uplink::from_uplink(&ctx).unwrap_or(TC_ACT_OK as i32)
+    uplink::from_uplink(&ctx).unwrap_or(TC_ACT_OK)
 }
 
 /// `connect()` of a TCP or UDP socket.

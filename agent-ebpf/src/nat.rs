@@ -61,8 +61,8 @@ pub fn note_inbound(ctx: &TcContext, cfg: &Config, pod: u32) {
         proto: f.proto,
         pad: [0; 3],
     };
-    if unsafe { INBOUND_FLOWS.get(&key) }.is_none() {
-        let _ = INBOUND_FLOWS.insert(&key, &1, 0);
+    if unsafe { INBOUND_FLOWS.get(key) }.is_none() {
+        let _ = INBOUND_FLOWS.insert(key, 1, 0);
     }
 }
 
@@ -84,10 +84,10 @@ pub fn snat_out(ctx: &TcContext, cfg: &Config) -> Option<Snat> {
         proto: f.proto,
         pad: [0; 3],
     };
-    if unsafe { INBOUND_FLOWS.get(&out_key) }.is_some() {
+    if unsafe { INBOUND_FLOWS.get(out_key) }.is_some() {
         return Some(Snat::Untouched);
     }
-    let port = match unsafe { SNAT_OUT.get(&out_key) } {
+    let port = match unsafe { SNAT_OUT.get(out_key) } {
         Some(v) => v.port,
         None => match allocate(&out_key, cfg.node_ip) {
             Some(p) => p,
@@ -128,7 +128,7 @@ fn allocate(out_key: &NatKey, node_ip: u32) -> Option<u16> {
             proto: out_key.proto,
             pad: [0; 3],
         };
-        if unsafe { SNAT_IN.get(&in_key) }.is_some() {
+        if unsafe { SNAT_IN.get(in_key) }.is_some() {
             continue;
         }
         let back = NatValue {
@@ -137,7 +137,7 @@ fn allocate(out_key: &NatKey, node_ip: u32) -> Option<u16> {
             pad: 0,
         };
         // BPF_NOEXIST: two CPUs racing for one port cannot both win.
-        if SNAT_IN.insert(&in_key, &back, 1).is_err() {
+        if SNAT_IN.insert(in_key, back, 1).is_err() {
             continue;
         }
         let fwd = NatValue {
@@ -145,7 +145,7 @@ fn allocate(out_key: &NatKey, node_ip: u32) -> Option<u16> {
             port,
             pad: 0,
         };
-        let _ = SNAT_OUT.insert(out_key, &fwd, 0);
+        let _ = SNAT_OUT.insert(out_key, fwd, 0);
         return Some(port);
     }
     None
@@ -168,7 +168,7 @@ pub fn snat_in(ctx: &TcContext, cfg: &Config, dst: u32) -> Option<u32> {
         proto: f.proto,
         pad: [0; 3],
     };
-    let back = unsafe { SNAT_IN.get(&key) }.copied()?;
+    let back = unsafe { SNAT_IN.get(key) }.copied()?;
     rewrite(ctx, &f, IP_DST_OFF, dst, back.addr, f.dport, back.port)?;
     Some(back.addr)
 }

@@ -57,7 +57,7 @@ pub fn ingress(ctx: &TcContext, cfg: &Config, dst: u32) -> Option<Ingress> {
         proto: f.proto,
         pad: [0; 3],
     };
-    let flow = match unsafe { NODEPORT_FLOWS.get(&key) }.copied() {
+    let flow = match unsafe { NODEPORT_FLOWS.get(key) }.copied() {
         Some(flow) => flow,
         None => match open(&key, cfg)? {
             Ok(flow) => flow,
@@ -120,7 +120,7 @@ fn open(key: &NatKey, cfg: &Config) -> Option<Result<NodePortFlow, Ingress>> {
     let mut nat_port = 0;
     if local::is_local_pod(backend.ip) {
         // The reply goes from the pod straight to the client.
-        let _ = NODEPORT_REPLIES.insert(&rkey, &reply, 0);
+        let _ = NODEPORT_REPLIES.insert(rkey, reply, 0);
     } else {
         // The reply comes back to a port of ours; the key holds the
         // backend, so a port is only taken per backend.
@@ -128,7 +128,7 @@ fn open(key: &NatKey, cfg: &Config) -> Option<Result<NodePortFlow, Ingress>> {
         let seed = key.src ^ backend.ip.rotate_left(11) ^ (u32::from(key.sport) << 16);
         for i in 0..nat::NAT_PORT_TRIES {
             rkey.dport = nat::candidate_port(seed, i);
-            if NODEPORT_REPLIES.insert(&rkey, &reply, NOEXIST).is_ok() {
+            if NODEPORT_REPLIES.insert(rkey, reply, NOEXIST).is_ok() {
                 nat_port = rkey.dport;
                 break;
             }
@@ -142,7 +142,7 @@ fn open(key: &NatKey, cfg: &Config) -> Option<Result<NodePortFlow, Ingress>> {
         backend_port,
         nat_port,
     };
-    let _ = NODEPORT_FLOWS.insert(key, &flow, 0);
+    let _ = NODEPORT_FLOWS.insert(key, flow, 0);
     Some(Ok(flow))
 }
 
@@ -151,7 +151,7 @@ fn open(key: &NatKey, cfg: &Config) -> Option<Result<NodePortFlow, Ingress>> {
 pub fn reply_from_pod(ctx: &TcContext, cfg: &Config) -> Option<()> {
     let f = packet::flow(ctx, true)?;
     let key = reply_key(ctx, &f)?;
-    let r = unsafe { NODEPORT_REPLIES.get(&key) }.copied()?;
+    let r = unsafe { NODEPORT_REPLIES.get(key) }.copied()?;
     packet::rewrite(
         ctx,
         &f,
@@ -169,7 +169,7 @@ pub fn reply_from_pod(ctx: &TcContext, cfg: &Config) -> Option<()> {
 pub fn reply_in(ctx: &TcContext, cfg: &Config) -> Option<()> {
     let f = packet::flow(ctx, false)?;
     let key = reply_key(ctx, &f)?;
-    let r = unsafe { NODEPORT_REPLIES.get(&key) }.copied()?;
+    let r = unsafe { NODEPORT_REPLIES.get(key) }.copied()?;
     packet::rewrite(
         ctx,
         &f,

@@ -12,7 +12,7 @@ pub fn from_pod(ctx: &TcContext) -> Option<i32> {
     let dst = packet::ipv4_dst(ctx)?;
     if !own_source(ctx) {
         stats::count(Stat::PodSpoofed);
-        return Some(TC_ACT_SHOT as i32);
+        return Some(TC_ACT_SHOT);
     }
     if let Some(ep) = local::endpoint(dst) {
         return local::deliver(ctx, &ep, Stat::PodToLocal);
@@ -24,7 +24,7 @@ pub fn from_pod(ctx: &TcContext) -> Option<i32> {
         // node), so traffic between pods never pays for this lookup.
         if dst & cfg.cluster_mask != cfg.cluster_net && nodeport::reply_from_pod(ctx, cfg).is_some()
         {
-            return Some(fib::forward(ctx, Stat::NodePortReply).unwrap_or(TC_ACT_SHOT as i32));
+            return Some(fib::forward(ctx, Stat::NodePortReply).unwrap_or(TC_ACT_SHOT));
         }
     }
     fib::route(ctx, dst, cfg.as_ref(), Stat::PodToRemote)

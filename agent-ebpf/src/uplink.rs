@@ -29,9 +29,9 @@ pub fn from_uplink(ctx: &TcContext) -> Option<i32> {
     // A reply to a flow a pod started out of the cluster, masqueraded.
     let pod = nat::snat_in(ctx, &cfg, dst)?;
     match local::endpoint(pod) {
-        Some(ep) => Some(local::deliver(ctx, &ep, Stat::SnatIn).unwrap_or(TC_ACT_OK as i32)),
+        Some(ep) => Some(local::deliver(ctx, &ep, Stat::SnatIn).unwrap_or(TC_ACT_OK)),
         // The pod is gone: nobody to deliver the (now rewritten) reply to.
-        None => Some(TC_ACT_SHOT as i32),
+        None => Some(TC_ACT_SHOT),
     }
 }
 
@@ -40,7 +40,7 @@ pub fn from_uplink(ctx: &TcContext) -> Option<i32> {
 fn node_port(ctx: &TcContext, cfg: &Config, dst: u32) -> Option<i32> {
     // Once a frame is rewritten, the stack must not see it: it would not
     // know what to do with it.
-    const SHOT: i32 = TC_ACT_SHOT as i32;
+    const SHOT: i32 = TC_ACT_SHOT;
     if nodeport::reply_in(ctx, cfg).is_some() {
         return Some(fib::forward(ctx, Stat::NodePortReply).unwrap_or(SHOT));
     }
@@ -53,7 +53,7 @@ fn node_port(ctx: &TcContext, cfg: &Config, dst: u32) -> Option<i32> {
         nodeport::Ingress::Remote => fib::forward(ctx, Stat::NodePortRemote).unwrap_or(SHOT),
         nodeport::Ingress::NoBackend => {
             stats::count(Stat::NodePortNoBackend);
-            TC_ACT_OK as i32
+            TC_ACT_OK
         }
         nodeport::Ingress::NoPort => {
             stats::count(Stat::NodePortNoPort);
