@@ -21,6 +21,10 @@ fn main() {
 
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
     let ebpf_dir = manifest_dir.join("../agent-ebpf");
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest_dir.join("../agent-ebpf-common").display()
+    );
     for path in [
         "src",
         "Cargo.toml",

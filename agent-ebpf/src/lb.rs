@@ -16,14 +16,14 @@ use aya_ebpf::{
         bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
         bpf_set_retval,
     },
-    macros::{cgroup_sock_addr, map},
+    macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray},
     programs::SockAddrContext,
 };
 
-use crate::abi::{
-    self, AffinityKey, AffinityValue, Backend, FlowKey, ReverseKey, ReverseValue, ServiceKey,
-    ServiceValue,
+use agent_ebpf_common::{
+    self as abi, AffinityKey, AffinityValue, Backend, FlowKey, LbStat, ReverseKey, ReverseValue,
+    ServiceKey, ServiceValue,
 };
 
 // Entries are replaced and removed while programs read them: without
@@ -49,41 +49,18 @@ static LB_AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::pinned(abi::LB_MAX_AFFINITY, 0);
 
 #[map(name = "LB_STATS")]
-static LB_STATS: PerCpuArray<u64> = PerCpuArray::pinned(abi::LB_STAT_COUNT, 0);
+static LB_STATS: PerCpuArray<u64> = PerCpuArray::pinned(abi::LB_STATS_CAPACITY, 0);
 
 /// sock_addr verdicts: go on with the call, or fail it.
-const ALLOW: i32 = 1;
+pub const ALLOW: i32 = 1;
 const REJECT: i32 = 0;
 const ECONNREFUSED: i32 = 111;
 const NS_PER_SEC: u64 = 1_000_000_000;
 
-/// `connect()` of a TCP or UDP socket.
-#[cgroup_sock_addr(connect4)]
-pub fn lb_connect4(ctx: SockAddrContext) -> i32 {
-    translate(&ctx, false)
-}
-
-/// `sendto()`/`sendmsg()` on an unconnected UDP socket.
-#[cgroup_sock_addr(sendmsg4)]
-pub fn lb_sendmsg4(ctx: SockAddrContext) -> i32 {
-    translate(&ctx, true)
-}
-
-/// The source a UDP `recvfrom()`/`recvmsg()` reports.
-#[cgroup_sock_addr(recvmsg4)]
-pub fn lb_recvmsg4(ctx: SockAddrContext) -> i32 {
-    reverse(&ctx);
-    ALLOW
-}
-
-/// The peer `getpeername()` reports.
-#[cgroup_sock_addr(getpeername4)]
-pub fn lb_getpeername4(ctx: SockAddrContext) -> i32 {
-    reverse(&ctx);
-    ALLOW
-}
-
-fn translate(ctx: &SockAddrContext, per_datagram: bool) -> i32 {
+/// Sends a connect or sendmsg for a frontend to one of its backends;
+/// `per_datagram` for a sendmsg on an unconnected UDP socket. Returns the
+/// sock_addr verdict.
+pub fn translate(ctx: &SockAddrContext, per_datagram: bool) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: the kernel hands every sock_addr program a valid context.
     let (vip, port, proto) = unsafe { ((*sa).user_ip4, (*sa).user_port as u16, (*sa).protocol) };
@@ -100,7 +77,7 @@ fn translate(ctx: &SockAddrContext, per_datagram: bool) -> i32 {
     };
     let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
     let Some(backend) = choose(ctx, &key, &svc, cookie, per_datagram) else {
-        count(abi::LB_STAT_NO_BACKEND);
+        count(LbStat::NoBackend);
         // A frontend without backends refuses, as a closed port would:
         // callers fail at once instead of waiting for a timeout.
         unsafe { bpf_set_retval(-ECONNREFUSED) };
@@ -121,7 +98,7 @@ fn translate(ctx: &SockAddrContext, per_datagram: bool) -> i32 {
     // If the LRU is full an old entry goes; failing here would only cost
     // the reverse translation, never the connection.
     let _ = LB_REVERSE.insert(rk, rv, 0);
-    count(abi::LB_STAT_TRANSLATED);
+    count(LbStat::Translated);
     ALLOW
 }
 
@@ -165,7 +142,7 @@ fn choose(
             if now.wrapping_sub(a.last_used_ns) < timeout {
                 if let Some(b) = backend(a.backend_id, svc.service_id, true) {
                     remember(affine, &akey, a.backend_id, now, per_datagram, &flow);
-                    count(abi::LB_STAT_AFFINITY_HIT);
+                    count(LbStat::AffinityHit);
                     return Some(b);
                 }
             }
@@ -230,7 +207,9 @@ fn backend(id: u32, service_id: u32, active: bool) -> Option<Backend> {
     Some(b)
 }
 
-fn reverse(ctx: &SockAddrContext) {
+/// Shows a process the frontend it asked for where the kernel would show
+/// the backend.
+pub fn reverse(ctx: &SockAddrContext) {
     let sa = ctx.sock_addr;
     // SAFETY: a valid context; user_ip4/user_port are readable and writable
     // in recvmsg4 and getpeername4.
@@ -246,12 +225,12 @@ fn reverse(ctx: &SockAddrContext) {
             (*sa).user_ip4 = v.vip;
             (*sa).user_port = u32::from(v.port);
         }
-        count(abi::LB_STAT_REVERSED);
+        count(LbStat::Reversed);
     }
 }
 
-fn count(stat: u32) {
-    if let Some(c) = LB_STATS.get_ptr_mut(stat) {
+fn count(stat: LbStat) {
+    if let Some(c) = LB_STATS.get_ptr_mut(stat.index()) {
         // Per-CPU slot: no other CPU writes it.
         unsafe { *c += 1 };
     }

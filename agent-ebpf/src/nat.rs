@@ -7,17 +7,10 @@
 //! on the uplink, `snat_in` looks the reply up in `SNAT_IN` and rewrites
 //! the destination back to the pod, which the caller then delivers.
 
-use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
-    macros::map,
-    maps::{Array, LruHashMap},
-    programs::TcContext,
-};
+use agent_ebpf_common::{self as abi, Config, NatKey, NatValue};
+use aya_ebpf::{macros::map, maps::LruHashMap, programs::TcContext};
 
-use crate::abi::{self, Config, NatKey, NatValue};
-
-#[map(name = "DATAPATH_CONFIG")]
-static DATAPATH_CONFIG: Array<Config> = Array::pinned(1, 0);
+use crate::packet::{flow, rewrite, IPPROTO_ICMP, IP_DST_OFF, IP_SRC_OFF};
 
 #[map(name = "SNAT_OUT")]
 static SNAT_OUT: LruHashMap<NatKey, NatValue> = LruHashMap::pinned(abi::MAX_NAT_FLOWS, 0);
@@ -29,123 +22,6 @@ static SNAT_IN: LruHashMap<NatKey, NatValue> = LruHashMap::pinned(abi::MAX_NAT_F
 /// pod's replies are: those replies must keep the pod's address.
 #[map(name = "INBOUND_FLOWS")]
 static INBOUND_FLOWS: LruHashMap<NatKey, u8> = LruHashMap::pinned(abi::MAX_NAT_FLOWS, 0);
-
-const ETH_HLEN: usize = 14;
-const IP_CSUM_OFF: usize = ETH_HLEN + 10;
-pub const IP_SRC_OFF: usize = ETH_HLEN + 12;
-pub const IP_DST_OFF: usize = ETH_HLEN + 16;
-pub const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-const ICMP_ECHO_REPLY: u8 = 0;
-const ICMP_ECHO_REQUEST: u8 = 8;
-
-/// Where the parts of a packet that NAT touches are.
-pub struct Flow {
-    pub proto: u8,
-    /// Offset of the (local-side) port or ICMP identifier to rewrite.
-    port_off: usize,
-    /// Offset of the L4 checksum.
-    csum_off: usize,
-    /// Host byte order, as in [`NatKey`].
-    pub sport: u16,
-    pub dport: u16,
-}
-
-pub fn config() -> Option<Config> {
-    DATAPATH_CONFIG.get(0).copied()
-}
-
-/// Parses what NAT needs; None for what it leaves alone (fragments after
-/// the first, other protocols, ICMP other than echo). `outgoing` picks the
-/// port a [`rewrite`] changes: the source port, or the destination port.
-pub fn flow(ctx: &TcContext, outgoing: bool) -> Option<Flow> {
-    let vihl: u8 = ctx.load(ETH_HLEN).ok()?;
-    let l4 = ETH_HLEN + usize::from(vihl & 0x0f) * 4;
-    let frag: u16 = ctx.load(ETH_HLEN + 6).ok()?;
-    if u16::from_be(frag) & 0x1fff != 0 {
-        return None;
-    }
-    let proto: u8 = ctx.load(ETH_HLEN + 9).ok()?;
-    match proto {
-        IPPROTO_TCP | IPPROTO_UDP => {
-            let sport: u16 = ctx.load(l4).ok()?;
-            let dport: u16 = ctx.load(l4 + 2).ok()?;
-            Some(Flow {
-                proto,
-                // Outgoing the pod's source port changes, incoming the
-                // destination port.
-                port_off: if outgoing { l4 } else { l4 + 2 },
-                csum_off: if proto == IPPROTO_TCP {
-                    l4 + 16
-                } else {
-                    l4 + 6
-                },
-                sport: u16::from_be(sport),
-                dport: u16::from_be(dport),
-            })
-        }
-        IPPROTO_ICMP => {
-            let ty: u8 = ctx.load(l4).ok()?;
-            let want = if outgoing {
-                ICMP_ECHO_REQUEST
-            } else {
-                ICMP_ECHO_REPLY
-            };
-            if ty != want {
-                return None;
-            }
-            let id: u16 = ctx.load(l4 + 4).ok()?;
-            let id = u16::from_be(id);
-            Some(Flow {
-                proto,
-                port_off: l4 + 4,
-                csum_off: l4 + 2,
-                // The identifier plays the local port on both sides.
-                sport: id,
-                dport: id,
-            })
-        }
-        _ => None,
-    }
-}
-
-/// Rewrites an address at `addr_off` and a port at `flow.port_off`,
-/// keeping the IP and L4 checksums right.
-pub fn rewrite(
-    ctx: &TcContext,
-    f: &Flow,
-    addr_off: usize,
-    old_addr: u32,
-    new_addr: u32,
-    old_port: u16,
-    new_port: u16,
-) -> Option<()> {
-    let udp = f.proto == IPPROTO_UDP;
-    let mangled = if udp { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
-    if f.proto != IPPROTO_ICMP {
-        // TCP and UDP checksums cover the addresses (pseudo-header); ICMP's
-        // does not.
-        ctx.l4_csum_replace(
-            f.csum_off,
-            u64::from(old_addr),
-            u64::from(new_addr),
-            BPF_F_PSEUDO_HDR as u64 | mangled | 4,
-        )
-        .ok()?;
-    }
-    ctx.l4_csum_replace(
-        f.csum_off,
-        u64::from(old_port.to_be()),
-        u64::from(new_port.to_be()),
-        mangled | 2,
-    )
-    .ok()?;
-    ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(old_addr), u64::from(new_addr), 4)
-        .ok()?;
-    ctx.store(addr_off, &new_addr, 0).ok()?;
-    ctx.store(f.port_off, &new_port.to_be(), 0).ok()
-}
 
 /// Whether a frame from a pod to `dst` leaves the cluster and must be
 /// masqueraded.
@@ -185,8 +61,8 @@ pub fn note_inbound(ctx: &TcContext, cfg: &Config, pod: u32) {
         proto: f.proto,
         pad: [0; 3],
     };
-    if unsafe { INBOUND_FLOWS.get(&key) }.is_none() {
-        let _ = INBOUND_FLOWS.insert(&key, &1, 0);
+    if unsafe { INBOUND_FLOWS.get(key) }.is_none() {
+        let _ = INBOUND_FLOWS.insert(key, 1, 0);
     }
 }
 
@@ -208,10 +84,10 @@ pub fn snat_out(ctx: &TcContext, cfg: &Config) -> Option<Snat> {
         proto: f.proto,
         pad: [0; 3],
     };
-    if unsafe { INBOUND_FLOWS.get(&out_key) }.is_some() {
+    if unsafe { INBOUND_FLOWS.get(out_key) }.is_some() {
         return Some(Snat::Untouched);
     }
-    let port = match unsafe { SNAT_OUT.get(&out_key) } {
+    let port = match unsafe { SNAT_OUT.get(out_key) } {
         Some(v) => v.port,
         None => match allocate(&out_key, cfg.node_ip) {
             Some(p) => p,
@@ -252,7 +128,7 @@ fn allocate(out_key: &NatKey, node_ip: u32) -> Option<u16> {
             proto: out_key.proto,
             pad: [0; 3],
         };
-        if unsafe { SNAT_IN.get(&in_key) }.is_some() {
+        if unsafe { SNAT_IN.get(in_key) }.is_some() {
             continue;
         }
         let back = NatValue {
@@ -261,7 +137,7 @@ fn allocate(out_key: &NatKey, node_ip: u32) -> Option<u16> {
             pad: 0,
         };
         // BPF_NOEXIST: two CPUs racing for one port cannot both win.
-        if SNAT_IN.insert(&in_key, &back, 1).is_err() {
+        if SNAT_IN.insert(in_key, back, 1).is_err() {
             continue;
         }
         let fwd = NatValue {
@@ -269,7 +145,7 @@ fn allocate(out_key: &NatKey, node_ip: u32) -> Option<u16> {
             port,
             pad: 0,
         };
-        let _ = SNAT_OUT.insert(out_key, &fwd, 0);
+        let _ = SNAT_OUT.insert(out_key, fwd, 0);
         return Some(port);
     }
     None
@@ -292,7 +168,7 @@ pub fn snat_in(ctx: &TcContext, cfg: &Config, dst: u32) -> Option<u32> {
         proto: f.proto,
         pad: [0; 3],
     };
-    let back = unsafe { SNAT_IN.get(&key) }.copied()?;
+    let back = unsafe { SNAT_IN.get(key) }.copied()?;
     rewrite(ctx, &f, IP_DST_OFF, dst, back.addr, f.dport, back.port)?;
     Some(back.addr)
 }

@@ -16,8 +16,8 @@
 
 use aya_ebpf::{macros::map, maps::LruHashMap, programs::TcContext};
 
-use crate::abi::{self, Config, NatKey, NodePortFlow, NodePortReply, ServiceKey};
-use crate::{lb, nat};
+use crate::{lb, local, nat, packet};
+use agent_ebpf_common::{self as abi, Config, NatKey, NodePortFlow, NodePortReply, ServiceKey};
 
 #[map(name = "NODEPORT_FLOWS")]
 static NODEPORT_FLOWS: LruHashMap<NatKey, NodePortFlow> = LruHashMap::pinned(abi::MAX_NAT_FLOWS, 0);
@@ -44,11 +44,11 @@ pub enum Ingress {
 /// A frame from outside for the node's address `dst`: None when its port
 /// is no node port (or it is not TCP or UDP), else what was done to it.
 pub fn ingress(ctx: &TcContext, cfg: &Config, dst: u32) -> Option<Ingress> {
-    let f = nat::flow(ctx, false)?;
-    if f.proto == nat::IPPROTO_ICMP {
+    let f = packet::flow(ctx, false)?;
+    if f.proto == packet::IPPROTO_ICMP {
         return None;
     }
-    let src: u32 = ctx.load(nat::IP_SRC_OFF).ok()?;
+    let src: u32 = ctx.load(packet::IP_SRC_OFF).ok()?;
     let key = NatKey {
         src,
         dst,
@@ -57,17 +57,17 @@ pub fn ingress(ctx: &TcContext, cfg: &Config, dst: u32) -> Option<Ingress> {
         proto: f.proto,
         pad: [0; 3],
     };
-    let flow = match unsafe { NODEPORT_FLOWS.get(&key) }.copied() {
+    let flow = match unsafe { NODEPORT_FLOWS.get(key) }.copied() {
         Some(flow) => flow,
         None => match open(&key, cfg)? {
             Ok(flow) => flow,
             Err(refused) => return Some(refused),
         },
     };
-    nat::rewrite(
+    packet::rewrite(
         ctx,
         &f,
-        nat::IP_DST_OFF,
+        packet::IP_DST_OFF,
         dst,
         flow.backend_ip,
         f.dport,
@@ -76,11 +76,11 @@ pub fn ingress(ctx: &TcContext, cfg: &Config, dst: u32) -> Option<Ingress> {
     if flow.nat_port == 0 {
         return Some(Ingress::Local(flow.backend_ip));
     }
-    let out = nat::flow(ctx, true)?;
-    nat::rewrite(
+    let out = packet::flow(ctx, true)?;
+    packet::rewrite(
         ctx,
         &out,
-        nat::IP_SRC_OFF,
+        packet::IP_SRC_OFF,
         src,
         cfg.node_ip,
         f.sport,
@@ -118,9 +118,9 @@ fn open(key: &NatKey, cfg: &Config) -> Option<Result<NodePortFlow, Ingress>> {
         pad: [0; 3],
     };
     let mut nat_port = 0;
-    if crate::is_local_pod(backend.ip) {
+    if local::is_local_pod(backend.ip) {
         // The reply goes from the pod straight to the client.
-        let _ = NODEPORT_REPLIES.insert(&rkey, &reply, 0);
+        let _ = NODEPORT_REPLIES.insert(rkey, reply, 0);
     } else {
         // The reply comes back to a port of ours; the key holds the
         // backend, so a port is only taken per backend.
@@ -128,7 +128,7 @@ fn open(key: &NatKey, cfg: &Config) -> Option<Result<NodePortFlow, Ingress>> {
         let seed = key.src ^ backend.ip.rotate_left(11) ^ (u32::from(key.sport) << 16);
         for i in 0..nat::NAT_PORT_TRIES {
             rkey.dport = nat::candidate_port(seed, i);
-            if NODEPORT_REPLIES.insert(&rkey, &reply, NOEXIST).is_ok() {
+            if NODEPORT_REPLIES.insert(rkey, reply, NOEXIST).is_ok() {
                 nat_port = rkey.dport;
                 break;
             }
@@ -142,20 +142,20 @@ fn open(key: &NatKey, cfg: &Config) -> Option<Result<NodePortFlow, Ingress>> {
         backend_port,
         nat_port,
     };
-    let _ = NODEPORT_FLOWS.insert(key, &flow, 0);
+    let _ = NODEPORT_FLOWS.insert(key, flow, 0);
     Some(Ok(flow))
 }
 
 /// A frame a local pod sends: when it answers a node port flow, its source
 /// becomes the node's address and node port again. Returns whether it did.
 pub fn reply_from_pod(ctx: &TcContext, cfg: &Config) -> Option<()> {
-    let f = nat::flow(ctx, true)?;
+    let f = packet::flow(ctx, true)?;
     let key = reply_key(ctx, &f)?;
-    let r = unsafe { NODEPORT_REPLIES.get(&key) }.copied()?;
-    nat::rewrite(
+    let r = unsafe { NODEPORT_REPLIES.get(key) }.copied()?;
+    packet::rewrite(
         ctx,
         &f,
-        nat::IP_SRC_OFF,
+        packet::IP_SRC_OFF,
         key.src,
         cfg.node_ip,
         f.sport,
@@ -167,23 +167,23 @@ pub fn reply_from_pod(ctx: &TcContext, cfg: &Config) -> Option<()> {
 /// node port flow: it goes back to the client from the node port. Returns
 /// whether it was one.
 pub fn reply_in(ctx: &TcContext, cfg: &Config) -> Option<()> {
-    let f = nat::flow(ctx, false)?;
+    let f = packet::flow(ctx, false)?;
     let key = reply_key(ctx, &f)?;
-    let r = unsafe { NODEPORT_REPLIES.get(&key) }.copied()?;
-    nat::rewrite(
+    let r = unsafe { NODEPORT_REPLIES.get(key) }.copied()?;
+    packet::rewrite(
         ctx,
         &f,
-        nat::IP_DST_OFF,
+        packet::IP_DST_OFF,
         key.dst,
         r.client_ip,
         f.dport,
         r.client_port,
     )?;
-    let out = nat::flow(ctx, true)?;
-    nat::rewrite(
+    let out = packet::flow(ctx, true)?;
+    packet::rewrite(
         ctx,
         &out,
-        nat::IP_SRC_OFF,
+        packet::IP_SRC_OFF,
         key.src,
         cfg.node_ip,
         f.sport,
@@ -192,13 +192,13 @@ pub fn reply_in(ctx: &TcContext, cfg: &Config) -> Option<()> {
 }
 
 /// The conntrack key of a frame as it is on the wire (TCP and UDP only).
-fn reply_key(ctx: &TcContext, f: &nat::Flow) -> Option<NatKey> {
-    if f.proto == nat::IPPROTO_ICMP {
+fn reply_key(ctx: &TcContext, f: &packet::Flow) -> Option<NatKey> {
+    if f.proto == packet::IPPROTO_ICMP {
         return None;
     }
     Some(NatKey {
-        src: ctx.load(nat::IP_SRC_OFF).ok()?,
-        dst: ctx.load(nat::IP_DST_OFF).ok()?,
+        src: ctx.load(packet::IP_SRC_OFF).ok()?,
+        dst: ctx.load(packet::IP_DST_OFF).ok()?,
         sport: f.sport,
         dport: f.dport,
         proto: f.proto,

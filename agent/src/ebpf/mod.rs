@@ -1,7 +1,14 @@
 //! Loading the agent's eBPF object and attaching its programs.
 
-#[path = "../../../agent-ebpf/src/abi.rs"]
-pub mod abi;
+/// The map layouts shared with the eBPF programs.
+pub use agent_ebpf_common as abi;
+
+mod load;
+
+/// The aya the agent is built with, for callers that reach the maps and
+/// programs of a loaded object (tests driving programs with test runs).
+pub use aya;
+pub use load::{ensure_bpffs, load, pin_link, program, MapPins};
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -13,9 +20,6 @@ use aya::Ebpf;
 
 use crate::netns::{self, NetNs};
 use abi::PacketCount;
-
-// SAFETY: PacketCount is #[repr(C)], Copy and has no padding (two u64s).
-unsafe impl aya::Pod for PacketCount {}
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded at build time.
 pub static EMBEDDED_OBJECT: &[u8] =
@@ -44,24 +48,6 @@ pub fn object(path: Option<&Path>) -> Result<Cow<'static, [u8]>, Error> {
         })?)),
         None => Ok(Cow::Borrowed(EMBEDDED_OBJECT)),
     }
-}
-
-/// Loads `object` with its pinned maps in a private bpffs directory that
-/// is removed at once (the maps live on while the returned object holds
-/// them): for uses that share nothing with the node's datapath.
-fn load_unpinned(object: &[u8]) -> Result<Ebpf, Error> {
-    crate::network::datapath::ensure_bpffs()?;
-    let pins = std::path::PathBuf::from(format!(
-        "/sys/fs/bpf/kestrel-private-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    std::fs::create_dir_all(&pins)?;
-    let loaded = aya::EbpfLoader::new()
-        .default_map_pin_directory(&pins)
-        .load(object);
-    let _ = std::fs::remove_dir_all(&pins);
-    Ok(loaded?)
 }
 
 /// How a TC program ended up attached.
@@ -109,12 +95,8 @@ impl PacketCounter {
         only: Option<AttachMode>,
     ) -> Result<Self, Error> {
         let (ebpf, mode) = netns::run_in(netns.as_ref(), || -> Result<_, Error> {
-            let mut ebpf = load_unpinned(object)?;
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(abi::COUNT_PROGRAM)
-                .ok_or_else(|| Error::Missing(format!("program {}", abi::COUNT_PROGRAM)))?
-                .try_into()?;
-            prog.load()?;
+            let mut ebpf = load(object, MapPins::Private)?;
+            let prog = program::<SchedClassifier>(&mut ebpf, abi::COUNT_PROGRAM)?;
             let mode = attach_tc(prog, iface, direction, only)?;
             Ok((ebpf, mode))
         })??;
@@ -199,32 +181,23 @@ pub fn attach_tc(
 /// Loads every program of `object` into the kernel and describes the
 /// programs and maps, one per line; everything is unloaded on return.
 pub fn check(object: &[u8]) -> Result<String, Error> {
-    // Pinned maps need a bpffs directory; a private one, removed on return.
-    crate::network::datapath::ensure_bpffs()?;
-    let pins =
-        std::path::PathBuf::from(format!("/sys/fs/bpf/kestrel-check-{}", std::process::id()));
-    std::fs::create_dir_all(&pins)?;
-    let result = check_in(object, &pins);
-    let _ = std::fs::remove_dir_all(&pins);
-    result
-}
-
-fn check_in(object: &[u8], pins: &Path) -> Result<String, Error> {
-    let mut ebpf = aya::EbpfLoader::new()
-        .default_map_pin_directory(pins)
-        .load(object)?;
+    let mut ebpf = load(object, MapPins::Private)?;
     let mut out = String::new();
-    let names: Vec<String> = ebpf.programs().map(|(n, _)| n.to_string()).collect();
-    for name in names {
-        if let Some(prog) = ebpf.program_mut(&name) {
-            let kind = format!("{:?}", prog.prog_type());
-            match prog {
-                aya::programs::Program::SchedClassifier(p) => p.load()?,
-                aya::programs::Program::CgroupSockAddr(p) => p.load()?,
-                _ => {}
+    let names: Vec<(String, aya::programs::ProgramType)> = ebpf
+        .programs()
+        .map(|(n, p)| (n.to_string(), p.prog_type()))
+        .collect();
+    for (name, kind) in names {
+        match kind {
+            aya::programs::ProgramType::SchedClassifier => {
+                program::<SchedClassifier>(&mut ebpf, &name)?;
             }
-            out.push_str(&format!("program {name} ({kind}): loaded\n"));
+            aya::programs::ProgramType::CgroupSockAddr => {
+                program::<aya::programs::CgroupSockAddr>(&mut ebpf, &name)?;
+            }
+            _ => {}
         }
+        out.push_str(&format!("program {name} ({kind:?}): loaded\n"));
     }
     for (name, _) in ebpf.maps() {
         out.push_str(&format!("map {name}\n"));

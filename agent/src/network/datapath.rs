@@ -10,49 +10,13 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, MapData, PerCpuArray};
-use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::links::PinnedLink;
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
-use aya::{Ebpf, EbpfLoader};
+use aya::Ebpf;
 
 use crate::ebpf::abi::{self, Config, Endpoint, NatKey, NatValue};
-use crate::ebpf::Error;
-
-// SAFETY: Endpoint is #[repr(C)], Copy, and has no padding (u32 + 2 × 6 bytes).
-unsafe impl aya::Pod for Endpoint {}
-// SAFETY: four u32s.
-unsafe impl aya::Pod for Config {}
-// SAFETY: #[repr(C)] with explicit padding fields, so no implicit padding.
-unsafe impl aya::Pod for NatKey {}
-// SAFETY: as NatKey.
-unsafe impl aya::Pod for NatValue {}
-
-const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-
-/// Mounts bpffs at /sys/fs/bpf unless it is already there.
-pub fn ensure_bpffs() -> std::io::Result<()> {
-    let path = c"/sys/fs/bpf";
-    // SAFETY: a valid C string and a zeroed statfs buffer.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
-        return Ok(());
-    }
-    std::fs::create_dir_all("/sys/fs/bpf")?;
-    // SAFETY: valid C strings; a plain bpffs mount.
-    let r = unsafe {
-        libc::mount(
-            c"bpf".as_ptr(),
-            path.as_ptr(),
-            c"bpf".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
+use crate::ebpf::{self, Error, MapPins};
 
 /// The loaded routing programs and their maps.
 pub struct Datapath {
@@ -64,17 +28,18 @@ impl Datapath {
     /// Loads the programs from `object`, reusing the maps pinned in `pin_dir`
     /// by an earlier agent (or pinning new ones there).
     pub fn load(object: &[u8], pin_dir: &Path) -> Result<Self, Error> {
-        ensure_bpffs()?;
+        // Counters pinned by an older agent with fewer slots than this one
+        // has are started afresh: the programs would skip the new ones.
+        let stats_pin = pin_dir.join(abi::STATS_MAP);
+        if let Ok(info) = aya::maps::MapInfo::from_pin(&stats_pin) {
+            if info.max_entries() < abi::STATS_CAPACITY {
+                std::fs::remove_file(&stats_pin)?;
+            }
+        }
+        let mut ebpf = ebpf::load(object, MapPins::Dir(pin_dir))?;
         std::fs::create_dir_all(pin_dir.join("links"))?;
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(pin_dir)
-            .load(object)?;
         for name in [abi::FROM_POD_PROGRAM, abi::FROM_UPLINK_PROGRAM] {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or_else(|| Error::Missing(format!("program {name}")))?
-                .try_into()?;
-            prog.load()?;
+            ebpf::program::<SchedClassifier>(&mut ebpf, name)?;
         }
         Ok(Self {
             ebpf,
@@ -115,11 +80,7 @@ impl Datapath {
     /// a previous agent pinned there, and pins the result.
     fn attach(&mut self, program: &str, iface: &str) -> Result<(), Error> {
         let pin = self.link_pin(iface);
-        let prog: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(program)
-            .ok_or_else(|| Error::Missing(format!("program {program}")))?
-            .try_into()?;
+        let prog = ebpf::program::<SchedClassifier>(&mut self.ebpf, program)?;
         let old = PinnedLink::from_pin(&pin).ok();
         let id = match old {
             Some(old) => {
@@ -142,13 +103,7 @@ impl Datapath {
                 TcAttachOptions::TcxOrder(LinkOrder::default()),
             )?,
         };
-        let link = prog.take_link(id)?;
-        let fd: FdLink = link
-            .try_into()
-            .map_err(|e| Error::Io(std::io::Error::other(format!("link of {iface}: {e}"))))?;
-        fd.pin(&pin)
-            .map_err(|e| Error::Io(std::io::Error::other(format!("pinning {iface}: {e}"))))?;
-        Ok(())
+        ebpf::pin_link(prog.take_link(id)?, &pin)
     }
 
     /// Takes traffic arriving on the node's uplink for local pods and node
@@ -235,15 +190,15 @@ pub fn read_endpoints(pin_dir: &Path) -> Result<Vec<(Ipv4Addr, Endpoint)>, Error
 }
 
 /// Reads the pinned decision counters in `pin_dir`, summed over CPUs, in
-/// the order of [`abi::STAT_NAMES`].
+/// the order of [`abi::Stat::ALL`].
 pub fn read_stats(pin_dir: &Path) -> Result<Vec<(&'static str, u64)>, Error> {
     let data = MapData::from_pin(pin_dir.join(abi::STATS_MAP))?;
     let map = aya::maps::Map::PerCpuArray(data);
     let counts: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
     let mut out = Vec::new();
-    for (i, name) in abi::STAT_NAMES.iter().enumerate() {
-        let per_cpu = counts.get(&(i as u32), 0)?;
-        out.push((*name, per_cpu.iter().sum()));
+    for stat in abi::Stat::ALL {
+        let per_cpu = counts.get(&stat.index(), 0)?;
+        out.push((stat.name(), per_cpu.iter().sum()));
     }
     Ok(out)
 }

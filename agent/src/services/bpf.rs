@@ -12,30 +12,15 @@
 use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
-use aya::programs::links::FdLink;
 use aya::programs::{CgroupAttachMode, CgroupSockAddr};
-use aya::EbpfLoader;
 
 use crate::ebpf::abi::{
     self, AffinityKey, AffinityValue, Backend, FlowKey, NatKey, NodePortFlow, ReverseKey,
     ReverseValue, ServiceKey, ServiceValue,
 };
-use crate::ebpf::Error;
+use crate::ebpf::{self, Error, MapPins};
 
 use super::table::Maps;
-
-// SAFETY (all below): #[repr(C)], Copy, every field is an integer and the
-// explicit `pad` fields leave no implicit padding (see abi.rs).
-unsafe impl aya::Pod for ServiceKey {}
-unsafe impl aya::Pod for ServiceValue {}
-unsafe impl aya::Pod for Backend {}
-unsafe impl aya::Pod for ReverseKey {}
-unsafe impl aya::Pod for ReverseValue {}
-unsafe impl aya::Pod for FlowKey {}
-unsafe impl aya::Pod for AffinityKey {}
-unsafe impl aya::Pod for AffinityValue {}
-// SAFETY: as above.
-unsafe impl aya::Pod for NodePortFlow {}
 
 /// Directory of the load balancer's pinned links, inside the agent's
 /// bpffs directory (apart from the datapath's per-interface `links/`).
@@ -81,35 +66,18 @@ impl Maps for KernelMaps {
 /// `pin_dir`, attaches its programs at the cgroup v2 group `cgroup`, pins
 /// the links, and returns the maps to write.
 pub fn attach(object: &[u8], pin_dir: &Path, cgroup: &Path) -> Result<KernelMaps, Error> {
-    crate::network::datapath::ensure_bpffs()?;
+    let mut ebpf = ebpf::load(object, MapPins::Dir(pin_dir))?;
     let links = links_dir(pin_dir);
     std::fs::create_dir_all(&links)?;
-    let mut ebpf = EbpfLoader::new()
-        .default_map_pin_directory(pin_dir)
-        .load(object)?;
     let group = std::fs::File::open(cgroup)
         .map_err(|e| std::io::Error::new(e.kind(), format!("cgroup {}: {e}", cgroup.display())))?;
     for name in abi::LB_PROGRAMS {
-        let prog: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .ok_or_else(|| Error::Missing(format!("program {name}")))?
-            .try_into()?;
-        prog.load()?;
+        let prog = ebpf::program::<CgroupSockAddr>(&mut ebpf, name)?;
         // A cgroup link takes no flags ("Single" sends none) and always
         // runs next to the other links of its hook: ours beside a previous
         // agent's until that one's pin goes below.
         let id = prog.attach(&group, CgroupAttachMode::Single)?;
-        let link: FdLink = prog
-            .take_link(id)?
-            .try_into()
-            .map_err(|e| Error::Io(std::io::Error::other(format!("link of {name}: {e}"))))?;
-        let pin = links.join(name);
-        match std::fs::remove_file(&pin) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-            _ => {}
-        }
-        link.pin(&pin)
-            .map_err(|e| Error::Io(std::io::Error::other(format!("pinning {name}: {e}"))))?;
+        ebpf::pin_link(prog.take_link(id)?, &links.join(name))?;
     }
     let mut take = |name: &str| {
         ebpf.take_map(name)
@@ -178,8 +146,8 @@ pub fn snapshot(pin_dir: &Path) -> Result<Snapshot, Error> {
     let stats: PerCpuArray<_, u64> =
         PerCpuArray::try_from(Map::PerCpuArray(pinned(pin_dir, abi::LB_STATS_MAP)?))?;
     let mut counters = Vec::new();
-    for (i, name) in abi::LB_STAT_NAMES.iter().enumerate() {
-        counters.push((*name, stats.get(&(i as u32), 0)?.iter().sum()));
+    for stat in abi::LbStat::ALL {
+        counters.push((stat.name(), stats.get(&stat.index(), 0)?.iter().sum()));
     }
     let node_port_flows = match pinned(pin_dir, abi::NODEPORT_FLOWS_MAP) {
         Ok(data) => {

@@ -1,0 +1,44 @@
+//! What a pod sends, seen at ingress of the host end of its veth.
+
+use agent_ebpf_common::Stat;
+use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
+
+use crate::{fib, local, nodeport, packet, stats};
+
+/// The verdict for a frame from a pod: delivered to a local pod, a node
+/// port reply sent back to its client, or routed (masqueraded when it
+/// leaves the cluster). None leaves it to the node's stack.
+pub fn from_pod(ctx: &TcContext) -> Option<i32> {
+    let dst = packet::ipv4_dst(ctx)?;
+    if !own_source(ctx) {
+        stats::count(Stat::PodSpoofed);
+        return Some(TC_ACT_SHOT);
+    }
+    if let Some(ep) = local::endpoint(dst) {
+        return local::deliver(ctx, &ep, Stat::PodToLocal);
+    }
+    let cfg = stats::config();
+    if let Some(cfg) = &cfg {
+        // Node port clients are outside the pod network (pods reach node
+        // ports through the socket programs, or masqueraded from another
+        // node), so traffic between pods never pays for this lookup.
+        if dst & cfg.cluster_mask != cfg.cluster_net && nodeport::reply_from_pod(ctx, cfg).is_some()
+        {
+            return Some(fib::forward(ctx, Stat::NodePortReply).unwrap_or(TC_ACT_SHOT));
+        }
+    }
+    fib::route(ctx, dst, cfg.as_ref(), Stat::PodToRemote)
+}
+
+/// Whether the frame's IPv4 source is the address of the pod behind the
+/// veth it arrived on. A pod's NodePort replies pass too: they leave the
+/// pod from its own address and only take the node port's afterwards, in
+/// `nodeport::reply_from_pod`.
+fn own_source(ctx: &TcContext) -> bool {
+    let Ok(src) = ctx.load::<u32>(packet::IP_SRC_OFF) else {
+        return false;
+    };
+    // SAFETY: the kernel hands every TC program a valid skb.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    local::endpoint(src).is_some_and(|ep| ep.ifindex == ifindex)
+}

@@ -1,0 +1,63 @@
+//! What arrives on the node's uplink: frames for local pods skip the
+//! stack, node ports are balanced, and replies to translated flows find
+//! their way back.
+
+use agent_ebpf_common::{Config, Stat};
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    programs::TcContext,
+};
+
+use crate::{fib, local, nat, nodeport, packet, stats};
+
+/// The verdict for a frame from outside the node; None leaves it to the
+/// node's stack.
+pub fn from_uplink(ctx: &TcContext) -> Option<i32> {
+    let dst = packet::ipv4_dst(ctx)?;
+    if let Some(ep) = local::endpoint(dst) {
+        if let Some(cfg) = stats::config() {
+            nat::note_inbound(ctx, &cfg, dst);
+        }
+        return local::deliver(ctx, &ep, Stat::UplinkToLocal);
+    }
+    let cfg = stats::config()?;
+    if dst == cfg.node_ip {
+        if let Some(verdict) = node_port(ctx, &cfg, dst) {
+            return Some(verdict);
+        }
+    }
+    // A reply to a flow a pod started out of the cluster, masqueraded.
+    let pod = nat::snat_in(ctx, &cfg, dst)?;
+    match local::endpoint(pod) {
+        Some(ep) => Some(local::deliver(ctx, &ep, Stat::SnatIn).unwrap_or(TC_ACT_OK)),
+        // The pod is gone: nobody to deliver the (now rewritten) reply to.
+        None => Some(TC_ACT_SHOT),
+    }
+}
+
+/// A frame for the node's own address: a node port flow, or a remote
+/// backend's reply to one. None when it is neither.
+fn node_port(ctx: &TcContext, cfg: &Config, dst: u32) -> Option<i32> {
+    // Once a frame is rewritten, the stack must not see it: it would not
+    // know what to do with it.
+    const SHOT: i32 = TC_ACT_SHOT;
+    if nodeport::reply_in(ctx, cfg).is_some() {
+        return Some(fib::forward(ctx, Stat::NodePortReply).unwrap_or(SHOT));
+    }
+    Some(match nodeport::ingress(ctx, cfg, dst)? {
+        nodeport::Ingress::Local(pod) => match local::endpoint(pod) {
+            Some(ep) => local::deliver(ctx, &ep, Stat::NodePortLocal).unwrap_or(SHOT),
+            // The pod went between the pick and here.
+            None => SHOT,
+        },
+        nodeport::Ingress::Remote => fib::forward(ctx, Stat::NodePortRemote).unwrap_or(SHOT),
+        nodeport::Ingress::NoBackend => {
+            stats::count(Stat::NodePortNoBackend);
+            TC_ACT_OK
+        }
+        nodeport::Ingress::NoPort => {
+            stats::count(Stat::NodePortNoPort);
+            SHOT
+        }
+    })
+}
