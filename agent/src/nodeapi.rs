@@ -104,16 +104,13 @@ fn error(code: StatusCode, message: String) -> Response {
     (code, message).into_response()
 }
 
-/// What the node API handlers share.
-pub struct Ctx {
-    pub log_dir: PathBuf,
-    /// For exec; absent when the agent runs no pods.
-    pub runtime: Option<crate::runtime::Runtime>,
-    pub exec_dir: PathBuf,
+/// Where container logs are, the state of the log handler.
+struct Logs {
+    log_dir: PathBuf,
 }
 
 async fn container_logs(
-    State(ctx): State<Arc<Ctx>>,
+    State(ctx): State<Arc<Logs>>,
     UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
     Query(opts): Query<LogOptions>,
 ) -> Response {
@@ -224,15 +221,23 @@ pub async fn serve(
     ca_der: Option<Vec<Vec<u8>>>,
     pins: Option<PathBuf>,
 ) -> anyhow::Result<()> {
+    let exec = axum::Router::new()
+        .route(
+            "/exec/{ns}/{pod}/{container}",
+            axum::routing::get(crate::exec::handle),
+        )
+        .with_state(Arc::new(crate::exec::Ctx {
+            log_dir: log_dir.clone(),
+            runtime,
+            exec_dir,
+        }));
     let app = axum::Router::new()
         .route(
             "/containerLogs/{ns}/{pod}/{container}",
             axum::routing::get(container_logs),
         )
-        .route(
-            "/exec/{ns}/{pod}/{container}",
-            axum::routing::get(crate::exec::handle),
-        )
+        .with_state(Arc::new(Logs { log_dir }))
+        .merge(exec)
         .route("/healthz", axum::routing::get(|| async { "ok" }))
         .route(
             "/metrics",
@@ -245,12 +250,7 @@ pub async fn serve(
                     )
                 }
             }),
-        )
-        .with_state(Arc::new(Ctx {
-            log_dir,
-            runtime,
-            exec_dir,
-        }));
+        );
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let Some(ca) = ca_der.filter(|c| !c.is_empty()) else {
         tracing::warn!("node API on http://{addr} without authentication (no cluster CA known)");
