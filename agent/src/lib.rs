@@ -87,7 +87,10 @@ pub async fn run(args: config::RunArgs) -> anyhow::Result<()> {
     // Absolute: the runtime helper opens these paths from its own cwd.
     let exec_dir = cfg.state_dir.canonicalize()?.join("exec");
     let api = tokio::spawn(nodeapi::serve(
-        args.node_api_address,
+        nodeapi::Listen {
+            address: args.node_api_address,
+            insecure: args.node_api_insecure_address,
+        },
         args.log_dir.clone(),
         runtime,
         exec_dir,
