@@ -59,6 +59,7 @@ pub async fn run(args: config::RunArgs) -> anyhow::Result<()> {
             services::NodeInfo {
                 name: cfg.name.clone(),
                 ip,
+                cluster_cidr: args.network.cluster_cidr,
                 cgroup_root: args.cgroup_root.clone(),
                 pin_dir: network.pin_dir.clone(),
             },
