@@ -52,7 +52,7 @@ pub async fn run(args: config::RunArgs) -> anyhow::Result<()> {
         tokio::spawn(network::sync_routes(
             client.clone(),
             cfg.name.clone(),
-            network.tunnel,
+            network.clone(),
         ));
         tokio::spawn(services::run(
             client.clone(),
