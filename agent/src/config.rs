@@ -201,4 +201,26 @@ mod tests {
         assert!(reserved("cpu").is_err());
         assert_eq!(pairs("memory.available<1Gi", '<').unwrap()[0].1, "1Gi");
     }
+
+    #[test]
+    fn plain_http_node_api_takes_one_address_and_the_advertised_port() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        let config = |extra: &[&str]| {
+            let args = ["agent", "--node-name", "n"].iter().chain(extra);
+            <Cli as clap::Parser>::try_parse_from(args)
+                .unwrap()
+                .run
+                .node_config()
+        };
+        assert_eq!(config(&[]).unwrap().api_port, 10250);
+        assert!(config(&["--node-api-insecure-address", "10.99.0.10:10250"]).is_ok());
+        let all = config(&["--node-api-insecure-address", "0.0.0.0:10250"]).unwrap_err();
+        assert!(all.to_string().contains("one address"), "{all}");
+        let port = config(&["--node-api-insecure-address", "10.99.0.10:8080"]).unwrap_err();
+        assert!(port.to_string().contains("port"), "{port}");
+    }
 }
