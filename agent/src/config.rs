@@ -57,9 +57,18 @@ pub struct RunArgs {
     /// cgroup hierarchy (v1 controllers and v2).
     #[arg(long, default_value = "/kestrel")]
     pub cgroup_root: String,
-    /// Where the node API (container logs for `kubectl logs`) listens.
+    /// Where the node API (container logs for `kubectl logs`, exec)
+    /// listens, over HTTPS for clients with a certificate from the cluster
+    /// CA. Without a CA in the kubeconfig it serves only /healthz and
+    /// /metrics, and only on loopback (127.0.0.1 at this port).
     #[arg(long, default_value = "0.0.0.0:10250")]
     pub node_api_address: std::net::SocketAddr,
+    /// For clusters without a CA (an API server without TLS, as in tests):
+    /// serve logs and exec over plain HTTP, to anyone who reaches this
+    /// address. Must be one address (not 0.0.0.0) with the port of
+    /// --node-api-address; ignored when the cluster has a CA.
+    #[arg(long)]
+    pub node_api_insecure_address: Option<std::net::SocketAddr>,
     /// A registry to pull from over plain HTTP (repeatable); loopback
     /// registries always are.
     #[arg(long = "insecure-registry")]
@@ -126,6 +135,18 @@ impl RunArgs {
                 other => anyhow::bail!("--eviction-hard: unknown signal {other:?}"),
             }
         }
+        if let Some(insecure) = self.node_api_insecure_address {
+            anyhow::ensure!(
+                !insecure.ip().is_unspecified(),
+                "--node-api-insecure-address {insecure}: plain HTTP must be bound to one address, not all"
+            );
+            // The Node advertises one port, for both.
+            anyhow::ensure!(
+                insecure.port() == self.node_api_address.port(),
+                "--node-api-insecure-address {insecure} must use the port of --node-api-address {}",
+                self.node_api_address
+            );
+        }
         Ok(NodeConfig {
             name,
             state_dir: self.state_dir.clone(),
@@ -179,5 +200,27 @@ mod tests {
         assert!(reserved("gpu=1").is_err());
         assert!(reserved("cpu").is_err());
         assert_eq!(pairs("memory.available<1Gi", '<').unwrap()[0].1, "1Gi");
+    }
+
+    #[test]
+    fn plain_http_node_api_takes_one_address_and_the_advertised_port() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        let config = |extra: &[&str]| {
+            let args = ["agent", "--node-name", "n"].iter().chain(extra);
+            <Cli as clap::Parser>::try_parse_from(args)
+                .unwrap()
+                .run
+                .node_config()
+        };
+        assert_eq!(config(&[]).unwrap().api_port, 10250);
+        assert!(config(&["--node-api-insecure-address", "10.99.0.10:10250"]).is_ok());
+        let all = config(&["--node-api-insecure-address", "0.0.0.0:10250"]).unwrap_err();
+        assert!(all.to_string().contains("one address"), "{all}");
+        let port = config(&["--node-api-insecure-address", "10.99.0.10:8080"]).unwrap_err();
+        assert!(port.to_string().contains("port"), "{port}");
     }
 }

@@ -19,7 +19,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::runtime::protocol::Terminal;
 
-use crate::nodeapi::Ctx;
+/// What exec needs from the node: where pods' logs are (they name the
+/// pods this node runs), the runtime, and where exec sessions keep their
+/// FIFOs.
+pub struct Ctx {
+    pub log_dir: std::path::PathBuf,
+    /// Absent when the agent runs no pods.
+    pub runtime: Option<crate::runtime::Runtime>,
+    pub exec_dir: std::path::PathBuf,
+}
 
 /// The query of an exec request.
 #[derive(Debug, Default, PartialEq)]

@@ -52,13 +52,14 @@ pub async fn run(args: config::RunArgs) -> anyhow::Result<()> {
         tokio::spawn(network::sync_routes(
             client.clone(),
             cfg.name.clone(),
-            network.tunnel,
+            network.clone(),
         ));
         tokio::spawn(services::run(
             client.clone(),
             services::NodeInfo {
                 name: cfg.name.clone(),
                 ip,
+                cluster_cidr: args.network.cluster_cidr,
                 cgroup_root: args.cgroup_root.clone(),
                 pin_dir: network.pin_dir.clone(),
             },
@@ -87,7 +88,10 @@ pub async fn run(args: config::RunArgs) -> anyhow::Result<()> {
     // Absolute: the runtime helper opens these paths from its own cwd.
     let exec_dir = cfg.state_dir.canonicalize()?.join("exec");
     let api = tokio::spawn(nodeapi::serve(
-        args.node_api_address,
+        nodeapi::Listen {
+            address: args.node_api_address,
+            insecure: args.node_api_insecure_address,
+        },
         args.log_dir.clone(),
         runtime,
         exec_dir,

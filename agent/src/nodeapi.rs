@@ -1,8 +1,10 @@
 //! The node API the API server proxies `kubectl logs` to:
 //! `GET /containerLogs/{namespace}/{pod}/{container}` with kubelet's query
 //! parameters (follow, tailLines, timestamps, sinceSeconds, previous,
-//! limitBytes). Over HTTPS, only clients with a certificate from the
-//! cluster CA that are not nodes (the API server, admins) get in.
+//! limitBytes), and exec. Over HTTPS, only clients with a certificate from
+//! the cluster CA that are not nodes (the API server, admins) get in;
+//! without a cluster CA there is no one to let in, and logs and exec are
+//! not served unless asked for on an address of their own (see `serve`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -104,16 +106,13 @@ fn error(code: StatusCode, message: String) -> Response {
     (code, message).into_response()
 }
 
-/// What the node API handlers share.
-pub struct Ctx {
-    pub log_dir: PathBuf,
-    /// For exec; absent when the agent runs no pods.
-    pub runtime: Option<crate::runtime::Runtime>,
-    pub exec_dir: PathBuf,
+/// Where container logs are, the state of the log handler.
+struct Logs {
+    log_dir: PathBuf,
 }
 
 async fn container_logs(
-    State(ctx): State<Arc<Ctx>>,
+    State(ctx): State<Arc<Logs>>,
     UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
     Query(opts): Query<LogOptions>,
 ) -> Response {
@@ -212,27 +211,62 @@ async fn container_logs(
         .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "response".into()))
 }
 
-/// Serves the node API on `addr`. With `ca_pem`, over HTTPS with a fresh
-/// self-signed serving certificate, requiring client certificates from
-/// that CA; without, over plain HTTP (clusters whose API server has no TLS
-/// either, such as tests).
+/// Where the node API listens.
+#[derive(Clone, Copy, Debug)]
+pub struct Listen {
+    /// `--node-api-address`: over HTTPS when the cluster has a CA.
+    pub address: SocketAddr,
+    /// `--node-api-insecure-address`: logs and exec over plain HTTP, for
+    /// clusters without a CA only.
+    pub insecure: Option<SocketAddr>,
+}
+
+/// The address the node API uses without a cluster CA: `addr` when it is
+/// loopback, else loopback at its port. Unauthenticated, it must not be
+/// reachable from other machines.
+pub fn local_only(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_loopback() {
+        return addr;
+    }
+    let ip: std::net::IpAddr = match addr {
+        SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+        SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+    };
+    SocketAddr::new(ip, addr.port())
+}
+
+/// Serves the node API. It fails closed: with the cluster CA (`ca_der`),
+/// everything over HTTPS with a fresh self-signed serving certificate,
+/// requiring client certificates from that CA; without one, only
+/// /healthz and /metrics, over plain HTTP on loopback. Logs and exec
+/// without a CA need `listen.insecure`, a specific address (clusters
+/// whose API server has no TLS either, such as tests).
 pub async fn serve(
-    addr: SocketAddr,
+    listen: Listen,
     log_dir: PathBuf,
     runtime: Option<crate::runtime::Runtime>,
     exec_dir: PathBuf,
     ca_der: Option<Vec<Vec<u8>>>,
     pins: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let app = axum::Router::new()
-        .route(
-            "/containerLogs/{ns}/{pod}/{container}",
-            axum::routing::get(container_logs),
-        )
+    let exec = axum::Router::new()
         .route(
             "/exec/{ns}/{pod}/{container}",
             axum::routing::get(crate::exec::handle),
         )
+        .with_state(Arc::new(crate::exec::Ctx {
+            log_dir: log_dir.clone(),
+            runtime,
+            exec_dir,
+        }));
+    let private = axum::Router::new()
+        .route(
+            "/containerLogs/{ns}/{pod}/{container}",
+            axum::routing::get(container_logs),
+        )
+        .with_state(Arc::new(Logs { log_dir }))
+        .merge(exec);
+    let public = axum::Router::new()
         .route("/healthz", axum::routing::get(|| async { "ok" }))
         .route(
             "/metrics",
@@ -245,18 +279,16 @@ pub async fn serve(
                     )
                 }
             }),
-        )
-        .with_state(Arc::new(Ctx {
-            log_dir,
-            runtime,
-            exec_dir,
-        }));
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+        );
+    let app = private.merge(public.clone());
     let Some(ca) = ca_der.filter(|c| !c.is_empty()) else {
-        tracing::warn!("node API on http://{addr} without authentication (no cluster CA known)");
-        axum::serve(listener, app).await?;
-        return Ok(());
+        return serve_plain(listen, app, public).await;
     };
+    if let Some(insecure) = listen.insecure {
+        tracing::warn!("ignoring --node-api-insecure-address {insecure}: the cluster has a CA, so the node API is served over HTTPS alone");
+    }
+    let addr = listen.address;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
     let tls = tls_config(&ca)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     tracing::info!("node API on https://{addr}");
@@ -299,6 +331,41 @@ pub async fn serve(
                     .await;
         });
     }
+}
+
+/// The node API of a cluster without a CA: /healthz and /metrics on
+/// loopback, and everything on the insecure address when one is given.
+async fn serve_plain(
+    listen: Listen,
+    app: axum::Router,
+    public: axum::Router,
+) -> anyhow::Result<()> {
+    let local = local_only(listen.address);
+    if local != listen.address {
+        tracing::warn!(
+            "no cluster CA known: the node API serves only /healthz and /metrics, on http://{local} instead of {}",
+            listen.address
+        );
+    }
+    let Some(insecure) = listen.insecure else {
+        let listener = tokio::net::TcpListener::bind(local).await?;
+        tracing::info!("node API on http://{local} (health and metrics only)");
+        axum::serve(listener, public).await?;
+        return Ok(());
+    };
+    anyhow::ensure!(
+        !insecure.ip().is_unspecified(),
+        "--node-api-insecure-address {insecure}: plain HTTP without authentication must be bound to one address, not all"
+    );
+    tracing::warn!("node API on http://{insecure} without authentication (no cluster CA known)");
+    let open = axum::serve(tokio::net::TcpListener::bind(insecure).await?, app);
+    if insecure == local {
+        open.await?;
+        return Ok(());
+    }
+    let health = axum::serve(tokio::net::TcpListener::bind(local).await?, public);
+    tokio::try_join!(async { open.await }, async { health.await })?;
+    Ok(())
 }
 
 fn cert_is_node(der: &[u8]) -> bool {

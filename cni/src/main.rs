@@ -8,9 +8,8 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use kestrel_cni::ipnet::Ipv4Net;
 use kestrel_cni::{Attachment, Endpoint, Error, NetConf, GATEWAY};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 /// 0.4.0 differs from 1.x only in the result's `ips[].version`; 0.3.x and
 /// older lack CHECK and would need a different DEL contract.
@@ -20,6 +19,10 @@ const DEFAULT_MTU: u32 = 1500;
 const DEFAULT_DATA_DIR: &str = "/var/lib/cni/kestrel";
 /// Plugin-specific code for a bug that would otherwise have been a panic.
 const INTERNAL_ERROR: u32 = 102;
+
+mod config;
+
+use config::{decode_error, invalid, parse_config, Config};
 
 fn main() -> ExitCode {
     let mut stdin = Vec::new();
@@ -227,178 +230,6 @@ fn version(stdin: &[u8]) -> Reply {
         "cniVersion": reply_version,
         "supportedVersions": SUPPORTED,
     })))
-}
-
-#[derive(Debug)]
-struct Config {
-    version: String,
-    conf: NetConf,
-    prev_result: Option<Value>,
-    /// GC's list of attachments that must be kept (container id, ifname).
-    valid_attachments: Option<Vec<(String, String)>>,
-}
-
-fn decode_error(e: &serde_json::Error) -> Error {
-    Error::Decode {
-        what: "the network configuration on stdin".into(),
-        reason: e.to_string(),
-    }
-}
-
-fn invalid(field: &str, reason: impl Into<String>) -> Error {
-    Error::InvalidConfig {
-        field: field.into(),
-        reason: reason.into(),
-    }
-}
-
-/// Parses the network configuration. On error, also returns the
-/// configuration's CNI version once it is known, for the error reply.
-fn parse_config(stdin: &[u8]) -> Result<Config, (Option<String>, Error)> {
-    if stdin.iter().all(u8::is_ascii_whitespace) {
-        return Err((
-            None,
-            Error::Decode {
-                what: "the network configuration on stdin".into(),
-                reason: "stdin is empty".into(),
-            },
-        ));
-    }
-    let value: Value = serde_json::from_slice(stdin).map_err(|e| (None, decode_error(&e)))?;
-    let Value::Object(obj) = value else {
-        return Err((
-            None,
-            Error::Decode {
-                what: "the network configuration on stdin".into(),
-                reason: "it is not a JSON object".into(),
-            },
-        ));
-    };
-    let version = match obj.get("cniVersion") {
-        Some(Value::String(v)) => v.clone(),
-        Some(_) => return Err((None, invalid("cniVersion", "must be a string"))),
-        None => return Err((None, invalid("cniVersion", "is missing"))),
-    };
-    if !SUPPORTED.contains(&version.as_str()) {
-        return Err((
-            None,
-            Error::IncompatibleVersion {
-                requested: version,
-                supported: SUPPORTED.join(", "),
-            },
-        ));
-    }
-    let fields = || -> Result<Config, Error> {
-        let name = string_field(&obj, "name")?.ok_or_else(|| invalid("name", "is missing"))?;
-        let kind = string_field(&obj, "type")?;
-        let ipam = match obj.get("ipam") {
-            None | Some(Value::Null) => None,
-            Some(Value::Object(m)) => Some(m),
-            Some(_) => return Err(invalid("ipam", "must be an object")),
-        };
-        if let Some(ipam) = ipam {
-            if let Some(ipam_type) = string_field(ipam, "type")? {
-                if Some(&ipam_type) != kind.as_ref() {
-                    return Err(Error::UnsupportedField {
-                        field: "ipam.type".into(),
-                        reason: format!(
-                            "{ipam_type:?}: this plugin allocates addresses itself and cannot \
-                             delegate to an IPAM plugin; give \"subnet\" (or \"ipam\": {{\"subnet\"}}) \
-                             and no ipam.type"
-                        ),
-                    });
-                }
-            }
-        }
-        let top = subnet_field(&obj, "subnet", "subnet")?;
-        let nested = match ipam {
-            Some(m) => subnet_field(m, "subnet", "ipam.subnet")?,
-            None => None,
-        };
-        let subnet =
-            match (top, nested) {
-                (Some(a), Some(b)) if a != b => {
-                    return Err(invalid(
-                        "subnet",
-                        format!("{a} differs from ipam.subnet {b}; give one of them"),
-                    ))
-                }
-                (Some(s), _) | (None, Some(s)) => s,
-                (None, None) => return Err(invalid(
-                    "subnet",
-                    "is missing: give the node's pod CIDR as \"subnet\" or \"ipam\": {\"subnet\"}",
-                )),
-            };
-        let mtu = match obj.get("mtu") {
-            None | Some(Value::Null) => DEFAULT_MTU,
-            Some(v) => v
-                .as_u64()
-                .and_then(|m| u32::try_from(m).ok())
-                .ok_or_else(|| invalid("mtu", format!("{v} is not a whole number of bytes")))?,
-        };
-        let data_dir = string_field(&obj, "dataDir")?.unwrap_or_else(|| DEFAULT_DATA_DIR.into());
-        let prev_result = match obj.get("prevResult") {
-            None | Some(Value::Null) => None,
-            Some(v @ Value::Object(_)) => Some(v.clone()),
-            Some(_) => return Err(invalid("prevResult", "must be an object")),
-        };
-        let valid_attachments = match obj.get("cni.dev/valid-attachments") {
-            None | Some(Value::Null) => None,
-            Some(Value::Array(items)) => Some(
-                items
-                    .iter()
-                    .map(|item| {
-                        let id = item.get("containerID").and_then(Value::as_str);
-                        let ifname = item.get("ifname").and_then(Value::as_str);
-                        match (id, ifname) {
-                            (Some(id), Some(ifname)) => Ok((id.to_string(), ifname.to_string())),
-                            _ => Err(invalid(
-                                "cni.dev/valid-attachments",
-                                format!("{item} lacks a string containerID or ifname"),
-                            )),
-                        }
-                    })
-                    .collect::<Result<_, _>>()?,
-            ),
-            Some(_) => return Err(invalid("cni.dev/valid-attachments", "must be an array")),
-        };
-        Ok(Config {
-            version: version.clone(),
-            conf: NetConf {
-                name,
-                subnet,
-                mtu,
-                data_dir: data_dir.into(),
-            },
-            prev_result,
-            valid_attachments,
-        })
-    };
-    fields().map_err(|e| (Some(version.clone()), e))
-}
-
-fn string_field(obj: &Map<String, Value>, key: &str) -> Result<Option<String>, Error> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(v) => Err(invalid(key, format!("{v} is not a string"))),
-    }
-}
-
-fn subnet_field(
-    obj: &Map<String, Value>,
-    key: &str,
-    field: &str,
-) -> Result<Option<Ipv4Net>, Error> {
-    let Some(s) = string_field(obj, key).map_err(|_| invalid(field, "must be a string"))? else {
-        return Ok(None);
-    };
-    s.parse::<Ipv4Net>().map(Some).map_err(|_| {
-        invalid(
-            field,
-            format!("{s:?} is not an IPv4 CIDR such as 10.244.1.0/24"),
-        )
-    })
 }
 
 fn mac_str(mac: &[u8; 6]) -> String {

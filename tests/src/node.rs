@@ -120,6 +120,9 @@ impl Node {
                 "--pod-cidr",
                 &self.pod_cidr,
             ])
+            // The test clusters have no CA: logs and exec over plain HTTP,
+            // on the node's own address only.
+            .arg(format!("--node-api-insecure-address={}:10250", self.ip))
             .args(&self.extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

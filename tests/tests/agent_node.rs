@@ -5,6 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use harness::cluster::{binary, ControlPlane};
+use harness::ports::free_port;
 use harness::process::{wait_for, Guarded};
 use serde_json::Value;
 
@@ -24,10 +25,14 @@ fn agent_registers_the_node_with_real_capacity_and_conditions() {
     let k = cp.kubectl();
     let state = tempfile::tempdir().unwrap();
     let name = harness::names::unique("node");
+    // This agent runs in the machine's own network namespace: its node API
+    // stays on loopback.
+    let port = free_port();
     let _agent = Guarded::spawn(
         "agent",
         Command::new(binary("agent"))
             .args(["run", "--master", &cp.url(), "--node-name", &name])
+            .arg(format!("--node-api-address=127.0.0.1:{port}"))
             .arg("--state-dir")
             .arg(state.path())
             .args([
@@ -150,4 +155,212 @@ fn agent_registers_the_node_with_real_capacity_and_conditions() {
     let describe = k.run(&["describe", "node", &name]).unwrap();
     assert!(describe.contains("pinned"), "{describe}");
     assert!(describe.contains("KubeletReady"), "{describe}");
+
+    // No cluster CA: the node API answers health on loopback, and logs and
+    // exec not at all.
+    assert_eq!(
+        node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"],
+        port
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    assert_eq!(curl(&[&format!("{base}/healthz")]).1, "ok");
+    for path in [
+        "containerLogs/default/pinned/c",
+        "exec/default/pinned/c?command=ls",
+    ] {
+        let (status, body) = curl(&["-w", "\n%{http_code}", &format!("{base}/{path}")]);
+        assert!(status.success(), "{path}: {body}");
+        assert!(
+            body.ends_with("\n404"),
+            "{path} is served without a CA: {body}"
+        );
+    }
+}
+
+/// `curl -sS ARGS`: (exit status, stdout).
+fn curl(args: &[&str]) -> (std::process::ExitStatus, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "-m", "5"])
+        .args(args)
+        .output()
+        .expect("curl runs");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// `openssl ARGS` in `dir`, which must succeed.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA `NAME.crt`/`NAME.key` in `dir`, and a client certificate it signed
+/// for an admin, `NAME-client.crt`/`NAME-client.key`.
+fn ca_and_client(dir: &std::path::Path, name: &str) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let (crt, key) = (format!("{name}.crt"), format!("{name}.key"));
+    let mut ca = vec!["req", "-x509", "-days", "1", "-subj"];
+    let subject = format!("/CN={name}");
+    ca.push(&subject);
+    ca.extend(ec);
+    ca.extend(["-keyout", &key, "-out", &crt]);
+    openssl(dir, &ca);
+    let (ckey, csr, ccrt) = (
+        format!("{name}-client.key"),
+        format!("{name}-client.csr"),
+        format!("{name}-client.crt"),
+    );
+    let mut req = vec!["req", "-subj", "/O=system:masters/CN=admin"];
+    req.extend(ec);
+    req.extend(["-keyout", &ckey, "-out", &csr]);
+    openssl(dir, &req);
+    std::fs::write(
+        dir.join("client.ext"),
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-days",
+            "1",
+            "-in",
+            &csr,
+            "-CA",
+            &crt,
+            "-CAkey",
+            &key,
+            "-CAcreateserial",
+            "-extfile",
+            "client.ext",
+            "-out",
+            &ccrt,
+        ],
+    );
+}
+
+/// With the cluster CA in its kubeconfig the node API speaks HTTPS alone
+/// and lets in only clients whose certificate that CA signed: no
+/// certificate, or one from another CA, gets no logs and no exec.
+#[test]
+fn node_api_refuses_clients_without_a_cluster_certificate() {
+    let cp = ControlPlane::start().expect("control plane starts");
+    let k = cp.kubectl();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ca_and_client(d, "cluster");
+    ca_and_client(d, "rogue");
+    let ca = std::fs::read(d.join("cluster.crt")).unwrap();
+    // base64 of the CA for certificate-authority-data.
+    let out = Command::new("base64")
+        .args(["-w0"])
+        .arg(d.join("cluster.crt"))
+        .output()
+        .unwrap();
+    assert!(out.status.success() && !ca.is_empty());
+    let ca_data = String::from_utf8(out.stdout).unwrap();
+    let kubeconfig = d.join("agent.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {ca_data}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\n",
+            cp.url()
+        ),
+    )
+    .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let name = harness::names::unique("node");
+    let port = free_port();
+    let _agent = Guarded::spawn(
+        "agent",
+        Command::new(binary("agent"))
+            .arg("run")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["--node-name", &name])
+            .arg(format!("--node-api-address=127.0.0.1:{port}"))
+            .arg("--state-dir")
+            .arg(state.path())
+            .arg("--no-pods")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .unwrap();
+    wait_for(Duration::from_secs(30), || {
+        k.output(&["get", "node", &name])
+            .ok()?
+            .status
+            .success()
+            .then_some(())
+    })
+    .expect("the agent registered its node");
+
+    let base = format!("https://127.0.0.1:{port}");
+    let path = |p: &str| format!("{base}/{p}");
+    let good = [
+        "--cert",
+        "cluster-client.crt",
+        "--key",
+        "cluster-client.key",
+    ];
+    let rogue = ["--cert", "rogue-client.crt", "--key", "rogue-client.key"];
+    let in_dir = |extra: &[&str], url: &str| {
+        let out = Command::new("curl")
+            .args(["-sS", "-k", "-m", "5", "-w", "\n%{http_code}"])
+            .args(extra)
+            .arg(url)
+            .current_dir(d)
+            .output()
+            .expect("curl runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    // A client of the cluster CA gets in (the container does not exist,
+    // which the agent says).
+    let (ok, body) = wait_for(Duration::from_secs(20), || {
+        let r = in_dir(&good, &path("healthz"));
+        r.0.then_some(r)
+    })
+    .expect("the node API answers a client of the cluster CA");
+    assert!(ok && body == "ok\n200", "{body}");
+    let (ok, body) = in_dir(&good, &path("containerLogs/default/p/c"));
+    assert!(ok && body.ends_with("\n400"), "{body}");
+
+    for p in ["containerLogs/default/p/c", "exec/default/p/c?command=ls"] {
+        for (who, cert) in [("no certificate", &[][..]), ("another CA's", &rogue[..])] {
+            let (ok, body) = in_dir(cert, &path(p));
+            assert!(!ok, "{p} with {who}: {body}");
+            assert!(
+                !body.contains("\n200") && !body.contains("\n400"),
+                "{p} with {who}: {body}"
+            );
+        }
+        // Nor over plain HTTP.
+        let (_, body) = in_dir(&[], &format!("http://127.0.0.1:{port}/{p}"));
+        assert!(
+            !body.ends_with("\n200") && !body.ends_with("\n400"),
+            "{p} over HTTP: {body}"
+        );
+    }
 }

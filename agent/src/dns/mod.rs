@@ -5,8 +5,10 @@
 //! agent's own server on the node's address, so every query stays on its
 //! node and is answered from the Services and EndpointSlices the agent
 //! already follows. Names outside the cluster domain are relayed to the
-//! node's own resolvers.
+//! node's own resolvers. Only the cluster's pods and nodes are answered
+//! (see `access`).
 
+pub mod access;
 pub mod resolv;
 pub mod wire;
 pub mod zone;
@@ -18,6 +20,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
+pub use access::Access;
 pub use resolv::ClusterDns;
 use zone::{Answer, Zone};
 
@@ -42,24 +45,57 @@ pub fn upstreams(resolv_conf: &str, skip: Ipv4Addr) -> Vec<SocketAddr> {
         .collect()
 }
 
-/// Answers DNS on `bind` over UDP and TCP until the process ends.
+/// Whether `msg` claims to be a query (QR clear): only queries get an
+/// answer, so two servers never bounce errors at each other.
+fn is_query(msg: &[u8]) -> bool {
+    msg.get(2).is_some_and(|b| b & 0x80 == 0)
+}
+
+/// Answers DNS on `bind` over UDP and TCP until the process ends, to the
+/// clients `access` allows.
 pub async fn serve(
     bind: SocketAddr,
     zone: SharedZone,
     upstream: Vec<SocketAddr>,
+    access: Access,
 ) -> std::io::Result<()> {
-    let udp = Arc::new(UdpSocket::bind(bind).await?);
+    let udp = UdpSocket::bind(bind).await?;
     let tcp = TcpListener::bind(bind).await?;
     tracing::info!(%bind, upstream = ?upstream, "cluster DNS listening");
+    serve_on(udp, tcp, zone, upstream, access).await;
+    Ok(())
+}
+
+/// Answers DNS on sockets already bound, until the process ends.
+async fn serve_on(
+    udp: UdpSocket,
+    tcp: TcpListener,
+    zone: SharedZone,
+    upstream: Vec<SocketAddr>,
+    access: Access,
+) {
+    let udp = Arc::new(udp);
     let upstream = Arc::new(upstream);
     {
-        let (zone, upstream) = (zone.clone(), upstream.clone());
+        let (zone, upstream, access) = (zone.clone(), upstream.clone(), access.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((conn, _)) = tcp.accept().await else {
+                let Ok((conn, from)) = tcp.accept().await else {
                     continue;
                 };
-                tokio::spawn(serve_tcp(conn, zone.clone(), upstream.clone()));
+                // Dropped: the connection closes at once.
+                if !access.allows(from.ip()) {
+                    tracing::debug!(%from, "cluster DNS: a connection from outside the cluster");
+                    continue;
+                }
+                let Some(slot) = access.tcp_slot() else {
+                    continue;
+                };
+                let (zone, upstream) = (zone.clone(), upstream.clone());
+                tokio::spawn(async move {
+                    serve_tcp(conn, zone, upstream).await;
+                    drop(slot);
+                });
             }
         });
     }
@@ -72,11 +108,31 @@ pub async fn serve(
                 continue;
             }
         };
-        let msg = buf[..len].to_vec();
+        let msg = &buf[..len];
+        if !access.allows(from.ip()) {
+            if is_query(msg) {
+                if let Some(reply) = wire::error_for(msg, wire::RCODE_REFUSED) {
+                    let _ = udp.send_to(&reply, from).await;
+                }
+            }
+            continue;
+        }
+        let Some(slot) = access.udp_slot() else {
+            // Too much at once: fail this one now rather than queue it.
+            if is_query(msg) {
+                if let Some(reply) = wire::error_for(msg, wire::RCODE_SERVFAIL) {
+                    let _ = udp.send_to(&reply, from).await;
+                }
+            }
+            continue;
+        };
+        let msg = msg.to_vec();
         let (udp, zone, upstream) = (udp.clone(), zone.clone(), upstream.clone());
         // Relayed queries wait on another server: never hold up the rest.
         tokio::spawn(async move {
-            if let Some(reply) = handle(&msg, &zone, &upstream, wire::UDP_LIMIT).await {
+            let reply = handle(&msg, &zone, &upstream, wire::UDP_LIMIT).await;
+            drop(slot);
+            if let Some(reply) = reply {
                 let _ = udp.send_to(&reply, from).await;
             }
         });
@@ -275,7 +331,8 @@ mod tests {
         let probe = UdpSocket::bind(addr).await.unwrap();
         let bind = probe.local_addr().unwrap();
         drop(probe);
-        tokio::spawn(serve(bind, zone.clone(), vec![]));
+        let loopback = Access::new(vec!["127.0.0.0/8".parse().unwrap()], 8);
+        tokio::spawn(serve(bind, zone.clone(), vec![], loopback));
         tokio::time::sleep(Duration::from_millis(100)).await;
         let client = UdpSocket::bind(addr).await.unwrap();
         let q = wire::query_bytes(45, "web.default.svc.cluster.local", wire::TYPE_A);
@@ -295,5 +352,113 @@ mod tests {
         let mut reply = vec![0u8; u16::from_be_bytes(len) as usize];
         tcp.read_exact(&mut reply).await.unwrap();
         assert_eq!(wire::parse_response(&reply).unwrap().2.len(), 1);
+    }
+
+    /// A server on a free loopback port (UDP and TCP on the same one).
+    async fn start(zone: &SharedZone, upstream: Vec<SocketAddr>, access: Access) -> SocketAddr {
+        loop {
+            let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let bind = udp.local_addr().unwrap();
+            let Ok(tcp) = TcpListener::bind(bind).await else {
+                continue;
+            };
+            tokio::spawn(serve_on(udp, tcp, zone.clone(), upstream, access));
+            return bind;
+        }
+    }
+
+    /// The rcode of the answer to `q` sent from `client`, if one comes
+    /// within `wait`.
+    async fn ask(client: &UdpSocket, server: SocketAddr, q: &[u8], wait: Duration) -> Option<u8> {
+        client.send_to(q, server).await.unwrap();
+        let mut buf = [0u8; 512];
+        let len = tokio::time::timeout(wait, client.recv(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        Some(wire::parse_response(&buf[..len]).ok()?.0)
+    }
+
+    fn web_zone() -> SharedZone {
+        use k8s_openapi::api::core::v1::Service;
+        let mut z = Zone::new("cluster.local");
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"clusterIP": "10.96.0.7", "ports": [{"port": 80}]}
+        }))
+        .unwrap();
+        z.set("default", "web", Some(zone::record(&svc, [])));
+        Arc::new(RwLock::new(z))
+    }
+
+    #[tokio::test]
+    async fn sources_outside_the_cluster_are_refused() {
+        let zone = web_zone();
+        let q = wire::query_bytes(7, "web.default.svc.cluster.local", wire::TYPE_A);
+        let wait = Duration::from_secs(2);
+        // The client is 127.0.0.1: outside a server that answers only the
+        // pod network and a node address.
+        let cluster_only = Access::new(
+            vec![
+                "10.244.0.0/16".parse().unwrap(),
+                "10.99.0.10/32".parse().unwrap(),
+            ],
+            8,
+        );
+        let server = start(&zone, vec![], cluster_only).await;
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        assert_eq!(
+            ask(&client, server, &q, wait).await,
+            Some(wire::RCODE_REFUSED)
+        );
+        // Over TCP the connection is closed without an answer.
+        let mut tcp = TcpStream::connect(server).await.unwrap();
+        let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&q);
+        let _ = tcp.write_all(&framed).await;
+        let mut len = [0u8; 2];
+        let read = tokio::time::timeout(wait, tcp.read_exact(&mut len)).await;
+        assert!(matches!(read, Ok(Err(_))), "{read:?}");
+        // The same query from an allowed source is answered.
+        let loopback = Access::new(vec!["127.0.0.1/32".parse().unwrap()], 8);
+        let server = start(&zone, vec![], loopback).await;
+        assert_eq!(ask(&client, server, &q, wait).await, Some(wire::RCODE_OK));
+    }
+
+    #[tokio::test]
+    async fn queries_beyond_the_bound_get_servfail_at_once() {
+        let zone = web_zone();
+        // An upstream that never answers holds a relayed query for the
+        // whole upstream timeout.
+        let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let one = Access::new(vec!["127.0.0.0/8".parse().unwrap()], 1);
+        let server = start(&zone, vec![silent.local_addr().unwrap()], one).await;
+        let slow = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let outside = wire::query_bytes(8, "example.com", wire::TYPE_A);
+        slow.send_to(&outside, server).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The slot is taken: a second query is turned away.
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let q = wire::query_bytes(9, "web.default.svc.cluster.local", wire::TYPE_A);
+        // Answered from the zone it would be OK; SERVFAIL says it was
+        // turned away while the relayed one still held the slot.
+        assert_eq!(
+            ask(&client, server, &q, UPSTREAM_TIMEOUT).await,
+            Some(wire::RCODE_SERVFAIL)
+        );
+        // Once the relayed query gives up, the slot is free again.
+        let mut buf = [0u8; 512];
+        let len = tokio::time::timeout(UPSTREAM_TIMEOUT * 2, slow.recv(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            wire::parse_response(&buf[..len]).unwrap().0,
+            wire::RCODE_SERVFAIL
+        );
+        assert_eq!(
+            ask(&client, server, &q, Duration::from_secs(2)).await,
+            Some(wire::RCODE_OK)
+        );
     }
 }

@@ -13,7 +13,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::Deserialize;
 
 use super::oci::{self, Descriptor, Index, Manifest};
-use super::store::Ingest;
+use super::store::{ImageStore, Ingest};
 use super::unpack::{decompressed, is_gzip, relative, HashingReader};
 use super::{normalize, Error, IoContext, Result};
 
@@ -52,7 +52,17 @@ struct DockerManifestEntry {
     layers: Vec<String>,
 }
 
-pub(super) fn import(ingest: &Ingest, archive: &Path) -> Result<Vec<String>> {
+// The store knows nothing of archive formats: importing is one more way of
+// writing through an `Ingest`, like pulling.
+impl ImageStore {
+    /// Imports an OCI image layout archive or a `docker save` archive (either
+    /// possibly gzipped) and returns the normalized references it named.
+    pub fn import(&self, archive: &Path) -> Result<Vec<String>> {
+        import(&self.ingest(), archive)
+    }
+}
+
+fn import(ingest: &Ingest, archive: &Path) -> Result<Vec<String>> {
     let staging = stage(ingest, archive)?;
     let has_index = staging.lookup("index.json").is_some();
     let has_docker = staging.lookup("manifest.json").is_some();

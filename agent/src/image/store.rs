@@ -82,12 +82,6 @@ impl ImageStore {
         &self.root
     }
 
-    /// Imports an OCI image layout archive or a `docker save` archive (either
-    /// possibly gzipped) and returns the normalized references it named.
-    pub fn import(&self, archive: &Path) -> Result<Vec<String>> {
-        super::archive::import(&self.ingest(), archive)
-    }
-
     /// Starts adding content; blobs written through the returned `Ingest`
     /// are safe from garbage collection until it is dropped. `remove` waits
     /// for every open `Ingest`, so do not call it while holding one.

@@ -7,6 +7,7 @@
 //! carries the packets is the business of this module alone.
 
 pub mod datapath;
+pub mod peers;
 pub mod routes;
 pub mod vxlan;
 
@@ -16,18 +17,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
 pub use kestrel_cni::Endpoint;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::{watcher, WatchStreamExt};
-use kube::ResourceExt;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::LinkAttribute;
 
 use datapath::Datapath;
-use routes::{NodeRoute, Routes};
+pub use peers::sync_routes;
+use routes::Routes;
 
 /// Network flags of `agent run`.
 #[derive(Clone, Debug, clap::Args)]
@@ -76,6 +76,8 @@ pub struct Network {
     conf: kestrel_cni::NetConf,
     datapath: Mutex<Datapath>,
     pub pod_cidr: Ipv4Net,
+    /// The whole cluster's pod network (`--cluster-cidr`).
+    pub cluster_cidr: Ipv4Net,
     pub pin_dir: PathBuf,
     /// The VXLAN device's index in tunnel mode.
     pub tunnel: Option<u32>,
@@ -146,6 +148,7 @@ impl Network {
             },
             datapath: Mutex::new(dp),
             pod_cidr,
+            cluster_cidr: args.cluster_cidr,
             pin_dir,
             tunnel,
         }))
@@ -322,126 +325,6 @@ async fn uplink(node_ip: Ipv4Addr, name: Option<&str>) -> anyhow::Result<(String
     .await;
     task.abort();
     result
-}
-
-/// The routes this node needs to reach the pods of `nodes` (all but
-/// itself), and in tunnel mode (the VXLAN device `tunnel`) the peers.
-pub fn desired_routes(
-    self_name: &str,
-    nodes: &[Arc<Node>],
-    tunnel: Option<u32>,
-) -> (Vec<NodeRoute>, Vec<vxlan::Peer>) {
-    let mut peers = Vec::new();
-    let mut out: Vec<NodeRoute> = nodes
-        .iter()
-        .filter(|n| n.name_any() != self_name)
-        .filter_map(|n| {
-            let cidr: Ipv4Net = n.spec.as_ref()?.pod_cidr.as_ref()?.parse().ok()?;
-            let via: Ipv4Addr = n
-                .status
-                .as_ref()?
-                .addresses
-                .as_ref()?
-                .iter()
-                .find(|a| a.type_ == "InternalIP")?
-                .address
-                .parse()
-                .ok()?;
-            Some(match tunnel {
-                None => NodeRoute {
-                    pod_cidr: cidr,
-                    via,
-                    dev: None,
-                },
-                Some(dev) => {
-                    peers.push(vxlan::Peer {
-                        node_ip: via,
-                        overlay_ip: cidr.network(),
-                    });
-                    NodeRoute {
-                        pod_cidr: cidr,
-                        via: cidr.network(),
-                        dev: Some(dev),
-                    }
-                }
-            })
-        })
-        .collect();
-    out.sort();
-    out.dedup();
-    peers.sort();
-    peers.dedup();
-    (out, peers)
-}
-
-/// Keeps the routes to other nodes' pod CIDRs equal to the Node objects,
-/// until dropped.
-pub async fn sync_routes(client: kube::Client, self_name: String, tunnel: Option<u32>) {
-    let routes = match Routes::new() {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!("no netlink socket for node routes: {e}");
-            return;
-        }
-    };
-    let api: Api<Node> = Api::all(client);
-    let stream = watcher(api, watcher::Config::default()).default_backoff();
-    futures::pin_mut!(stream);
-    let mut nodes: std::collections::BTreeMap<String, Arc<Node>> = Default::default();
-    let mut relisting: Option<std::collections::BTreeMap<String, Arc<Node>>> = None;
-    let mut listed = false;
-    let mut last: Option<Vec<NodeRoute>> = None;
-    loop {
-        // Resync every 30 s even when nothing happens, in case someone
-        // removed our routes by hand.
-        match tokio::time::timeout(Duration::from_secs(30), stream.next()).await {
-            Ok(None) => return,
-            Ok(Some(Err(e))) => {
-                tracing::debug!("watching nodes: {e}");
-                continue;
-            }
-            Ok(Some(Ok(ev))) => match ev {
-                watcher::Event::Init => relisting = Some(Default::default()),
-                watcher::Event::InitApply(n) => {
-                    if let Some(r) = relisting.as_mut() {
-                        r.insert(n.name_any(), Arc::new(n));
-                    }
-                }
-                watcher::Event::InitDone => {
-                    nodes = relisting.take().unwrap_or_default();
-                    listed = true;
-                }
-                watcher::Event::Apply(n) => {
-                    nodes.insert(n.name_any(), Arc::new(n));
-                }
-                watcher::Event::Delete(n) => {
-                    nodes.remove(&n.name_any());
-                }
-            },
-            Err(_) => {}
-        }
-        // Until the first complete list, a missing node may just be unseen.
-        if !listed || relisting.is_some() {
-            continue;
-        }
-        let all: Vec<Arc<Node>> = nodes.values().cloned().collect();
-        let (want, peers) = desired_routes(&self_name, &all, tunnel);
-        if let Some(dev) = tunnel {
-            // Neighbours before routes: a route must never point at a tunnel
-            // endpoint the device cannot address yet.
-            if let Err(e) = vxlan::sync_peers(routes.handle(), dev, &peers).await {
-                tracing::warn!("syncing VXLAN peers: {e}");
-            }
-        }
-        match routes.sync(&want).await {
-            Ok(n) if n > 0 || last.as_ref() != Some(&want) => {
-                tracing::info!("node routes: {} to other nodes ({n} changed)", want.len());
-                last = Some(want);
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!("syncing node routes: {e}"),
-        }
-    }
 }
 
 /// A human description of the datapath pinned in `pin_dir`, for

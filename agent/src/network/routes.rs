@@ -81,29 +81,46 @@ impl Routes {
     }
 
     /// Makes the agent's routes exactly `want`: adds or replaces what is
-    /// missing or different, removes the rest. Returns how many changed.
-    pub async fn sync(&self, want: &[NodeRoute]) -> Result<usize, rtnetlink::Error> {
+    /// missing or different, removes the rest. Each route is its own
+    /// change: one the kernel refuses (a next hop no interface reaches) is
+    /// reported in the result and the others are made all the same.
+    pub async fn sync(&self, want: &[NodeRoute]) -> Result<Synced, rtnetlink::Error> {
         let have = self.current().await?;
-        let mut changed = 0;
+        let mut done = Synced::default();
         for r in have.iter().filter(|r| !want.iter().any(|w| w.is(r))) {
             // A CIDR that moved to another node is replaced below instead.
             if want.iter().any(|w| w.pod_cidr == r.pod_cidr) {
                 continue;
             }
-            self.handle.route().del(message(r)).execute().await?;
-            changed += 1;
+            match self.handle.route().del(message(r)).execute().await {
+                Ok(()) => done.changed += 1,
+                Err(e) => done.failed.push((r.clone(), e)),
+            }
         }
         for r in want.iter().filter(|w| !have.iter().any(|h| w.is(h))) {
-            self.handle
+            match self
+                .handle
                 .route()
                 .add(message(r))
                 .replace()
                 .execute()
-                .await?;
-            changed += 1;
+                .await
+            {
+                Ok(()) => done.changed += 1,
+                Err(e) => done.failed.push((r.clone(), e)),
+            }
         }
-        Ok(changed)
+        Ok(done)
     }
+}
+
+/// What one [`Routes::sync`] did.
+#[derive(Debug, Default)]
+pub struct Synced {
+    /// Routes added, replaced or removed.
+    pub changed: usize,
+    /// Routes the kernel would not add (or remove), with its answer.
+    pub failed: Vec<(NodeRoute, rtnetlink::Error)>,
 }
 
 fn message(r: &NodeRoute) -> RouteMessage {

@@ -73,6 +73,8 @@ pub struct NodeInfo {
     pub name: String,
     /// The node's address, where its DNS server listens.
     pub ip: Ipv4Addr,
+    /// The cluster's pod network: the DNS server answers it.
+    pub cluster_cidr: ipnet::Ipv4Net,
     /// Pod cgroups live under this path (`--cgroup-root`).
     pub cgroup_root: String,
     /// The agent's bpffs directory.
@@ -127,8 +129,18 @@ pub async fn run(client: kube::Client, node: NodeInfo, args: ServiceArgs) {
             let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
             let upstream = dns::upstreams(&resolv, cluster.nameserver);
             let served = zone.clone();
+            // The cluster's pods, and this node (its own processes, and
+            // host-network pods, come from its address or loopback).
+            let mut allowed = vec![
+                node.cluster_cidr,
+                ipnet::Ipv4Net::from(node.ip),
+                ipnet::Ipv4Net::new(std::net::Ipv4Addr::LOCALHOST, 8)
+                    .unwrap_or_else(|_| ipnet::Ipv4Net::from(std::net::Ipv4Addr::LOCALHOST)),
+            ];
+            allowed.dedup();
+            let access = dns::Access::new(allowed, dns::access::MAX_IN_FLIGHT);
             tokio::spawn(async move {
-                if let Err(e) = dns::serve(bind, served, upstream).await {
+                if let Err(e) = dns::serve(bind, served, upstream, access).await {
                     tracing::error!("cluster DNS on {bind}: {e}");
                 }
             });
