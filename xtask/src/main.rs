@@ -43,8 +43,7 @@ enum Task {
     /// Stop the cluster that `up` started and remove what it made at run time.
     Down(cluster::DownArgs),
     /// Build in release and run a benchmark; writes target/bench/<what>.md.
-    #[command(subcommand)]
-    Bench(bench::Bench),
+    Bench(bench::BenchArgs),
     /// Build a release for bare-metal machines: binaries, systemd units,
     /// configuration and install.sh in target/dist/kestrel-<version>-<arch>/
     /// and a .tar.gz of it.
@@ -77,5 +76,22 @@ fn main() {
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bench_check_goes_after_the_benchmark_before_its_options() {
+        let cli = Cli::try_parse_from(["xtask", "bench", "net", "--check", "--", "--rounds", "2"]);
+        let Ok(Cli {
+            task: Task::Bench(args),
+        }) = cli
+        else {
+            panic!("not parsed as bench");
+        };
+        assert!(args.check());
     }
 }

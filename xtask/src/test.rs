@@ -188,9 +188,15 @@ fn timeout() -> anyhow::Result<Duration> {
 /// `cargo test --no-run`, reading the test executables from cargo's JSON messages.
 fn build(cargo_args: &[String]) -> anyhow::Result<Vec<Binary>> {
     let mut cmd = util::cargo_command();
-    cmd.args(["test", "--workspace", "--no-run", "--message-format=json"])
-        .args(cargo_args)
-        .stdout(Stdio::piped());
+    cmd.args(["test", "--no-run", "--message-format=json"]);
+    // `--workspace` would win over `-p`.
+    if !cargo_args
+        .iter()
+        .any(|a| ["-p", "--package"].contains(&a.split('=').next().unwrap_or(a)))
+    {
+        cmd.arg("--workspace");
+    }
+    cmd.args(cargo_args).stdout(Stdio::piped());
     let output = cmd
         .spawn()
         .and_then(|c| c.wait_with_output())
