@@ -12,7 +12,7 @@
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc;
@@ -126,7 +126,7 @@ struct Outcome {
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     crate::setup::run(false)?;
-    crate::cluster::sweep_stale_test_namespaces();
+    sweep_stale_test_namespaces();
     let args = split_args(args);
     util::step("building the workspace");
     util::cargo(&["build", "--workspace", "--all-targets"])?;
@@ -372,7 +372,7 @@ fn watch(
         eprintln!("error: {why}");
         failed += unfinished.len().max(1) as u64;
         // Killed tests could not remove their namespaces and pins.
-        crate::cluster::sweep_stale_test_namespaces();
+        sweep_stale_test_namespaces();
         Some(why)
     } else if !status.success() && failed == 0 {
         let why = format!("{name} exited with {status} without a failed test");
@@ -389,6 +389,38 @@ fn watch(
         failed,
         trouble,
     })
+}
+
+/// Removes network namespaces and bpffs pin directories left by test
+/// processes that were killed before their clean-up ran (names
+/// `kt<pid>-…` whose pid is gone).
+fn sweep_stale_test_namespaces() {
+    let stale = |name: &str| {
+        name.strip_prefix("kt")
+            .and_then(|r| r.split_once('-'))
+            .and_then(|(p, _)| u32::from_str_radix(p, 36).ok())
+            .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+    };
+    for entry in std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if stale(&name) {
+            let _ = Command::new("ip").args(["netns", "delete", &name]).status();
+        }
+    }
+    // Pinned links detach when their pins go; pinned maps are freed.
+    for entry in std::fs::read_dir("/sys/fs/bpf/kestrel")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if stale(&entry.file_name().to_string_lossy()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 fn join(names: &[&String]) -> String {
