@@ -342,10 +342,7 @@ fn watch(
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 timed_out = true;
-                // The tests' own children (API servers, etcd, agents) share
-                // the group, so none is left behind holding ports or namespaces.
-                // SAFETY: kill has no memory preconditions; the group is ours.
-                unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+                kill_tree(child.id() as i32);
                 break;
             }
         }
@@ -419,6 +416,51 @@ fn sweep_stale_test_namespaces() {
     {
         if stale(&entry.file_name().to_string_lossy()) {
             let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Kills a test binary and everything it started. Its children (API
+/// servers, etcd, agents) share its process group; processes that left the
+/// group for a session of their own (the agents' runtime helpers and
+/// containers) are found by parentage first, while the binary still lives
+/// to link them to it.
+fn kill_tree(pid: i32) {
+    let mut parents: Vec<(i32, i32)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok());
+        if let Some(ppid) = ppid {
+            parents.push((p, ppid));
+        }
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    // SAFETY: kill has no memory preconditions; every target descends from
+    // the binary this run started.
+    unsafe {
+        libc::kill(-pid, libc::SIGKILL);
+        for p in tree {
+            libc::kill(p, libc::SIGKILL);
         }
     }
 }
@@ -531,6 +573,47 @@ mod tests {
             &mut f,
         );
         assert_eq!((p, f), (3, 2));
+    }
+
+    #[test]
+    fn a_killed_binary_takes_along_what_left_its_group() {
+        // The grandchild starts a session of its own, as the agents'
+        // runtime helpers do, and writes its pid where the test reads it.
+        let dir = tempfile_dir();
+        let pid_file = dir.join("pid");
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg("setsid sh -c 'echo $$ > \"$1\"; exec sleep 300' sh \"$1\" & exec sleep 300")
+            .arg("sh")
+            .arg(&pid_file)
+            .process_group(0)
+            .spawn()
+            .expect("sh");
+        let grandchild: i32 = (0..100)
+            .find_map(|_| {
+                std::thread::sleep(Duration::from_millis(50));
+                std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok()
+            })
+            .expect("the grandchild wrote its pid");
+        kill_tree(child.id() as i32);
+        child.wait().expect("wait");
+        let gone = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            std::fs::read_to_string(format!("/proc/{grandchild}/stat"))
+                .map(|s| {
+                    s.rsplit_once(')')
+                        .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+                })
+                .unwrap_or(true)
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(gone, "pid {grandchild} outlived the kill");
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("xtask-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        dir
     }
 
     #[test]
