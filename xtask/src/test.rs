@@ -238,6 +238,8 @@ fn build(cargo_args: &[String]) -> anyhow::Result<Vec<Binary>> {
             dir,
         });
     }
+    // Cargo reports them as they finish building; run them in a stable order.
+    binaries.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(binaries)
 }
 
