@@ -201,16 +201,19 @@ fn build(cargo_args: &[String]) -> anyhow::Result<Vec<Binary>> {
         .spawn()
         .and_then(|c| c.wait_with_output())
         .map_err(|e| anyhow::anyhow!("cannot run cargo: {e}"))?;
-    anyhow::ensure!(
-        output.status.success(),
-        "cargo test --no-run failed ({})",
-        output.status
-    );
     let mut binaries = Vec::new();
     for line in String::from_utf8_lossy(&output.stdout).lines() {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
+        // With JSON messages the compiler's errors and warnings come here,
+        // not on stderr.
+        if msg["reason"] == "compiler-message" {
+            if let Some(text) = msg["message"]["rendered"].as_str() {
+                eprint!("{text}");
+            }
+            continue;
+        }
         if msg["reason"] != "compiler-artifact" || msg["profile"]["test"] != true {
             continue;
         }
@@ -238,6 +241,11 @@ fn build(cargo_args: &[String]) -> anyhow::Result<Vec<Binary>> {
             dir,
         });
     }
+    anyhow::ensure!(
+        output.status.success(),
+        "cargo test --no-run failed ({})",
+        output.status
+    );
     // Cargo reports them as they finish building; run them in a stable order.
     binaries.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(binaries)
