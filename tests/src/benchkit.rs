@@ -370,3 +370,39 @@ pub fn cpu_stalled() -> f64 {
         .and_then(|t| t.parse::<f64>().ok())
         .map_or(0.0, |us| us / 1e6)
 }
+
+/// A target a benchmark holds itself to.
+pub struct Goal {
+    pub what: String,
+    pub measured: f64,
+    pub bound: f64,
+    /// Whether the measurement must reach `bound` (else stay under it).
+    pub at_least: bool,
+}
+
+impl Goal {
+    pub fn met(&self) -> bool {
+        if self.at_least {
+            self.measured >= self.bound
+        } else {
+            self.measured <= self.bound
+        }
+    }
+}
+
+/// The goals as a Markdown table whose last column, `met`, is `yes` or
+/// `**no**`: the column `cargo xtask bench <what> --check` reads.
+pub fn goals_table(goals: &[Goal]) -> String {
+    let mut s = String::from("| target | measured | goal | met |\n|---|---:|---:|---|\n");
+    for g in goals {
+        let sign = if g.at_least { "≥" } else { "≤" };
+        s.push_str(&format!(
+            "| {} | {:.2} | {sign} {:.2} | {} |\n",
+            g.what,
+            g.measured,
+            g.bound,
+            if g.met() { "yes" } else { "**no**" }
+        ));
+    }
+    s
+}

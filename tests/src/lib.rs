@@ -8,6 +8,7 @@
 
 pub mod benchkit;
 pub mod cluster;
+pub mod dist;
 pub mod etcd;
 pub mod forward;
 pub mod kubectl;
@@ -15,6 +16,7 @@ pub mod names;
 pub mod net;
 pub mod netbench;
 pub mod node;
+pub mod nspawn;
 pub mod ports;
 pub mod process;
 

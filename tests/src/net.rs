@@ -156,3 +156,34 @@ pub fn in_netns(cmd: &mut Command, ns: &Netns) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The packet filter rules that `run` sees: iptables rules (`-A` lines of
+/// `iptables-save`) and nftables chains (`nft list ruleset`). `run` runs a
+/// command where to look: [`Netns::exec`], a node's `exec`, or [`on_host`].
+/// A tool that is missing or fails is an error, never "no rules".
+pub fn packet_filter_rules(
+    run: impl Fn(&[&str]) -> anyhow::Result<String>,
+) -> anyhow::Result<Vec<String>> {
+    let mut rules = Vec::new();
+    for cmd in [&["iptables-save"][..], &["nft", "list", "ruleset"][..]] {
+        let out = run(cmd).map_err(|e| anyhow::anyhow!("{}: {e:#}", cmd.join(" ")))?;
+        rules.extend(
+            out.lines()
+                .filter(|l| l.starts_with("-A") || l.trim_start().starts_with("chain"))
+                .map(|l| format!("{}: {l}", cmd[0])),
+        );
+    }
+    Ok(rules)
+}
+
+/// Runs a command in the machine's own namespaces, failing with its stderr.
+pub fn on_host(cmd: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(cmd[0]).args(&cmd[1..]).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}: {}",
+        cmd.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}

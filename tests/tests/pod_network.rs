@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use harness::cluster::ControlPlane;
 use harness::kubectl::Kubectl;
+use harness::net::{on_host, packet_filter_rules};
 use harness::node::Node;
 use harness::process::wait_for;
 use serde_json::Value;
@@ -228,16 +229,11 @@ fn pods_reach_each_other_on_one_node_and_across_nodes() {
 
     // No packet filter rule anywhere: neither in the nodes nor on the host.
     for n in &nodes {
-        for cmd in [&["iptables-save"][..], &["nft", "list", "ruleset"][..]] {
-            if let Ok(out) = n.exec(cmd) {
-                let rules: Vec<&str> = out
-                    .lines()
-                    .filter(|l| l.starts_with("-A") || l.trim_start().starts_with("chain"))
-                    .collect();
-                assert!(rules.is_empty(), "{cmd:?} in {}: {rules:?}", n.name);
-            }
-        }
+        let rules = packet_filter_rules(|cmd| n.exec(cmd)).unwrap();
+        assert!(rules.is_empty(), "in {}: {rules:?}", n.name);
     }
+    let rules = packet_filter_rules(on_host).unwrap();
+    assert!(rules.is_empty(), "on the host: {rules:?}");
 }
 
 /// Killing the agent with SIGKILL leaves the datapath pinned: pods keep

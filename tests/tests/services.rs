@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use harness::cluster::ControlPlane;
 use harness::kubectl::Kubectl;
+use harness::net::packet_filter_rules;
 use harness::node::Node;
 use harness::process::{wait_for, Guarded};
 use serde_json::Value;
@@ -344,15 +345,8 @@ fn on_node(node: &Node, cmd: &str) -> Result<String, String> {
 
 fn assert_no_packet_filter_rules(nodes: &[Node]) {
     for n in nodes {
-        for cmd in [&["iptables-save"][..], &["nft", "list", "ruleset"][..]] {
-            if let Ok(out) = n.exec(cmd) {
-                let rules: Vec<&str> = out
-                    .lines()
-                    .filter(|l| l.starts_with("-A") || l.trim_start().starts_with("chain"))
-                    .collect();
-                assert!(rules.is_empty(), "{cmd:?} in {}: {rules:?}", n.name);
-            }
-        }
+        let rules = packet_filter_rules(|cmd| n.exec(cmd)).unwrap();
+        assert!(rules.is_empty(), "in {}: {rules:?}", n.name);
     }
 }
 

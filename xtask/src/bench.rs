@@ -10,6 +10,16 @@ use clap::Subcommand;
 
 use crate::util;
 
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Exit non-zero when the benchmark misses a target it printed (a row
+    /// whose `met` column says no).
+    #[arg(long, global = true)]
+    check: bool,
+    #[command(subcommand)]
+    what: Bench,
+}
+
 #[derive(Subcommand)]
 pub enum Bench {
     /// The API server against raw etcd: creates (closed and open loop),
@@ -67,10 +77,92 @@ fn target_dir() -> PathBuf {
     }
 }
 
-pub fn run(bench: Bench) -> anyhow::Result<()> {
-    if let Bench::All = bench {
-        return all();
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let names: Vec<&str> = match &args.what {
+        Bench::All => ALL.to_vec(),
+        Bench::Apiserver { .. } => vec!["apiserver"],
+        Bench::Scheduler { .. } => vec!["scheduler"],
+        Bench::Pods { .. } => vec!["pods"],
+        Bench::Net { .. } => vec!["net"],
+        Bench::Services { .. } => vec!["services"],
+    };
+    if args.check {
+        // A report left by an earlier run must not pass for this one's.
+        for name in &names {
+            let _ = std::fs::remove_file(target_dir().join("bench").join(format!("{name}.md")));
+        }
     }
+    let ran = match args.what {
+        Bench::All => all(),
+        bench => run_one(bench),
+    };
+    if args.check {
+        let mut missed = Vec::new();
+        for name in &names {
+            let path = target_dir().join("bench").join(format!("{name}.md"));
+            // A benchmark that failed has said so; its missing report is not a miss.
+            if let Ok(report) = std::fs::read_to_string(&path) {
+                missed.extend(
+                    missed_targets(&report)
+                        .into_iter()
+                        .map(|m| format!("{name}: {m}")),
+                );
+            }
+        }
+        if !missed.is_empty() {
+            for m in &missed {
+                eprintln!("missed: {m}");
+            }
+            ran?;
+            anyhow::bail!("{} target(s) missed", missed.len());
+        }
+        util::step("every target the benchmarks print was met");
+    }
+    ran
+}
+
+/// The rows of the report's tables whose `met` column says no, by their
+/// first cell.
+fn missed_targets(report: &str) -> Vec<String> {
+    let cells = |line: &str| -> Vec<String> {
+        line.trim()
+            .trim_matches('|')
+            .split('|')
+            .map(|c| c.trim().to_string())
+            .collect()
+    };
+    let mut met_column = None;
+    let mut missed = Vec::new();
+    for line in report.lines() {
+        if !line.trim_start().starts_with('|') {
+            met_column = None;
+            continue;
+        }
+        let row = cells(line);
+        if row.iter().all(|c| c.chars().all(|ch| "-:".contains(ch))) {
+            continue;
+        }
+        match met_column {
+            None => met_column = Some(row.iter().position(|c| c == "met")),
+            Some(Some(i)) => {
+                if row.get(i).is_some_and(|c| c.trim_matches('*') == "no") {
+                    missed.push(row.join(" | "));
+                }
+            }
+            Some(None) => {}
+        }
+    }
+    missed
+}
+
+impl BenchArgs {
+    #[cfg(test)]
+    pub fn check(&self) -> bool {
+        self.check
+    }
+}
+
+fn run_one(bench: Bench) -> anyhow::Result<()> {
     anyhow::ensure!(
         util::succeeds(Command::new("etcd").arg("--version")),
         "etcd is not installed: run `cargo xtask setup` first"
@@ -142,7 +234,7 @@ fn all() -> anyhow::Result<()> {
             "net" => Bench::Net { args },
             _ => Bench::Services { args },
         };
-        if let Err(e) = run(bench) {
+        if let Err(e) = run_one(bench) {
             eprintln!("bench {name} failed: {e:#}");
             failed.push(name);
         }
@@ -169,4 +261,20 @@ fn all() -> anyhow::Result<()> {
     util::step(&format!("report written to {}", out.display()));
     anyhow::ensure!(failed.is_empty(), "failed: {}", failed.join(", "));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_met_column_saying_no_is_a_miss() {
+        let report = "| pods | ms |\n|---|---:|\n| no | 3 |\n\n\
+                      | ratio | measured | target | met |\n|---|---:|---:|---|\n\
+                      | a ÷ b | 0.900 | ≥ 0.95 | **no** |\n| c ÷ d | 1.2 | ≥ 1.10 | yes |\n| e | 1 | – |  |\n";
+        assert_eq!(
+            missed_targets(report),
+            vec!["a ÷ b | 0.900 | ≥ 0.95 | **no**"]
+        );
+    }
 }

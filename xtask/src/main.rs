@@ -5,6 +5,7 @@ mod cluster;
 mod dist;
 mod ebpf;
 mod setup;
+mod test;
 mod util;
 
 use clap::{Parser, Subcommand};
@@ -42,15 +43,17 @@ enum Task {
     /// Stop the cluster that `up` started and remove what it made at run time.
     Down(cluster::DownArgs),
     /// Build in release and run a benchmark; writes target/bench/<what>.md.
-    #[command(subcommand)]
-    Bench(bench::Bench),
+    Bench(bench::BenchArgs),
     /// Build a release for bare-metal machines: binaries, systemd units,
     /// configuration and install.sh in target/dist/kestrel-<version>-<arch>/
     /// and a .tar.gz of it.
     Dist(dist::DistArgs),
-    /// Run every test: set-up first, then the whole workspace's test suite.
+    /// Run every test: set-up first, then each test binary of the workspace
+    /// under a deadline (`KESTREL_TEST_TIMEOUT` seconds, 900 by default),
+    /// with a table of how long each took.
     Test {
-        /// Extra arguments passed to `cargo test` (after `--`, e.g. a test name).
+        /// Arguments as for `cargo test`: `-p PACKAGE`, `--test NAME`, a test
+        /// name filter, and after `--` options for the test binaries.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -68,7 +71,7 @@ fn main() {
         Task::Image(task) => cluster::image(task),
         Task::Bench(what) => bench::run(what),
         Task::Dist(args) => dist::run(args),
-        Task::Test { args } => test(&args),
+        Task::Test { args } => test::run(&args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -76,20 +79,19 @@ fn main() {
     }
 }
 
-fn test(args: &[String]) -> anyhow::Result<()> {
-    setup::run(false)?;
-    cluster::sweep_stale_test_namespaces();
-    util::step("building the workspace");
-    util::cargo(&["build", "--workspace", "--all-targets"])?;
-    util::step("running the tests");
-    let mut cmd = vec!["test", "--workspace"];
-    cmd.extend(args.iter().map(String::as_str));
-    let result = util::cargo_tally(&cmd);
-    // One closing line over every test binary, so the total is not lost
-    // among the per-binary summaries.
-    if let Ok((passed, failed)) = &result {
-        println!("tests: {passed} passed, {failed} failed");
-        anyhow::ensure!(*failed == 0, "{failed} test(s) failed");
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bench_check_goes_after_the_benchmark_before_its_options() {
+        let cli = Cli::try_parse_from(["xtask", "bench", "net", "--check", "--", "--rounds", "2"]);
+        let Ok(Cli {
+            task: Task::Bench(args),
+        }) = cli
+        else {
+            panic!("not parsed as bench");
+        };
+        assert!(args.check());
     }
-    result.map(|_| ())
 }

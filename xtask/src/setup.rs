@@ -5,6 +5,14 @@ use std::process::Command;
 
 use crate::util::{self, succeeds};
 
+/// kubectl minor version the project's API server reports and tests drive.
+pub const KUBECTL_MINOR: u32 = 32;
+
+/// Path of the version-pinned kubectl.
+pub fn kubectl_path() -> String {
+    format!("/usr/lib/google-cloud-sdk/bin/kubectl.1.{KUBECTL_MINOR}")
+}
+
 /// Debian packages the project and its tests use.
 pub const PACKAGES: &[&str] = &[
     "etcd-server",                 // the API server's store
@@ -104,10 +112,10 @@ pub fn run(check_only: bool) -> anyhow::Result<()> {
         }
     }
 
-    if !std::path::Path::new(&crate::cluster::kubectl_path()).exists() {
+    if !std::path::Path::new(&kubectl_path()).exists() {
         problems.push(format!(
             "{} is missing: the tests drive the real kubectl at that version",
-            crate::cluster::kubectl_path()
+            kubectl_path()
         ));
     }
 

@@ -67,35 +67,3 @@ pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
-
-/// Runs `cargo ARGS` (a test run), echoing its output, and adds up the
-/// passed and failed counts of every `test result:` line.
-pub fn cargo_tally(args: &[&str]) -> anyhow::Result<(u64, u64)> {
-    use std::io::{BufRead, BufReader};
-    let mut child = cargo_command()
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .spawn()?;
-    let (mut passed, mut failed) = (0, 0);
-    if let Some(out) = child.stdout.take() {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            println!("{line}");
-            if let Some(rest) = line.strip_prefix("test result: ") {
-                let count = |word: &str| -> u64 {
-                    rest.split(';')
-                        .find_map(|part| part.trim().strip_suffix(word))
-                        .and_then(|n| n.split_whitespace().last())
-                        .and_then(|n| n.parse().ok())
-                        .unwrap_or(0)
-                };
-                passed += count(" passed");
-                failed += count(" failed");
-            }
-        }
-    }
-    let status = child.wait()?;
-    if !status.success() && failed == 0 {
-        anyhow::bail!("cargo {} failed ({status})", args.join(" "));
-    }
-    Ok((passed, failed))
-}

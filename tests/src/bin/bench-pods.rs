@@ -23,7 +23,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::watcher;
 
-use harness::benchkit::{free_port, http_client, target_dir, Env, Proc};
+use harness::benchkit::{free_port, goals_table, http_client, target_dir, Env, Goal, Proc};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -416,7 +416,28 @@ fn render(a: &Args, r: &Report) -> String {
         "\nRatio one pod (API create to Running seen by a watch) p50 ÷ runtime create + start p50: {:.2}×.\n",
         percentile(&r.single, 0.5) / percentile(&r.baseline_start, 0.5)
     ));
-    s.push_str("Targets: p50 ≤ 150 ms for one pod, 100 pods Running in ≤ 10 s, agent RSS ≤ 40 MiB with 100 pods. Anchors: Kubernetes' pod start-up SLO p99 ≤ 5 s; youki 111 ms and crun 47 ms for create+start+delete of one container.\n");
+    s.push('\n');
+    s.push_str(&goals_table(&[
+        Goal {
+            what: "one pod: create to Running p50, ms".into(),
+            measured: percentile(&r.single, 0.5),
+            bound: 150.0,
+            at_least: false,
+        },
+        Goal {
+            what: format!("{} pods all Running, s", a.burst),
+            measured: r.burst_wall,
+            bound: 10.0,
+            at_least: false,
+        },
+        Goal {
+            what: format!("agent RSS with {} pods, MiB", a.burst),
+            measured: r.rss_busy as f64 / 1024.0,
+            bound: 40.0,
+            at_least: false,
+        },
+    ]));
+    s.push_str("\nTargets: p50 ≤ 150 ms for one pod, 100 pods Running in ≤ 10 s, agent RSS ≤ 40 MiB with 100 pods. Anchors: Kubernetes' pod start-up SLO p99 ≤ 5 s; youki 111 ms and crun 47 ms for create+start+delete of one container.\n");
     s
 }
 

@@ -27,7 +27,8 @@ use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use harness::benchkit::{
-    build_request, call, expect, free_port, http_client, process_cpu, target_dir, Env, Http, Proc,
+    build_request, call, expect, free_port, goals_table, http_client, process_cpu, target_dir, Env,
+    Goal, Http, Proc,
 };
 
 #[derive(Parser, Debug)]
@@ -508,6 +509,20 @@ fn render(a: &Args, rows: &[Outcome]) -> String {
                 ));
             }
         }
+    }
+    let goals: Vec<Goal> = rows
+        .iter()
+        .filter(|r| r.nodes == 5000)
+        .map(|r| Goal {
+            what: "pods/s at 5,000 nodes".into(),
+            measured: r.pods_per_s,
+            bound: 1000.0,
+            at_least: true,
+        })
+        .collect();
+    if !goals.is_empty() {
+        s.push('\n');
+        s.push_str(&goals_table(&goals));
     }
     s.push_str("\nTarget: ≥ 1,000 pods/s at 5,000 nodes on 2 cores. Anchors: kube-scheduler ~100 pods/s at 5,000 nodes (its scalability tests), ~300 pods/s at 30,000 nodes in a 2025 comparison where Godel reached ~1,000.\n");
     s.push_str("filter/score: the scheduler's own time per attempt; bind call: latency of pods/binding (many run at once); CPU: per pod placed, during the throughput phase.\n");
