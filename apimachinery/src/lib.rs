@@ -1,9 +1,11 @@
 //! Kubernetes API machinery that works on objects as JSON values: label and
 //! field selectors, the patch formats kubectl sends, server-side tables and
 //! validation. Pure functions, no I/O, so the API server and tests share
-//! them; the one exception is `failover`, the relay API clients use to
-//! move between the API servers of a highly available control plane.
+//! them; the one exception is `failover` (behind the feature of that name),
+//! the relay API clients use to move between the API servers of a highly
+//! available control plane.
 
+#[cfg(feature = "failover")]
 pub mod failover;
 pub mod patch;
 pub mod protobuf;
