@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use apimachinery::taints::toleration_seconds;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 use k8s_openapi::jiff::Timestamp;
@@ -18,7 +19,6 @@ use serde_json::json;
 
 use super::context::{self, Context};
 use crate::component::events::reference;
-use crate::scheduler::plugins::tolerates;
 
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
@@ -288,16 +288,14 @@ fn evict_due(pod: &Pod, taints: &[Taint]) -> bool {
         .unwrap_or_default();
     let now = Timestamp::now();
     for taint in taints.iter().filter(|t| t.effect == "NoExecute") {
-        let matching: Vec<_> = tolerations.iter().filter(|t| tolerates(t, taint)).collect();
-        if matching.is_empty() {
-            return true;
-        }
-        // The shortest bounded toleration decides; unbounded ones never expire.
-        let Some(seconds) = matching.iter().filter_map(|t| t.toleration_seconds).min() else {
-            continue;
+        // Unbounded tolerations never expire; otherwise the shortest decides.
+        let seconds = match toleration_seconds(&tolerations, taint) {
+            None => return true,
+            Some(None) => continue,
+            Some(Some(s)) => s,
         };
         let since = taint.time_added.as_ref().map(|t| t.0).unwrap_or(now);
-        if now.duration_since(since).as_secs() >= seconds.max(0) {
+        if now.duration_since(since).as_secs() >= seconds {
             return true;
         }
     }
