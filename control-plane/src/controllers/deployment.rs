@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use apimachinery::selectors::selector_matches;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, ReplicaSetSpec};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
@@ -21,7 +22,6 @@ use serde_json::json;
 
 use super::context::{self, controller_of, controller_ref, Context, Error, Result};
 use crate::component::events::reference;
-use crate::scheduler::plugins::selector_matches;
 
 const REVISION: &str = "deployment.kubernetes.io/revision";
 const DESIRED: &str = "deployment.kubernetes.io/desired-replicas";

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use apimachinery::selectors::selector_matches;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -20,7 +21,6 @@ use kube::ResourceExt;
 use serde_json::{json, Value};
 
 use super::context::{self, Context, Error, Result};
-use crate::scheduler::plugins::selector_matches;
 
 const SERVICE_NAME: &str = "kubernetes.io/service-name";
 const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";

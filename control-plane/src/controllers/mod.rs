@@ -45,6 +45,20 @@ pub struct Config {
     /// (seconds) becomes Unknown and is tainted unreachable.
     #[arg(long, default_value_t = 40)]
     pub node_monitor_grace_period: u64,
+    /// Nodes per second tainted for eviction in a healthy zone.
+    #[arg(long, default_value_t = 0.1)]
+    pub node_eviction_rate: f64,
+    /// Nodes per second tainted for eviction in a partly disrupted zone
+    /// larger than --large-cluster-size-threshold (smaller ones stop).
+    #[arg(long, default_value_t = 0.01)]
+    pub secondary_node_eviction_rate: f64,
+    /// Fraction of NotReady nodes (more than two) from which a zone is
+    /// partly disrupted.
+    #[arg(long, default_value_t = 0.55)]
+    pub unhealthy_zone_threshold: f64,
+    /// Zones of at most this many nodes evict nothing when partly disrupted.
+    #[arg(long, default_value_t = 50)]
+    pub large_cluster_size_threshold: usize,
     /// Give every node a podCIDR from --cluster-cidr.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub allocate_node_cidrs: bool,
@@ -116,6 +130,12 @@ async fn run_controllers(
         nodelifecycle::Settings {
             period: std::time::Duration::from_secs(config.node_monitor_period.max(1)),
             grace: std::time::Duration::from_secs(config.node_monitor_grace_period.max(1)),
+            eviction: nodelifecycle::Policy {
+                eviction_rate: config.node_eviction_rate,
+                secondary_eviction_rate: config.secondary_node_eviction_rate,
+                unhealthy_zone_threshold: config.unhealthy_zone_threshold,
+                large_cluster_size: config.large_cluster_size_threshold,
+            },
         },
     ));
     if config.allocate_node_cidrs {

@@ -2,12 +2,15 @@
 //! for the grace period is marked Unknown, tainted `unreachable` (or
 //! `not-ready` when it reports NotReady), its pods are marked not ready,
 //! and pods that do not tolerate the NoExecute taint long enough are
-//! evicted so their controllers recreate them elsewhere.
+//! evicted so their controllers recreate them elsewhere. Nodes are tainted
+//! NoExecute at a limited rate per zone, and not at all while every zone
+//! is down (see `disruption`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use apimachinery::taints::toleration_seconds;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 use k8s_openapi::jiff::Timestamp;
@@ -18,16 +21,28 @@ use serde_json::json;
 
 use super::context::{self, Context};
 use crate::component::events::reference;
-use crate::scheduler::plugins::tolerates;
+pub use disruption::Policy;
+use disruption::{zone_of, Disruption};
+
+mod disruption;
 
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
 
-/// Timing of the lifecycle checks.
+/// Timing and eviction limits of the lifecycle checks.
 #[derive(Clone, Copy, Debug)]
 pub struct Settings {
     pub period: Duration,
     pub grace: Duration,
+    pub eviction: Policy,
+}
+
+/// What one check found about a node.
+struct Health {
+    node: Arc<Node>,
+    /// The Ready condition's status: "True", "False" or "Unknown".
+    status: String,
+    zone: String,
 }
 
 /// Runs the node lifecycle loop until the process ends.
@@ -46,6 +61,10 @@ pub async fn run(ctx: Arc<Context>, settings: Settings) {
     // When each node's heartbeat was last seen to change, by our clock, so
     // clock skew between nodes and this process does not matter.
     let mut seen: HashMap<String, (String, Instant)> = HashMap::new();
+    // When each node was first seen not Ready, so the longest-failed node
+    // of a zone is the next one tainted for eviction.
+    let mut unhealthy_since: HashMap<String, Instant> = HashMap::new();
+    let mut disruption = Disruption::new(settings.eviction);
     let mut ticker = tokio::time::interval(settings.period);
     loop {
         ticker.tick().await;
@@ -53,6 +72,8 @@ pub async fn run(ctx: Arc<Context>, settings: Settings) {
         let all = nodes.state();
         collect_orphaned_pods(&ctx, &all).await;
         seen.retain(|n, _| all.iter().any(|x| x.name_any() == *n));
+        unhealthy_since.retain(|n, _| all.iter().any(|x| x.name_any() == *n));
+        let mut health = Vec::with_capacity(all.len());
         for node in all {
             let name = node.name_any();
             let renew = leases
@@ -84,13 +105,57 @@ pub async fn run(ctx: Arc<Context>, settings: Settings) {
                 mark_unknown(&ctx, &node).await;
                 status = "Unknown".into();
             }
-            let desired: &[&str] = match status.as_str() {
-                "True" => &[],
-                "False" => &[NOT_READY],
-                _ => &[UNREACHABLE],
+            if status == "True" {
+                unhealthy_since.remove(&name);
+            } else {
+                unhealthy_since.entry(name).or_insert(now);
+            }
+            let zone = zone_of(node.labels()).to_string();
+            health.push(Health { node, status, zone });
+        }
+
+        let changes = disruption.observe(
+            health.iter().map(|h| (h.zone.as_str(), h.status == "True")),
+            now,
+        );
+        for (zone, state) in &changes.zones {
+            tracing::info!("zone {zone:?} is now in state {state:?}");
+        }
+        match changes.brake {
+            Some(true) => tracing::warn!(
+                "no node in any zone is Ready: evictions stop until one is, since this is likelier a cut-off control plane than every node failing"
+            ),
+            Some(false) => {
+                tracing::info!("a node is Ready again: evictions resume at the zones' rates");
+                // Every node gets a fresh grace period, as a node cut off
+                // with the others may only now reach us again.
+                for entry in seen.values_mut() {
+                    entry.1 = now;
+                }
+            }
+            None => {}
+        }
+
+        // Longest-failed first, so a zone's limited evictions go in order.
+        health.sort_by_key(|h| unhealthy_since.get(&h.node.name_any()).copied());
+        for h in health {
+            let key = match h.status.as_str() {
+                "True" => None,
+                "False" => Some(NOT_READY),
+                _ => Some(UNREACHABLE),
             };
-            let taints = sync_taints(&ctx, &node, desired).await;
-            if status != "True" {
+            let tainted = has_no_execute(&h.node);
+            // A node already tainted for eviction keeps (or swaps) its taint
+            // without waiting for the limiter; a new one waits its turn.
+            let no_execute = match key {
+                Some(k) if !disruption.braked() && (tainted || disruption.admit(&h.zone, now)) => {
+                    Some(k)
+                }
+                _ => None,
+            };
+            let taints = sync_taints(&ctx, &h.node, key, no_execute).await;
+            if h.status != "True" {
+                let name = h.node.name_any();
                 for pod in ctx.pods.state() {
                     if pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(name.as_str())
                     {
@@ -105,6 +170,17 @@ pub async fn run(ctx: Arc<Context>, settings: Settings) {
             }
         }
     }
+}
+
+/// Does the node carry one of the lifecycle NoExecute taints?
+fn has_no_execute(node: &Node) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|ts| {
+            ts.iter()
+                .any(|t| t.effect == "NoExecute" && (t.key == UNREACHABLE || t.key == NOT_READY))
+        })
 }
 
 /// Pod garbage collection: a pod bound to a node that no longer exists
@@ -206,9 +282,14 @@ async fn mark_unknown(ctx: &Context, node: &Node) {
     }
 }
 
-/// Makes the node's lifecycle taints exactly `desired` (both effects each)
-/// and returns the taints in force.
-async fn sync_taints(ctx: &Context, node: &Node, desired: &[&str]) -> Vec<Taint> {
+/// Makes the node's lifecycle taints exactly `no_schedule` (NoSchedule)
+/// and `no_execute` (NoExecute) and returns the taints in force.
+async fn sync_taints(
+    ctx: &Context,
+    node: &Node,
+    no_schedule: Option<&str>,
+    no_execute: Option<&str>,
+) -> Vec<Taint> {
     let current = node
         .spec
         .as_ref()
@@ -216,19 +297,18 @@ async fn sync_taints(ctx: &Context, node: &Node, desired: &[&str]) -> Vec<Taint>
         .unwrap_or_default();
     let ours = |t: &Taint| t.key == UNREACHABLE || t.key == NOT_READY;
     let mut next: Vec<Taint> = current.iter().filter(|t| !ours(t)).cloned().collect();
-    for key in desired {
-        for effect in ["NoSchedule", "NoExecute"] {
-            let existing = current
-                .iter()
-                .find(|t| t.key == *key && t.effect == effect)
-                .cloned();
-            next.push(existing.unwrap_or_else(|| Taint {
-                key: key.to_string(),
-                effect: effect.into(),
-                value: None,
-                time_added: (effect == "NoExecute").then(crate::component::now),
-            }));
-        }
+    for (key, effect) in [(no_schedule, "NoSchedule"), (no_execute, "NoExecute")] {
+        let Some(key) = key else { continue };
+        let existing = current
+            .iter()
+            .find(|t| t.key == key && t.effect == effect)
+            .cloned();
+        next.push(existing.unwrap_or_else(|| Taint {
+            key: key.to_string(),
+            effect: effect.into(),
+            value: None,
+            time_added: (effect == "NoExecute").then(crate::component::now),
+        }));
     }
     if next == current {
         return current;
@@ -288,16 +368,14 @@ fn evict_due(pod: &Pod, taints: &[Taint]) -> bool {
         .unwrap_or_default();
     let now = Timestamp::now();
     for taint in taints.iter().filter(|t| t.effect == "NoExecute") {
-        let matching: Vec<_> = tolerations.iter().filter(|t| tolerates(t, taint)).collect();
-        if matching.is_empty() {
-            return true;
-        }
-        // The shortest bounded toleration decides; unbounded ones never expire.
-        let Some(seconds) = matching.iter().filter_map(|t| t.toleration_seconds).min() else {
-            continue;
+        // Unbounded tolerations never expire; otherwise the shortest decides.
+        let seconds = match toleration_seconds(&tolerations, taint) {
+            None => return true,
+            Some(None) => continue,
+            Some(Some(s)) => s,
         };
         let since = taint.time_added.as_ref().map(|t| t.0).unwrap_or(now);
-        if now.duration_since(since).as_secs() >= seconds.max(0) {
+        if now.duration_since(since).as_secs() >= seconds {
             return true;
         }
     }

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use apimachinery::selectors::selector_matches;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, ReplicationController};
@@ -21,7 +22,6 @@ use super::context::{
     self, controller_of, controller_ref, pod_active, pod_available, Context, Error, Result,
 };
 use crate::component::events::reference;
-use crate::scheduler::plugins::selector_matches;
 
 /// Most pods one sync creates; the rest come on the next sync.
 const BURST: usize = 500;

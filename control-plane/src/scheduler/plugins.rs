@@ -4,46 +4,16 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use apimachinery::selectors::selector_matches;
+use apimachinery::taints::tolerates;
 use k8s_openapi::api::core::v1::{
     NodeSelectorRequirement, NodeSelectorTerm, PodAffinityTerm, PreferredSchedulingTerm, Taint,
     Toleration, TopologySpreadConstraint,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::cache::{Cache, NodeInfo, PodInfo};
 
 pub const HOSTNAME: &str = "kubernetes.io/hostname";
-
-/// Does `selector` match `labels`? A missing selector matches nothing, an
-/// empty one everything (Kubernetes' LabelSelectorAsSelector).
-pub fn selector_matches(
-    selector: Option<&LabelSelector>,
-    labels: &BTreeMap<String, String>,
-) -> bool {
-    let Some(sel) = selector else {
-        return false;
-    };
-    for (k, v) in sel.match_labels.iter().flatten() {
-        if labels.get(k) != Some(v) {
-            return false;
-        }
-    }
-    for e in sel.match_expressions.iter().flatten() {
-        let have = labels.get(&e.key);
-        let values = e.values.as_deref().unwrap_or_default();
-        let ok = match e.operator.as_str() {
-            "In" => have.is_some_and(|h| values.contains(h)),
-            "NotIn" => have.is_none_or(|h| !values.contains(h)),
-            "Exists" => have.is_some(),
-            "DoesNotExist" => have.is_none(),
-            _ => false,
-        };
-        if !ok {
-            return false;
-        }
-    }
-    true
-}
 
 fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&String>) -> bool {
     let values = r.values.as_deref().unwrap_or_default();
@@ -83,28 +53,6 @@ fn term_matches(t: &NodeSelectorTerm, node: &NodeInfo) -> bool {
         && fields
             .iter()
             .all(|r| r.key == "metadata.name" && requirement_matches(r, Some(&node.name)))
-}
-
-/// A toleration tolerates a taint (Kubernetes' ToleratesTaint).
-pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
-    if t.effect
-        .as_deref()
-        .is_some_and(|e| !e.is_empty() && e != taint.effect)
-    {
-        return false;
-    }
-    let key = t.key.as_deref().unwrap_or("");
-    if !key.is_empty() && key != taint.key {
-        return false;
-    }
-    match t.operator.as_deref().unwrap_or("Equal") {
-        "Exists" => true,
-        "Equal" | "" => {
-            !key.is_empty()
-                && t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
-        }
-        _ => false,
-    }
 }
 
 /// Everything computed once per pod before the nodes are walked.

@@ -4,6 +4,7 @@
 //! requirements that must all hold.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde_json::{Map, Value};
@@ -28,6 +29,19 @@ pub(super) enum Operator {
 }
 
 /// One condition on one label key.
+impl Operator {
+    /// The operator of a structured selector's `matchExpressions` entry.
+    pub(super) fn structured(op: &str) -> Result<Self, SelectorError> {
+        match op {
+            "In" => Ok(Operator::In),
+            "NotIn" => Ok(Operator::NotIn),
+            "Exists" => Ok(Operator::Exists),
+            "DoesNotExist" => Ok(Operator::DoesNotExist),
+            _ => Err(SelectorError::InvalidOperator(op.to_string())),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Requirement {
     key: String,
@@ -94,7 +108,12 @@ impl Requirement {
 
     fn matches(&self, labels: Option<&Map<String, Value>>) -> bool {
         let actual = labels.and_then(|m| m.get(&self.key)).and_then(label_text);
-        let actual = actual.as_deref();
+        self.matches_value(actual.as_deref())
+    }
+
+    /// Whether the label value `actual` (`None`: the label is absent)
+    /// satisfies the requirement.
+    fn matches_value(&self, actual: Option<&str>) -> bool {
         match self.op {
             Operator::In | Operator::Equals | Operator::DoubleEquals => {
                 actual.is_some_and(|v| self.has_value(v))
@@ -253,11 +272,16 @@ impl LabelSelector {
                 )))
             }
         }
+        Ok(Self::from_requirements(requirements))
+    }
+
+    /// A selector of `requirements` (in any order) that must all hold.
+    pub(super) fn from_requirements(mut requirements: Vec<Requirement>) -> Self {
         requirements.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(LabelSelector {
+        LabelSelector {
             requirements,
             selects_nothing: false,
-        })
+        }
     }
 
     /// Builds an equality selector from a plain label map, as Services and
@@ -292,6 +316,16 @@ impl LabelSelector {
     /// without labels) behaves like an empty label set.
     pub fn matches(&self, labels: Option<&Map<String, Value>>) -> bool {
         !self.selects_nothing && self.requirements.iter().all(|r| r.matches(labels))
+    }
+
+    /// [`matches`](Self::matches) on a typed label map, as k8s-openapi
+    /// objects carry it.
+    pub fn matches_labels(&self, labels: &BTreeMap<String, String>) -> bool {
+        !self.selects_nothing
+            && self
+                .requirements
+                .iter()
+                .all(|r| r.matches_value(labels.get(&r.key).map(String::as_str)))
     }
 
     /// [`matches`](Self::matches) on `obj.metadata.labels`.
@@ -344,13 +378,7 @@ fn expression(i: usize, expr: &Value) -> Result<Requirement, SelectorError> {
         Some(other) => return Err(at("key: expected a string", other)),
     };
     let op = match expr.get("operator") {
-        Some(Value::String(op)) => match op.as_str() {
-            "In" => Operator::In,
-            "NotIn" => Operator::NotIn,
-            "Exists" => Operator::Exists,
-            "DoesNotExist" => Operator::DoesNotExist,
-            _ => return Err(SelectorError::InvalidOperator(op.clone())),
-        },
+        Some(Value::String(op)) => Operator::structured(op)?,
         None | Some(Value::Null) => return Err(SelectorError::InvalidOperator(String::new())),
         Some(other) => return Err(at("operator: expected a string", other)),
     };

@@ -10,6 +10,7 @@
 mod field;
 mod label;
 mod label_parser;
+mod typed;
 mod validation;
 
 #[cfg(test)]
@@ -21,6 +22,7 @@ mod proptests;
 
 pub use field::{supported_fields, FieldSelector};
 pub use label::LabelSelector;
+pub use typed::selector_matches;
 
 /// Why a label or field selector was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
