@@ -163,6 +163,7 @@ pub async fn list(
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .ok_or_else(|| ApiError::bad_request("continue key is not valid"))?;
+        super::limits::continue_within(&c.start, &target.prefix())?;
         start = Some(c.start);
         at = Some(c.rv);
     }
@@ -260,10 +261,7 @@ pub async fn watch(
     };
     let exact = prefix.ends_with('\0');
     let prefix = prefix.trim_end_matches('\0').to_string();
-    let timeout = query
-        .int("timeoutSeconds")?
-        .filter(|t| *t > 0)
-        .unwrap_or(1800);
+    let timeout = super::limits::watch_seconds(query)?;
     let bookmarks = query.flag("allowWatchBookmarks");
     let include =
         IncludeObject::parse(query.get("includeObject")).map_err(ApiError::bad_request)?;
@@ -320,7 +318,7 @@ pub async fn watch(
     let api_version = target.res.api_version();
     let kind = target.res.kind;
     tokio::spawn(async move {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout as u64);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
         for obj in &initial {
             if tx.send(encode("ADDED", obj)).await.is_err() {
                 return;
@@ -573,6 +571,7 @@ pub async fn create(
         defaults::initial_status(t.res.kind, &mut obj);
     }
     validation::validate(t.res, &obj)?;
+    super::admission::admit_create(state, &t, &obj).await?;
     // Two creates can pick the same free address between reading the
     // claims and writing theirs; etcd lets one win, and the other picks
     // again rather than handing the race to the client.
@@ -680,6 +679,7 @@ fn prepare_update(target: &Target, old: &Value, mut new: Value) -> ApiResult<Val
             new["metadata"]["generation"] = json!(g + 1);
         }
     }
+    super::admission::admit_update(target, old, &new)?;
     validation::validate(res, &new)?;
     Ok(new)
 }
@@ -835,7 +835,7 @@ pub async fn patch(
             current.value.clone()
         };
         let patched = match ct.as_str() {
-            "application/json-patch+json" => apimachinery::patch::json_patch(&base, &patch),
+            "application/json-patch+json" => Ok(super::limits::json_patch(&base, &patch)?),
             "application/merge-patch+json" => apimachinery::patch::merge_patch(&base, &patch),
             "application/strategic-merge-patch+json" => {
                 apimachinery::patch::strategic_merge_patch(&base, &patch)
