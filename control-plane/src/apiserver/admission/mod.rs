@@ -45,11 +45,11 @@ pub async fn admit_create(state: &State, target: &Target, obj: &Value) -> ApiRes
 /// Checks an update of `old` into `new` (main resource or subresource).
 pub fn admit_update(target: &Target, old: &Value, new: &Value) -> ApiResult<()> {
     super::limits::object_fits(new)?;
-    set_once(target, old, new)?;
-    match writing_node() {
-        Some(node) => noderestriction::admit_update(&node, target, old, new),
-        None => Ok(()),
+    // A node is told what it may not do before what nobody may.
+    if let Some(node) = writing_node() {
+        noderestriction::admit_update(&node, target, old, new)?;
     }
+    set_once(target, old, new)
 }
 
 /// Fields that, once they hold a value, keep it: the node a pod runs on
