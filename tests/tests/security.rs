@@ -1012,3 +1012,81 @@ fn the_agent_is_refused_nothing_it_needs_under_its_node_identity() {
     assert_eq!(node["metadata"]["labels"]["rack"], "r1");
     assert_eq!(node["spec"]["podCIDR"], "10.244.1.0/24");
 }
+
+/// A node renews its certificate by sending a request for a new key: it
+/// gets a certificate for itself whatever the request names, one that
+/// works at once, while nobody but a node gets one this way.
+#[test]
+fn a_node_cannot_renew_into_another_identity() {
+    let s = Secured::start(&[]);
+    let dir = s.dir.path();
+    let key = dir.join("renewed.key");
+    let csr = dir.join("renewed.csr");
+    let ok = Command::new("openssl")
+        .args([
+            "ecparam",
+            "-genkey",
+            "-name",
+            "prime256v1",
+            "-noout",
+            "-out",
+        ])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    // It asks to be the admin.
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-subj",
+            "/CN=kubernetes-admin/O=system:masters",
+            "-key",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let request = std::fs::read_to_string(&csr).unwrap();
+    let path = "/kestrel/v1/node-client-certificate";
+    let (code, out) = s.curl(
+        &s.admin(),
+        "POST",
+        path,
+        Some(("application/pkcs10", &request)),
+    );
+    assert_eq!(code, 403, "{out}");
+    let n1 = s.node("n1");
+    let (code, out) = s.curl(
+        &n1,
+        "POST",
+        path,
+        Some(("application/pkcs10", "not a request")),
+    );
+    assert_eq!(code, 400, "{out}");
+    let (code, pem) = s.curl(&n1, "POST", path, Some(("application/pkcs10", &request)));
+    assert_eq!(code, 201, "{pem}");
+    let cert = dir.join("renewed.crt");
+    std::fs::write(&cert, &pem).unwrap();
+    let subject = Command::new("openssl")
+        .args(["x509", "-noout", "-subject", "-nameopt", "RFC2253", "-in"])
+        .arg(&cert)
+        .output()
+        .unwrap();
+    let subject = String::from_utf8_lossy(&subject.stdout);
+    assert!(
+        subject.contains("CN=system:node:n1") && subject.contains("O=system:nodes"),
+        "{subject}"
+    );
+    assert!(!subject.contains("masters"), "{subject}");
+    let renewed = Identity { cert, key };
+    assert_eq!(s.curl(&renewed, "GET", "/api/v1/nodes", None).0, 200);
+    assert_eq!(
+        s.curl(&renewed, "GET", "/api/v1/namespaces/default/secrets", None)
+            .0,
+        403
+    );
+}

@@ -334,6 +334,19 @@ pub fn client_kubeconfig(
     ))
 }
 
+/// A fresh client certificate for node `node`, for the key in a PEM
+/// certificate signing request: how a node renews its credentials before
+/// they lapse. Only the key comes from the request; the subject is always
+/// `system:node:NODE` in `system:nodes`, whatever the request asks for, so
+/// a node can renew itself and become no one else.
+pub fn renew_node_certificate(pki: &Pki, node: &str, csr_pem: &str) -> anyhow::Result<String> {
+    let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+        .map_err(|e| anyhow::anyhow!("not a signed PEM certificate request: {e}"))?;
+    csr.params = client_params(&format!("system:node:{node}"), &["system:nodes"])?;
+    let (ca, ca_key) = load_ca(pki)?;
+    Ok(csr.signed_by(&ca, &ca_key)?.pem())
+}
+
 /// The API server's client certificate for node agents' APIs (logs):
 /// made on first use, kept in the certificate directory.
 pub fn kubelet_client(pki: &Pki) -> anyhow::Result<(String, String)> {

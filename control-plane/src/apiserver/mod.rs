@@ -210,6 +210,7 @@ async fn route(axum::extract::State(state): axum::extract::State<State>, req: Re
             Ok(_) => (StatusCode::OK, "ok").into_response(),
             Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("etcd: {e}")).into_response(),
         },
+        (Method::POST, NODE_CERTIFICATE_PATH) => renew_node_certificate(&state, &user, body).await,
         (Method::GET, "/openapi/v3") => ok_json(discovery::openapi_root()),
         (Method::GET, p) if p.starts_with("/openapi/v3/") => {
             match discovery::openapi_group(&p["/openapi/v3/".len()..]) {
@@ -261,6 +262,38 @@ async fn route(axum::extract::State(state): axum::extract::State<State>, req: Re
     };
     tracing::debug!(method = %parts.method, %path, status = resp.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "request");
     resp
+}
+
+/// Where a node sends a certificate request (PEM) to get a new client
+/// certificate for itself, signed by the cluster CA, before its own lapses.
+pub const NODE_CERTIFICATE_PATH: &str = "/kestrel/v1/node-client-certificate";
+
+async fn renew_node_certificate(state: &State, user: &auth::User, body: Body) -> Response {
+    let Some(node) = user.node_name() else {
+        return ApiError::forbidden_plain(format!(
+            "User {:?} cannot renew a node certificate: only nodes renew their own",
+            user.name
+        ))
+        .into_response();
+    };
+    let Ok(csr) = axum::body::to_bytes(body, 64 * 1024).await else {
+        return ApiError::too_large(64 * 1024).into_response();
+    };
+    let pki = auth::Pki {
+        dir: state.config.cert_dir.clone(),
+    };
+    match auth::renew_node_certificate(&pki, node, &String::from_utf8_lossy(&csr)) {
+        Ok(pem) => {
+            tracing::info!(node, "issued a renewed node client certificate");
+            (
+                StatusCode::CREATED,
+                [(axum::http::header::CONTENT_TYPE, "application/x-pem-file")],
+                pem,
+            )
+                .into_response()
+        }
+        Err(e) => ApiError::bad_request(e.to_string()).into_response(),
+    }
 }
 
 fn discovery_path(p: &str) -> Option<Value> {

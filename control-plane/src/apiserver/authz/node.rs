@@ -192,9 +192,7 @@ pub fn references(pod: &Value) -> References {
             r.configmaps.extend(s(&src["configMap"]["name"]));
         }
         // Volume plugins that log in with a Secret.
-        for plugin in ["azureFile"] {
-            r.secrets.extend(s(&v[plugin]["secretName"]));
-        }
+        r.secrets.extend(s(&v["azureFile"]["secretName"]));
         for plugin in [
             "cephfs",
             "cinder",
