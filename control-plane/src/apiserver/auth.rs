@@ -1,10 +1,12 @@
-//! TLS, authentication and authorization.
+//! TLS and authentication (what each identity may do is in `authz`).
 //!
 //! On first start the API server makes a CA, a serving certificate and an
 //! admin client certificate in `--cert-dir` and writes an admin
 //! kubeconfig; later starts reuse them. Clients authenticate with a
 //! certificate signed by that CA (CN = user, O = groups) or a bearer token
-//! from `--token-auth-file`. Anonymous requests are refused.
+//! from `--token-auth-file`. Anonymous requests are refused. Node
+//! certificates last [`NODE_CERT_DAYS`]; a node renews its own through
+//! [`renew_node_certificate`].
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
