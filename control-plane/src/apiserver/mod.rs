@@ -2,14 +2,17 @@
 //! in etcd. Library first: `run` serves until the process ends, and tests
 //! start it in-process or as the `control-plane apiserver` binary.
 
+pub mod admission;
 mod allocator;
 pub mod auth;
+pub mod authz;
 mod builtin;
 mod componentstatus;
 mod defaults;
 pub mod discovery;
 pub mod errors;
 mod handlers;
+mod limits;
 pub mod metrics;
 pub mod nodeproxy;
 pub mod request;
@@ -90,6 +93,13 @@ pub struct Config {
     /// Likewise for the unreachable taint (node stopped heartbeating).
     #[arg(long, default_value_t = 300)]
     pub default_unreachable_toleration_seconds: i64,
+    /// Seconds a client has to send a request's headers, and that an
+    /// idle kept-alive connection stays open, before it is closed.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_header_timeout: u64,
+    /// Most HTTPS connections open at once; more are closed on accept.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
     #[arg(skip = allocator::Cidr { base: 0, prefix: 32 })]
     pub service_cidr: allocator::Cidr,
 }
@@ -200,6 +210,7 @@ async fn route(axum::extract::State(state): axum::extract::State<State>, req: Re
             Ok(_) => (StatusCode::OK, "ok").into_response(),
             Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("etcd: {e}")).into_response(),
         },
+        (Method::POST, NODE_CERTIFICATE_PATH) => renew_node_certificate(&state, &user, body).await,
         (Method::GET, "/openapi/v3") => ok_json(discovery::openapi_root()),
         (Method::GET, p) if p.starts_with("/openapi/v3/") => {
             match discovery::openapi_group(&p["/openapi/v3/".len()..]) {
@@ -214,8 +225,13 @@ async fn route(axum::extract::State(state): axum::extract::State<State>, req: Re
             None => ApiError::path_not_found(p).into_response(),
             Some(Err(e)) => e.into_response(),
             Some(Ok(target)) => {
-                if let Err(e) = authorize(&state, &user, &method, &target, &query).await {
+                if let Err(e) = authz::authorize(&state, &user, &method, &target, &query).await {
                     return e.into_response();
+                }
+                if target.sub.as_deref() == Some("log") {
+                    if let Err(e) = limits::log_options(&query) {
+                        return e.into_response();
+                    }
                 }
                 if target.sub.as_deref() == Some("exec") && target.res.plural == "pods" {
                     let raw = parts.uri.query().unwrap_or("").to_string();
@@ -228,19 +244,9 @@ async fn route(axum::extract::State(state): axum::extract::State<State>, req: Re
                     Ok(b) => b,
                     Err(_) => return ApiError::too_large(request::MAX_BODY).into_response(),
                 };
-                if let Err(e) = node_creates_only_its_own(&user, &method, &target, &body) {
-                    return e.into_response();
-                }
-                let resp = match handlers::dispatch(
-                    &state,
-                    &method,
-                    &target,
-                    &query,
-                    &parts.headers,
-                    &body,
-                )
-                .await
-                {
+                let handled =
+                    handlers::dispatch(&state, &method, &target, &query, &parts.headers, &body);
+                let resp = match admission::with_user(user, handled).await {
                     Ok(r) => r,
                     Err(e) => e.into_response(),
                 };
@@ -258,67 +264,36 @@ async fn route(axum::extract::State(state): axum::extract::State<State>, req: Re
     resp
 }
 
-/// A node may create its own Node and Lease only: the name is in the body
-/// of a create, which path-based authorization cannot see.
-fn node_creates_only_its_own(
-    user: &auth::User,
-    method: &Method,
-    target: &request::Target,
-    body: &[u8],
-) -> Result<(), ApiError> {
-    let Some(node) = user.node_name() else {
-        return Ok(());
-    };
-    if *method != Method::POST
-        || target.name.is_some()
-        || !matches!(target.res.plural, "nodes" | "leases")
-    {
-        return Ok(());
-    }
-    let name = serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| v.pointer("/metadata/name")?.as_str().map(str::to_string));
-    if name.as_deref() == Some(node) {
-        return Ok(());
-    }
-    let ns = target.namespace.as_deref().unwrap_or("");
-    Err(ApiError::forbidden(
-        &user.name,
-        "create",
-        target.res.plural,
-        ns,
-        &format!(
-            "node {node:?} may only create its own {}",
-            target.res.plural
-        ),
-    ))
-}
+/// Where a node sends a certificate request (PEM) to get a new client
+/// certificate for itself, signed by the cluster CA, before its own lapses.
+pub const NODE_CERTIFICATE_PATH: &str = "/kestrel/v1/node-client-certificate";
 
-/// Checks `user` against the target; for a node writing a pod, the pod's
-/// node is read first.
-async fn authorize(
-    state: &State,
-    user: &auth::User,
-    method: &Method,
-    target: &request::Target,
-    query: &request::Query,
-) -> Result<(), ApiError> {
-    let verb = request::verb(method, target, query);
-    let mut pod_node = None;
-    if user.node_name().is_some()
-        && target.res.plural == "pods"
-        && target.name.is_some()
-        && !matches!(verb, "get" | "list" | "watch")
-    {
-        if let Ok(Some(p)) = state.storage.get(&target.key()).await {
-            pod_node = p
-                .value
-                .pointer("/spec/nodeName")
-                .and_then(Value::as_str)
-                .map(str::to_string);
+async fn renew_node_certificate(state: &State, user: &auth::User, body: Body) -> Response {
+    let Some(node) = user.node_name() else {
+        return ApiError::forbidden_plain(format!(
+            "User {:?} cannot renew a node certificate: only nodes renew their own",
+            user.name
+        ))
+        .into_response();
+    };
+    let Ok(csr) = axum::body::to_bytes(body, 64 * 1024).await else {
+        return ApiError::too_large(64 * 1024).into_response();
+    };
+    let pki = auth::Pki {
+        dir: state.config.cert_dir.clone(),
+    };
+    match auth::renew_node_certificate(&pki, node, &String::from_utf8_lossy(&csr)) {
+        Ok(pem) => {
+            tracing::info!(node, "issued a renewed node client certificate");
+            (
+                StatusCode::CREATED,
+                [(axum::http::header::CONTENT_TYPE, "application/x-pem-file")],
+                pem,
+            )
+                .into_response()
         }
+        Err(e) => ApiError::bad_request(e.to_string()).into_response(),
     }
-    auth::authorize(user, verb, target, pod_node.as_deref())
 }
 
 fn discovery_path(p: &str) -> Option<Value> {
@@ -379,10 +354,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         let tls = tokio_rustls::TlsAcceptor::from(auth::server_config(&pki)?);
         tracing::info!(addr = %listener.local_addr()?, "serving HTTPS");
-        tasks.spawn(serve_tls(listener, tls.clone(), app.clone()));
+        // One budget for every listener: the limit is on the process.
+        let limits = ConnLimits {
+            open: Arc::new(tokio::sync::Semaphore::new(config.max_connections as usize)),
+            header_timeout: std::time::Duration::from_secs(config.request_header_timeout),
+        };
+        tasks.spawn(serve_tls(
+            listener,
+            tls.clone(),
+            app.clone(),
+            limits.clone(),
+        ));
         for listener in inherited_listeners()? {
             tracing::info!(addr = %listener.local_addr()?, "serving HTTPS on an inherited socket");
-            tasks.spawn(serve_tls(listener, tls.clone(), app.clone()));
+            tasks.spawn(serve_tls(
+                listener,
+                tls.clone(),
+                app.clone(),
+                limits.clone(),
+            ));
         }
     }
     let endpoint = builtin::endpoint_address(
@@ -427,10 +417,21 @@ fn inherited_listeners() -> anyhow::Result<Vec<tokio::net::TcpListener>> {
     Ok(out)
 }
 
+/// What keeps slow or numerous clients from holding the server: a
+/// connection that dribbles its headers, or sits idle between requests,
+/// is closed after `header_timeout`, and past `open` connections new ones
+/// are closed at once.
+#[derive(Clone)]
+struct ConnLimits {
+    open: Arc<tokio::sync::Semaphore>,
+    header_timeout: std::time::Duration,
+}
+
 async fn serve_tls(
     listener: tokio::net::TcpListener,
     tls: tokio_rustls::TlsAcceptor,
     app: axum::Router,
+    limits: ConnLimits,
 ) -> anyhow::Result<()> {
     use tower::ServiceExt;
     loop {
@@ -442,12 +443,22 @@ async fn serve_tls(
                 continue;
             }
         };
+        let Ok(permit) = limits.open.clone().try_acquire_owned() else {
+            tracing::debug!("connection limit reached; closing a new connection");
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let tls = tls.clone();
         let app = app.clone();
+        let header_timeout = limits.header_timeout;
         tokio::spawn(async move {
-            let Ok(Ok(stream)) =
-                tokio::time::timeout(std::time::Duration::from_secs(10), tls.accept(tcp)).await
+            let _permit = permit;
+            let Ok(Ok(stream)) = tokio::time::timeout(
+                header_timeout.min(std::time::Duration::from_secs(10)),
+                tls.accept(tcp),
+            )
+            .await
             else {
                 return;
             };
@@ -463,41 +474,15 @@ async fn serve_tls(
                     app.clone().oneshot(req.map(Body::new))
                 },
             );
-            let _ =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
+            let mut builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let _ = builder
+                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_node_creates_only_its_own_node_and_lease() {
-        let node = auth::User {
-            name: "system:node:n1".into(),
-            groups: vec!["system:nodes".into()],
-        };
-        let nodes = request::parse_path("/api/v1/nodes").unwrap().unwrap();
-        let leases =
-            request::parse_path("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases")
-                .unwrap()
-                .unwrap();
-        let own = br#"{"metadata":{"name":"n1"}}"#;
-        let other = br#"{"metadata":{"name":"n2"}}"#;
-        assert!(node_creates_only_its_own(&node, &Method::POST, &nodes, own).is_ok());
-        assert!(node_creates_only_its_own(&node, &Method::POST, &leases, own).is_ok());
-        let e = node_creates_only_its_own(&node, &Method::POST, &nodes, other).unwrap_err();
-        assert_eq!(e.into_response().status(), 403);
-        assert!(node_creates_only_its_own(&node, &Method::POST, &leases, other).is_err());
-        // A body it cannot read is refused too.
-        assert!(node_creates_only_its_own(&node, &Method::POST, &nodes, b"\x00k8s").is_err());
-        // Admins are not concerned.
-        assert!(
-            node_creates_only_its_own(&auth::User::admin(), &Method::POST, &nodes, other).is_ok()
-        );
     }
 }

@@ -15,6 +15,10 @@ use super::storage::{decode, Storage};
 /// How many recent events are kept for resuming watches.
 const WINDOW: usize = 50_000;
 
+/// How many bytes of objects those events may hold: a burst of large
+/// objects (ConfigMaps near the size limit) must not keep gigabytes.
+pub const WINDOW_BYTES: usize = 256 * 1024 * 1024;
+
 /// One change to one key.
 #[derive(Debug)]
 pub struct Event {
@@ -29,7 +33,9 @@ pub struct Event {
 }
 
 struct Inner {
-    window: VecDeque<Arc<Event>>,
+    /// Each event with the bytes of the objects it holds.
+    window: VecDeque<(Arc<Event>, usize)>,
+    window_bytes: usize,
     /// Every event after this revision is in the window or still to come.
     complete_after: i64,
     /// The newest revision the cache has seen.
@@ -75,6 +81,7 @@ impl WatchCache {
         let cache = Arc::new(Self {
             inner: Mutex::new(Inner {
                 window: VecDeque::new(),
+                window_bytes: 0,
                 complete_after: rev,
                 latest: rev,
                 tx,
@@ -107,8 +114,8 @@ impl WatchCache {
         let backlog = inner
             .window
             .iter()
-            .filter(|e| e.rev > rev)
-            .cloned()
+            .filter(|(e, _)| e.rev > rev)
+            .map(|(e, _)| e.clone())
             .collect();
         Ok((backlog, inner.tx.subscribe()))
     }
@@ -119,7 +126,8 @@ impl WatchCache {
         self.lock().active_namespaces.contains(ns)
     }
 
-    fn push(&self, event: Event) {
+    /// Adds an event holding `bytes` bytes of stored objects.
+    fn push(&self, event: Event, bytes: usize) {
         let mut inner = self.lock();
         if let Some(ns) = event.key.strip_prefix("/registry/namespaces/") {
             let active = !event.deleted
@@ -135,11 +143,16 @@ impl WatchCache {
         }
         let event = Arc::new(event);
         inner.latest = inner.latest.max(event.rev);
-        inner.window.push_back(event.clone());
-        while inner.window.len() > WINDOW {
-            if let Some(old) = inner.window.pop_front() {
-                inner.complete_after = old.rev;
-            }
+        inner.window.push_back((event.clone(), bytes));
+        inner.window_bytes += bytes;
+        // Whichever bound is reached first: a watcher resuming from before
+        // the oldest kept event relists, as after compaction.
+        while inner.window.len() > WINDOW || inner.window_bytes > WINDOW_BYTES {
+            let Some((old, size)) = inner.window.pop_front() else {
+                break;
+            };
+            inner.window_bytes -= size;
+            inner.complete_after = old.rev;
         }
         let _ = inner.tx.send(event);
     }
@@ -149,6 +162,7 @@ impl WatchCache {
     fn reset(&self, rev: i64) {
         let mut inner = self.lock();
         inner.window.clear();
+        inner.window_bytes = 0;
         // Missed events may have removed namespaces: trust etcd until the
         // next events bring them back.
         inner.active_namespaces.clear();
@@ -187,8 +201,10 @@ async fn feed(cache: Arc<WatchCache>, storage: Storage) {
                             break;
                         }
                         for ev in resp.events() {
+                            let bytes = ev.kv().map_or(0, |kv| kv.key().len() + kv.value().len())
+                                + ev.prev_kv().map_or(0, |kv| kv.value().len());
                             if let Some(e) = convert(ev) {
-                                cache.push(e);
+                                cache.push(e, bytes);
                             }
                         }
                         if let Some(h) = resp.header() {
@@ -249,5 +265,44 @@ fn convert(ev: &etcd_client::Event) -> Option<Event> {
                 deleted: true,
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_is_bounded_in_bytes() {
+        let (tx, _) = broadcast::channel(16);
+        let cache = WatchCache {
+            inner: Mutex::new(Inner {
+                window: VecDeque::new(),
+                window_bytes: 0,
+                complete_after: 0,
+                latest: 0,
+                tx,
+                active_namespaces: Default::default(),
+            }),
+        };
+        let big = WINDOW_BYTES / 4 + 1;
+        for rev in 1..=10 {
+            let event = Event {
+                rev,
+                key: format!("/registry/configmaps/default/c{rev}"),
+                object: Value::Null,
+                prev: None,
+                deleted: false,
+            };
+            cache.push(event, big);
+        }
+        let inner = cache.lock();
+        assert!(inner.window_bytes <= WINDOW_BYTES);
+        assert_eq!(inner.window.len(), 3);
+        drop(inner);
+        // A watcher resuming from before the kept window is told to relist.
+        let too_old = cache.subscribe(2).unwrap_err();
+        assert_eq!(too_old.oldest, 7);
+        assert_eq!(cache.subscribe(7).unwrap().0.len(), 3);
     }
 }

@@ -80,6 +80,7 @@ pub async fn create(
         defaults::initial_status(t.res.kind, &mut obj);
     }
     validation::validate(t.res, &obj)?;
+    crate::apiserver::admission::admit_create(state, &t, &obj).await?;
     // Two creates can pick the same free address between reading the
     // claims and writing theirs; etcd lets one win, and the other picks
     // again rather than handing the race to the client.

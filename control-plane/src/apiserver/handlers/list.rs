@@ -34,6 +34,7 @@ pub async fn list(
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .ok_or_else(|| ApiError::bad_request("continue key is not valid"))?;
+        crate::apiserver::limits::continue_within(&c.start, &target.prefix())?;
         start = Some(c.start);
         at = Some(c.rv);
     }

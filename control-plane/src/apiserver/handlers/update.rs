@@ -93,6 +93,7 @@ pub(super) fn prepare_update(target: &Target, old: &Value, mut new: Value) -> Ap
             new["metadata"]["generation"] = json!(g + 1);
         }
     }
+    crate::apiserver::admission::admit_update(target, old, &new)?;
     validation::validate(res, &new)?;
     Ok(new)
 }

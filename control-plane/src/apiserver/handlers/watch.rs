@@ -41,10 +41,7 @@ pub async fn watch(
     };
     let exact = prefix.ends_with('\0');
     let prefix = prefix.trim_end_matches('\0').to_string();
-    let timeout = query
-        .int("timeoutSeconds")?
-        .filter(|t| *t > 0)
-        .unwrap_or(1800);
+    let timeout = crate::apiserver::limits::watch_seconds(query)?;
     let bookmarks = query.flag("allowWatchBookmarks");
     let include =
         IncludeObject::parse(query.get("includeObject")).map_err(ApiError::bad_request)?;
@@ -101,7 +98,7 @@ pub async fn watch(
     let api_version = target.res.api_version();
     let kind = target.res.kind;
     tokio::spawn(async move {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout as u64);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
         for obj in &initial {
             if tx.send(encode("ADDED", obj)).await.is_err() {
                 return;
