@@ -50,7 +50,9 @@ pub async fn patch(
             current.value.clone()
         };
         let patched = match ct.as_str() {
-            "application/json-patch+json" => Ok(crate::apiserver::limits::json_patch(&base, &patch)?),
+            "application/json-patch+json" => {
+                Ok(crate::apiserver::limits::json_patch(&base, &patch)?)
+            }
             "application/merge-patch+json" => apimachinery::patch::merge_patch(&base, &patch),
             "application/strategic-merge-patch+json" => {
                 apimachinery::patch::strategic_merge_patch(&base, &patch)
