@@ -16,6 +16,7 @@
 #![no_main]
 
 mod counter;
+mod ct;
 mod fib;
 mod lb;
 mod local;

@@ -89,6 +89,7 @@ impl Bench {
             cluster_net: key(Ipv4Addr::new(10, 244, 0, 0)),
             cluster_mask: key(Ipv4Addr::new(255, 255, 0, 0)),
             flags: abi::CONFIG_MASQUERADE,
+            ..Default::default()
         };
         Array::<_, Config>::try_from(bench.ebpf.map_mut(abi::CONFIG_MAP).unwrap())
             .unwrap()
