@@ -190,7 +190,7 @@ pub fn sweep(dir: &Path, now: u64) -> Result<Swept, Error> {
             pad: [0; 3],
         };
         let owner = flows.get(&client, 0).ok();
-        if !owner.is_some_and(|f| f.backend_ip == k.src) {
+        if owner.is_none_or(|f| f.backend_ip != k.src) {
             gone(replies.remove(&k))?;
             swept.orphans += 1;
         }
