@@ -101,6 +101,9 @@ crate::stats! {
         /// A new flow from a pod dropped: the pod already holds as many
         /// masqueraded flows as one pod may.
         SnatPodLimit = "masquerade_pod_flow_limit",
+        /// An ICMP error about a masqueraded or node port flow translated
+        /// back and delivered to the pod.
+        IcmpErrorIn = "icmp_errors_translated_in",
     }
 }
 

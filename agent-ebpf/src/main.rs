@@ -18,6 +18,7 @@
 mod counter;
 mod ct;
 mod fib;
+mod icmp;
 mod lb;
 mod local;
 mod nat;

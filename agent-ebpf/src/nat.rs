@@ -261,6 +261,16 @@ fn take_port(out_key: &NatKey, cfg: &Config, port: u16, flags: u16, now: u64) ->
     true
 }
 
+/// The pod address and port a reply `key` of a live masqueraded flow
+/// goes to.
+pub fn reply_target(cfg: &Config, key: &NatKey) -> Option<(u32, u16)> {
+    if cfg.flags & abi::CONFIG_MASQUERADE == 0 || !reply_live(cfg, key, ct::now()) {
+        return None;
+    }
+    let back = unsafe { SNAT_IN.get(key) }?;
+    Some((back.addr, back.port))
+}
+
 /// Translates a reply arriving for the node address back to the pod;
 /// returns the pod's address when it did.
 pub fn snat_in(ctx: &TcContext, cfg: &Config, dst: u32) -> Option<u32> {

@@ -256,6 +256,16 @@ pub fn reply_in(ctx: &TcContext, cfg: &Config) -> Option<()> {
     )
 }
 
+/// The backend on this node, address and port, of the live node port flow
+/// `key` (client to node address and node port).
+pub fn local_backend(cfg: &Config, key: &NatKey) -> Option<(u32, u16)> {
+    let v = unsafe { NODEPORT_FLOWS.get(key) }?;
+    if v.nat_port != 0 || abi::ct_expired(cfg, key.proto, v.flags as u16, v.last_seen, ct::now()) {
+        return None;
+    }
+    Some((v.backend_ip, v.backend_port))
+}
+
 /// Marks the flow a backend's reply `key` belongs to as answered; None
 /// when that flow expired or was replaced (the reply entry is stale).
 fn refresh(cfg: &Config, key: &NatKey, r: &NodePortReply, f: &packet::Flow) -> Option<()> {

@@ -952,3 +952,112 @@ fn a_pinned_map_of_another_layout_is_replaced_on_load() {
     );
     assert_ne!(after.id(), before.id());
 }
+
+/// An ICMP "fragmentation needed" (MTU 1400) from `router` to `to`,
+/// quoting the first 28 bytes past the Ethernet header of `quoted` (its
+/// IP header and 8 bytes of UDP or ICMP), or 40 for TCP.
+fn frag_needed(router: Ipv4Addr, to: Ipv4Addr, quoted: &[u8]) -> Vec<u8> {
+    let proto = quoted[14 + 9];
+    let len = if proto == TCP { 40 } else { 28 };
+    let mut icmp = vec![3, 4, 0, 0, 0, 0];
+    icmp.extend_from_slice(&1400u16.to_be_bytes());
+    icmp.extend_from_slice(&quoted[14..14 + len]);
+    let csum = fold(0, &icmp);
+    icmp[2..4].copy_from_slice(&csum.to_be_bytes());
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&[0, 1, 0, 0, 64, 1, 0, 0]);
+    ip.extend_from_slice(&router.octets());
+    ip.extend_from_slice(&to.octets());
+    let csum = fold(0, &ip);
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+    let mut f = quoted[..14].to_vec();
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&icmp);
+    f
+}
+
+/// The outer destination and the quoted source of an ICMP error, after
+/// checking the outer IP, ICMP, quoted IP and quoted L4 checksums (the
+/// last over the bytes quoted, compared with what they were before).
+fn icmp_error_seen(f: &[u8], before: &[u8]) -> (Ipv4Addr, (Ipv4Addr, u16)) {
+    assert_eq!(fold(0, &f[14..34]), 0, "outer IP checksum");
+    assert_eq!(fold(0, &f[34..]), 0, "ICMP checksum");
+    let inner = &f[42..];
+    assert_eq!(fold(0, &inner[..20]), 0, "quoted IP checksum");
+    let dst = Ipv4Addr::new(f[30], f[31], f[32], f[33]);
+    let src = Ipv4Addr::new(inner[12], inner[13], inner[14], inner[15]);
+    let sport = u16::from_be_bytes([inner[20], inner[21]]);
+    // The quoted L4 checksum covers the whole original segment; what can
+    // be checked is that it changed exactly as the quoted fields did.
+    let proto = inner[9];
+    let at = match proto {
+        TCP => 16,
+        UDP => 6,
+        _ => 2,
+    };
+    let old = &before[42..];
+    let old_csum = u16::from_be_bytes([old[20 + at], old[21 + at]]);
+    let new_csum = u16::from_be_bytes([inner[20 + at], inner[21 + at]]);
+    let mut changed = Vec::new();
+    if proto != 1 {
+        changed.extend_from_slice(&old[12..16]);
+    }
+    changed.extend_from_slice(&old[20..22]);
+    let mut now = Vec::new();
+    if proto != 1 {
+        now.extend_from_slice(&inner[12..16]);
+    }
+    now.extend_from_slice(&inner[20..22]);
+    // csum' = ~(~csum - old + new): compare in ones' complement sums.
+    let sum = |d: &[u8]| u32::from(!fold(0, d));
+    let lhs = (u32::from(!new_csum) + sum(&changed)) % 0xffff;
+    let rhs = (u32::from(!old_csum) + sum(&now)) % 0xffff;
+    assert_eq!(lhs, rhs, "quoted L4 checksum");
+    (dst, (src, sport))
+}
+
+#[test]
+fn icmp_errors_about_translated_flows_reach_the_pod_translated_back() {
+    let mut b = Bench::new();
+    let router = Ipv4Addr::new(198, 51, 100, 1);
+    for proto in [TCP, UDP] {
+        let pod = (POD, 40000);
+        let (_, out) = b.run(abi::FROM_POD_PROGRAM, &frame(proto, pod, (OUTSIDE, 443)));
+        assert_eq!(seen(&out).src.0, NODE);
+        let err = frag_needed(router, NODE, &out);
+        let (ret, back) = b.run(abi::FROM_UPLINK_PROGRAM, &err);
+        assert_eq!(ret, TC_ACT_REDIRECT, "proto {proto}");
+        assert_eq!(&back[0..6], &POD_MAC);
+        assert_eq!(icmp_error_seen(&back, &err), (POD, pod), "proto {proto}");
+        assert_eq!(
+            &back[34 + 4..34 + 8],
+            &err[34 + 4..34 + 8],
+            "the MTU is kept"
+        );
+    }
+    assert_eq!(b.stat(Stat::IcmpErrorIn), 2);
+
+    // The reply of a node port flow to a backend on this node.
+    b.node_port(OTHER_POD, 8080);
+    let (ret, _) = b.run(
+        abi::FROM_UPLINK_PROGRAM,
+        &frame(TCP, (CLIENT, 5555), (NODE, NODE_PORT)),
+    );
+    assert_eq!(ret, TC_ACT_REDIRECT);
+    let (_, reply) = b.run(
+        abi::FROM_POD_PROGRAM,
+        &frame(TCP, (OTHER_POD, 8080), (CLIENT, 5555)),
+    );
+    assert_eq!(seen(&reply).src, (NODE, NODE_PORT));
+    let err = frag_needed(router, NODE, &reply);
+    let (ret, back) = b.run(abi::FROM_UPLINK_PROGRAM, &err);
+    assert_eq!(ret, TC_ACT_REDIRECT);
+    assert_eq!(icmp_error_seen(&back, &err), (OTHER_POD, (OTHER_POD, 8080)));
+
+    // An error quoting a port no flow holds is the node's own business.
+    let stray = frame(UDP, (NODE, 61001), (OUTSIDE, 443));
+    let err = frag_needed(router, NODE, &stray);
+    let (ret, out) = b.run(abi::FROM_UPLINK_PROGRAM, &err);
+    assert_eq!((ret, out), (TC_ACT_OK, err));
+}
