@@ -197,3 +197,41 @@ pub fn sweep(dir: &Path, now: u64) -> Result<Swept, Error> {
     }
     Ok(swept)
 }
+
+/// Conntrack flags of `agent run`; the defaults are upstream's, shorter
+/// values are for tests that watch flows expire.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Args {
+    /// Seconds a TCP flow that has seen no reply lives.
+    #[arg(long, default_value_t = abi::CT_TCP_SYN_SECS)]
+    pub conntrack_tcp_syn_timeout: u32,
+    /// Seconds an idle established TCP flow lives.
+    #[arg(long, default_value_t = abi::CT_TCP_ESTABLISHED_SECS)]
+    pub conntrack_tcp_established_timeout: u32,
+    /// Seconds a TCP flow lives after a FIN or RST.
+    #[arg(long, default_value_t = abi::CT_TCP_CLOSING_SECS)]
+    pub conntrack_tcp_closing_timeout: u32,
+    /// Seconds an idle UDP or ICMP flow lives.
+    #[arg(long, default_value_t = abi::CT_OTHER_SECS)]
+    pub conntrack_other_timeout: u32,
+    /// Live masqueraded flows one pod may hold; more are dropped.
+    #[arg(long, default_value_t = abi::CT_MAX_FLOWS_PER_POD)]
+    pub conntrack_max_flows_per_pod: u32,
+    /// Seconds between sweeps of expired conntrack entries.
+    #[arg(long, default_value_t = 30)]
+    pub conntrack_gc_interval: u32,
+}
+
+impl Args {
+    pub fn settings(&self) -> Settings {
+        let secs = |s: u32| Duration::from_secs(s.max(1).into());
+        Settings {
+            tcp_syn: secs(self.conntrack_tcp_syn_timeout),
+            tcp_established: secs(self.conntrack_tcp_established_timeout),
+            tcp_closing: secs(self.conntrack_tcp_closing_timeout),
+            other: secs(self.conntrack_other_timeout),
+            max_flows_per_pod: self.conntrack_max_flows_per_pod,
+            gc_interval: secs(self.conntrack_gc_interval),
+        }
+    }
+}
