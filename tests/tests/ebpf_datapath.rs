@@ -74,10 +74,18 @@ impl Bench {
         let uplink_mac = parse_mac(link.trim());
         let pins = PathBuf::from(format!("/sys/fs/bpf/{}", ns.name()));
         let object = ebpf::object(None).unwrap();
-        let mut ebpf = ebpf::load(&object, MapPins::Dir(&pins)).unwrap();
-        for name in [abi::FROM_POD_PROGRAM, abi::FROM_UPLINK_PROGRAM] {
-            ebpf::program::<SchedClassifier>(&mut ebpf, name).unwrap();
-        }
+        let loaded = (|| {
+            let mut ebpf = ebpf::load(&object, MapPins::Dir(&pins))?;
+            for name in [abi::FROM_POD_PROGRAM, abi::FROM_UPLINK_PROGRAM] {
+                ebpf::program::<SchedClassifier>(&mut ebpf, name)?;
+            }
+            Ok::<_, ebpf::Error>(ebpf)
+        })();
+        // Drop removes the pins only once the bench exists.
+        let ebpf = loaded.unwrap_or_else(|e| {
+            let _ = std::fs::remove_dir_all(&pins);
+            panic!("loading the datapath: {e}")
+        });
         let netns = NetNs::open(ns.path()).unwrap();
         let mut bench = Self {
             ebpf,
