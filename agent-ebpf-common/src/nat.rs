@@ -36,8 +36,8 @@ pub const CT_SEEN_REPLY: u16 = 1;
 /// A FIN or RST was seen in either direction: the flow is closing.
 pub const CT_CLOSING: u16 = 2;
 
-/// Lifetimes of conntrack entries, in seconds, as in Cilium's and the
-/// kernel's defaults; a zero in [`crate::Config`] means these.
+/// Lifetimes of conntrack entries, in seconds, close to what eBPF
+/// datapaths upstream use; a zero in [`crate::Config`] means these.
 pub const CT_TCP_SYN_SECS: u32 = 60;
 pub const CT_TCP_ESTABLISHED_SECS: u32 = 21600;
 pub const CT_TCP_CLOSING_SECS: u32 = 10;
