@@ -16,7 +16,9 @@
 #![no_main]
 
 mod counter;
+mod ct;
 mod fib;
+mod icmp;
 mod lb;
 mod local;
 mod nat;
