@@ -111,6 +111,7 @@ pub struct Inner {
     pub cache: Arc<watch::WatchCache>,
     pub config: Config,
     pub metrics: Arc<metrics::Metrics>,
+    pub rbac: Arc<authz::rbac::Cache>,
 }
 
 /// Handle passed to handlers.
@@ -127,7 +128,9 @@ pub async fn build(mut config: Config) -> anyhow::Result<State> {
         .await
         .map_err(|e| anyhow::anyhow!("connecting to etcd at {:?}: {e}", config.etcd_servers))?;
     seed(&storage).await?;
+    authz::bootstrap::seed(&storage).await?;
     let cache = watch::WatchCache::start(storage.clone()).await?;
+    let rbac = authz::rbac::Cache::start(storage.clone(), cache.clone()).await?;
     let tokens = auth::Tokens::load(config.token_auth_file.as_deref())?;
     Ok(Arc::new(Inner {
         tokens,
@@ -135,6 +138,7 @@ pub async fn build(mut config: Config) -> anyhow::Result<State> {
         cache,
         config,
         metrics: Arc::default(),
+        rbac,
     }))
 }
 
