@@ -271,3 +271,152 @@ fn roles_and_bindings_are_listed_as_kubectl_prints_them() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("roleRef.kind"), "{err}");
 }
+
+#[test]
+fn kubectl_auth_can_i_agrees_with_what_the_user_is_allowed() {
+    let c = Cluster::start();
+    let admin = c.admin();
+    admin.run(&["create", "namespace", "team"]).unwrap();
+    admin
+        .run(&[
+            "create",
+            "rolebinding",
+            "x",
+            "--clusterrole=view",
+            "--user=carol",
+            "-n",
+            "team",
+        ])
+        .unwrap();
+    let carol = c.user("carol", &[]);
+    // can-i prints yes or no and exits 0 or 1; asked by the admin as carol
+    // or by carol herself, the answers are the same.
+    let ask = |k: &Kubectl, args: &[&str]| -> String {
+        let out = k.output(args).unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    wait_for(Duration::from_secs(10), || {
+        (ask(&carol, &["auth", "can-i", "list", "pods", "-n", "team"]) == "yes").then_some(())
+    })
+    .expect("carol never could list pods in team");
+    for (args, want) in [
+        (vec!["list", "pods", "-n", "team"], "yes"),
+        (vec!["get", "pods/log", "-n", "team"], "yes"),
+        (vec!["list", "pods", "-n", "other"], "no"),
+        (vec!["create", "pods", "-n", "team"], "no"),
+        (vec!["get", "secrets", "-n", "team"], "no"),
+    ] {
+        let mut mine = vec!["auth", "can-i"];
+        mine.extend(&args);
+        assert_eq!(ask(&carol, &mine), want, "carol: can-i {args:?}");
+        let mut as_carol = mine.clone();
+        as_carol.extend(["--as", "carol"]);
+        assert_eq!(
+            ask(&admin, &as_carol),
+            want,
+            "admin --as carol: can-i {args:?}"
+        );
+    }
+    assert_eq!(
+        ask(&admin, &["auth", "can-i", "create", "pods", "-n", "team"]),
+        "yes"
+    );
+
+    let list = carol
+        .run(&["auth", "can-i", "--list", "-n", "team"])
+        .unwrap();
+    let pods = list
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("pods"))
+        .unwrap_or_else(|| panic!("no pods line in:\n{list}"));
+    assert!(pods.contains("[get list watch]"), "{list}");
+    assert!(
+        list.contains("selfsubjectaccessreviews.authorization.k8s.io"),
+        "{list}"
+    );
+
+    let who = carol.run(&["auth", "whoami"]).unwrap();
+    assert!(
+        who.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["Username", "carol"]),
+        "{who}"
+    );
+    assert!(who.contains("system:authenticated"), "{who}");
+    let who = admin
+        .run(&[
+            "auth",
+            "whoami",
+            "--as",
+            "carol",
+            "--as-group",
+            "auditors",
+            "-o",
+            "jsonpath={.status.userInfo.groups}",
+        ])
+        .unwrap();
+    assert!(who.contains("auditors"), "{who}");
+}
+
+#[test]
+fn impersonation_needs_the_impersonate_verb() {
+    let c = Cluster::start();
+    let admin = c.admin();
+    let dave = c.user("dave", &[]);
+    let (ok, err) = stderr(
+        &dave,
+        &[
+            "get",
+            "--raw",
+            "/api/v1/namespaces/default/pods",
+            "--as",
+            "kubernetes-admin",
+            "--as-group",
+            "system:masters",
+        ],
+    );
+    assert!(!ok, "dave impersonated the admins");
+    assert!(
+        err.contains(r#"User "dave" cannot impersonate resource "users""#),
+        "{err}"
+    );
+    admin
+        .run(&[
+            "create",
+            "clusterrole",
+            "impersonator",
+            "--verb=impersonate",
+            "--resource=users",
+            "--resource-name=erin",
+        ])
+        .unwrap();
+    admin
+        .run(&[
+            "create",
+            "clusterrolebinding",
+            "dave-as-erin",
+            "--clusterrole=impersonator",
+            "--user=dave",
+        ])
+        .unwrap();
+    admin
+        .run(&[
+            "create",
+            "rolebinding",
+            "erin",
+            "--clusterrole=view",
+            "--user=erin",
+            "-n",
+            "default",
+        ])
+        .unwrap();
+    // As erin, dave has erin's rights and only hers.
+    assert!(becomes(
+        &dave,
+        &["get", "pods", "-n", "default", "--as", "erin"],
+        true
+    ));
+    let (ok, _) = stderr(&dave, &["get", "pods", "-n", "default"]);
+    assert!(!ok, "dave gained erin's rights without impersonating");
+    let (ok, err) = stderr(&dave, &["get", "pods", "-n", "default", "--as", "frank"]);
+    assert!(!ok && err.contains("impersonate"), "{err}");
+}

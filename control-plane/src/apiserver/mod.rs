@@ -189,6 +189,12 @@ async fn route(axum::extract::State(state): axum::extract::State<State>, req: Re
                 .ok()?;
             state.tokens.user(h.strip_prefix("Bearer ")?.trim())
         });
+    // Only an authenticated user may act as another.
+    let user = match user.map(|u| authz::reviews::impersonate(&state, u, &parts.headers)) {
+        Some(Ok(u)) => Some(u),
+        Some(Err(e)) => return e.into_response(),
+        None => None,
+    };
     let Some(user) =
         user.or_else(|| auth::public_path(&parts.method, &path).then(auth::User::admin))
     else {
@@ -248,6 +254,13 @@ async fn route(axum::extract::State(state): axum::extract::State<State>, req: Re
                     Ok(b) => b,
                     Err(_) => return ApiError::too_large(request::MAX_BODY).into_response(),
                 };
+                if authz::reviews::is_review(&target) {
+                    if method != Method::POST {
+                        return ApiError::new(405, "MethodNotAllowed", "reviews are only created")
+                            .into_response();
+                    }
+                    return authz::reviews::handle(&state, &user, &target, &parts.headers, &body);
+                }
                 let handled =
                     handlers::dispatch(&state, &method, &target, &query, &parts.headers, &body);
                 let resp = match admission::with_user(user, handled).await {

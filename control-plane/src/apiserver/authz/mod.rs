@@ -5,6 +5,7 @@
 pub mod bootstrap;
 pub mod node;
 pub mod rbac;
+pub mod reviews;
 
 use super::auth::User;
 use super::errors::{ApiError, ApiResult};
