@@ -263,6 +263,7 @@ async fn route(axum::extract::State(state): axum::extract::State<State>, req: Re
                 }
                 let handled =
                     handlers::dispatch(&state, &method, &target, &query, &parts.headers, &body);
+                let handled = authz::escalation::scope(user.clone(), state.rbac.clone(), handled);
                 let resp = match admission::with_user(user, handled).await {
                     Ok(r) => r,
                     Err(e) => e.into_response(),

@@ -3,6 +3,7 @@
 //! allowed when [`node`] or [`rbac`] allows it.
 
 pub mod bootstrap;
+pub mod escalation;
 pub mod node;
 pub mod rbac;
 pub mod reviews;

@@ -141,8 +141,14 @@ impl Cache {
             .unwrap_or_default()
     }
 
+    /// The rules of the role a binding refers to.
+    pub fn role_rules_of(&self, kind: &str, ns: &str, name: &str) -> Vec<Value> {
+        let objects = self.objects.read().unwrap_or_else(|p| p.into_inner());
+        Self::role_rules(&objects, kind, ns, name)
+    }
+
     /// Every rule that applies to `user` in `namespace` (cluster-wide rules
-    /// only when it is empty), with the binding that grants it.
+    /// only when it is empty).
     pub fn rules_for(&self, user: &User, namespace: &str) -> Vec<Value> {
         let objects = self.objects.read().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::new();
