@@ -113,6 +113,13 @@ pub(super) fn for_kind(api_version: &str, kind: &str) -> Option<&'static Schema>
         ("v1", "Pod") => &POD,
         ("apps/v1", "Deployment") => &DEPLOYMENT,
         ("batch/v1", "Job") => &JOB,
+        ("rbac.authorization.k8s.io/v1", "Role") => &ROLE,
+        ("rbac.authorization.k8s.io/v1", "ClusterRole") => &CLUSTER_ROLE,
+        ("rbac.authorization.k8s.io/v1", "RoleBinding" | "ClusterRoleBinding") => &ROLE_BINDING,
+        ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => &SELF_SUBJECT_ACCESS_REVIEW,
+        ("authorization.k8s.io/v1", "SubjectAccessReview") => &SUBJECT_ACCESS_REVIEW,
+        ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => &SELF_SUBJECT_RULES_REVIEW,
+        ("authentication.k8s.io/v1", "SelfSubjectReview") => &SELF_SUBJECT_REVIEW,
         _ => return None,
     })
 }
@@ -563,3 +570,77 @@ static JOB_STATUS: Schema = Schema(&[
     s(10, "failedIndexes").keep(),
     i32(9, "ready").keep(),
 ]);
+
+// rbac.authorization.k8s.io/v1
+
+static ROLE: Schema = Schema(&[
+    m(1, "metadata", &OBJECT_META),
+    m(2, "rules", &POLICY_RULE).list(),
+]);
+static CLUSTER_ROLE: Schema = Schema(&[
+    m(1, "metadata", &OBJECT_META),
+    m(2, "rules", &POLICY_RULE).list(),
+    m(3, "aggregationRule", &AGGREGATION_RULE),
+]);
+static AGGREGATION_RULE: Schema = Schema(&[m(1, "clusterRoleSelectors", &LABEL_SELECTOR).list()]);
+static POLICY_RULE: Schema = Schema(&[
+    s(1, "verbs").list(),
+    s(2, "apiGroups").list(),
+    s(3, "resources").list(),
+    s(4, "resourceNames").list(),
+    s(5, "nonResourceURLs").list(),
+]);
+static ROLE_BINDING: Schema = Schema(&[
+    m(1, "metadata", &OBJECT_META),
+    m(2, "subjects", &SUBJECT).list(),
+    m(3, "roleRef", &ROLE_REF),
+]);
+static SUBJECT: Schema = Schema(&[
+    s(1, "kind").keep(),
+    s(2, "apiGroup"),
+    s(3, "name").keep(),
+    s(4, "namespace"),
+]);
+static ROLE_REF: Schema = Schema(&[
+    s(1, "apiGroup").keep(),
+    s(2, "kind").keep(),
+    s(3, "name").keep(),
+]);
+
+// authorization.k8s.io/v1 and authentication.k8s.io/v1
+
+static SELF_SUBJECT_ACCESS_REVIEW: Schema = Schema(&[
+    m(1, "metadata", &OBJECT_META),
+    m(2, "spec", &SELF_SUBJECT_ACCESS_REVIEW_SPEC),
+]);
+static SELF_SUBJECT_ACCESS_REVIEW_SPEC: Schema = Schema(&[
+    m(1, "resourceAttributes", &RESOURCE_ATTRIBUTES),
+    m(2, "nonResourceAttributes", &NON_RESOURCE_ATTRIBUTES),
+]);
+static RESOURCE_ATTRIBUTES: Schema = Schema(&[
+    s(1, "namespace"),
+    s(2, "verb"),
+    s(3, "group"),
+    s(4, "version"),
+    s(5, "resource"),
+    s(6, "subresource"),
+    s(7, "name"),
+]);
+static NON_RESOURCE_ATTRIBUTES: Schema = Schema(&[s(1, "path"), s(2, "verb")]);
+static SUBJECT_ACCESS_REVIEW: Schema = Schema(&[
+    m(1, "metadata", &OBJECT_META),
+    m(2, "spec", &SUBJECT_ACCESS_REVIEW_SPEC),
+]);
+static SUBJECT_ACCESS_REVIEW_SPEC: Schema = Schema(&[
+    m(1, "resourceAttributes", &RESOURCE_ATTRIBUTES),
+    m(2, "nonResourceAttributes", &NON_RESOURCE_ATTRIBUTES),
+    s(3, "user"),
+    s(4, "groups").list(),
+    s(6, "uid"),
+]);
+static SELF_SUBJECT_RULES_REVIEW: Schema = Schema(&[
+    m(1, "metadata", &OBJECT_META),
+    m(2, "spec", &SELF_SUBJECT_RULES_REVIEW_SPEC),
+]);
+static SELF_SUBJECT_RULES_REVIEW_SPEC: Schema = Schema(&[s(1, "namespace")]);
+static SELF_SUBJECT_REVIEW: Schema = Schema(&[m(1, "metadata", &OBJECT_META)]);

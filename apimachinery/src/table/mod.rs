@@ -12,6 +12,7 @@ mod events;
 mod fields;
 mod network;
 mod pods;
+mod rbac;
 mod time;
 mod workloads;
 
@@ -265,6 +266,8 @@ fn printer_for(resource: &str) -> Printer {
         "secrets" => (cluster::SECRET_COLUMNS, cluster::secret_row),
         "leases" => (cluster::LEASE_COLUMNS, cluster::lease_row),
         "componentstatuses" => (cluster::COMPONENT_COLUMNS, cluster::component_row),
+        "roles" | "clusterroles" => (rbac::ROLE_COLUMNS, rbac::role_row),
+        "rolebindings" | "clusterrolebindings" => (rbac::BINDING_COLUMNS, rbac::binding_row),
         _ => (GENERIC_COLUMNS, generic_row),
     };
     Printer { columns, row }

@@ -111,6 +111,7 @@ pub struct Inner {
     pub cache: Arc<watch::WatchCache>,
     pub config: Config,
     pub metrics: Arc<metrics::Metrics>,
+    pub rbac: Arc<authz::rbac::Cache>,
 }
 
 /// Handle passed to handlers.
@@ -127,7 +128,9 @@ pub async fn build(mut config: Config) -> anyhow::Result<State> {
         .await
         .map_err(|e| anyhow::anyhow!("connecting to etcd at {:?}: {e}", config.etcd_servers))?;
     seed(&storage).await?;
+    authz::bootstrap::seed(&storage).await?;
     let cache = watch::WatchCache::start(storage.clone()).await?;
+    let rbac = authz::rbac::Cache::start(storage.clone(), cache.clone()).await?;
     let tokens = auth::Tokens::load(config.token_auth_file.as_deref())?;
     Ok(Arc::new(Inner {
         tokens,
@@ -135,6 +138,7 @@ pub async fn build(mut config: Config) -> anyhow::Result<State> {
         cache,
         config,
         metrics: Arc::default(),
+        rbac,
     }))
 }
 
@@ -185,6 +189,12 @@ async fn route(axum::extract::State(state): axum::extract::State<State>, req: Re
                 .ok()?;
             state.tokens.user(h.strip_prefix("Bearer ")?.trim())
         });
+    // Only an authenticated user may act as another.
+    let user = match user.map(|u| authz::reviews::impersonate(&state, u, &parts.headers)) {
+        Some(Ok(u)) => Some(u),
+        Some(Err(e)) => return e.into_response(),
+        None => None,
+    };
     let Some(user) =
         user.or_else(|| auth::public_path(&parts.method, &path).then(auth::User::admin))
     else {
@@ -244,8 +254,16 @@ async fn route(axum::extract::State(state): axum::extract::State<State>, req: Re
                     Ok(b) => b,
                     Err(_) => return ApiError::too_large(request::MAX_BODY).into_response(),
                 };
+                if authz::reviews::is_review(&target) {
+                    if method != Method::POST {
+                        return ApiError::new(405, "MethodNotAllowed", "reviews are only created")
+                            .into_response();
+                    }
+                    return authz::reviews::handle(&state, &user, &target, &parts.headers, &body);
+                }
                 let handled =
                     handlers::dispatch(&state, &method, &target, &query, &parts.headers, &body);
+                let handled = authz::escalation::scope(user.clone(), state.rbac.clone(), handled);
                 let resp = match admission::with_user(user, handled).await {
                     Ok(r) => r,
                     Err(e) => e.into_response(),

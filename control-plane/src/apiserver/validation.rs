@@ -86,6 +86,7 @@ pub fn decode(
 ) -> ApiResult<(Value, Vec<String>)> {
     use k8s_openapi::api::{
         apps::v1 as apps, coordination::v1 as coord, core::v1 as core, discovery::v1 as disc,
+        rbac::v1 as rbac,
     };
     let result = match res.kind {
         "Pod" => round_trip::<core::Pod>(body),
@@ -103,6 +104,10 @@ pub fn decode(
         "Lease" => round_trip::<coord::Lease>(body),
         "EndpointSlice" => round_trip::<disc::EndpointSlice>(body),
         "Binding" => round_trip::<core::Binding>(body),
+        "Role" => round_trip::<rbac::Role>(body),
+        "ClusterRole" => round_trip::<rbac::ClusterRole>(body),
+        "RoleBinding" => round_trip::<rbac::RoleBinding>(body),
+        "ClusterRoleBinding" => round_trip::<rbac::ClusterRoleBinding>(body),
         _ => Ok((body.clone(), vec![])),
     };
     let what = format!(
@@ -186,6 +191,11 @@ pub fn validate(res: &Resource, obj: &Value) -> ApiResult<()> {
     let name = str_at(obj, &["metadata", "name"]).unwrap_or("");
     if name.is_empty() {
         causes.push(Cause::required("metadata.name"));
+    } else if res.group == "rbac.authorization.k8s.io" {
+        // RBAC names only have to fit in a path: `system:discovery`.
+        if let Some(msg) = super::authz::rbac::path_segment_problem(name) {
+            causes.push(Cause::invalid("metadata.name", &Value::from(name), msg));
+        }
     } else if name_is_label(res) && !is_dns_label(name) {
         causes.push(Cause::invalid(
             "metadata.name",
@@ -211,6 +221,9 @@ pub fn validate(res: &Resource, obj: &Value) -> ApiResult<()> {
         "Service" => validate_service(obj, &mut causes),
         "Deployment" | "ReplicaSet" | "ReplicationController" => {
             validate_workload(res, obj, &mut causes)
+        }
+        "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" => {
+            super::authz::rbac::validate(res.kind, obj, &mut causes)
         }
         _ => {}
     }

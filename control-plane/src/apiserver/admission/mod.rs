@@ -36,6 +36,7 @@ fn writing_node() -> Option<String> {
 /// Checks an object about to be created.
 pub async fn admit_create(state: &State, target: &Target, obj: &Value) -> ApiResult<()> {
     super::limits::object_fits(obj)?;
+    super::authz::escalation::check(target, obj)?;
     match writing_node() {
         Some(node) => noderestriction::admit_create(state, &node, target, obj).await,
         None => Ok(()),
@@ -45,6 +46,7 @@ pub async fn admit_create(state: &State, target: &Target, obj: &Value) -> ApiRes
 /// Checks an update of `old` into `new` (main resource or subresource).
 pub fn admit_update(target: &Target, old: &Value, new: &Value) -> ApiResult<()> {
     super::limits::object_fits(new)?;
+    super::authz::escalation::check(target, new)?;
     // A node is told what it may not do before what nobody may.
     if let Some(node) = writing_node() {
         noderestriction::admit_update(&node, target, old, new)?;
