@@ -100,6 +100,11 @@ pub struct Config {
     /// Most HTTPS connections open at once; more are closed on accept.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: u64,
+    /// Admission plugins turned on beyond those always on, comma-separated.
+    /// `ServiceAccount` gives pods their ServiceAccount and its token
+    /// volume; it needs the controller-manager's `default` accounts.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub enable_admission_plugins: Vec<admission::Plugin>,
     #[arg(skip = allocator::Cidr { base: 0, prefix: 32 })]
     pub service_cidr: allocator::Cidr,
 }

@@ -24,7 +24,7 @@ use super::storage::{StorageError, Stored};
 use super::State;
 
 use bind::bind;
-pub use create::create;
+pub use create::{create, random_suffix};
 use delete::{delete, delete_collection};
 use get::get;
 use list::list;
