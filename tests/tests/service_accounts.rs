@@ -20,6 +20,7 @@ struct Cluster {
     _apiserver: Guarded,
     _etcd: harness::etcd::Etcd,
     dir: tempfile::TempDir,
+    port: u16,
 }
 
 impl Cluster {
@@ -76,7 +77,26 @@ impl Cluster {
             _apiserver: apiserver,
             _etcd: etcd,
             dir,
+            port,
         }
+    }
+
+    /// Status code and body of an HTTPS request with `token`, or with no
+    /// credentials at all.
+    fn curl(&self, token: Option<&str>, path: &str) -> (u16, String) {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "-w", "\n%{http_code}", "--cacert"])
+            .arg(self.dir.path().join("pki/ca.crt"));
+        if let Some(t) = token {
+            cmd.arg("-H").arg(format!("Authorization: Bearer {t}"));
+        }
+        let out = cmd
+            .arg(format!("https://127.0.0.1:{}{path}", self.port))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (code.trim().parse().unwrap_or(0), body.to_string())
     }
 
     fn kubeconfig(&self) -> PathBuf {
@@ -280,4 +300,236 @@ fn automount_false_on_the_pod_or_its_account_keeps_the_token_out() {
         "  serviceAccountName: quiet\n  automountServiceAccountToken: true\n",
     ));
     assert!(has_token(&pod), "{pod:#}");
+}
+
+fn b64url(s: &str) -> Vec<u8> {
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' => 62,
+            b'_' => 63,
+            _ => panic!("not base64url: {s}"),
+        };
+        bits = (bits << 6) | v as u32;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+        }
+    }
+    out
+}
+
+/// The claims of a JWT, unverified.
+fn claims(token: &str) -> Value {
+    let payload = token.split('.').nth(1).expect("a JWT has three parts");
+    serde_json::from_slice(&b64url(payload)).unwrap()
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[test]
+fn kubectl_create_token_gives_a_token_that_authenticates_as_the_account() {
+    let c = Cluster::start();
+    let sa = c.wait_get(&["serviceaccount", "default", "-n", "default"]);
+    let token = c.kubectl().run(&["create", "token", "default"]).unwrap();
+    let token = token.trim();
+    let cl = claims(token);
+    assert_eq!(cl["iss"], "https://kubernetes.default.svc.cluster.local");
+    assert_eq!(cl["sub"], "system:serviceaccount:default:default");
+    assert_eq!(cl["aud"][0], "https://kubernetes.default.svc.cluster.local");
+    assert_eq!(cl["kubernetes.io"]["namespace"], "default");
+    assert_eq!(
+        cl["kubernetes.io"]["serviceaccount"]["uid"],
+        sa["metadata"]["uid"]
+    );
+    let (iat, exp) = (cl["iat"].as_i64().unwrap(), cl["exp"].as_i64().unwrap());
+    assert!((iat - now()).abs() < 60 && exp - iat == 3600, "{cl}");
+    assert!(cl["nbf"].as_i64().unwrap() <= now());
+
+    // Known but not allowed anything yet: 403, where no token is 401.
+    let (code, body) = c.curl(Some(token), "/api/v1/namespaces/default/pods");
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body.contains("system:serviceaccount:default:default"),
+        "{body}"
+    );
+    assert_eq!(c.curl(None, "/api/v1/namespaces/default/pods").0, 401);
+    let mut forged = token.to_string();
+    forged.pop();
+    forged.push(if token.ends_with('A') { 'B' } else { 'A' });
+    assert_eq!(
+        c.curl(Some(&forged), "/api/v1/namespaces/default/pods").0,
+        401
+    );
+
+    // Another audience is for someone else; a deleted account's token dies.
+    let vault = c
+        .kubectl()
+        .run(&[
+            "create",
+            "token",
+            "default",
+            "--audience",
+            "vault",
+            "--duration",
+            "20m",
+        ])
+        .unwrap();
+    let vc = claims(vault.trim());
+    assert_eq!(vc["aud"][0], "vault");
+    assert_eq!(
+        vc["exp"].as_i64().unwrap() - vc["iat"].as_i64().unwrap(),
+        1200
+    );
+    assert_eq!(
+        c.curl(Some(vault.trim()), "/api/v1/namespaces/default/pods")
+            .0,
+        401
+    );
+    c.kubectl()
+        .run(&["create", "serviceaccount", "gone"])
+        .unwrap();
+    let gone = c.kubectl().run(&["create", "token", "gone"]).unwrap();
+    assert_eq!(c.curl(Some(gone.trim()), "/api/v1/pods").0, 403);
+    c.kubectl()
+        .run(&["delete", "serviceaccount", "gone"])
+        .unwrap();
+    assert_eq!(c.curl(Some(gone.trim()), "/api/v1/pods").0, 401);
+}
+
+#[test]
+fn the_token_of_a_deleted_pod_is_refused() {
+    let c = Cluster::start();
+    c.wait_get(&["serviceaccount", "default", "-n", "default"]);
+    let out = c.apply(&pod_manifest("p", "default", ""));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pod: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let token = c
+        .kubectl()
+        .run(&[
+            "create",
+            "token",
+            "default",
+            "--bound-object-kind",
+            "Pod",
+            "--bound-object-name",
+            "p",
+        ])
+        .unwrap();
+    let token = token.trim();
+    let cl = claims(token);
+    assert_eq!(cl["kubernetes.io"]["pod"]["name"], "p");
+    assert_eq!(cl["kubernetes.io"]["pod"]["uid"], pod["metadata"]["uid"]);
+    assert_eq!(c.curl(Some(token), "/api/v1/pods").0, 403);
+    c.kubectl()
+        .run(&["delete", "pod", "p", "--grace-period=0", "--force"])
+        .unwrap();
+    // A new pod of the same name is another pod.
+    c.apply(&pod_manifest("p", "default", ""));
+    assert_eq!(c.curl(Some(token), "/api/v1/pods").0, 401);
+    // No token for a pod that is not there.
+    let out = c
+        .kubectl()
+        .output(&[
+            "create",
+            "token",
+            "default",
+            "--bound-object-kind",
+            "Pod",
+            "--bound-object-name",
+            "nothere",
+        ])
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+/// DER of an ECDSA signature from the JWS form (r and s, 32 bytes each).
+fn ecdsa_der(raw: &[u8]) -> Vec<u8> {
+    let int = |b: &[u8]| {
+        let mut b: Vec<u8> = b.iter().copied().skip_while(|x| *x == 0).collect();
+        if b.first().is_none_or(|x| *x >= 0x80) {
+            b.insert(0, 0);
+        }
+        let mut out = vec![0x02, b.len() as u8];
+        out.extend(b);
+        out
+    };
+    let body = [int(&raw[..32]), int(&raw[32..])].concat();
+    let mut out = vec![0x30, body.len() as u8];
+    out.extend(body);
+    out
+}
+
+#[test]
+fn others_verify_tokens_through_the_oidc_documents() {
+    let c = Cluster::start();
+    c.wait_get(&["serviceaccount", "default", "-n", "default"]);
+    let token = c.kubectl().run(&["create", "token", "default"]).unwrap();
+    let token = token.trim();
+    let (code, body) = c.curl(Some(token), "/.well-known/openid-configuration");
+    assert_eq!(code, 200, "{body}");
+    let doc: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        doc["issuer"],
+        "https://kubernetes.default.svc.cluster.local"
+    );
+    assert_eq!(
+        doc["jwks_uri"],
+        "https://kubernetes.default.svc.cluster.local/openid/v1/jwks"
+    );
+    let (code, body) = c.curl(Some(token), "/openid/v1/jwks");
+    assert_eq!(code, 200, "{body}");
+    let jwks: Value = serde_json::from_str(&body).unwrap();
+    let key = &jwks["keys"][0];
+    let header: Value = serde_json::from_slice(&b64url(token.split('.').next().unwrap())).unwrap();
+    assert_eq!(header["kid"], key["kid"]);
+    assert_eq!(header["alg"], "ES256");
+
+    // openssl checks the signature with the key as published.
+    let dir = tempfile::tempdir().unwrap();
+    let mut spki = vec![
+        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
+        0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00, 0x04,
+    ];
+    spki.extend(b64url(key["x"].as_str().unwrap()));
+    spki.extend(b64url(key["y"].as_str().unwrap()));
+    std::fs::write(dir.path().join("pub.der"), &spki).unwrap();
+    let (signed, sig) = token.rsplit_once('.').unwrap();
+    std::fs::write(dir.path().join("input"), signed).unwrap();
+    let verify = |sig: &[u8]| {
+        std::fs::write(dir.path().join("sig"), ecdsa_der(sig)).unwrap();
+        Command::new("openssl")
+            .args(["dgst", "-sha256", "-keyform", "DER", "-verify"])
+            .arg(dir.path().join("pub.der"))
+            .arg("-signature")
+            .arg(dir.path().join("sig"))
+            .arg(dir.path().join("input"))
+            .output()
+            .unwrap()
+    };
+    let sig = b64url(sig);
+    let out = verify(&sig);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut bad = sig.clone();
+    bad[40] ^= 1;
+    assert!(!verify(&bad).status.success());
 }

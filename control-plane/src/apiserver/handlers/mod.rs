@@ -9,6 +9,7 @@ mod get;
 mod list;
 mod patch;
 mod scale;
+mod token;
 mod update;
 mod watch;
 
@@ -262,6 +263,14 @@ pub async fn dispatch(
         }
         (Method::POST, false, None) if target.res.plural == "bindings" => {
             bind(
+                state,
+                target,
+                request::decode_body(&request::content_type(headers), body)?,
+            )
+            .await
+        }
+        (Method::POST, true, Some("token")) if target.res.plural == "serviceaccounts" => {
+            token::create(
                 state,
                 target,
                 request::decode_body(&request::content_type(headers), body)?,
