@@ -533,3 +533,61 @@ fn others_verify_tokens_through_the_oidc_documents() {
     bad[40] ^= 1;
     assert!(!verify(&bad).status.success());
 }
+
+#[test]
+fn a_node_gets_tokens_only_for_its_own_pods() {
+    let c = Cluster::start();
+    c.wait_get(&["serviceaccount", "default", "-n", "default"]);
+    for (pod, node) in [("mine", "n1"), ("theirs", "n2")] {
+        let out = c.apply(&pod_manifest(
+            pod,
+            "default",
+            &format!("  nodeName: {node}\n"),
+        ));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let kubeconfig = c.dir.path().join("n1.kubeconfig");
+    let status = Command::new(harness::cluster::binary("control-plane"))
+        .args([
+            "kubeconfig",
+            "--group",
+            "system:nodes",
+            "--user=system:node:n1",
+        ])
+        .arg(format!("--cert-dir={}", c.dir.path().join("pki").display()))
+        .arg(format!("--server=https://127.0.0.1:{}", c.port))
+        .arg("--out")
+        .arg(&kubeconfig)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let node = Kubectl::new(&kubeconfig).unwrap();
+    let token_for = |pod: Option<&str>| {
+        let mut args = vec!["create", "token", "default"];
+        if let Some(p) = pod {
+            args.extend(["--bound-object-kind", "Pod", "--bound-object-name", p]);
+        }
+        node.output(&args).unwrap()
+    };
+    let out = token_for(Some("mine"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(claims(&token)["kubernetes.io"]["pod"]["name"], "mine");
+    assert_eq!(c.curl(Some(&token), "/api/v1/pods").0, 403);
+    for refused in [token_for(Some("theirs")), token_for(None)] {
+        assert!(!refused.status.success());
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            err.contains("only request tokens bound to its own pods"),
+            "{err}"
+        );
+    }
+}

@@ -20,6 +20,12 @@ const TOKEN_SECONDS: i64 = 3607;
 /// server as a ServiceAccount.
 const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 
+/// The node requesting, when a node is: it gets tokens only bound to
+/// its own pods.
+pub fn requesting_node() -> Option<String> {
+    super::writing_node()
+}
+
 /// Defaults, checks and completes a pod about to be created.
 pub async fn admit_pod(state: &State, pod: &mut Value) -> ApiResult<()> {
     if pod

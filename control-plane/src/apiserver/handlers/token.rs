@@ -77,6 +77,7 @@ pub async fn create(state: &State, target: &Target, body: Value) -> ApiResult<Re
         "namespace": ns,
         "serviceaccount": {"name": name, "uid": sa_uid},
     });
+    let mut bound_node: Option<String> = None;
     let bound = spec.get("boundObjectRef").filter(|b| !b.is_null());
     if let Some(b) = bound {
         let kind = b.get("kind").and_then(Value::as_str).unwrap_or("");
@@ -119,9 +120,21 @@ pub async fn create(state: &State, target: &Target, body: Value) -> ApiResult<Re
                 &format!("pod runs as service account {pod_sa:?}, not {name:?}"),
             ));
         }
+        bound_node = pod
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .map(str::to_string);
         k8s["pod"] = json!({"name": obj_name, "uid": uid});
     }
 
+    if let Some(node) = crate::apiserver::admission::serviceaccount::requesting_node() {
+        let on = bound_node.as_deref();
+        if on != Some(node.as_str()) {
+            return Err(ApiError::forbidden_plain(format!(
+                "node {node:?} may only request tokens bound to its own pods (this one is bound to {on:?})"
+            )));
+        }
+    }
     let now = chrono::Utc::now();
     let exp = now + chrono::Duration::seconds(seconds);
     let claims = json!({
