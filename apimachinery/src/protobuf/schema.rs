@@ -109,6 +109,7 @@ pub(super) fn for_kind(api_version: &str, kind: &str) -> Option<&'static Schema>
         ("v1", "ConfigMap") => &CONFIG_MAP,
         ("v1", "Secret") => &SECRET,
         ("v1", "ServiceAccount") => &SERVICE_ACCOUNT,
+        ("authentication.k8s.io/v1", "TokenRequest") => &TOKEN_REQUEST,
         ("v1", "Service") => &SERVICE,
         ("v1", "Pod") => &POD,
         ("apps/v1", "Deployment") => &DEPLOYMENT,
@@ -194,6 +195,21 @@ static SERVICE_ACCOUNT: Schema = Schema(&[
     m(3, "imagePullSecrets", &LOCAL_OBJECT_REFERENCE).list(),
     b(4, "automountServiceAccountToken").keep(),
 ]);
+
+// What `kubectl create token` sends (authentication/v1).
+static TOKEN_REQUEST: Schema = Schema(&[
+    m(1, "metadata", &OBJECT_META),
+    m(2, "spec", &TOKEN_REQUEST_SPEC),
+]);
+
+static TOKEN_REQUEST_SPEC: Schema = Schema(&[
+    s(1, "audiences").list(),
+    m(3, "boundObjectRef", &BOUND_OBJECT_REFERENCE),
+    i64(4, "expirationSeconds").keep(),
+]);
+
+static BOUND_OBJECT_REFERENCE: Schema =
+    Schema(&[s(1, "kind"), s(2, "apiVersion"), s(3, "name"), s(4, "uid")]);
 
 static OBJECT_REFERENCE: Schema = Schema(&[
     s(1, "kind"),

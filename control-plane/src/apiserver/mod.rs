@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod nodeproxy;
 pub mod request;
 pub mod resources;
+pub mod satoken;
 pub mod storage;
 pub mod validation;
 pub mod watch;
@@ -100,6 +101,15 @@ pub struct Config {
     /// Most HTTPS connections open at once; more are closed on accept.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: u64,
+    /// Admission plugins turned on beyond those always on, comma-separated.
+    /// `ServiceAccount` gives pods their ServiceAccount and its token
+    /// volume; it needs the controller-manager's `default` accounts.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub enable_admission_plugins: Vec<admission::Plugin>,
+    /// The `iss` of ServiceAccount tokens, and their audience unless a
+    /// request names others.
+    #[arg(long, default_value = "https://kubernetes.default.svc.cluster.local")]
+    pub service_account_issuer: String,
     #[arg(skip = allocator::Cidr { base: 0, prefix: 32 })]
     pub service_cidr: allocator::Cidr,
 }
@@ -107,6 +117,7 @@ pub struct Config {
 /// Shared by every request.
 pub struct Inner {
     pub tokens: auth::Tokens,
+    pub sa_signer: satoken::Signer,
     pub storage: Storage,
     pub cache: Arc<watch::WatchCache>,
     pub config: Config,
@@ -132,8 +143,11 @@ pub async fn build(mut config: Config) -> anyhow::Result<State> {
     let cache = watch::WatchCache::start(storage.clone()).await?;
     let rbac = authz::rbac::Cache::start(storage.clone(), cache.clone()).await?;
     let tokens = auth::Tokens::load(config.token_auth_file.as_deref())?;
+    // The key sits with the CA, so servers sharing the PKI share it.
+    let sa_signer = satoken::Signer::load((!config.no_tls).then_some(config.cert_dir.as_path()))?;
     Ok(Arc::new(Inner {
         tokens,
+        sa_signer,
         storage,
         cache,
         config,
@@ -177,18 +191,22 @@ fn ok_json(v: Value) -> Response {
 async fn route(axum::extract::State(state): axum::extract::State<State>, req: Request) -> Response {
     let (mut parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
-    let user = parts
+    let bearer = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string());
+    let mut user = parts
         .extensions
         .get::<auth::ConnUser>()
         .and_then(|c| c.0.clone())
-        .or_else(|| {
-            let h = parts
-                .headers
-                .get(axum::http::header::AUTHORIZATION)?
-                .to_str()
-                .ok()?;
-            state.tokens.user(h.strip_prefix("Bearer ")?.trim())
-        });
+        .or_else(|| state.tokens.user(bearer.as_deref()?));
+    if user.is_none() {
+        if let Some(t) = &bearer {
+            user = satoken::authenticate(&state, t).await;
+        }
+    }
     // Only an authenticated user may act as another.
     let user = match user.map(|u| authz::reviews::impersonate(&state, u, &parts.headers)) {
         Some(Ok(u)) => Some(u),
@@ -221,6 +239,10 @@ async fn route(axum::extract::State(state): axum::extract::State<State>, req: Re
             Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("etcd: {e}")).into_response(),
         },
         (Method::POST, NODE_CERTIFICATE_PATH) => renew_node_certificate(&state, &user, body).await,
+        (Method::GET, "/.well-known/openid-configuration") => ok_json(
+            satoken::openid_configuration(&state.config.service_account_issuer),
+        ),
+        (Method::GET, "/openid/v1/jwks") => ok_json(state.sa_signer.jwks()),
         (Method::GET, "/openapi/v3") => ok_json(discovery::openapi_root()),
         (Method::GET, p) if p.starts_with("/openapi/v3/") => {
             match discovery::openapi_group(&p["/openapi/v3/".len()..]) {

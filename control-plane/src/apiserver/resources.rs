@@ -221,7 +221,13 @@ pub static RESOURCES: &[Resource] = &[
         short_names: &["sa"],
         categories: &[],
         verbs: ALL_VERBS,
-        subresources: &[],
+        subresources: &[Subresource {
+            name: "token",
+            kind: "TokenRequest",
+            group: "authentication.k8s.io",
+            version: "v1",
+            verbs: &["create"],
+        }],
     },
     Resource {
         group: "",

@@ -1,7 +1,7 @@
 //! The controller-manager: one loop per kind of desired state, each a small
 //! reconcile function over watched objects (see `replicaset`, `deployment`,
 //! `nodelifecycle`, `nodeipam`, `endpoints`, `namespace`,
-//! `garbagecollector`). They share caches, events and leader election.
+//! `garbagecollector`, `serviceaccounts`). They share caches, events and leader election.
 
 pub mod context;
 pub mod deployment;
@@ -11,6 +11,7 @@ pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod replicaset;
+pub mod serviceaccounts;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -68,6 +69,10 @@ pub struct Config {
     /// Prefix length of each node's podCIDR.
     #[arg(long, default_value_t = 24)]
     pub node_cidr_mask_size: u8,
+    /// The cluster CA (PEM), published to every namespace as ConfigMap
+    /// kube-root-ca.crt; without it nothing is published.
+    #[arg(long)]
+    pub root_ca_file: Option<std::path::PathBuf>,
 }
 
 /// Runs every controller until SIGTERM or loss of leadership.
@@ -81,13 +86,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.node_cidr_mask_size,
         config.cluster_cidr
     );
+    // Read once at start, so a wrong path fails the start, not a loop.
+    let root_ca = match &config.root_ca_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| anyhow::anyhow!("--root-ca-file {}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
     let client = config.client.client().await?;
     let health = Health::new();
     let addr = health.serve(config.bind_address).await?;
     tracing::info!("controller-manager health and metrics on http://{addr}");
     let leader = config.leader.clone();
     leader::while_leading(client.clone(), "kube-controller-manager", &leader, || {
-        run_controllers(client, config, health)
+        run_controllers(client, config, health, root_ca)
     })
     .await
 }
@@ -97,6 +110,7 @@ async fn run_controllers(
     client: kube::Client,
     config: Config,
     health: Health,
+    root_ca: Option<String>,
 ) -> anyhow::Result<()> {
     let pods = context::cache(Api::<Pod>::all(client.clone()));
     let dropped = health.metrics.counter(
@@ -124,6 +138,7 @@ async fn run_controllers(
     tasks.spawn(deployment::run(ctx.clone(), n));
     tasks.spawn(garbagecollector::run(ctx.clone()));
     tasks.spawn(namespace::run(ctx.clone()));
+    tasks.spawn(serviceaccounts::run(ctx.clone(), root_ca));
     tasks.spawn(endpoints::run(ctx.clone(), n));
     tasks.spawn(nodelifecycle::run(
         ctx.clone(),

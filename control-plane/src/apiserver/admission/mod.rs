@@ -7,6 +7,7 @@
 //! [`with_user`], and the checks read it from the task.
 
 pub mod noderestriction;
+pub mod serviceaccount;
 
 use std::future::Future;
 
@@ -16,6 +17,23 @@ use super::auth::User;
 use super::errors::{ApiError, ApiResult, Cause};
 use super::request::Target;
 use super::State;
+
+/// Admission plugins that are off unless asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Plugin {
+    #[value(name = "ServiceAccount")]
+    ServiceAccount,
+}
+
+/// Changes an object about to be created (after defaulting, before
+/// validation), for the plugins that complete what the client sent.
+pub async fn mutate_create(state: &State, target: &Target, obj: &mut Value) -> ApiResult<()> {
+    let on = |p| state.config.enable_admission_plugins.contains(&p);
+    if (target.res.group, target.res.kind) == ("", "Pod") && on(Plugin::ServiceAccount) {
+        serviceaccount::admit_pod(state, obj).await?;
+    }
+    Ok(())
+}
 
 tokio::task_local! {
     static USER: User;

@@ -83,6 +83,20 @@ pub async fn authorize(
                 ))
             }
         }
+        // Tokens for the accounts its pods run as; that the token is bound
+        // to such a pod is in the body, checked by the token handler.
+        ("", "serviceaccounts", Some("token")) if verb == "create" => {
+            let Some(name) = name else {
+                return deny(format!("node {node:?} may only request tokens by name"));
+            };
+            if referenced(state, node, ns, res, name).await? {
+                Ok(())
+            } else {
+                deny(format!(
+                    "no relationship found between node {node:?} and this object"
+                ))
+            }
+        }
         // Which object an event is about is in its body: admission checks it.
         ("", "events", None) | ("events.k8s.io", "events", None) if verb == "create" => Ok(()),
         _ => deny(format!(

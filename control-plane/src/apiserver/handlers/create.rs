@@ -14,7 +14,8 @@ use crate::apiserver::storage::StorageError;
 use crate::apiserver::validation::{self, FieldValidation};
 use crate::apiserver::{allocator, defaults, State};
 
-fn random_suffix() -> String {
+/// Five characters that read as no word, for generated names.
+pub fn random_suffix() -> String {
     const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let id = uuid::Uuid::new_v4();
     id.as_bytes()[..5]
@@ -79,6 +80,7 @@ pub async fn create(
     if t.res.has_status() && t.res.kind != "Node" {
         defaults::initial_status(t.res.kind, &mut obj);
     }
+    crate::apiserver::admission::mutate_create(state, &t, &mut obj).await?;
     validation::validate(t.res, &obj)?;
     crate::apiserver::admission::admit_create(state, &t, &obj).await?;
     // Two creates can pick the same free address between reading the

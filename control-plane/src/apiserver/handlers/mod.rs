@@ -9,6 +9,7 @@ mod get;
 mod list;
 mod patch;
 mod scale;
+mod token;
 mod update;
 mod watch;
 
@@ -24,7 +25,7 @@ use super::storage::{StorageError, Stored};
 use super::State;
 
 use bind::bind;
-pub use create::create;
+pub use create::{create, random_suffix};
 use delete::{delete, delete_collection};
 use get::get;
 use list::list;
@@ -262,6 +263,14 @@ pub async fn dispatch(
         }
         (Method::POST, false, None) if target.res.plural == "bindings" => {
             bind(
+                state,
+                target,
+                request::decode_body(&request::content_type(headers), body)?,
+            )
+            .await
+        }
+        (Method::POST, true, Some("token")) if target.res.plural == "serviceaccounts" => {
+            token::create(
                 state,
                 target,
                 request::decode_body(&request::content_type(headers), body)?,
