@@ -82,7 +82,7 @@ pub(super) fn is_gzip(path: &Path) -> Result<bool> {
 
 /// Unpacks the layer blob at `blob` into `dest` (which must not exist yet)
 /// and returns the diff_id: the sha256 of the uncompressed tar.
-pub(super) fn unpack_layer(blob: &Path, dest: &Path, layer: &str) -> Result<String> {
+pub fn unpack_layer(blob: &Path, dest: &Path, layer: &str) -> Result<String> {
     let mut hashing = HashingReader::new(decompressed(blob, &format!("layer {layer}"))?);
     fs::DirBuilder::new().mode(0o755).create(dest).at(dest)?;
     let fail = |entry: &Path, reason: String| Error::LayerEntry {
