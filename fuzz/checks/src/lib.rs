@@ -6,13 +6,11 @@
 //! A check returns normally when the code under test behaved (rejecting bad
 //! input is behaving) and panics when a property is broken.
 
-use std::fs;
-use std::path::Path;
-
-use apimachinery::patch;
-use apimachinery::selectors::{FieldSelector, LabelSelector};
+#[cfg(feature = "agent")]
 use kestrel_agent::dns::wire;
+#[cfg(feature = "apiserver")]
 use kestrel_control_plane::apiserver::{request, validation};
+#[cfg(feature = "apimachinery")]
 use serde_json::Value;
 
 /// A fuzz target: its name (also its corpus directory) and its check.
@@ -22,30 +20,37 @@ pub struct Target {
 }
 
 pub const TARGETS: &[Target] = &[
+    #[cfg(feature = "agent")]
     Target {
         name: "dns",
         check: check_dns,
     },
+    #[cfg(feature = "cni")]
     Target {
         name: "cni",
         check: check_cni,
     },
+    #[cfg(feature = "apimachinery")]
     Target {
         name: "patch",
         check: check_patch,
     },
+    #[cfg(feature = "apimachinery")]
     Target {
         name: "protobuf",
         check: check_protobuf,
     },
+    #[cfg(feature = "apimachinery")]
     Target {
         name: "selectors",
         check: check_selectors,
     },
+    #[cfg(feature = "agent")]
     Target {
         name: "unpack",
         check: check_unpack,
     },
+    #[cfg(feature = "apiserver")]
     Target {
         name: "api_request",
         check: check_api_request,
@@ -54,6 +59,7 @@ pub const TARGETS: &[Target] = &[
 
 /// A DNS message from a pod: whatever the query parser accepts must give
 /// a response the response parser reads back with the same id and rcode.
+#[cfg(feature = "agent")]
 pub fn check_dns(data: &[u8]) {
     let _ = wire::parse_response(data);
     if let Some(err) = wire::error_for(data, wire::RCODE_FORMERR) {
@@ -73,6 +79,7 @@ pub fn check_dns(data: &[u8]) {
 }
 
 /// The network configuration on stdin, and the same bytes as CNI_ARGS.
+#[cfg(feature = "cni")]
 pub fn check_cni(data: &[u8]) {
     if let Ok(config) = kestrel_cni::config::parse_config(data) {
         assert!(kestrel_cni::config::SUPPORTED.contains(&config.version.as_str()));
@@ -86,6 +93,7 @@ pub fn check_cni(data: &[u8]) {
 /// Splits `KIND\nTARGET\nPATCH`: the corpus stays readable and a mutation
 /// of one part leaves the others intact.
 /// The last part stays bytes: protobuf bodies are not UTF-8.
+#[cfg(any(feature = "apimachinery", feature = "apiserver"))]
 fn three_parts(data: &[u8]) -> Option<(&str, &str, &[u8])> {
     let mut parts = data.splitn(3, |&b| b == b'\n');
     let first = std::str::from_utf8(parts.next()?).ok()?;
@@ -97,7 +105,9 @@ fn three_parts(data: &[u8]) -> Option<(&str, &str, &[u8])> {
 /// The result must serialize to JSON that reads back as the same value, and
 /// a merge patch applied twice must change nothing the second time
 /// (RFC 7386 patches are idempotent).
+#[cfg(feature = "apimachinery")]
 pub fn check_patch(data: &[u8]) {
+    use apimachinery::patch;
     let Some((kind, target, patch_text)) = three_parts(data) else {
         return;
     };
@@ -125,6 +135,7 @@ pub fn check_patch(data: &[u8]) {
     }
 }
 
+#[cfg(feature = "apimachinery")]
 fn assert_json_round_trips(v: &Value) {
     let text = serde_json::to_string(v).expect("a JSON value serializes");
     let back: Value = serde_json::from_str(&text).expect("serialized JSON parses");
@@ -133,6 +144,7 @@ fn assert_json_round_trips(v: &Value) {
 
 /// A `k8s\0` protobuf body as kubectl sends it: decoded objects are JSON
 /// objects that name their kind.
+#[cfg(feature = "apimachinery")]
 pub fn check_protobuf(data: &[u8]) {
     let Ok(obj) = apimachinery::protobuf::decode(data) else {
         return;
@@ -145,7 +157,9 @@ pub fn check_protobuf(data: &[u8]) {
 /// Label and field selectors as they come in `?labelSelector=` and
 /// `?fieldSelector=`: what parses prints as a selector that parses to the
 /// same thing.
+#[cfg(feature = "apimachinery")]
 pub fn check_selectors(data: &[u8]) {
+    use apimachinery::selectors::{FieldSelector, LabelSelector};
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
@@ -170,7 +184,9 @@ pub fn check_selectors(data: &[u8]) {
 /// A layer tarball: unpacked into `root/layer`, nothing may appear in
 /// `root` besides the blob and the layer, and the empty `root/outside`
 /// next to it (the nearest target for `../` tricks) must stay empty.
+#[cfg(feature = "agent")]
 pub fn check_unpack(data: &[u8]) {
+    use std::fs;
     let root = tempfile::Builder::new()
         .prefix("kestrel-fuzz-unpack")
         .tempdir()
@@ -196,15 +212,17 @@ pub fn check_unpack(data: &[u8]) {
 
 /// Hard links are the one way a tar entry can point at a file outside
 /// without leaving a trace in the directory: the blob's link count shows it.
-fn assert_no_link_leaves(root: &Path) {
+#[cfg(feature = "agent")]
+fn assert_no_link_leaves(root: &std::path::Path) {
     use std::os::unix::fs::MetadataExt;
-    let meta = fs::metadata(root.join("blob")).expect("blob metadata");
+    let meta = std::fs::metadata(root.join("blob")).expect("blob metadata");
     assert_eq!(meta.nlink(), 1, "the layer hard-linked a file outside it");
 }
 
 /// `PATH?QUERY\nCONTENT-TYPE\nBODY`: the decoding the API server does
 /// before storage. An object the schema check accepts is accepted again
 /// unchanged and without warnings, even under strict field validation.
+#[cfg(feature = "apiserver")]
 pub fn check_api_request(data: &[u8]) {
     let Some((target, content_type, body)) = three_parts(data) else {
         return;
