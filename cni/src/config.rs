@@ -1,14 +1,20 @@
-//! The network configuration on stdin, checked field by field so an error
-//! names what is wrong.
+//! The network configuration on stdin and CNI_ARGS, checked field by field
+//! so an error names what is wrong. Part of the library so the parsers can
+//! be exercised without running the plugin binary.
 
-use kestrel_cni::ipnet::Ipv4Net;
-use kestrel_cni::{Error, NetConf};
+use ipnet::Ipv4Net;
 use serde_json::{Map, Value};
 
-use crate::{DEFAULT_DATA_DIR, DEFAULT_MTU, SUPPORTED};
+use crate::{Error, NetConf};
+
+/// 0.4.0 differs from 1.x only in the result's `ips[].version`; 0.3.x and
+/// older lack CHECK and would need a different DEL contract.
+pub const SUPPORTED: [&str; 3] = ["0.4.0", "1.0.0", "1.1.0"];
+pub const DEFAULT_MTU: u32 = 1500;
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/kestrel";
 
 #[derive(Debug)]
-pub(crate) struct Config {
+pub struct Config {
     pub version: String,
     pub conf: NetConf,
     pub prev_result: Option<Value>,
@@ -16,14 +22,14 @@ pub(crate) struct Config {
     pub valid_attachments: Option<Vec<(String, String)>>,
 }
 
-pub(crate) fn decode_error(e: &serde_json::Error) -> Error {
+pub fn decode_error(e: &serde_json::Error) -> Error {
     Error::Decode {
         what: "the network configuration on stdin".into(),
         reason: e.to_string(),
     }
 }
 
-pub(crate) fn invalid(field: &str, reason: impl Into<String>) -> Error {
+pub fn invalid(field: &str, reason: impl Into<String>) -> Error {
     Error::InvalidConfig {
         field: field.into(),
         reason: reason.into(),
@@ -32,7 +38,7 @@ pub(crate) fn invalid(field: &str, reason: impl Into<String>) -> Error {
 
 /// Parses the network configuration. On error, also returns the
 /// configuration's CNI version once it is known, for the error reply.
-pub(crate) fn parse_config(stdin: &[u8]) -> Result<Config, (Option<String>, Error)> {
+pub fn parse_config(stdin: &[u8]) -> Result<Config, (Option<String>, Error)> {
     if stdin.iter().all(u8::is_ascii_whitespace) {
         return Err((
             None,
@@ -177,4 +183,27 @@ fn subnet_field(
             format!("{s:?} is not an IPv4 CIDR such as 10.244.1.0/24"),
         )
     })
+}
+
+pub fn invalid_env(name: &str, reason: &str) -> Error {
+    Error::InvalidArgument {
+        name: name.into(),
+        reason: reason.into(),
+    }
+}
+
+/// CNI_ARGS carries runtime-specific KEY=VALUE pairs (Kubernetes sends the
+/// pod's name and namespace). None of them changes what this plugin does,
+/// but a malformed list means the runtime and the plugin disagree about the
+/// protocol, which is worth failing on.
+pub fn check_cni_args(args: &str) -> Result<(), Error> {
+    for pair in args.split(';').filter(|p| !p.is_empty()) {
+        if !pair.contains('=') || pair.starts_with('=') {
+            return Err(invalid_env(
+                "CNI_ARGS",
+                &format!("{pair:?} is not KEY=VALUE (pairs are separated by ';')"),
+            ));
+        }
+    }
+    Ok(())
 }

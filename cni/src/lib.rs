@@ -20,6 +20,7 @@ use netlink_packet_route::route::RouteScope;
 use sha2::{Digest, Sha256};
 
 mod check;
+pub mod config;
 mod error;
 mod ipam;
 mod netlink;

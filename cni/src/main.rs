@@ -11,18 +11,13 @@ use std::process::ExitCode;
 use kestrel_cni::{Attachment, Endpoint, Error, NetConf, GATEWAY};
 use serde_json::{json, Value};
 
-/// 0.4.0 differs from 1.x only in the result's `ips[].version`; 0.3.x and
-/// older lack CHECK and would need a different DEL contract.
-const SUPPORTED: [&str; 3] = ["0.4.0", "1.0.0", "1.1.0"];
 const LATEST: &str = "1.1.0";
-const DEFAULT_MTU: u32 = 1500;
-const DEFAULT_DATA_DIR: &str = "/var/lib/cni/kestrel";
 /// Plugin-specific code for a bug that would otherwise have been a panic.
 const INTERNAL_ERROR: u32 = 102;
 
-mod config;
-
-use config::{decode_error, invalid, parse_config, Config};
+use kestrel_cni::config::{
+    check_cni_args, decode_error, invalid, invalid_env, parse_config, Config, SUPPORTED,
+};
 
 fn main() -> ExitCode {
     let mut stdin = Vec::new();
@@ -79,13 +74,6 @@ impl Env for ProcessEnv {
             Err(std::env::VarError::NotPresent) => Ok(None),
             Err(std::env::VarError::NotUnicode(_)) => Err(invalid_env(name, "is not valid UTF-8")),
         }
-    }
-}
-
-fn invalid_env(name: &str, reason: &str) -> Error {
-    Error::InvalidArgument {
-        name: name.into(),
-        reason: reason.into(),
     }
 }
 
@@ -178,22 +166,6 @@ fn block_on<T>(fut: impl std::future::Future<Output = Result<T, Error>>) -> Resu
             source,
         })?
         .block_on(fut)
-}
-
-/// CNI_ARGS carries runtime-specific KEY=VALUE pairs (Kubernetes sends the
-/// pod's name and namespace). None of them changes what this plugin does,
-/// but a malformed list means the runtime and the plugin disagree about the
-/// protocol, which is worth failing on.
-fn check_cni_args(args: &str) -> Result<(), Error> {
-    for pair in args.split(';').filter(|p| !p.is_empty()) {
-        if !pair.contains('=') || pair.starts_with('=') {
-            return Err(invalid_env(
-                "CNI_ARGS",
-                &format!("{pair:?} is not KEY=VALUE (pairs are separated by ';')"),
-            ));
-        }
-    }
-    Ok(())
 }
 
 fn attachment(env: &dyn Env, command: &str, needs_netns: bool) -> Result<Attachment, Error> {

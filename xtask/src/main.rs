@@ -4,6 +4,7 @@ mod bench;
 mod cluster;
 mod dist;
 mod ebpf;
+mod fuzz;
 mod setup;
 mod test;
 mod util;
@@ -48,6 +49,9 @@ enum Task {
     /// configuration and install.sh in target/dist/kestrel-<version>-<arch>/
     /// and a .tar.gz of it.
     Dist(dist::DistArgs),
+    /// Run the libFuzzer targets in fuzz/ (nightly, cargo-fuzz) for a
+    /// bounded time each; new inputs land in fuzz/corpus/<target>.
+    Fuzz(fuzz::FuzzArgs),
     /// Run every test: set-up first, then each test binary of the workspace
     /// under a deadline (`KESTREL_TEST_TIMEOUT` seconds, 900 by default),
     /// with a table of how long each took.
@@ -71,6 +75,7 @@ fn main() {
         Task::Image(task) => cluster::image(task),
         Task::Bench(what) => bench::run(what),
         Task::Dist(args) => dist::run(args),
+        Task::Fuzz(args) => fuzz::run(args),
         Task::Test { args } => test::run(&args),
     };
     if let Err(e) = result {

@@ -278,12 +278,13 @@ pub fn parse_response(msg: &[u8]) -> Result<(u8, bool, Vec<Record>), WireError> 
         let rdata = next + 10;
         msg.get(rdata..rdata + len).ok_or(WireError::Short)?;
         let data = match rtype {
-            TYPE_A => Data::A(Ipv4Addr::new(
-                msg[rdata],
-                msg[rdata + 1],
-                msg[rdata + 2],
-                msg[rdata + 3],
-            )),
+            // The rdata length is the sender's word; an A record shorter
+            // than 4 bytes at the end of the message must not index past it.
+            TYPE_A => {
+                let b = msg.get(rdata..rdata + 4).filter(|_| len == 4);
+                let b = b.ok_or(WireError::Short)?;
+                Data::A(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+            }
             TYPE_CNAME => Data::Cname(read_name(msg, rdata)?.0),
             TYPE_SRV => Data::Srv {
                 priority: u16_at(msg, rdata)?,
@@ -366,5 +367,11 @@ mod tests {
         r[2] |= 0x80;
         assert_eq!(parse_query(&r), Err(WireError::NotQuery));
         assert_eq!(error_for(&[0, 9], RCODE_FORMERR).unwrap()[..2], [0, 9]);
+        // An A record whose rdata is empty and ends the message.
+        let mut a = query_bytes(2, "x", TYPE_A);
+        a[2] |= 0x80;
+        a[7] = 1;
+        a.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 5, 0, 0]);
+        assert_eq!(parse_response(&a), Err(WireError::Short));
     }
 }

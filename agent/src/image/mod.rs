@@ -20,6 +20,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use store::{ImageStore, Ingest};
+pub use unpack::unpack_layer;
 
 /// An image ready to run: the layer directories to stack and how to start it.
 #[derive(Clone, Debug, PartialEq, Eq)]

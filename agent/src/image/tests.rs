@@ -432,6 +432,35 @@ fn path_traversal_is_rejected() {
 }
 
 #[test]
+fn fifo_with_blank_device_numbers_unpacks() {
+    let mut h = tar::Header::new_ustar();
+    h.set_path("run/fifo").unwrap();
+    h.set_entry_type(tar::EntryType::Fifo);
+    h.set_mode(0o640);
+    h.set_size(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1);
+    let ustar = h.as_ustar_mut().unwrap();
+    ustar.dev_major.fill(0);
+    ustar.dev_minor.fill(0);
+    h.set_cksum();
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(&h, &[][..]).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let blob = tmp.path().join("blob");
+    fs::write(&blob, b.into_inner().unwrap()).unwrap();
+    let layer = tmp.path().join("layer");
+    unpack::unpack_layer(&blob, &layer, "fifo").unwrap();
+    let meta = fs::symlink_metadata(layer.join("run/fifo")).unwrap();
+    assert!(
+        std::os::unix::fs::FileTypeExt::is_fifo(&meta.file_type()),
+        "{meta:?}"
+    );
+    assert_eq!(meta.mode() & 0o7777, 0o640);
+}
+
+#[test]
 fn unknown_and_corrupt_archives_say_why() {
     let tmp = tempfile::tempdir().unwrap();
     let store = ImageStore::open(&tmp.path().join("store")).unwrap();

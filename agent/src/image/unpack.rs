@@ -82,7 +82,7 @@ pub(super) fn is_gzip(path: &Path) -> Result<bool> {
 
 /// Unpacks the layer blob at `blob` into `dest` (which must not exist yet)
 /// and returns the diff_id: the sha256 of the uncompressed tar.
-pub(super) fn unpack_layer(blob: &Path, dest: &Path, layer: &str) -> Result<String> {
+pub fn unpack_layer(blob: &Path, dest: &Path, layer: &str) -> Result<String> {
     let mut hashing = HashingReader::new(decompressed(blob, &format!("layer {layer}"))?);
     fs::DirBuilder::new().mode(0o755).create(dest).at(dest)?;
     let fail = |entry: &Path, reason: String| Error::LayerEntry {
@@ -224,8 +224,16 @@ fn unpack_special<R: Read>(entry: &tar::Entry<'_, R>, path: &Path) -> io::Result
         EntryType::Block => libc::S_IFBLK,
         _ => libc::S_IFIFO,
     };
-    let major = header.device_major()?.unwrap_or(0);
-    let minor = header.device_minor()?.unwrap_or(0);
+    // Only devices have numbers: Python's tarfile leaves the fields blank
+    // for a FIFO, which tar reads as an error.
+    let (major, minor) = if kind == libc::S_IFIFO {
+        (0, 0)
+    } else {
+        (
+            header.device_major()?.unwrap_or(0),
+            header.device_minor()?.unwrap_or(0),
+        )
+    };
     if let Ok(m) = fs::symlink_metadata(path) {
         if m.is_dir() {
             fs::remove_dir_all(path)?;
