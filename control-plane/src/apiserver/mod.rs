@@ -20,6 +20,7 @@ pub mod resources;
 pub mod storage;
 pub mod validation;
 pub mod watch;
+mod workloads;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -85,7 +85,8 @@ pub fn decode(
     mode: FieldValidation,
 ) -> ApiResult<(Value, Vec<String>)> {
     use k8s_openapi::api::{
-        apps::v1 as apps, coordination::v1 as coord, core::v1 as core, discovery::v1 as disc,
+        apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord, core::v1 as core,
+        discovery::v1 as disc,
     };
     let result = match res.kind {
         "Pod" => round_trip::<core::Pod>(body),
@@ -103,6 +104,8 @@ pub fn decode(
         "Lease" => round_trip::<coord::Lease>(body),
         "EndpointSlice" => round_trip::<disc::EndpointSlice>(body),
         "Binding" => round_trip::<core::Binding>(body),
+        "Job" => round_trip::<batch::Job>(body),
+        "DaemonSet" => round_trip::<apps::DaemonSet>(body),
         _ => Ok((body.clone(), vec![])),
     };
     let what = format!(
@@ -176,7 +179,12 @@ fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
 fn name_is_label(res: &Resource) -> bool {
     matches!(
         res.plural,
-        "namespaces" | "services" | "replicationcontrollers" | "deployments" | "replicasets"
+        "namespaces"
+            | "services"
+            | "replicationcontrollers"
+            | "deployments"
+            | "replicasets"
+            | "daemonsets"
     )
 }
 
@@ -212,6 +220,8 @@ pub fn validate(res: &Resource, obj: &Value) -> ApiResult<()> {
         "Deployment" | "ReplicaSet" | "ReplicationController" => {
             validate_workload(res, obj, &mut causes)
         }
+        "Job" => super::workloads::validate_job(obj, &mut causes),
+        "DaemonSet" => super::workloads::validate_daemonset(obj, &mut causes),
         _ => {}
     }
     if causes.is_empty() {
@@ -246,7 +256,7 @@ fn validate_labels(meta: Option<&Value>, path: &str, causes: &mut Vec<Cause>) {
     }
 }
 
-fn validate_pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
+pub(super) fn validate_pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
     let containers = spec.get("containers").and_then(Value::as_array);
     match containers {
         None => causes.push(Cause::required(format!("{path}.containers"))),
