@@ -3,6 +3,11 @@
 //! No containers run. They let the scheduler and controllers be exercised
 //! (and benchmarked) at thousands of nodes on one machine, as Kubernetes'
 //! kubemark does.
+//!
+//! A pod annotated `hollow.kestrel.dev/exit-code: "N"` stands for one whose
+//! containers ran to completion: it goes straight to Succeeded (N = 0) or
+//! Failed (any other N) with that exit code, so run-to-completion
+//! workloads can be exercised too.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +22,9 @@ use kube::ResourceExt;
 use serde_json::json;
 
 use crate::component::ClientArgs;
+
+/// Pod annotation making a hollow node finish the pod with that exit code.
+pub const EXIT_CODE_ANNOTATION: &str = "hollow.kestrel.dev/exit-code";
 
 /// Flags of `control-plane hollow-nodes`.
 #[derive(Clone, Debug, clap::Args)]
@@ -225,6 +233,37 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                         "name": c.name, "image": c.image, "imageID": "", "ready": true, "started": true,
                         "restartCount": 0, "state": {"running": {"startedAt": now}},
                     })).collect();
+                    let exit: Option<i32> = pod
+                        .annotations()
+                        .get(EXIT_CODE_ANNOTATION)
+                        .and_then(|v| v.parse().ok());
+                    if let Some(code) = exit {
+                        let containers: Vec<_> = pod.spec.iter().flat_map(|s| s.containers.iter()).map(|c| json!({
+                            "name": c.name, "image": c.image, "imageID": "", "ready": false, "started": false,
+                            "restartCount": 0, "state": {"terminated": {"exitCode": code, "startedAt": now,
+                                "finishedAt": now, "reason": if code == 0 { "Completed" } else { "Error" }}},
+                        })).collect();
+                        let patch = json!({"status": {
+                            "phase": if code == 0 { "Succeeded" } else { "Failed" },
+                            "hostIP": host_ip, "hostIPs": [{"ip": host_ip}], "startTime": now,
+                            "conditions": [
+                                {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+                                {"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now},
+                            ],
+                            "containerStatuses": containers,
+                        }});
+                        if let Err(e) = api
+                            .patch_status(
+                                &pod.name_any(),
+                                &PatchParams::default(),
+                                &Patch::Merge(patch),
+                            )
+                            .await
+                        {
+                            tracing::debug!("finishing {}: {e}", pod.name_any());
+                        }
+                        return;
+                    }
                     let patch = json!({"status": {
                         "phase": "Running", "hostIP": host_ip, "hostIPs": [{"ip": host_ip}],
                         "podIP": ip, "podIPs": [{"ip": ip}], "startTime": now,

@@ -7,6 +7,7 @@
 //! `-o wide` is given. Like the real API server we always emit the wide
 //! cells and let the client choose.
 
+mod batch;
 mod cluster;
 mod events;
 mod fields;
@@ -260,6 +261,8 @@ fn printer_for(resource: &str) -> Printer {
         "deployments" => (workloads::DEPLOYMENT_COLUMNS, workloads::deployment_row),
         "replicasets" => (workloads::REPLICASET_COLUMNS, workloads::replicaset_row),
         "replicationcontrollers" => (workloads::RC_COLUMNS, workloads::rc_row),
+        "jobs" => (batch::JOB_COLUMNS, batch::job_row),
+        "daemonsets" => (batch::DAEMONSET_COLUMNS, batch::daemonset_row),
         "events" => (events::COLUMNS, events::row),
         "namespaces" => (cluster::NAMESPACE_COLUMNS, cluster::namespace_row),
         "configmaps" => (cluster::CONFIGMAP_COLUMNS, cluster::configmap_row),

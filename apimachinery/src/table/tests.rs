@@ -17,6 +17,8 @@ const RESOURCES: &[&str] = &[
     "deployments",
     "replicasets",
     "replicationcontrollers",
+    "jobs",
+    "daemonsets",
     "endpoints",
     "endpointslices",
     "events",

@@ -168,6 +168,8 @@ pub fn apply(kind: &str, obj: &mut Value) {
             // ...and a template without labels gets none, which validation rejects.
             template(&mut obj["spec"]);
         }
+        "Job" => super::workloads::default_job(obj),
+        "DaemonSet" => super::workloads::default_daemonset(obj),
         "Namespace" => {
             let spec = obj_mut(obj, "spec");
             set_default(spec, "finalizers", json!(["kubernetes"]));
@@ -192,6 +194,11 @@ pub fn initial_status(kind: &str, obj: &mut Value) {
         "Service" => obj["status"] = json!({"loadBalancer": {}}),
         "Deployment" | "ReplicaSet" | "ReplicationController" => {
             obj["status"] = json!({"replicas": 0})
+        }
+        "Job" => obj["status"] = json!({}),
+        "DaemonSet" => {
+            obj["status"] = json!({"currentNumberScheduled": 0, "numberMisscheduled": 0,
+                                   "desiredNumberScheduled": 0, "numberReady": 0})
         }
         _ => {}
     }

@@ -21,6 +21,7 @@ pub mod satoken;
 pub mod storage;
 pub mod validation;
 pub mod watch;
+mod workloads;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -397,6 +397,31 @@ pub static RESOURCES: &[Resource] = &[
         verbs: &["create"],
         subresources: &[],
     },
+    // Run-to-completion and per-node workloads.
+    Resource {
+        group: "apps",
+        version: "v1",
+        kind: "DaemonSet",
+        plural: "daemonsets",
+        singular: "daemonset",
+        namespaced: true,
+        short_names: &["ds"],
+        categories: ALL,
+        verbs: ALL_VERBS,
+        subresources: &[status("DaemonSet", "apps", "v1")],
+    },
+    Resource {
+        group: "batch",
+        version: "v1",
+        kind: "Job",
+        plural: "jobs",
+        singular: "job",
+        namespaced: true,
+        short_names: &[],
+        categories: ALL,
+        verbs: ALL_VERBS,
+        subresources: &[status("Job", "batch", "v1")],
+    },
 ];
 
 impl Resource {

@@ -85,8 +85,8 @@ pub fn decode(
     mode: FieldValidation,
 ) -> ApiResult<(Value, Vec<String>)> {
     use k8s_openapi::api::{
-        apps::v1 as apps, coordination::v1 as coord, core::v1 as core, discovery::v1 as disc,
-        rbac::v1 as rbac,
+        apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord, core::v1 as core,
+        discovery::v1 as disc, rbac::v1 as rbac,
     };
     let result = match res.kind {
         "Pod" => round_trip::<core::Pod>(body),
@@ -108,6 +108,8 @@ pub fn decode(
         "ClusterRole" => round_trip::<rbac::ClusterRole>(body),
         "RoleBinding" => round_trip::<rbac::RoleBinding>(body),
         "ClusterRoleBinding" => round_trip::<rbac::ClusterRoleBinding>(body),
+        "Job" => round_trip::<batch::Job>(body),
+        "DaemonSet" => round_trip::<apps::DaemonSet>(body),
         _ => Ok((body.clone(), vec![])),
     };
     let what = format!(
@@ -181,7 +183,12 @@ fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
 fn name_is_label(res: &Resource) -> bool {
     matches!(
         res.plural,
-        "namespaces" | "services" | "replicationcontrollers" | "deployments" | "replicasets"
+        "namespaces"
+            | "services"
+            | "replicationcontrollers"
+            | "deployments"
+            | "replicasets"
+            | "daemonsets"
     )
 }
 
@@ -225,6 +232,8 @@ pub fn validate(res: &Resource, obj: &Value) -> ApiResult<()> {
         "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" => {
             super::authz::rbac::validate(res.kind, obj, &mut causes)
         }
+        "Job" => super::workloads::validate_job(obj, &mut causes),
+        "DaemonSet" => super::workloads::validate_daemonset(obj, &mut causes),
         _ => {}
     }
     if causes.is_empty() {
@@ -259,7 +268,7 @@ fn validate_labels(meta: Option<&Value>, path: &str, causes: &mut Vec<Cause>) {
     }
 }
 
-fn validate_pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
+pub(super) fn validate_pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
     let containers = spec.get("containers").and_then(Value::as_array);
     match containers {
         None => causes.push(Cause::required(format!("{path}.containers"))),

@@ -26,6 +26,8 @@ const KINDS: &[(&str, &str, &str, &str)] = &[
     ("", "v1", "Secret", "secrets"),
     ("apps", "v1", "ReplicaSet", "replicasets"),
     ("apps", "v1", "Deployment", "deployments"),
+    ("apps", "v1", "DaemonSet", "daemonsets"),
+    ("batch", "v1", "Job", "jobs"),
     ("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
 ];
 

@@ -7,6 +7,7 @@ pub mod context;
 pub mod deployment;
 pub mod endpoints;
 pub mod garbagecollector;
+pub mod job;
 pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
@@ -136,6 +137,7 @@ async fn run_controllers(
     tasks.spawn(replicaset::run::<ReplicaSet>(ctx.clone(), n));
     tasks.spawn(replicaset::run::<ReplicationController>(ctx.clone(), n));
     tasks.spawn(deployment::run(ctx.clone(), n));
+    tasks.spawn(job::run(ctx.clone(), n));
     tasks.spawn(garbagecollector::run(ctx.clone()));
     tasks.spawn(namespace::run(ctx.clone()));
     tasks.spawn(serviceaccounts::run(ctx.clone(), root_ca));

@@ -1,0 +1,309 @@
+//! User stories of the run-to-completion and per-node workloads (Jobs and
+//! DaemonSets), with the real API server, etcd and kubectl 1.32.
+
+use std::time::Duration;
+
+use harness::cluster::ControlPlane;
+use harness::kubectl::Kubectl;
+use harness::process::{wait_for, Guarded};
+use serde_json::Value;
+
+fn get(k: &Kubectl, args: &[&str]) -> Value {
+    let mut a = vec!["get"];
+    a.extend_from_slice(args);
+    a.extend_from_slice(&["-o", "json"]);
+    let out = k.run(&a).unwrap_or_else(|e| panic!("{e}"));
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+#[test]
+fn a_user_creates_a_job_with_kubectl_and_sees_it_listed() {
+    let cp = ControlPlane::start().expect("control plane starts");
+    let k = cp.kubectl();
+    let out = k
+        .run(&[
+            "create",
+            "job",
+            "hello",
+            "--image=busybox",
+            "--",
+            "echo",
+            "hi",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.trim(), "job.batch/hello created");
+    let job = get(&k, &["job", "hello"]);
+    let spec = &job["spec"];
+    assert_eq!(spec["completions"], 1);
+    assert_eq!(spec["parallelism"], 1);
+    assert_eq!(spec["backoffLimit"], 6);
+    assert_eq!(spec["completionMode"], "NonIndexed");
+    assert_eq!(spec["manualSelector"], false);
+    let uid = job["metadata"]["uid"].as_str().expect("a uid");
+    assert_eq!(
+        spec["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"],
+        uid
+    );
+    let labels = &spec["template"]["metadata"]["labels"];
+    assert_eq!(labels["batch.kubernetes.io/job-name"], "hello");
+    assert_eq!(labels["job-name"], "hello");
+    assert_eq!(spec["template"]["spec"]["restartPolicy"], "Never");
+
+    let table = k.run(&["get", "jobs"]).unwrap_or_else(|e| panic!("{e}"));
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"],
+        "{table}"
+    );
+    let row: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
+    assert_eq!(row[..3], ["hello", "Running", "0/1"], "{table}");
+
+    // `all` includes jobs, and the status subresource is writable alone.
+    let all = k.run(&["get", "all"]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(all.contains("job.batch/hello"), "{all}");
+    let patched = k
+        .output(&[
+            "patch",
+            "job",
+            "hello",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"active":1}}"#,
+        ])
+        .unwrap();
+    assert!(
+        patched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&patched.stderr)
+    );
+    assert_eq!(get(&k, &["job", "hello"])["status"]["active"], 1);
+
+    k.run(&["delete", "job", "hello"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let gone = k.output(&["get", "job", "hello"]).unwrap();
+    assert!(!gone.status.success(), "the job is deleted");
+}
+
+#[test]
+fn a_job_that_would_restart_its_pods_forever_is_refused_naming_the_field() {
+    let cp = ControlPlane::start().expect("control plane starts");
+    let k = cp.kubectl();
+    let yaml = r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {name: forever}
+spec:
+  backoffLimit: -1
+  template:
+    spec:
+      restartPolicy: Always
+      containers: [{name: c, image: busybox}]
+"#;
+    let out = k.run_stdin(&["apply", "-f", "-"], yaml).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "refused");
+    assert!(err.contains("spec.template.spec.restartPolicy"), "{err}");
+    assert!(err.contains("spec.backoffLimit"), "{err}");
+    let listed = k.run(&["get", "jobs", "-o", "name"]).unwrap();
+    assert!(listed.trim().is_empty(), "{listed}");
+}
+
+/// A control plane with the scheduler, the controller-manager and `n`
+/// hollow nodes (a pod annotated `hollow.kestrel.dev/exit-code` finishes
+/// there with that exit code).
+struct Cluster {
+    cp: ControlPlane,
+    k: Kubectl,
+    _parts: Vec<Guarded>,
+}
+
+impl Cluster {
+    fn start(n: usize) -> Self {
+        let cp = ControlPlane::start().expect("control plane starts");
+        let k = cp.kubectl();
+        let count = n.to_string();
+        let parts = vec![
+            cp.component("scheduler", &["scheduler"]).unwrap(),
+            cp.component("controller-manager", &["controller-manager"])
+                .unwrap(),
+            cp.component(
+                "hollow",
+                &[
+                    "hollow-nodes",
+                    "--name-prefix",
+                    "hollow",
+                    "--count",
+                    &count,
+                    "--lease-interval-seconds",
+                    "1",
+                ],
+            )
+            .unwrap(),
+        ];
+        let ready = wait_for(Duration::from_secs(30), || {
+            let nodes = get(&k, &["nodes"]);
+            (nodes["items"].as_array().map(Vec::len) == Some(n)).then_some(())
+        });
+        assert!(ready.is_some(), "{n} hollow nodes did not register");
+        Cluster {
+            cp,
+            k,
+            _parts: parts,
+        }
+    }
+
+    fn apply(&self, yaml: &str) {
+        let out = self.k.run_stdin(&["apply", "-f", "-"], yaml).unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `kubectl wait` for a job condition, failing with what explains why not.
+    fn wait(&self, job: &str, condition: &str, secs: u64) {
+        let out = self
+            .k
+            .output(&[
+                "wait",
+                &format!("--for=condition={condition}"),
+                &format!("job/{job}"),
+                &format!("--timeout={secs}s"),
+            ])
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}\n--- job\n{}\n--- pods\n{}\n--- controller-manager\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.k
+                .run(&["get", "job", job, "-o", "yaml"])
+                .unwrap_or_default(),
+            self.k
+                .run(&["get", "pods", "-o", "wide"])
+                .unwrap_or_default(),
+            self.cp.log("controller-manager"),
+        );
+    }
+
+    fn pods_of(&self, job: &str) -> Vec<Value> {
+        get(
+            &self.k,
+            &["pods", "-l", &format!("batch.kubernetes.io/job-name={job}")],
+        )["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+fn job_yaml(name: &str, extra_spec: &str, exit_code: i32) -> String {
+    format!(
+        r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {{name: {name}}}
+spec:
+{extra_spec}
+  template:
+    metadata:
+      annotations: {{hollow.kestrel.dev/exit-code: "{exit_code}"}}
+    spec:
+      restartPolicy: Never
+      containers: [{{name: work, image: busybox}}]
+"#
+    )
+}
+
+#[test]
+fn a_job_of_five_completions_two_at_a_time_completes_and_kubectl_wait_returns() {
+    let c = Cluster::start(3);
+    c.apply(&job_yaml("batch5", "  completions: 5\n  parallelism: 2", 0));
+    c.wait("batch5", "complete", 90);
+    let job = get(&c.k, &["job", "batch5"]);
+    assert_eq!(job["status"]["succeeded"], 5, "{job}");
+    assert!(job["status"]["completionTime"].is_string(), "{job}");
+    let pods = c.pods_of("batch5");
+    assert_eq!(pods.len(), 5, "exactly five pods ran");
+    for p in &pods {
+        assert_eq!(p["status"]["phase"], "Succeeded");
+        assert!(
+            p["metadata"]["finalizers"]
+                .as_array()
+                .is_none_or(Vec::is_empty),
+            "counted pods keep no tracking finalizer: {p}"
+        );
+        assert_eq!(p["metadata"]["ownerReferences"][0]["kind"], "Job");
+    }
+    let table = c.k.run(&["get", "job", "batch5"]).unwrap();
+    assert!(
+        table.contains("Complete") && table.contains("5/5"),
+        "{table}"
+    );
+
+    // Deleting the job takes its pods with it.
+    c.k.run(&["delete", "job", "batch5"]).unwrap();
+    let gone = wait_for(Duration::from_secs(30), || {
+        c.pods_of("batch5").is_empty().then_some(())
+    });
+    assert!(gone.is_some(), "pods outlived their job");
+}
+
+#[test]
+fn a_job_whose_pods_fail_gives_up_after_its_backoff_limit() {
+    let c = Cluster::start(1);
+    c.apply(&job_yaml("doomed", "  backoffLimit: 1", 1));
+    c.wait("doomed", "failed", 90);
+    let job = get(&c.k, &["job", "doomed"]);
+    let failed = job["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Failed")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(failed["reason"], "BackoffLimitExceeded", "{job}");
+    assert_eq!(
+        job["status"]["failed"], 2,
+        "the first try and one retry: {job}"
+    );
+    assert_eq!(c.pods_of("doomed").len(), 2);
+}
+
+#[test]
+fn an_indexed_job_runs_each_index_once() {
+    let c = Cluster::start(2);
+    c.apply(&job_yaml(
+        "indexed",
+        "  completions: 4\n  parallelism: 2\n  completionMode: Indexed",
+        0,
+    ));
+    c.wait("indexed", "complete", 90);
+    let job = get(&c.k, &["job", "indexed"]);
+    assert_eq!(job["status"]["completedIndexes"], "0-3", "{job}");
+    let mut indexes: Vec<String> = c
+        .pods_of("indexed")
+        .iter()
+        .map(|p| {
+            let i = p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]
+                .as_str()
+                .unwrap_or("?")
+                .to_string();
+            assert_eq!(p["spec"]["hostname"], format!("indexed-{i}"));
+            let env = &p["spec"]["containers"][0]["env"];
+            assert!(
+                env.as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|e| e["name"] == "JOB_COMPLETION_INDEX" && e["value"] == i.as_str()),
+                "{env}"
+            );
+            i
+        })
+        .collect();
+    indexes.sort();
+    assert_eq!(indexes, ["0", "1", "2", "3"]);
+}
