@@ -30,14 +30,6 @@ pub struct Config {
     pub cluster_mask: u32,
     /// `CONFIG_*` bits.
     pub flags: u32,
-    /// Conntrack lifetimes in seconds (zero: the `CT_*_SECS` defaults).
-    pub ct_tcp_syn_secs: u32,
-    pub ct_tcp_established_secs: u32,
-    pub ct_tcp_closing_secs: u32,
-    pub ct_other_secs: u32,
-    /// Live masqueraded flows one pod may hold (zero: the default).
-    pub ct_max_flows_per_pod: u32,
-    pub pad: u32,
 }
 
 crate::pod!(Endpoint, Config);
@@ -98,12 +90,6 @@ crate::stats! {
         /// A frame from a pod dropped because its IPv4 source is not the
         /// pod's own address.
         PodSpoofed = "pod_source_spoofed",
-        /// A new flow from a pod dropped: the pod already holds as many
-        /// masqueraded flows as one pod may.
-        SnatPodLimit = "masquerade_pod_flow_limit",
-        /// An ICMP error about a masqueraded or node port flow translated
-        /// back and delivered to the pod.
-        IcmpErrorIn = "icmp_errors_translated_in",
     }
 }
 

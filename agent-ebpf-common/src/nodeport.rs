@@ -20,11 +20,6 @@ pub struct NodePortFlow {
     /// The node port the client's source became (towards a backend on
     /// another node); 0 when the backend is local and sees the client.
     pub nat_port: u16,
-    /// `CT_*` bits, as in [`crate::NatValue`].
-    pub flags: u32,
-    pub pad: u32,
-    /// `bpf_ktime_get_ns()` of the flow's last packet either way.
-    pub last_seen: u64,
 }
 
 /// What a backend's reply is translated back to, keyed by the reply as it

@@ -62,10 +62,6 @@ pub fn route(ctx: &TcContext, dst: u32, masquerade: Option<&Config>, stat: Stat)
                         stats::count(Stat::SnatNoPort);
                         return Some(TC_ACT_SHOT);
                     }
-                    nat::Snat::PodLimit => {
-                        stats::count(Stat::SnatPodLimit);
-                        return Some(TC_ACT_SHOT);
-                    }
                     nat::Snat::Untouched => {}
                 }
             }

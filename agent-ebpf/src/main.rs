@@ -16,9 +16,7 @@
 #![no_main]
 
 mod counter;
-mod ct;
 mod fib;
-mod icmp;
 mod lb;
 mod local;
 mod nat;

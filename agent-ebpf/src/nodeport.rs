@@ -13,14 +13,10 @@
 //!
 //! Which backends a node port has is the agent's business: for
 //! `externalTrafficPolicy: Local` it writes only this node's.
-//!
-//! A flow's age and TCP state live in its `NODEPORT_FLOWS` entry, which
-//! packets both ways refresh; an expired flow is treated as absent (its
-//! replies untranslated, a new packet opening it afresh).
 
 use aya_ebpf::{macros::map, maps::LruHashMap, programs::TcContext};
 
-use crate::{ct, lb, local, nat, packet};
+use crate::{lb, local, nat, packet};
 use agent_ebpf_common::{self as abi, Config, NatKey, NodePortFlow, NodePortReply, ServiceKey};
 
 #[map(name = "NODEPORT_FLOWS")]
@@ -61,23 +57,9 @@ pub fn ingress(ctx: &TcContext, cfg: &Config, dst: u32) -> Option<Ingress> {
         proto: f.proto,
         pad: [0; 3],
     };
-    let now = ct::now();
-    let mut known = None;
-    if let Some(v) = NODEPORT_FLOWS.get_ptr_mut(key) {
-        // SAFETY: a pointer the map just gave.
-        let v = unsafe { &mut *v };
-        if abi::ct_expired(cfg, f.proto, v.flags as u16, v.last_seen, now) {
-            let _ = NODEPORT_REPLIES.remove(backend_reply_key(&key, v, cfg.node_ip));
-            let _ = NODEPORT_FLOWS.remove(key);
-        } else {
-            v.last_seen = now;
-            v.flags |= u32::from(f.ct_flags());
-            known = Some(*v);
-        }
-    }
-    let flow = match known {
+    let flow = match unsafe { NODEPORT_FLOWS.get(key) }.copied() {
         Some(flow) => flow,
-        None => match open(&key, cfg, u32::from(f.ct_flags()), now)? {
+        None => match open(&key, cfg)? {
             Ok(flow) => flow,
             Err(refused) => return Some(refused),
         },
@@ -107,51 +89,9 @@ pub fn ingress(ctx: &TcContext, cfg: &Config, dst: u32) -> Option<Ingress> {
     Some(Ingress::Remote)
 }
 
-/// The key the backend's replies to `flow` (of client flow `key`) arrive
-/// with.
-fn backend_reply_key(key: &NatKey, flow: &NodePortFlow, node_ip: u32) -> NatKey {
-    let remote = flow.nat_port != 0;
-    NatKey {
-        src: flow.backend_ip,
-        dst: if remote { node_ip } else { key.src },
-        sport: flow.backend_port,
-        dport: if remote { flow.nat_port } else { key.sport },
-        proto: key.proto,
-        pad: [0; 3],
-    }
-}
-
-/// The client flow a reply entry belongs to.
-fn client_key(r: &NodePortReply, proto: u8, node_ip: u32) -> NatKey {
-    NatKey {
-        src: r.client_ip,
-        dst: node_ip,
-        sport: r.client_port,
-        dport: r.node_port,
-        proto,
-        pad: [0; 3],
-    }
-}
-
-/// Whether the reply entry `rkey` belongs to a live flow, so its port is
-/// taken.
-fn reply_live(cfg: &Config, rkey: &NatKey, now: u64) -> bool {
-    let Some(r) = (unsafe { NODEPORT_REPLIES.get(rkey) }).copied() else {
-        return false;
-    };
-    match unsafe { NODEPORT_FLOWS.get(client_key(&r, rkey.proto, cfg.node_ip)) } {
-        Some(v) => {
-            v.nat_port == rkey.dport
-                && v.backend_ip == rkey.src
-                && !abi::ct_expired(cfg, rkey.proto, v.flags as u16, v.last_seen, now)
-        }
-        None => false,
-    }
-}
-
 /// A new flow `key`: picks its backend and records both directions. None
 /// when the port is no node port.
-fn open(key: &NatKey, cfg: &Config, flags: u32, now: u64) -> Option<Result<NodePortFlow, Ingress>> {
+fn open(key: &NatKey, cfg: &Config) -> Option<Result<NodePortFlow, Ingress>> {
     let fe = ServiceKey {
         vip: key.dst,
         port: key.dport.to_be(),
@@ -188,7 +128,7 @@ fn open(key: &NatKey, cfg: &Config, flags: u32, now: u64) -> Option<Result<NodeP
         let seed = key.src ^ backend.ip.rotate_left(11) ^ (u32::from(key.sport) << 16);
         for i in 0..nat::NAT_PORT_TRIES {
             rkey.dport = nat::candidate_port(seed, i);
-            if take_port(cfg, &rkey, &reply, now) {
+            if NODEPORT_REPLIES.insert(rkey, reply, NOEXIST).is_ok() {
                 nat_port = rkey.dport;
                 break;
             }
@@ -201,9 +141,6 @@ fn open(key: &NatKey, cfg: &Config, flags: u32, now: u64) -> Option<Result<NodeP
         backend_ip: backend.ip,
         backend_port,
         nat_port,
-        flags,
-        pad: 0,
-        last_seen: now,
     };
     let _ = NODEPORT_FLOWS.insert(key, flow, 0);
     Some(Ok(flow))
@@ -215,7 +152,6 @@ pub fn reply_from_pod(ctx: &TcContext, cfg: &Config) -> Option<()> {
     let f = packet::flow(ctx, true)?;
     let key = reply_key(ctx, &f)?;
     let r = unsafe { NODEPORT_REPLIES.get(key) }.copied()?;
-    refresh(cfg, &key, &r, &f)?;
     packet::rewrite(
         ctx,
         &f,
@@ -234,7 +170,6 @@ pub fn reply_in(ctx: &TcContext, cfg: &Config) -> Option<()> {
     let f = packet::flow(ctx, false)?;
     let key = reply_key(ctx, &f)?;
     let r = unsafe { NODEPORT_REPLIES.get(key) }.copied()?;
-    refresh(cfg, &key, &r, &f)?;
     packet::rewrite(
         ctx,
         &f,
@@ -254,44 +189,6 @@ pub fn reply_in(ctx: &TcContext, cfg: &Config) -> Option<()> {
         f.sport,
         r.node_port,
     )
-}
-
-/// The backend on this node, address and port, of the live node port flow
-/// `key` (client to node address and node port).
-pub fn local_backend(cfg: &Config, key: &NatKey) -> Option<(u32, u16)> {
-    let v = unsafe { NODEPORT_FLOWS.get(key) }?;
-    if v.nat_port != 0 || abi::ct_expired(cfg, key.proto, v.flags as u16, v.last_seen, ct::now()) {
-        return None;
-    }
-    Some((v.backend_ip, v.backend_port))
-}
-
-/// Marks the flow a backend's reply `key` belongs to as answered; None
-/// when that flow expired or was replaced (the reply entry is stale).
-fn refresh(cfg: &Config, key: &NatKey, r: &NodePortReply, f: &packet::Flow) -> Option<()> {
-    let v = NODEPORT_FLOWS.get_ptr_mut(client_key(r, key.proto, cfg.node_ip))?;
-    // SAFETY: a pointer the map just gave.
-    let v = unsafe { &mut *v };
-    let now = ct::now();
-    if v.backend_ip != key.src || abi::ct_expired(cfg, key.proto, v.flags as u16, v.last_seen, now)
-    {
-        return None;
-    }
-    v.last_seen = now;
-    v.flags |= u32::from(abi::CT_SEEN_REPLY | f.ct_flags());
-    Some(())
-}
-
-/// Records `reply` at `rkey` unless a live flow holds that port. Kept out
-/// of line so the unrolled port loop stays within the stack.
-#[inline(never)]
-fn take_port(cfg: &Config, rkey: &NatKey, reply: &NodePortReply, now: u64) -> bool {
-    if reply_live(cfg, rkey, now) {
-        return false;
-    }
-    // Whatever is left there belongs to an expired flow.
-    let _ = NODEPORT_REPLIES.remove(rkey);
-    NODEPORT_REPLIES.insert(rkey, reply, NOEXIST).is_ok()
 }
 
 /// The conntrack key of a frame as it is on the wire (TCP and UDP only).

@@ -38,23 +38,6 @@ pub struct Flow {
     /// Host byte order, as in `NatKey`.
     pub sport: u16,
     pub dport: u16,
-    /// The TCP flags byte (0 for UDP and ICMP).
-    pub tcp_flags: u8,
-}
-
-const TCP_FIN: u8 = 0x01;
-const TCP_RST: u8 = 0x04;
-
-impl Flow {
-    /// The conntrack bits this packet adds to its flow: a FIN or RST in
-    /// either direction starts the short closing lifetime.
-    pub fn ct_flags(&self) -> u16 {
-        if self.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-            agent_ebpf_common::CT_CLOSING
-        } else {
-            0
-        }
-    }
 }
 
 /// Parses what NAT needs; None for what it leaves alone (fragments after
@@ -72,11 +55,6 @@ pub fn flow(ctx: &TcContext, outgoing: bool) -> Option<Flow> {
         IPPROTO_TCP | IPPROTO_UDP => {
             let sport: u16 = ctx.load(l4).ok()?;
             let dport: u16 = ctx.load(l4 + 2).ok()?;
-            let tcp_flags: u8 = if proto == IPPROTO_TCP {
-                ctx.load(l4 + 13).ok()?
-            } else {
-                0
-            };
             Some(Flow {
                 proto,
                 // Outgoing the pod's source port changes, incoming the
@@ -89,7 +67,6 @@ pub fn flow(ctx: &TcContext, outgoing: bool) -> Option<Flow> {
                 },
                 sport: u16::from_be(sport),
                 dport: u16::from_be(dport),
-                tcp_flags,
             })
         }
         IPPROTO_ICMP => {
@@ -111,7 +88,6 @@ pub fn flow(ctx: &TcContext, outgoing: bool) -> Option<Flow> {
                 // The identifier plays the local port on both sides.
                 sport: id,
                 dport: id,
-                tcp_flags: 0,
             })
         }
         _ => None,

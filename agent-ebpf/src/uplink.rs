@@ -8,7 +8,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 
-use crate::{fib, icmp, local, nat, nodeport, packet, stats};
+use crate::{fib, local, nat, nodeport, packet, stats};
 
 /// The verdict for a frame from outside the node; None leaves it to the
 /// node's stack.
@@ -23,11 +23,6 @@ pub fn from_uplink(ctx: &TcContext) -> Option<i32> {
     let cfg = stats::config()?;
     if dst == cfg.node_ip {
         if let Some(verdict) = node_port(ctx, &cfg, dst) {
-            return Some(verdict);
-        }
-    }
-    if dst == cfg.node_ip {
-        if let Some(verdict) = icmp::error_in(ctx, &cfg, dst) {
             return Some(verdict);
         }
     }

@@ -9,14 +9,12 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use harness::net::Netns;
-use kestrel_agent::ebpf::abi::NatValue;
 use kestrel_agent::ebpf::abi::{
     self, Backend, Config, Endpoint, NatKey, ServiceKey, ServiceValue, Stat,
 };
-use kestrel_agent::ebpf::aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use kestrel_agent::ebpf::aya::maps::{Array, HashMap, PerCpuArray};
 use kestrel_agent::ebpf::aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use kestrel_agent::ebpf::aya::Ebpf;
-use kestrel_agent::ebpf::conntrack;
 use kestrel_agent::ebpf::{self, MapPins};
 use kestrel_agent::netns::NetNs;
 
@@ -74,18 +72,10 @@ impl Bench {
         let uplink_mac = parse_mac(link.trim());
         let pins = PathBuf::from(format!("/sys/fs/bpf/{}", ns.name()));
         let object = ebpf::object(None).unwrap();
-        let loaded = (|| {
-            let mut ebpf = ebpf::load(&object, MapPins::Dir(&pins))?;
-            for name in [abi::FROM_POD_PROGRAM, abi::FROM_UPLINK_PROGRAM] {
-                ebpf::program::<SchedClassifier>(&mut ebpf, name)?;
-            }
-            Ok::<_, ebpf::Error>(ebpf)
-        })();
-        // Drop removes the pins only once the bench exists.
-        let ebpf = loaded.unwrap_or_else(|e| {
-            let _ = std::fs::remove_dir_all(&pins);
-            panic!("loading the datapath: {e}")
-        });
+        let mut ebpf = ebpf::load(&object, MapPins::Dir(&pins)).unwrap();
+        for name in [abi::FROM_POD_PROGRAM, abi::FROM_UPLINK_PROGRAM] {
+            ebpf::program::<SchedClassifier>(&mut ebpf, name).unwrap();
+        }
         let netns = NetNs::open(ns.path()).unwrap();
         let mut bench = Self {
             ebpf,
@@ -99,7 +89,6 @@ impl Bench {
             cluster_net: key(Ipv4Addr::new(10, 244, 0, 0)),
             cluster_mask: key(Ipv4Addr::new(255, 255, 0, 0)),
             flags: abi::CONFIG_MASQUERADE,
-            ..Default::default()
         };
         Array::<_, Config>::try_from(bench.ebpf.map_mut(abi::CONFIG_MAP).unwrap())
             .unwrap()
@@ -192,59 +181,6 @@ impl Bench {
         map.get(&stat.index(), 0).unwrap().iter().sum()
     }
 
-    /// Changes the node-wide settings the programs read.
-    fn configure(&mut self, change: impl FnOnce(&mut Config)) {
-        let mut map: Array<_, Config> =
-            Array::try_from(self.ebpf.map_mut(abi::CONFIG_MAP).unwrap()).unwrap();
-        let mut cfg = map.get(&0, 0).unwrap();
-        change(&mut cfg);
-        map.set(0, cfg, 0).unwrap();
-    }
-
-    fn nat_map(&mut self, name: &str) -> HashMap<&mut MapData, NatKey, NatValue> {
-        HashMap::try_from(self.ebpf.map_mut(name).unwrap()).unwrap()
-    }
-
-    /// The masquerade entry of the flow from `pod` to `remote`.
-    fn nat_entry(&mut self, proto: u8, pod: (Ipv4Addr, u16), remote: (Ipv4Addr, u16)) -> NatValue {
-        self.nat_map(abi::SNAT_OUT_MAP)
-            .get(&out_key(proto, pod, remote), 0)
-            .unwrap()
-    }
-
-    /// Makes the flow from `pod` to `remote` look `secs` seconds idle.
-    fn age(&mut self, proto: u8, pod: (Ipv4Addr, u16), remote: (Ipv4Addr, u16), secs: u64) {
-        let k = out_key(proto, pod, remote);
-        let mut map = self.nat_map(abi::SNAT_OUT_MAP);
-        let mut v = map.get(&k, 0).unwrap();
-        v.last_seen = conntrack::monotonic_ns() - secs * 1_000_000_000;
-        map.insert(k, v, 0).unwrap();
-    }
-
-    /// Records a masqueraded flow from `pod` to `remote` on node port
-    /// `port`, last seen `idle` seconds ago, both directions.
-    fn put_flow(&mut self, pod: (Ipv4Addr, u16), remote: (Ipv4Addr, u16), port: u16, idle: u64) {
-        let last_seen = conntrack::monotonic_ns() - idle * 1_000_000_000;
-        let fwd = NatValue {
-            addr: key(NODE),
-            port,
-            flags: 0,
-            last_seen,
-        };
-        self.nat_map(abi::SNAT_OUT_MAP)
-            .insert(out_key(UDP, pod, remote), fwd, 0)
-            .unwrap();
-        let back = NatValue {
-            addr: key(pod.0),
-            port: pod.1,
-            flags: 0,
-            last_seen,
-        };
-        self.nat_map(abi::SNAT_IN_MAP)
-            .insert(out_key(UDP, remote, (NODE, port)), back, 0)
-            .unwrap();
-    }
-
     fn nat_out(&self) -> Vec<(NatKey, u16)> {
         let map: HashMap<_, NatKey, abi::NatValue> =
             HashMap::try_from(self.ebpf.map(abi::SNAT_OUT_MAP).unwrap()).unwrap();
@@ -258,17 +194,6 @@ impl Bench {
 impl Drop for Bench {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.pins);
-    }
-}
-
-fn out_key(proto: u8, from: (Ipv4Addr, u16), to: (Ipv4Addr, u16)) -> NatKey {
-    NatKey {
-        src: key(from.0),
-        dst: key(to.0),
-        sport: from.1,
-        dport: to.1,
-        proto,
-        pad: [0; 3],
     }
 }
 
@@ -342,21 +267,6 @@ fn frame(proto: u8, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Vec<u8> {
     f.extend_from_slice(&0x0800u16.to_be_bytes());
     f.extend_from_slice(&ip);
     f.extend_from_slice(&l4);
-    f
-}
-
-const TCP_FIN: u8 = 0x01;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
-
-/// A TCP frame as [`frame`] makes it, with `flags` in place of SYN.
-fn tcp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), flags: u8) -> Vec<u8> {
-    let mut f = frame(TCP, src, dst);
-    let l4 = 14 + 20;
-    f[l4 + 13] = flags;
-    f[l4 + 16..l4 + 18].copy_from_slice(&[0, 0]);
-    let csum = l4_checksum(src.0.octets(), dst.0.octets(), TCP, &f[l4..]);
-    f[l4 + 16..l4 + 18].copy_from_slice(&csum.to_be_bytes());
     f
 }
 
@@ -741,331 +651,4 @@ fn a_pod_cannot_send_from_an_address_that_is_not_its_own() {
         .map(|(_, n)| *n);
     assert_eq!(dropped, Some(3), "{stats:?}");
     drop(dp);
-}
-
-/// Lifetimes short enough to tell apart: SYN-only 60 s, established an
-/// hour, closing 10 s, UDP 30 s.
-fn short_lifetimes(cfg: &mut Config) {
-    cfg.ct_tcp_syn_secs = 60;
-    cfg.ct_tcp_established_secs = 3600;
-    cfg.ct_tcp_closing_secs = 10;
-    cfg.ct_other_secs = 30;
-}
-
-#[test]
-fn a_masquerade_entry_past_its_lifetime_is_replaced_and_its_old_port_forgotten() {
-    let mut b = Bench::new();
-    b.configure(short_lifetimes);
-    let pod = (POD, 40000);
-    let remote = (OUTSIDE, 443);
-    // A flow on port 61999, idle for 20 s (UDP lives 30 s): still live.
-    b.put_flow(pod, remote, 61999, 20);
-    let (_, out) = b.run(abi::FROM_POD_PROGRAM, &frame(UDP, pod, remote));
-    assert_eq!(seen(&out).src, (NODE, 61999), "a live flow keeps its port");
-
-    // Idle for 31 s it is gone: the next datagram opens a flow afresh and
-    // the old port no longer leads to the pod.
-    b.age(UDP, pod, remote, 31);
-    let (ret, out) = b.run(abi::FROM_POD_PROGRAM, &frame(UDP, pod, remote));
-    assert_eq!(ret, TC_ACT_REDIRECT);
-    let port = seen(&out).src.1;
-    assert_ne!(port, 61999, "the expired flow was replaced");
-    let stale = frame(UDP, remote, (NODE, 61999));
-    let (ret, out) = b.run(abi::FROM_UPLINK_PROGRAM, &stale);
-    assert_eq!((ret, out), (TC_ACT_OK, stale), "the old port is forgotten");
-    let (ret, out) = b.run(abi::FROM_UPLINK_PROGRAM, &frame(UDP, remote, (NODE, port)));
-    assert_eq!(ret, TC_ACT_REDIRECT);
-    assert_eq!(seen(&out).dst, pod);
-    let fresh = conntrack::monotonic_ns() - b.nat_entry(UDP, pod, remote).last_seen;
-    assert!(fresh < 5_000_000_000, "last seen {fresh} ns ago");
-}
-
-#[test]
-fn tcp_lifetime_follows_the_handshake_and_fin_or_rst_either_way_shortens_it() {
-    let mut b = Bench::new();
-    b.configure(short_lifetimes);
-    let remote = (OUTSIDE, 443);
-
-    // A SYN nobody answered lives 60 s.
-    let pod = (POD, 40000);
-    let (_, out) = b.run(abi::FROM_POD_PROGRAM, &tcp(pod, remote, 0x02));
-    let port = seen(&out).src.1;
-    b.age(TCP, pod, remote, 61);
-    let late = tcp(remote, (NODE, port), 0x12);
-    let (ret, out) = b.run(abi::FROM_UPLINK_PROGRAM, &late);
-    assert_eq!((ret, out), (TC_ACT_OK, late), "a SYN-only flow expired");
-
-    // Answered, it lives past 60 s.
-    let pod = (POD, 40001);
-    let (_, out) = b.run(abi::FROM_POD_PROGRAM, &tcp(pod, remote, 0x02));
-    let port = seen(&out).src.1;
-    let (ret, _) = b.run(abi::FROM_UPLINK_PROGRAM, &tcp(remote, (NODE, port), 0x12));
-    assert_eq!(ret, TC_ACT_REDIRECT);
-    b.age(TCP, pod, remote, 600);
-    let (ret, out) = b.run(
-        abi::FROM_UPLINK_PROGRAM,
-        &tcp(remote, (NODE, port), TCP_ACK),
-    );
-    assert_eq!(ret, TC_ACT_REDIRECT, "an established flow lives on");
-    assert_eq!(seen(&out).dst, pod);
-
-    // A FIN from the pod: 10 s left.
-    let (_, out) = b.run(abi::FROM_POD_PROGRAM, &tcp(pod, remote, TCP_FIN | TCP_ACK));
-    assert_eq!(seen(&out).src, (NODE, port));
-    b.age(TCP, pod, remote, 11);
-    let late = tcp(remote, (NODE, port), TCP_ACK);
-    let (ret, out) = b.run(abi::FROM_UPLINK_PROGRAM, &late);
-    assert_eq!((ret, out), (TC_ACT_OK, late), "closed by the pod's FIN");
-
-    // An RST from the remote end does the same.
-    let pod = (POD, 40002);
-    let (_, out) = b.run(abi::FROM_POD_PROGRAM, &tcp(pod, remote, 0x02));
-    let port = seen(&out).src.1;
-    let (ret, _) = b.run(abi::FROM_UPLINK_PROGRAM, &tcp(remote, (NODE, port), 0x12));
-    assert_eq!(ret, TC_ACT_REDIRECT);
-    let (ret, _) = b.run(
-        abi::FROM_UPLINK_PROGRAM,
-        &tcp(remote, (NODE, port), TCP_RST),
-    );
-    assert_eq!(ret, TC_ACT_REDIRECT, "the RST itself reaches the pod");
-    b.age(TCP, pod, remote, 9);
-    let (ret, _) = b.run(abi::FROM_POD_PROGRAM, &tcp(pod, remote, TCP_ACK));
-    assert_eq!(ret, TC_ACT_REDIRECT, "still within the closing lifetime");
-    b.age(TCP, pod, remote, 11);
-    let late = tcp(remote, (NODE, port), TCP_ACK);
-    let (ret, out) = b.run(abi::FROM_UPLINK_PROGRAM, &late);
-    assert_eq!((ret, out), (TC_ACT_OK, late), "closed by the remote's RST");
-}
-
-#[test]
-fn a_pod_over_its_flow_limit_is_refused_while_another_pod_still_gets_flows() {
-    let mut b = Bench::new();
-    b.configure(|cfg| {
-        short_lifetimes(cfg);
-        cfg.ct_max_flows_per_pod = 3;
-    });
-    for sport in 40000..40003 {
-        let (ret, _) = b.run(
-            abi::FROM_POD_PROGRAM,
-            &frame(UDP, (POD, sport), (OUTSIDE, 53)),
-        );
-        assert_eq!(ret, TC_ACT_REDIRECT, "flow from port {sport}");
-    }
-    let (ret, _) = b.run(
-        abi::FROM_POD_PROGRAM,
-        &frame(UDP, (POD, 40003), (OUTSIDE, 53)),
-    );
-    assert_eq!(ret, TC_ACT_SHOT, "a fourth flow is over the limit");
-    assert_eq!(b.stat(Stat::SnatPodLimit), 1);
-    // Its live flows go on, and the other pod is not affected.
-    let (ret, _) = b.run(
-        abi::FROM_POD_PROGRAM,
-        &frame(UDP, (POD, 40000), (OUTSIDE, 53)),
-    );
-    assert_eq!(ret, TC_ACT_REDIRECT);
-    let (ret, _) = b.run(
-        abi::FROM_POD_PROGRAM,
-        &frame(UDP, (OTHER_POD, 40000), (OUTSIDE, 53)),
-    );
-    assert_eq!(ret, TC_ACT_REDIRECT);
-
-    // Once its flows expire, the collector removes both directions and
-    // the pod may open flows again.
-    for sport in 40000..40003 {
-        b.age(UDP, (POD, sport), (OUTSIDE, 53), 31);
-    }
-    let swept = conntrack::sweep(&b.pins, conntrack::monotonic_ns()).unwrap();
-    assert_eq!(swept.nat_flows, 3, "{swept:?}");
-    let pods_left: Vec<u32> = b.nat_out().iter().map(|(k, _)| k.src).collect();
-    assert_eq!(pods_left, vec![key(OTHER_POD)]);
-    assert_eq!(b.nat_map(abi::SNAT_IN_MAP).keys().count(), 1);
-    let (ret, _) = b.run(
-        abi::FROM_POD_PROGRAM,
-        &frame(UDP, (POD, 40003), (OUTSIDE, 53)),
-    );
-    assert_eq!(ret, TC_ACT_REDIRECT);
-}
-
-#[test]
-fn a_port_a_live_flow_holds_is_not_taken_by_a_new_flow() {
-    let mut b = Bench::new();
-    b.configure(short_lifetimes);
-    let remote = (OUTSIDE, 443);
-    // Learn the port the flow from POD:40000 hashes to, then hand that
-    // port to a live flow of the other pod.
-    let (_, out) = b.run(abi::FROM_POD_PROGRAM, &frame(UDP, (POD, 40000), remote));
-    let port = seen(&out).src.1;
-    b.nat_map(abi::SNAT_OUT_MAP)
-        .remove(&out_key(UDP, (POD, 40000), remote))
-        .unwrap();
-    b.put_flow((OTHER_POD, 50000), remote, port, 5);
-
-    let (ret, out) = b.run(abi::FROM_POD_PROGRAM, &frame(UDP, (POD, 40000), remote));
-    assert_eq!(ret, TC_ACT_REDIRECT);
-    assert_ne!(seen(&out).src.1, port, "the live flow's port was taken");
-    let (_, out) = b.run(abi::FROM_UPLINK_PROGRAM, &frame(UDP, remote, (NODE, port)));
-    assert_eq!(
-        seen(&out).dst,
-        (OTHER_POD, 50000),
-        "the live flow still works"
-    );
-
-    // Once that flow expired, its port is free again.
-    b.nat_map(abi::SNAT_OUT_MAP)
-        .remove(&out_key(UDP, (POD, 40000), remote))
-        .unwrap();
-    b.age(UDP, (OTHER_POD, 50000), remote, 31);
-    let (_, out) = b.run(abi::FROM_POD_PROGRAM, &frame(UDP, (POD, 40000), remote));
-    assert_eq!(seen(&out).src.1, port);
-}
-
-#[test]
-fn a_pinned_map_of_another_layout_is_replaced_on_load() {
-    let ns = Netns::new("lay").unwrap();
-    let pins = PathBuf::from(format!("/sys/fs/bpf/{}", ns.name()));
-    struct RemovePins(PathBuf);
-    impl Drop for RemovePins {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _cleanup = RemovePins(pins.clone());
-    let object = ebpf::object(None).unwrap();
-    // An older agent's SNAT_OUT, played by a map of another shape.
-    {
-        let old = ebpf::load(&object, MapPins::Private).unwrap();
-        std::fs::create_dir_all(&pins).unwrap();
-        old.map(abi::NAT_POD_FLOWS_MAP)
-            .unwrap()
-            .pin(pins.join(abi::SNAT_OUT_MAP))
-            .unwrap();
-    }
-    let before =
-        kestrel_agent::ebpf::aya::maps::MapInfo::from_pin(pins.join(abi::SNAT_OUT_MAP)).unwrap();
-    assert_eq!(before.value_size(), 4);
-
-    let mut ebpf = ebpf::load(&object, MapPins::Dir(&pins)).unwrap();
-    for name in [abi::FROM_POD_PROGRAM, abi::FROM_UPLINK_PROGRAM] {
-        ebpf::program::<SchedClassifier>(&mut ebpf, name).unwrap();
-    }
-    let after =
-        kestrel_agent::ebpf::aya::maps::MapInfo::from_pin(pins.join(abi::SNAT_OUT_MAP)).unwrap();
-    assert_eq!(
-        (after.key_size(), after.value_size(), after.max_entries()),
-        (
-            std::mem::size_of::<NatKey>() as u32,
-            std::mem::size_of::<NatValue>() as u32,
-            abi::MAX_NAT_FLOWS
-        )
-    );
-    assert_ne!(after.id(), before.id());
-}
-
-/// An ICMP "fragmentation needed" (MTU 1400) from `router` to `to`,
-/// quoting the first 28 bytes past the Ethernet header of `quoted` (its
-/// IP header and 8 bytes of UDP or ICMP), or 40 for TCP.
-fn frag_needed(router: Ipv4Addr, to: Ipv4Addr, quoted: &[u8]) -> Vec<u8> {
-    let proto = quoted[14 + 9];
-    let len = if proto == TCP { 40 } else { 28 };
-    let mut icmp = vec![3, 4, 0, 0, 0, 0];
-    icmp.extend_from_slice(&1400u16.to_be_bytes());
-    icmp.extend_from_slice(&quoted[14..14 + len]);
-    let csum = fold(0, &icmp);
-    icmp[2..4].copy_from_slice(&csum.to_be_bytes());
-    let mut ip = vec![0x45, 0];
-    ip.extend_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
-    ip.extend_from_slice(&[0, 1, 0, 0, 64, 1, 0, 0]);
-    ip.extend_from_slice(&router.octets());
-    ip.extend_from_slice(&to.octets());
-    let csum = fold(0, &ip);
-    ip[10..12].copy_from_slice(&csum.to_be_bytes());
-    let mut f = quoted[..14].to_vec();
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&icmp);
-    f
-}
-
-/// The outer destination and the quoted source of an ICMP error, after
-/// checking the outer IP, ICMP, quoted IP and quoted L4 checksums (the
-/// last over the bytes quoted, compared with what they were before).
-fn icmp_error_seen(f: &[u8], before: &[u8]) -> (Ipv4Addr, (Ipv4Addr, u16)) {
-    assert_eq!(fold(0, &f[14..34]), 0, "outer IP checksum");
-    assert_eq!(fold(0, &f[34..]), 0, "ICMP checksum");
-    let inner = &f[42..];
-    assert_eq!(fold(0, &inner[..20]), 0, "quoted IP checksum");
-    let dst = Ipv4Addr::new(f[30], f[31], f[32], f[33]);
-    let src = Ipv4Addr::new(inner[12], inner[13], inner[14], inner[15]);
-    let sport = u16::from_be_bytes([inner[20], inner[21]]);
-    // The quoted L4 checksum covers the whole original segment; what can
-    // be checked is that it changed exactly as the quoted fields did.
-    let proto = inner[9];
-    let at = match proto {
-        TCP => 16,
-        UDP => 6,
-        _ => 2,
-    };
-    let old = &before[42..];
-    let old_csum = u16::from_be_bytes([old[20 + at], old[21 + at]]);
-    let new_csum = u16::from_be_bytes([inner[20 + at], inner[21 + at]]);
-    let mut changed = Vec::new();
-    if proto != 1 {
-        changed.extend_from_slice(&old[12..16]);
-    }
-    changed.extend_from_slice(&old[20..22]);
-    let mut now = Vec::new();
-    if proto != 1 {
-        now.extend_from_slice(&inner[12..16]);
-    }
-    now.extend_from_slice(&inner[20..22]);
-    // csum' = ~(~csum - old + new): compare in ones' complement sums.
-    let sum = |d: &[u8]| u32::from(!fold(0, d));
-    let lhs = (u32::from(!new_csum) + sum(&changed)) % 0xffff;
-    let rhs = (u32::from(!old_csum) + sum(&now)) % 0xffff;
-    assert_eq!(lhs, rhs, "quoted L4 checksum");
-    (dst, (src, sport))
-}
-
-#[test]
-fn icmp_errors_about_translated_flows_reach_the_pod_translated_back() {
-    let mut b = Bench::new();
-    let router = Ipv4Addr::new(198, 51, 100, 1);
-    for proto in [TCP, UDP] {
-        let pod = (POD, 40000);
-        let (_, out) = b.run(abi::FROM_POD_PROGRAM, &frame(proto, pod, (OUTSIDE, 443)));
-        assert_eq!(seen(&out).src.0, NODE);
-        let err = frag_needed(router, NODE, &out);
-        let (ret, back) = b.run(abi::FROM_UPLINK_PROGRAM, &err);
-        assert_eq!(ret, TC_ACT_REDIRECT, "proto {proto}");
-        assert_eq!(&back[0..6], &POD_MAC);
-        assert_eq!(icmp_error_seen(&back, &err), (POD, pod), "proto {proto}");
-        assert_eq!(
-            &back[34 + 4..34 + 8],
-            &err[34 + 4..34 + 8],
-            "the MTU is kept"
-        );
-    }
-    assert_eq!(b.stat(Stat::IcmpErrorIn), 2);
-
-    // The reply of a node port flow to a backend on this node.
-    b.node_port(OTHER_POD, 8080);
-    let (ret, _) = b.run(
-        abi::FROM_UPLINK_PROGRAM,
-        &frame(TCP, (CLIENT, 5555), (NODE, NODE_PORT)),
-    );
-    assert_eq!(ret, TC_ACT_REDIRECT);
-    let (_, reply) = b.run(
-        abi::FROM_POD_PROGRAM,
-        &frame(TCP, (OTHER_POD, 8080), (CLIENT, 5555)),
-    );
-    assert_eq!(seen(&reply).src, (NODE, NODE_PORT));
-    let err = frag_needed(router, NODE, &reply);
-    let (ret, back) = b.run(abi::FROM_UPLINK_PROGRAM, &err);
-    assert_eq!(ret, TC_ACT_REDIRECT);
-    assert_eq!(icmp_error_seen(&back, &err), (OTHER_POD, (OTHER_POD, 8080)));
-
-    // An error quoting a port no flow holds is the node's own business.
-    let stray = frame(UDP, (NODE, 61001), (OUTSIDE, 443));
-    let err = frag_needed(router, NODE, &stray);
-    let (ret, out) = b.run(abi::FROM_UPLINK_PROGRAM, &err);
-    assert_eq!((ret, out), (TC_ACT_OK, err));
 }

@@ -54,7 +54,6 @@ pub fn load(object: &[u8], pins: MapPins<'_>) -> Result<Ebpf, Error> {
     match pins {
         MapPins::Dir(dir) => {
             std::fs::create_dir_all(dir)?;
-            drop_mismatched_pins(object, dir)?;
             Ok(EbpfLoader::new()
                 .default_map_pin_directory(dir)
                 .load(object)?)
@@ -71,41 +70,6 @@ pub fn load(object: &[u8], pins: MapPins<'_>) -> Result<Ebpf, Error> {
             Ok(loaded?)
         }
     }
-}
-
-/// Unpins the maps in `dir` whose shape is not the one `object` declares.
-/// aya takes a pinned map as it is, so an agent whose layouts changed
-/// would otherwise read and write an older agent's maps with the wrong
-/// sizes. What those maps held (conntrack among it) is lost; programs
-/// still attached keep the old maps until they are swapped out.
-fn drop_mismatched_pins(object: &[u8], dir: &Path) -> Result<(), Error> {
-    let obj = aya_obj::Object::parse(object).map_err(|e| {
-        Error::Io(std::io::Error::other(format!(
-            "parsing the eBPF object: {e}"
-        )))
-    })?;
-    for (name, def) in &obj.maps {
-        if def.pinning() != aya_obj::maps::PinningType::ByName {
-            continue;
-        }
-        let pin = dir.join(name);
-        let Ok(info) = aya::maps::MapInfo::from_pin(&pin) else {
-            continue;
-        };
-        let pinned = (info.key_size(), info.value_size(), info.max_entries());
-        let wanted = (def.key_size(), def.value_size(), def.max_entries());
-        if pinned != wanted {
-            tracing::warn!(
-                map = %name,
-                ?pinned,
-                ?wanted,
-                "pinned map has another layout (key size, value size, entries); \
-                 replacing it, its contents are lost"
-            );
-            std::fs::remove_file(&pin)?;
-        }
-    }
-    Ok(())
 }
 
 fn private_dir() -> PathBuf {

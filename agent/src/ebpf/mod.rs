@@ -3,7 +3,6 @@
 /// The map layouts shared with the eBPF programs.
 pub use agent_ebpf_common as abi;
 
-pub mod conntrack;
 mod load;
 
 /// The aya the agent is built with, for callers that reach the maps and

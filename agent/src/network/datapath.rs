@@ -16,22 +16,26 @@ use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::Ebpf;
 
 use crate::ebpf::abi::{self, Config, Endpoint, NatKey, NatValue};
-use crate::ebpf::conntrack;
 use crate::ebpf::{self, Error, MapPins};
 
 /// The loaded routing programs and their maps.
 pub struct Datapath {
     ebpf: Ebpf,
     pin_dir: PathBuf,
-    conntrack: conntrack::Settings,
-    /// Dropping it stops the conntrack collector.
-    gc_stop: Option<std::sync::mpsc::Sender<()>>,
 }
 
 impl Datapath {
     /// Loads the programs from `object`, reusing the maps pinned in `pin_dir`
     /// by an earlier agent (or pinning new ones there).
     pub fn load(object: &[u8], pin_dir: &Path) -> Result<Self, Error> {
+        // Counters pinned by an older agent with fewer slots than this one
+        // has are started afresh: the programs would skip the new ones.
+        let stats_pin = pin_dir.join(abi::STATS_MAP);
+        if let Ok(info) = aya::maps::MapInfo::from_pin(&stats_pin) {
+            if info.max_entries() < abi::STATS_CAPACITY {
+                std::fs::remove_file(&stats_pin)?;
+            }
+        }
         let mut ebpf = ebpf::load(object, MapPins::Dir(pin_dir))?;
         std::fs::create_dir_all(pin_dir.join("links"))?;
         for name in [abi::FROM_POD_PROGRAM, abi::FROM_UPLINK_PROGRAM] {
@@ -40,15 +44,7 @@ impl Datapath {
         Ok(Self {
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
-            conntrack: conntrack::Settings::default(),
-            gc_stop: None,
         })
-    }
-
-    /// Conntrack lifetimes and limits other than the defaults; they take
-    /// effect at [`Datapath::configure`].
-    pub fn set_conntrack(&mut self, settings: conntrack::Settings) {
-        self.conntrack = settings;
     }
 
     /// Writes the node-wide settings the programs read.
@@ -58,7 +54,7 @@ impl Datapath {
         cluster: ipnet::Ipv4Net,
         masquerade: bool,
     ) -> Result<(), Error> {
-        let mut cfg = Config {
+        let cfg = Config {
             node_ip: key(node_ip),
             cluster_net: key(cluster.network()),
             cluster_mask: key(cluster.netmask()),
@@ -67,46 +63,13 @@ impl Datapath {
             } else {
                 0
             },
-            ..Default::default()
         };
-        self.conntrack.apply(&mut cfg);
         let map = self
             .ebpf
             .map_mut(abi::CONFIG_MAP)
             .ok_or_else(|| Error::Missing(format!("map {}", abi::CONFIG_MAP)))?;
         aya::maps::Array::<_, Config>::try_from(map)?.set(0, cfg, 0)?;
-        self.start_gc();
         Ok(())
-    }
-
-    /// Starts the conntrack collector (once), sweeping the pinned maps
-    /// until the datapath is dropped.
-    fn start_gc(&mut self) {
-        if self.gc_stop.is_some() {
-            return;
-        }
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let dir = self.pin_dir.clone();
-        let every = self.conntrack.gc_interval;
-        let spawned = std::thread::Builder::new()
-            .name("conntrack-gc".into())
-            .spawn(move || {
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                    stopped.recv_timeout(every)
-                {
-                    match conntrack::sweep(&dir, conntrack::monotonic_ns()) {
-                        Ok(s) if s != conntrack::Swept::default() => {
-                            tracing::debug!(?s, "conntrack swept")
-                        }
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "conntrack sweep failed"),
-                    }
-                }
-            });
-        match spawned {
-            Ok(_) => self.gc_stop = Some(stop),
-            Err(e) => tracing::warn!(error = %e, "no conntrack collector"),
-        }
     }
 
     fn link_pin(&self, iface: &str) -> PathBuf {

@@ -62,8 +62,6 @@ pub struct NetworkArgs {
     /// between nodes; pod MTU 50 bytes below the uplink's).
     #[arg(long, value_enum, default_value_t = Tunnel::None)]
     pub tunnel: Tunnel,
-    #[command(flatten)]
-    pub conntrack: crate::ebpf::conntrack::Args,
 }
 
 /// Cross-node encapsulation.
@@ -132,7 +130,6 @@ impl Network {
         tracing::info!(pins = %pin_dir.display(), "loading the datapath");
         let mut dp = Datapath::load(&object, &pin_dir)
             .with_context(|| format!("loading the datapath (pins in {})", pin_dir.display()))?;
-        dp.set_conntrack(args.conntrack.settings());
         dp.configure(node_ip, args.cluster_cidr, args.masquerade)?;
         dp.attach_uplink(&uplink)
             .with_context(|| format!("attaching to the uplink {uplink}"))?;
