@@ -156,6 +156,27 @@ impl Worker {
         }
     }
 
+    /// The configMap or secret a volume reads; `None` when an optional one is absent.
+    async fn source<K>(&self, kind: &str, name: &str, optional: bool) -> Result<Option<K>, String>
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        let api: Api<K> = Api::namespaced(
+            self.env.client.clone(),
+            &self.pod.namespace().unwrap_or_default(),
+        );
+        match api.get_opt(name).await {
+            Ok(Some(o)) => Ok(Some(o)),
+            Ok(None) if optional => Ok(None),
+            Ok(None) => Err(format!("{kind} {name:?} not found")),
+            Err(e) => Err(format!("{kind} {name:?}: {e}")),
+        }
+    }
+
     async fn config_map_files(
         &self,
         name: &str,
@@ -163,15 +184,11 @@ impl Worker {
         mode: i32,
         optional: bool,
     ) -> Result<Vec<File>, String> {
-        let api: Api<ConfigMap> = Api::namespaced(
-            self.env.client.clone(),
-            &self.pod.namespace().unwrap_or_default(),
-        );
-        let obj = match api.get_opt(name).await {
-            Ok(Some(o)) => o,
-            Ok(None) if optional => return Ok(Vec::new()),
-            Ok(None) => return Err(format!("configmap {name:?} not found")),
-            Err(e) => return Err(format!("configmap {name:?}: {e}")),
+        let Some(obj) = self
+            .source::<ConfigMap>("configmap", name, optional)
+            .await?
+        else {
+            return Ok(Vec::new());
         };
         let mut data: BTreeMap<String, Vec<u8>> = obj
             .data
@@ -195,15 +212,8 @@ impl Worker {
         mode: i32,
         optional: bool,
     ) -> Result<Vec<File>, String> {
-        let api: Api<Secret> = Api::namespaced(
-            self.env.client.clone(),
-            &self.pod.namespace().unwrap_or_default(),
-        );
-        let obj = match api.get_opt(name).await {
-            Ok(Some(o)) => o,
-            Ok(None) if optional => return Ok(Vec::new()),
-            Ok(None) => return Err(format!("secret {name:?} not found")),
-            Err(e) => return Err(format!("secret {name:?}: {e}")),
+        let Some(obj) = self.source::<Secret>("secret", name, optional).await? else {
+            return Ok(Vec::new());
         };
         let mut data: BTreeMap<String, Vec<u8>> = obj
             .data
