@@ -14,6 +14,8 @@ mod fields;
 mod network;
 mod pods;
 mod rbac;
+mod stateful;
+mod storage;
 mod time;
 mod workloads;
 
@@ -22,6 +24,7 @@ mod tests;
 
 use serde_json::{json, Map, Value};
 
+pub use self::storage::DEFAULT_CLASS_ANNOTATION;
 pub use self::time::{human_duration, parse_rfc3339};
 
 /// What each Table row's `object` field carries, chosen by the
@@ -263,6 +266,10 @@ fn printer_for(resource: &str) -> Printer {
         "replicationcontrollers" => (workloads::RC_COLUMNS, workloads::rc_row),
         "jobs" => (batch::JOB_COLUMNS, batch::job_row),
         "daemonsets" => (batch::DAEMONSET_COLUMNS, batch::daemonset_row),
+        "statefulsets" => (stateful::STATEFULSET_COLUMNS, stateful::statefulset_row),
+        "persistentvolumes" => (storage::PV_COLUMNS, storage::pv_row),
+        "persistentvolumeclaims" => (storage::PVC_COLUMNS, storage::pvc_row),
+        "storageclasses" => (storage::STORAGE_CLASS_COLUMNS, storage::storage_class_row),
         "events" => (events::COLUMNS, events::row),
         "namespaces" => (cluster::NAMESPACE_COLUMNS, cluster::namespace_row),
         "configmaps" => (cluster::CONFIGMAP_COLUMNS, cluster::configmap_row),

@@ -170,6 +170,10 @@ pub fn apply(kind: &str, obj: &mut Value) {
         }
         "Job" => super::workloads::default_job(obj),
         "DaemonSet" => super::workloads::default_daemonset(obj),
+        "StatefulSet" => super::statefulsets::default(obj),
+        "PersistentVolume" => super::volumes::default_pv(obj),
+        "PersistentVolumeClaim" => super::volumes::default_pvc(obj),
+        "StorageClass" => super::volumes::default_storage_class(obj),
         "Namespace" => {
             let spec = obj_mut(obj, "spec");
             set_default(spec, "finalizers", json!(["kubernetes"]));
@@ -196,6 +200,8 @@ pub fn initial_status(kind: &str, obj: &mut Value) {
             obj["status"] = json!({"replicas": 0})
         }
         "Job" => obj["status"] = json!({}),
+        "StatefulSet" => obj["status"] = json!({"replicas": 0, "availableReplicas": 0}),
+        "PersistentVolume" | "PersistentVolumeClaim" => obj["status"] = json!({"phase": "Pending"}),
         "DaemonSet" => {
             obj["status"] = json!({"currentNumberScheduled": 0, "numberMisscheduled": 0,
                                    "desiredNumberScheduled": 0, "numberReady": 0})

@@ -22,6 +22,15 @@ impl Cause {
         }
     }
 
+    /// A required value, with why it is required.
+    pub fn required_msg(field: impl Into<String>, detail: impl AsRef<str>) -> Self {
+        Self {
+            reason: "FieldValueRequired",
+            field: field.into(),
+            message: format!("Required value: {}", detail.as_ref()),
+        }
+    }
+
     pub fn invalid(field: impl Into<String>, value: &Value, detail: impl AsRef<str>) -> Self {
         let shown = match value {
             Value::String(s) => format!("{s:?}"),

@@ -18,8 +18,10 @@ pub mod nodeproxy;
 pub mod request;
 pub mod resources;
 pub mod satoken;
+mod statefulsets;
 pub mod storage;
 pub mod validation;
+mod volumes;
 pub mod watch;
 mod workloads;
 

@@ -86,7 +86,7 @@ pub fn decode(
 ) -> ApiResult<(Value, Vec<String>)> {
     use k8s_openapi::api::{
         apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord, core::v1 as core,
-        discovery::v1 as disc, rbac::v1 as rbac,
+        discovery::v1 as disc, rbac::v1 as rbac, storage::v1 as storage,
     };
     let result = match res.kind {
         "Pod" => round_trip::<core::Pod>(body),
@@ -110,6 +110,10 @@ pub fn decode(
         "ClusterRoleBinding" => round_trip::<rbac::ClusterRoleBinding>(body),
         "Job" => round_trip::<batch::Job>(body),
         "DaemonSet" => round_trip::<apps::DaemonSet>(body),
+        "StatefulSet" => round_trip::<apps::StatefulSet>(body),
+        "PersistentVolume" => round_trip::<core::PersistentVolume>(body),
+        "PersistentVolumeClaim" => round_trip::<core::PersistentVolumeClaim>(body),
+        "StorageClass" => round_trip::<storage::StorageClass>(body),
         _ => Ok((body.clone(), vec![])),
     };
     let what = format!(
@@ -189,6 +193,7 @@ fn name_is_label(res: &Resource) -> bool {
             | "deployments"
             | "replicasets"
             | "daemonsets"
+            | "statefulsets"
     )
 }
 
@@ -234,6 +239,10 @@ pub fn validate(res: &Resource, obj: &Value) -> ApiResult<()> {
         }
         "Job" => super::workloads::validate_job(obj, &mut causes),
         "DaemonSet" => super::workloads::validate_daemonset(obj, &mut causes),
+        "StatefulSet" => super::statefulsets::validate(obj, &mut causes),
+        "PersistentVolume" => super::volumes::validate_pv(obj, &mut causes),
+        "PersistentVolumeClaim" => super::volumes::validate_pvc(obj, &mut causes),
+        "StorageClass" => super::volumes::validate_storage_class(obj, &mut causes),
         _ => {}
     }
     if causes.is_empty() {

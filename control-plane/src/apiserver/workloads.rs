@@ -117,7 +117,7 @@ fn non_negative(spec: &Value, field: &str, causes: &mut Vec<Cause>) {
 }
 
 /// The selector is required and must select the template's labels.
-fn check_selector(spec: &Value, what: &str, causes: &mut Vec<Cause>) {
+pub(super) fn check_selector(spec: &Value, what: &str, causes: &mut Vec<Cause>) {
     let template_labels = spec
         .pointer("/template/metadata/labels")
         .and_then(Value::as_object)
