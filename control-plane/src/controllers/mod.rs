@@ -1,7 +1,7 @@
 //! The controller-manager: one loop per kind of desired state, each a small
 //! reconcile function over watched objects (see `replicaset`, `deployment`,
 //! `nodelifecycle`, `nodeipam`, `endpoints`, `namespace`,
-//! `garbagecollector`, `serviceaccounts`). They share caches, events and leader election.
+//! `garbagecollector`, `serviceaccounts`, `volume`). They share caches, events and leader election.
 
 pub mod context;
 pub mod deployment;
@@ -13,6 +13,7 @@ pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod replicaset;
 pub mod serviceaccounts;
+pub mod volume;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -74,6 +75,14 @@ pub struct Config {
     /// kube-root-ca.crt; without it nothing is published.
     #[arg(long)]
     pub root_ca_file: Option<std::path::PathBuf>,
+    /// Create the default StorageClass `local-path` (volumes are
+    /// directories on the node their first pod is scheduled to).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub default_storage_class: bool,
+    /// Image of the pod that removes a deleted local-path volume's
+    /// directory on its node (it runs `rm -rf`).
+    #[arg(long, default_value = "busybox")]
+    pub local_path_helper_image: String,
 }
 
 /// Runs every controller until SIGTERM or loss of leadership.
@@ -142,6 +151,14 @@ async fn run_controllers(
     tasks.spawn(namespace::run(ctx.clone()));
     tasks.spawn(serviceaccounts::run(ctx.clone(), root_ca));
     tasks.spawn(endpoints::run(ctx.clone(), n));
+    tasks.spawn(volume::run(
+        ctx.clone(),
+        volume::Settings {
+            default_class: config.default_storage_class,
+            helper_image: config.local_path_helper_image.clone(),
+        },
+        n,
+    ));
     tasks.spawn(nodelifecycle::run(
         ctx.clone(),
         nodelifecycle::Settings {

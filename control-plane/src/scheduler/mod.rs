@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod plugins;
 pub mod queue;
+mod volumes;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -71,6 +72,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 enum Input {
     Node(Box<watcher::Event<Node>>),
     Pod(Box<watcher::Event<Pod>>),
+    /// A claim or volume changed: pods waiting on one may fit now.
+    Volumes,
 }
 
 struct Bound {
@@ -105,6 +108,7 @@ pub struct Scheduler {
     metrics: Metrics,
     ready: Arc<std::sync::atomic::AtomicBool>,
     binds: Arc<tokio::sync::Semaphore>,
+    volumes: Option<volumes::Volumes>,
 }
 
 impl Scheduler {
@@ -161,12 +165,18 @@ impl Scheduler {
             rng: 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id()),
             metrics,
             ready: health.ready.clone(),
+            volumes: None,
         }
     }
 
     /// Watches, schedules and binds until an error ends the watches.
     pub async fn run(mut self) -> anyhow::Result<()> {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Input>(8192);
+        let vtx = tx.clone();
+        self.volumes = Some(volumes::Volumes::new(&self.client, move || {
+            // A full channel already carries a change; dropping is fine.
+            let _ = vtx.try_send(Input::Volumes);
+        }));
         let nodes = watcher(
             Api::<Node>::all(self.client.clone()),
             watcher::Config::default(),
@@ -262,6 +272,7 @@ impl Scheduler {
         relist_pods: &mut Option<HashSet<String>>,
     ) {
         match input {
+            Input::Volumes => self.queue.cluster_changed(),
             Input::Node(ev) => match *ev {
                 watcher::Event::Init => *relist_nodes = Some(HashSet::new()),
                 watcher::Event::InitApply(n) => {
@@ -384,6 +395,16 @@ impl Scheduler {
         let info = Arc::new(PodInfo::new((*pod).clone()));
         let pre = PreFilter::new(&info, &self.cache);
         let n = self.cache.nodes.len();
+        let vols = match self.volumes.as_ref().map(|v| v.prepare(&pod)) {
+            Some(Err(reason)) => {
+                self.metrics.unschedulable.inc();
+                let reasons = HashMap::from([(reason, n.max(1))]);
+                self.unschedulable(&key, &pod, plugins::unschedulable_message(n, &reasons));
+                return;
+            }
+            Some(Ok(v)) => v,
+            None => volumes::PodVolumes::default(),
+        };
         let want = plugins::feasible_nodes_to_find(n, self.config.percentage_of_nodes_to_score);
         let mut feasible = Vec::new();
         let mut reasons: HashMap<String, usize> = HashMap::new();
@@ -392,7 +413,8 @@ impl Scheduler {
         for i in 0..n {
             let idx = (start + i) % n;
             visited += 1;
-            match pre.filter(&info, &self.cache.nodes[idx]) {
+            let node = &self.cache.nodes[idx];
+            match pre.filter(&info, node).and_then(|()| vols.filter(node)) {
                 Ok(()) => {
                     feasible.push(idx);
                     if feasible.len() >= want {
@@ -452,13 +474,26 @@ impl Scheduler {
             let _permit = permits.acquire_owned().await;
             let ns = pod.metadata.namespace.clone().unwrap_or_default();
             let name = pod.metadata.name.clone().unwrap_or_default();
+            let t = Instant::now();
+            // Claims waiting for their first consumer learn the node first,
+            // so their volumes are made where the pod will run.
+            if let Err(e) = vols.select_node(&client, &ns, &node).await {
+                bind_metric.observe(t.elapsed());
+                let _ = tx.send(Bound {
+                    key,
+                    pod,
+                    node,
+                    result: Err(e),
+                    first_seen,
+                });
+                return;
+            }
             let api: Api<Pod> = Api::namespaced(client, &ns);
             let body = json!({
                 "apiVersion": "v1", "kind": "Binding",
                 "metadata": {"name": name, "namespace": ns, "uid": pod.metadata.uid},
                 "target": {"apiVersion": "v1", "kind": "Node", "name": node},
             });
-            let t = Instant::now();
             let result = api
                 .create_subresource::<serde_json::Value, serde_json::Value>(
                     "binding",
