@@ -209,10 +209,9 @@ mod tests {
             Some("right")
         );
         let mut other_class = volume("other", "1Gi", json!(["ReadWriteOnce"]));
-        other_class
-            .spec
-            .as_mut()
-            .map(|s| s.storage_class_name = Some("fast".into()));
+        if let Some(s) = other_class.spec.as_mut() {
+            s.storage_class_name = Some("fast".into());
+        }
         assert!(!fits(&c, &other_class, None));
     }
 
@@ -220,18 +219,18 @@ mod tests {
     fn a_volume_reserved_for_another_claim_is_not_taken() {
         let c = data_claim();
         let mut taken = volume("taken", "1Gi", json!(["ReadWriteOnce"]));
-        taken.spec.as_mut().map(|s| {
+        if let Some(s) = taken.spec.as_mut() {
             s.claim_ref = serde_json::from_value(
                 json!({"namespace": "default", "name": "other", "uid": "c2"}),
             )
-            .ok()
-        });
+            .ok();
+        }
         assert!(!fits(&c, &taken, None));
         let mut mine = volume("mine", "5Gi", json!(["ReadWriteOnce"]));
-        mine.spec.as_mut().map(|s| {
+        if let Some(s) = mine.spec.as_mut() {
             s.claim_ref =
-                serde_json::from_value(json!({"namespace": "default", "name": "data"})).ok()
-        });
+                serde_json::from_value(json!({"namespace": "default", "name": "data"})).ok();
+        }
         let free = volume("free", "1Gi", json!(["ReadWriteOnce"]));
         let all = [free, mine];
         assert_eq!(
