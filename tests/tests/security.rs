@@ -258,6 +258,52 @@ fn a_node_cannot_read_secrets_its_pods_do_not_name() {
     );
 }
 
+/// A node reads a PersistentVolume only while a claim of one of its own
+/// pods is bound to it, and only the claims its pods name.
+#[test]
+fn a_node_cannot_read_volumes_its_pods_do_not_claim() {
+    let s = Secured::start(&[]);
+    for (claim, volume) in [("mine", "pv-mine"), ("theirs", "pv-theirs")] {
+        s.admin_create(
+            "/api/v1/persistentvolumes",
+            json!({"metadata": {"name": volume},
+                   "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                            "hostPath": {"path": format!("/srv/{volume}")}}}),
+        );
+        s.admin_create(
+            "/api/v1/namespaces/default/persistentvolumeclaims",
+            json!({"metadata": {"name": claim},
+                   "spec": {"accessModes": ["ReadWriteOnce"], "volumeName": volume,
+                            "storageClassName": "",
+                            "resources": {"requests": {"storage": "1Gi"}}}}),
+        );
+    }
+    for (name, node, claim) in [("web", "n1", "mine"), ("other", "n2", "theirs")] {
+        s.admin_create(
+            PODS,
+            pod(
+                name,
+                node,
+                json!({"volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": claim}}]}),
+            ),
+        );
+    }
+    let n1 = s.node("n1");
+    let get = |path: &str| s.curl(&n1, "GET", path, None);
+    let (code, body) = get("/api/v1/persistentvolumes/pv-mine");
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = get("/api/v1/namespaces/default/persistentvolumeclaims/mine");
+    assert_eq!(code, 200, "{body}");
+    for path in [
+        "/api/v1/persistentvolumes/pv-theirs",
+        "/api/v1/persistentvolumes",
+        "/api/v1/namespaces/default/persistentvolumeclaims/theirs",
+    ] {
+        let (code, body) = get(path);
+        assert_eq!(code, 403, "GET {path}: {body}");
+    }
+}
+
 /// A node gets nothing of pods it does not run: no list or watch beyond its
 /// own field selector, no other node's pod, and no exec, logs or attach
 /// into any pod, its own included.

@@ -83,6 +83,19 @@ pub async fn authorize(
                 ))
             }
         }
+        // A volume, while a claim of one of its pods is bound to it.
+        ("", "persistentvolumes", None) if verb == "get" => {
+            let Some(name) = name else {
+                return deny(format!("node {node:?} may only get {res} by name"));
+            };
+            if volume_referenced(state, node, name).await? {
+                Ok(())
+            } else {
+                deny(format!(
+                    "no relationship found between node {node:?} and this object"
+                ))
+            }
+        }
         // Tokens for the accounts its pods run as; that the token is bound
         // to such a pod is in the body, checked by the token handler.
         ("", "serviceaccounts", Some("token")) if verb == "create" => {
@@ -152,6 +165,40 @@ async fn referenced(state: &State, node: &str, ns: &str, res: &str, name: &str) 
         p.value.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node)
             && references(&p.value).of(res).contains(name)
     }))
+}
+
+/// Whether a claim named by a pod bound to `node` is bound to volume `name`.
+async fn volume_referenced(state: &State, node: &str, name: &str) -> ApiResult<bool> {
+    let etcd = |e| ApiError::unavailable(format!("etcd: {e}"));
+    let page = state
+        .storage
+        .list("/registry/pods/", None, None, None)
+        .await
+        .map_err(etcd)?;
+    for (_, p) in &page.items {
+        if p.value.pointer("/spec/nodeName").and_then(Value::as_str) != Some(node) {
+            continue;
+        }
+        let ns = p
+            .value
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        for claim in references(&p.value).claims {
+            let key = format!("/registry/persistentvolumeclaims/{ns}/{claim}");
+            let bound = state.storage.get(&key).await.map_err(etcd)?;
+            let volume = bound.as_ref().and_then(|c| {
+                c.value
+                    .pointer("/spec/volumeName")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            });
+            if volume.as_deref() == Some(name) {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// The objects a pod names, by kind.
