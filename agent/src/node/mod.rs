@@ -223,9 +223,13 @@ pub async fn register(client: &kube::Client, cfg: &NodeConfig) -> anyhow::Result
     for (k, v) in &cfg.labels {
         labels.insert(k.clone(), json!(v));
     }
+    // Where local-path volumes of this node live, for the provisioner.
+    let storage = std::path::absolute(cfg.state_dir.join("storage"))?;
+    std::fs::create_dir_all(&storage)?;
+    let annotations = json!({"kestrel.io/local-path-dir": storage.to_string_lossy()});
     let mut node = json!({
         "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": cfg.name, "labels": labels},
+        "metadata": {"name": cfg.name, "labels": labels, "annotations": annotations},
     });
     if let Some(cidr) = &cfg.pod_cidr {
         node["spec"] = json!({"podCIDR": cidr, "podCIDRs": [cidr]});
@@ -236,7 +240,7 @@ pub async fn register(client: &kube::Client, cfg: &NodeConfig) -> anyhow::Result
         Err(kube::Error::Api(s)) if s.code == 409 => {
             // Re-registration keeps what others set (podCIDR, taints) and
             // refreshes our labels.
-            let patch = json!({"metadata": {"labels": labels}});
+            let patch = json!({"metadata": {"labels": labels, "annotations": annotations}});
             api.patch(&cfg.name, &PatchParams::default(), &Patch::Merge(patch))
                 .await?;
         }

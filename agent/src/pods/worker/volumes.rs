@@ -1,11 +1,15 @@
 //! The host directories behind a pod's volumes. configMap, secret,
 //! downwardAPI and projected volumes are written by the atomic writer and
-//! mounted read-only; emptyDir and hostPath are directories as they are.
+//! mounted read-only; emptyDir, hostPath and claims' volumes (hostPath and
+//! local) are directories as they are.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use k8s_openapi::api::core::v1::{ConfigMap, DownwardAPIVolumeFile, KeyToPath, Secret, Volume};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, DownwardAPIVolumeFile, KeyToPath, PersistentVolume, PersistentVolumeClaim, Secret,
+    Volume,
+};
 use kube::api::Api;
 use kube::ResourceExt;
 
@@ -89,6 +93,11 @@ impl Worker {
                 read_only: false,
             });
         }
+        if let Some(c) = &vol.persistent_volume_claim {
+            return self
+                .claim_path(&c.claim_name, c.read_only == Some(true))
+                .await;
+        }
         let dir = self.pod_dir().join("volumes").join(name);
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         if vol.empty_dir.is_some() {
@@ -107,6 +116,46 @@ impl Worker {
             path: dir,
             read_only: true,
         })
+    }
+
+    /// The host directory of a claim's volume: a hostPath or local volume,
+    /// made when its type is DirectoryOrCreate (local-path volumes). An
+    /// unbound claim is an error, so the pod waits and tries again.
+    async fn claim_path(&self, claim: &str, read_only: bool) -> Result<Source, String> {
+        let ns = self.pod.namespace().unwrap_or_default();
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(self.env.client.clone(), &ns);
+        let pvc = claims
+            .get(claim)
+            .await
+            .map_err(|e| format!("persistentvolumeclaim {claim:?}: {e}"))?;
+        let volume = pvc
+            .spec
+            .and_then(|s| s.volume_name)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| format!("persistentvolumeclaim {claim:?} is not bound yet"))?;
+        let pvs: Api<PersistentVolume> = Api::all(self.env.client.clone());
+        let pv = pvs
+            .get(&volume)
+            .await
+            .map_err(|e| format!("persistentvolume {volume:?}: {e}"))?;
+        let spec = pv.spec.unwrap_or_default();
+        let (path, create) = if let Some(h) = spec.host_path {
+            (h.path, h.type_.as_deref() == Some("DirectoryOrCreate"))
+        } else if let Some(l) = spec.local {
+            (l.path, false)
+        } else {
+            return Err(format!(
+                "persistentvolume {volume:?}: only hostPath and local volumes are supported"
+            ));
+        };
+        let path = PathBuf::from(path);
+        if !path.is_absolute() {
+            return Err(format!("persistentvolume {volume:?}: path is not absolute"));
+        }
+        if create {
+            std::fs::create_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        Ok(Source { path, read_only })
     }
 
     /// The files of a configMap, secret, downwardAPI or projected volume.
