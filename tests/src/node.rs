@@ -137,6 +137,13 @@ impl Node {
         std::fs::read_to_string(self.state.path().join("agent.log")).unwrap_or_default()
     }
 
+    /// Polls `f` for up to `secs` seconds; on timeout panics naming `what`
+    /// and showing this agent's log, which is where the reason usually is.
+    pub fn wait<T>(&self, secs: u64, what: &str, f: impl FnMut() -> Option<T>) -> T {
+        crate::process::wait_for(std::time::Duration::from_secs(secs), f)
+            .unwrap_or_else(|| panic!("timed out: {what}\n--- agent log\n{}", self.log()))
+    }
+
     /// Every container log file the agent wrote.
     pub fn log_files(&self) -> Vec<PathBuf> {
         fn walk(p: &Path, out: &mut Vec<PathBuf>) {
