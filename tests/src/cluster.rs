@@ -311,6 +311,7 @@ impl ControlPlane {
                 // only the relay from the test's loopback reaches.
                 cmd.arg(format!("--insecure-bind-address=127.0.0.1:{port}"))
                     .arg(format!("--cert-dir={}", self.pki().display()))
+                    .arg(format!("--tls-san={API_ADDRESS}"))
                     .arg(format!(
                         "--bind-address={API_ADDRESS}:{}",
                         TLS_PORT + i as u16
