@@ -29,6 +29,8 @@ pub struct Node {
     pub pod_cidr: String,
     pub bpffs_dir: PathBuf,
     master: String,
+    /// This node's own credentials, on a TLS control plane.
+    kubeconfig: Option<PathBuf>,
     admin: PathBuf,
     extra: Vec<String>,
     // Last: the namespace goes after the agent has cleaned up inside it.
@@ -63,11 +65,22 @@ impl Node {
             name,
             ip,
             // Every API server: with several, the agent fails over.
-            master: cp.node_urls().join(","),
+            master: if cp.tls() {
+                cp.node_tls_urls().join(",")
+            } else {
+                cp.node_urls().join(",")
+            },
+            kubeconfig: None,
             admin: cp.kubeconfig(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             netns,
         };
+        if cp.tls() {
+            let path = n.state.path().join("node.kubeconfig");
+            cp.client_kubeconfig(&format!("system:node:{}", n.name), "system:nodes", &path)
+                .unwrap();
+            n.kubeconfig = Some(path);
+        }
         // The project's busybox image, made from Debian's busybox-static.
         let archive = n.state.path().join("busybox.tar");
         let ok = n
@@ -104,6 +117,9 @@ impl Node {
             .open(self.state.path().join("agent.log"))
             .unwrap();
         let mut cmd = self.agent(&["run", "--master", &self.master, "--node-name", &self.name]);
+        if let Some(k) = &self.kubeconfig {
+            cmd.arg("--kubeconfig").arg(k);
+        }
         cmd.arg("--state-dir")
             .arg(self.state.path())
             .arg("--log-dir")

@@ -102,11 +102,19 @@ pub struct Config {
     /// Most HTTPS connections open at once; more are closed on accept.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: u64,
-    /// Admission plugins turned on beyond those always on, comma-separated.
-    /// `ServiceAccount` gives pods their ServiceAccount and its token
-    /// volume; it needs the controller-manager's `default` accounts.
+    /// Admission plugins to turn on, comma-separated (all are on by
+    /// default; this is for symmetry with kube-apiserver). `ServiceAccount`
+    /// gives pods their ServiceAccount (which must exist: the
+    /// controller-manager makes `default` in every namespace) and the
+    /// volume with its token, the cluster CA and the namespace.
     #[arg(long, value_delimiter = ',', value_enum)]
     pub enable_admission_plugins: Vec<admission::Plugin>,
+    /// Admission plugins to turn off, comma-separated. Without
+    /// `ServiceAccount`, pods are stored as sent: no account is checked and
+    /// no token is mounted (for API servers used without a
+    /// controller-manager).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub disable_admission_plugins: Vec<admission::Plugin>,
     /// The `iss` of ServiceAccount tokens, and their audience unless a
     /// request names others.
     #[arg(long, default_value = "https://kubernetes.default.svc.cluster.local")]
@@ -131,6 +139,7 @@ pub type State = Arc<Inner>;
 
 /// Connects to etcd, seeds the built-in namespaces and starts the watch cache.
 pub async fn build(mut config: Config) -> anyhow::Result<State> {
+    admission::check_flags(&config)?;
     config.service_cidr = config
         .service_cluster_ip_range
         .parse()
@@ -196,8 +205,8 @@ async fn route(axum::extract::State(state): axum::extract::State<State>, req: Re
         .headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_string());
+        .and_then(auth::bearer_token)
+        .map(str::to_string);
     let mut user = parts
         .extensions
         .get::<auth::ConnUser>()

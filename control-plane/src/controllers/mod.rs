@@ -71,7 +71,8 @@ pub struct Config {
     #[arg(long, default_value_t = 24)]
     pub node_cidr_mask_size: u8,
     /// The cluster CA (PEM), published to every namespace as ConfigMap
-    /// kube-root-ca.crt; without it nothing is published.
+    /// kube-root-ca.crt (default: the CA the kubeconfig trusts; with
+    /// neither nothing is published).
     #[arg(long)]
     pub root_ca_file: Option<std::path::PathBuf>,
 }
@@ -93,7 +94,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             std::fs::read_to_string(p)
                 .map_err(|e| anyhow::anyhow!("--root-ca-file {}: {e}", p.display()))?,
         ),
-        None => None,
+        None => config.client.trusted_ca().await?,
     };
     let client = config.client.client().await?;
     let health = Health::new();
