@@ -348,7 +348,7 @@ fn each_template_gets_a_revision_and_an_undo_renumbers_the_old_one() {
     assert_eq!(data["spec"]["template"]["$patch"], "replace");
     let r1 = Arc::new(first);
     assert_eq!(
-        history::step(&v1, &[r1.clone()], 0).current,
+        history::step(&v1, std::slice::from_ref(&r1), 0).current,
         Some(r1.name_any())
     );
 
@@ -356,7 +356,7 @@ fn each_template_gets_a_revision_and_an_undo_renumbers_the_old_one() {
         json!({"template": {"metadata": {"labels": {"app": "agent"}},
         "spec": {"containers": [{"name": "a", "image": "busybox:2"}]}}}),
     );
-    let r2 = history::step(&v2, &[r1.clone()], 0)
+    let r2 = history::step(&v2, std::slice::from_ref(&r1), 0)
         .create
         .expect("a second revision");
     assert_eq!(r2.revision, 2);
