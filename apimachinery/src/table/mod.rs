@@ -263,6 +263,7 @@ fn printer_for(resource: &str) -> Printer {
         "replicationcontrollers" => (workloads::RC_COLUMNS, workloads::rc_row),
         "jobs" => (batch::JOB_COLUMNS, batch::job_row),
         "daemonsets" => (batch::DAEMONSET_COLUMNS, batch::daemonset_row),
+        "controllerrevisions" => (workloads::REVISION_COLUMNS, workloads::revision_row),
         "events" => (events::COLUMNS, events::row),
         "namespaces" => (cluster::NAMESPACE_COLUMNS, cluster::namespace_row),
         "configmaps" => (cluster::CONFIGMAP_COLUMNS, cluster::configmap_row),

@@ -19,6 +19,7 @@ const RESOURCES: &[&str] = &[
     "replicationcontrollers",
     "jobs",
     "daemonsets",
+    "controllerrevisions",
     "endpoints",
     "endpointslices",
     "events",

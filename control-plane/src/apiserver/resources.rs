@@ -410,6 +410,19 @@ pub static RESOURCES: &[Resource] = &[
         verbs: ALL_VERBS,
         subresources: &[status("DaemonSet", "apps", "v1")],
     },
+    // Snapshots of a workload's pod template, for rollout history and undo.
+    Resource {
+        group: "apps",
+        version: "v1",
+        kind: "ControllerRevision",
+        plural: "controllerrevisions",
+        singular: "controllerrevision",
+        namespaced: true,
+        short_names: &[],
+        categories: &[],
+        verbs: ALL_VERBS,
+        subresources: &[],
+    },
     Resource {
         group: "batch",
         version: "v1",

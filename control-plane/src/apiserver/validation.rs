@@ -110,6 +110,7 @@ pub fn decode(
         "ClusterRoleBinding" => round_trip::<rbac::ClusterRoleBinding>(body),
         "Job" => round_trip::<batch::Job>(body),
         "DaemonSet" => round_trip::<apps::DaemonSet>(body),
+        "ControllerRevision" => round_trip::<apps::ControllerRevision>(body),
         _ => Ok((body.clone(), vec![])),
     };
     let what = format!(
@@ -234,6 +235,7 @@ pub fn validate(res: &Resource, obj: &Value) -> ApiResult<()> {
         }
         "Job" => super::workloads::validate_job(obj, &mut causes),
         "DaemonSet" => super::workloads::validate_daemonset(obj, &mut causes),
+        "ControllerRevision" => super::workloads::validate_revision(obj, &mut causes),
         _ => {}
     }
     if causes.is_empty() {

@@ -1,9 +1,10 @@
 //! The controller-manager: one loop per kind of desired state, each a small
 //! reconcile function over watched objects (see `replicaset`, `deployment`,
-//! `nodelifecycle`, `nodeipam`, `endpoints`, `namespace`,
+//! `daemonset`, `job`, `nodelifecycle`, `nodeipam`, `endpoints`, `namespace`,
 //! `garbagecollector`, `serviceaccounts`). They share caches, events and leader election.
 
 pub mod context;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod garbagecollector;
@@ -139,6 +140,7 @@ async fn run_controllers(
     tasks.spawn(replicaset::run::<ReplicationController>(ctx.clone(), n));
     tasks.spawn(deployment::run(ctx.clone(), n));
     tasks.spawn(job::run(ctx.clone(), n));
+    tasks.spawn(daemonset::run(ctx.clone(), n));
     tasks.spawn(garbagecollector::run(ctx.clone()));
     tasks.spawn(namespace::run(ctx.clone()));
     tasks.spawn(serviceaccounts::run(ctx.clone(), root_ca));
