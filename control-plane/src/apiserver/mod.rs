@@ -344,10 +344,11 @@ async fn renew_node_certificate(state: &State, user: &auth::User, body: Body) ->
 /// the watch delivered it, so the CRDs are reloaded once before a 404.
 async fn parse_path_fresh(state: &State, p: &str) -> Option<Result<request::Target, ApiError>> {
     let parsed = request::parse_path(p)?;
-    if parsed.as_ref().is_err_and(|e| e.code == 404) && p.starts_with("/apis/") {
-        if crd::registry().refresh(&state.storage).await.is_ok() {
-            return request::parse_path(p);
-        }
+    if parsed.as_ref().is_err_and(|e| e.code == 404)
+        && p.starts_with("/apis/")
+        && crd::registry().refresh(&state.storage).await.is_ok()
+    {
+        return request::parse_path(p);
     }
     Some(parsed)
 }

@@ -374,11 +374,7 @@ fn objects(o: &Map<String, Value>, s: &Value, path: &str, causes: &mut Vec<Cause
     }
     if flag(s, "x-kubernetes-embedded-resource") {
         for r in ["apiVersion", "kind"] {
-            if !o
-                .get(r)
-                .and_then(Value::as_str)
-                .is_some_and(|x| !x.is_empty())
-            {
+            if o.get(r).and_then(Value::as_str).is_none_or(str::is_empty) {
                 causes.push(Cause::required(join(path, r)));
             }
         }

@@ -63,7 +63,9 @@ fn eval<'a>(obj: &'a Value, path: &str) -> Vec<&'a Value> {
                 Step::Filter(k, want) => next.extend(v.as_array().into_iter().flatten().filter(
                     |e| match e.get(k) {
                         Some(Value::String(s)) => s == want,
-                        Some(other) => other.to_string() == *want,
+                        Some(other) => {
+                            serde_json::from_str::<Value>(want).is_ok_and(|w| w == *other)
+                        }
                         None => false,
                     },
                 )),
