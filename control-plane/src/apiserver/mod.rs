@@ -8,6 +8,7 @@ pub mod auth;
 pub mod authz;
 mod builtin;
 mod componentstatus;
+pub mod crd;
 mod defaults;
 pub mod discovery;
 pub mod errors;
@@ -152,6 +153,7 @@ pub async fn build(mut config: Config) -> anyhow::Result<State> {
     authz::bootstrap::seed(&storage).await?;
     let cache = watch::WatchCache::start(storage.clone()).await?;
     let rbac = authz::rbac::Cache::start(storage.clone(), cache.clone()).await?;
+    crd::start(storage.clone(), cache.clone()).await?;
     let tokens = auth::Tokens::load(config.token_auth_file.as_deref())?;
     // The key sits with the CA, so servers sharing the PKI share it.
     let sa_signer = satoken::Signer::load((!config.no_tls).then_some(config.cert_dir.as_path()))?;
@@ -263,7 +265,7 @@ async fn route(axum::extract::State(state): axum::extract::State<State>, req: Re
         (Method::GET, p) if discovery_path(p).is_some() => discovery_path(p)
             .map(ok_json)
             .unwrap_or_else(|| ApiError::path_not_found(p).into_response()),
-        (method, p) => match request::parse_path(p) {
+        (method, p) => match parse_path_fresh(&state, p).await {
             None => ApiError::path_not_found(p).into_response(),
             Some(Err(e)) => e.into_response(),
             Some(Ok(target)) => {
@@ -344,6 +346,20 @@ async fn renew_node_certificate(state: &State, user: &auth::User, body: Body) ->
         }
         Err(e) => ApiError::bad_request(e.to_string()).into_response(),
     }
+}
+
+/// Parses a resource path; a resource this server does not know yet may
+/// belong to a CRD written a moment ago through another server or before
+/// the watch delivered it, so the CRDs are reloaded once before a 404.
+async fn parse_path_fresh(state: &State, p: &str) -> Option<Result<request::Target, ApiError>> {
+    let parsed = request::parse_path(p)?;
+    if parsed.as_ref().is_err_and(|e| e.code == 404)
+        && p.starts_with("/apis/")
+        && crd::registry().refresh(&state.storage).await.is_ok()
+    {
+        return request::parse_path(p);
+    }
+    Some(parsed)
 }
 
 fn discovery_path(p: &str) -> Option<Value> {

@@ -424,6 +424,22 @@ pub static RESOURCES: &[Resource] = &[
         subresources: &[],
     },
     Resource {
+        group: "apiextensions.k8s.io",
+        version: "v1",
+        kind: "CustomResourceDefinition",
+        plural: "customresourcedefinitions",
+        singular: "customresourcedefinition",
+        namespaced: false,
+        short_names: &["crd", "crds"],
+        categories: &["api-extensions"],
+        verbs: ALL_VERBS,
+        subresources: &[status(
+            "CustomResourceDefinition",
+            "apiextensions.k8s.io",
+            "v1",
+        )],
+    },
+    Resource {
         group: "batch",
         version: "v1",
         kind: "Job",
@@ -464,24 +480,38 @@ impl Resource {
     }
 }
 
-/// Looks a resource up by group, version and plural name.
+/// Looks a resource up by group, version and plural name: a built-in one,
+/// or a custom one some CustomResourceDefinition serves.
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
     RESOURCES
         .iter()
         .find(|r| r.group == group && r.version == version && r.plural == plural)
+        .or_else(|| super::crd::registry().find(group, version, plural))
 }
 
 /// Looks a resource up by apiVersion and kind (as found in a body).
 pub fn by_kind(api_version: &str, kind: &str) -> Option<&'static Resource> {
-    RESOURCES
-        .iter()
+    all()
+        .into_iter()
         .find(|r| r.api_version() == api_version && r.kind == kind)
+}
+
+/// Every resource served now: the built-in ones, then the custom ones.
+pub fn all() -> Vec<&'static Resource> {
+    let mut out: Vec<&'static Resource> = RESOURCES.iter().collect();
+    out.extend(super::crd::registry().resources());
+    out
+}
+
+/// Whether `res` is one of the built-in resources (not from a CRD).
+pub fn is_builtin(res: &Resource) -> bool {
+    RESOURCES.iter().any(|r| std::ptr::eq(r, res))
 }
 
 /// The group/versions served, in discovery order (core first).
 pub fn group_versions() -> Vec<(&'static str, &'static str)> {
     let mut out: Vec<(&str, &str)> = Vec::new();
-    for r in RESOURCES {
+    for r in all() {
         if !out.contains(&(r.group, r.version)) {
             out.push((r.group, r.version));
         }

@@ -88,7 +88,10 @@ pub fn decode(
         apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord, core::v1 as core,
         discovery::v1 as disc, rbac::v1 as rbac,
     };
+    let custom = super::crd::decode(res, body);
     let result = match res.kind {
+        _ if custom.is_some() => custom.unwrap_or_else(|| Ok((body.clone(), vec![]))),
+        "CustomResourceDefinition" => round_trip::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>(body),
         "Pod" => round_trip::<core::Pod>(body),
         "Service" => round_trip::<core::Service>(body),
         "Endpoints" => round_trip::<core::Endpoints>(body),
@@ -218,7 +221,14 @@ pub fn validate(res: &Resource, obj: &Value) -> ApiResult<()> {
         ));
     }
     validate_labels(obj.get("metadata"), "metadata", &mut causes);
+    if !super::resources::is_builtin(res) {
+        return match causes.is_empty() {
+            true => super::crd::validate(res, obj),
+            false => Err(ApiError::invalid(res.kind, res.group, name, causes)),
+        };
+    }
     match res.kind {
+        "CustomResourceDefinition" => super::crd::validate_definition(obj, &mut causes),
         "Pod" => {
             if let Some(spec) = obj.get("spec") {
                 validate_pod_spec(spec, "spec", &mut causes);
