@@ -33,7 +33,8 @@ Commands:
       each): etcd runs as a member of a cluster of them over TLS, the API
       server uses every member, and the scheduler and controller-manager
       fail over between the API servers. The first control plane makes the
-      CA; the others are given a copy of its ca.crt and ca.key in DIR.
+      CA and etcd's own CA; the others are given a copy of its ca.crt,
+      ca.key, etcd/ca.crt and etcd/ca.key in DIR (the same layout).
 
   add-node NAME [--server URL[,URL...]]
       On a control plane: writes the credentials of the node NAME to
@@ -267,6 +268,47 @@ check_ca() {
 	if [ -f "$ROOT$CERT_DIR/ca.crt" ] && ! cmp -s "$1/ca.crt" "$ROOT$CERT_DIR/ca.crt"; then
 		die "$CERT_DIR already holds another CA than $1/ca.crt: this machine belongs to another cluster (remove $CERT_DIR to reinstall it)"
 	fi
+	for f in ca.crt ca.key; do
+		[ -f "$1/etcd/$f" ] || die "--ca: no etcd/$f in $1 (copy $CERT_DIR/etcd/ca.crt and ca.key from the first control plane too)"
+	done
+	[ "$(openssl x509 -in "$1/etcd/ca.crt" -noout -pubkey 2>/dev/null)" = "$(openssl pkey -in "$1/etcd/ca.key" -pubout 2>/dev/null)" ] ||
+		die "--ca: $1/etcd/ca.key is not the key of $1/etcd/ca.crt"
+	! cmp -s "$1/etcd/ca.crt" "$1/ca.crt" || die "--ca: $1/etcd/ca.crt is the cluster CA; etcd needs its own"
+	if [ -f "$ROOT$CERT_DIR/etcd/ca.crt" ] && ! cmp -s "$1/etcd/ca.crt" "$ROOT$CERT_DIR/etcd/ca.crt"; then
+		die "$CERT_DIR/etcd already holds another CA than $1/etcd/ca.crt"
+	fi
+}
+
+# etcd_ca DIR: makes $CERT_DIR/etcd hold etcd's own CA, which signs only
+# etcd members and the API servers' etcd client certificate: the cluster CA
+# signs every node's certificate, and a node must not get into etcd. The
+# copy in DIR when given, else the one there, else a new one.
+etcd_ca() {
+	mkdir_p "$CERT_DIR/etcd" 0700
+	if [ -n "$1" ]; then
+		put "$1/etcd/ca.crt" "$CERT_DIR/etcd/ca.crt" 0644
+		put "$1/etcd/ca.key" "$CERT_DIR/etcd/ca.key" 0600
+	elif [ -f "$ROOT$CERT_DIR/etcd/ca.crt" ]; then
+		say "unchanged: $CERT_DIR/etcd/ca.crt"
+	elif [ "$DRY_RUN" = 1 ]; then
+		say "would make etcd's CA in $CERT_DIR/etcd"
+	else
+		"$HERE/bin/control-plane" ca --cert-dir "$ROOT$CERT_DIR/etcd" >/dev/null
+		CHANGED=1
+		say "made etcd's CA: $CERT_DIR/etcd/ca.crt"
+	fi
+	# An install from before etcd had a CA of its own issued these from the
+	# cluster CA: they are issued again, and etcd's data is kept.
+	for c in etcd/member apiserver-etcd-client; do
+		if [ -f "$ROOT$CERT_DIR/$c.crt" ] && [ -f "$ROOT$CERT_DIR/etcd/ca.crt" ] &&
+			! openssl verify -CAfile "$ROOT$CERT_DIR/etcd/ca.crt" "$ROOT$CERT_DIR/$c.crt" >/dev/null 2>&1; then
+			if [ "$DRY_RUN" = 1 ]; then
+				say "would issue again from etcd's CA: $CERT_DIR/$c.crt"
+			else
+				rm -f "$ROOT$CERT_DIR/$c.crt" "$ROOT$CERT_DIR/$c.key"
+			fi
+		fi
+	done
 }
 
 # cluster_ca DIR: makes $CERT_DIR hold the cluster CA: the copy in DIR
@@ -288,8 +330,9 @@ cluster_ca() {
 	fi
 }
 
-# certificate PREFIX CN SANS ARGS...: PREFIX.crt and .key from the cluster
-# CA unless they exist; SANS is a comma-separated list of addresses.
+# certificate PREFIX CN SANS ARGS...: PREFIX.crt and .key from the CA in
+# $ISSUER (default: the cluster CA) unless they exist; SANS is a
+# comma-separated list of addresses.
 certificate() {
 	if [ -f "$ROOT$1.crt" ] && [ -f "$ROOT$1.key" ]; then
 		say "unchanged: $1.crt"
@@ -303,7 +346,7 @@ certificate() {
 	shift 3
 	mkdir -p "$(dirname "$ROOT$out")"
 	for san in $(say "$sans" | tr ',' ' '); do set -- "$@" --san "$san"; done
-	"$HERE/bin/control-plane" certificate --cert-dir "$ROOT$CERT_DIR" --cn "$cn" --out "$ROOT$out" "$@"
+	"$HERE/bin/control-plane" certificate --cert-dir "$ROOT${ISSUER:-$CERT_DIR}" --cn "$cn" --out "$ROOT$out" "$@"
 	CHANGED=1
 	say "written: $out.crt (CN $cn)"
 }
@@ -317,7 +360,7 @@ etcd_member() {
 	done
 	# The member's certificate serves clients and peers and is the client
 	# side of its own peer connections, so it is for both.
-	certificate "$CERT_DIR/etcd/member" "$(member_name "$1")" "$1,127.0.0.1,localhost" --server --client
+	ISSUER=$CERT_DIR/etcd certificate "$CERT_DIR/etcd/member" "$(member_name "$1")" "$1,127.0.0.1,localhost" --server --client
 	host=$(host_port "$1" 0)
 	host=${host%:0}
 	sed -e "s|@NAME@|$(member_name "$1")|" -e "s|@HOST@|$host|g" -e "s|@INITIAL_CLUSTER@|$cluster|" \
@@ -373,24 +416,23 @@ cmd_control_plane() {
 		fi
 	fi
 	if live; then need_commands systemctl curl; fi
-	if [ -n "$ca" ]; then
-		need_commands openssl
-		check_ca "$ca"
-	fi
+	if [ -n "$peers" ]; then need_commands openssl; fi
+	[ -z "$ca" ] || check_ca "$ca"
 	need_packages etcd-server
 	install_binaries
 	install_units kestrel-etcd kestrel-apiserver kestrel-scheduler kestrel-controller-manager
 	mkdir_p "$CONF_DIR" 0755
 	cluster_ca "$ca"
 	if [ -n "$peers" ]; then
+		etcd_ca "$ca"
 		etcd_member "$address" "$peers"
 		etcd_urls='' others=''
 		for p in $(say "$peers" | tr ',' ' '); do
 			etcd_urls="$etcd_urls${etcd_urls:+,}https://$(host_port "$p" 2379)"
 			[ "$p" = "$address" ] || others="$others,https://$(host_port "$p" "$port")"
 		done
-		certificate "$CERT_DIR/apiserver-etcd-client" kube-apiserver-etcd-client "" --client
-		etcd_args="--etcd-servers=$etcd_urls --etcd-cafile=$CERT_DIR/ca.crt --etcd-certfile=$CERT_DIR/apiserver-etcd-client.crt --etcd-keyfile=$CERT_DIR/apiserver-etcd-client.key"
+		ISSUER=$CERT_DIR/etcd certificate "$CERT_DIR/apiserver-etcd-client" kube-apiserver-etcd-client "" --client
+		etcd_args="--etcd-servers=$etcd_urls --etcd-cafile=$CERT_DIR/etcd/ca.crt --etcd-certfile=$CERT_DIR/apiserver-etcd-client.crt --etcd-keyfile=$CERT_DIR/apiserver-etcd-client.key"
 		servers=$url$others
 		# This machine's API server first, then the others: every serving
 		# certificate names 127.0.0.1, where the failover relay listens.
@@ -444,10 +486,11 @@ cmd_control_plane() {
 	say "  logs: journalctl -u kestrel-apiserver (and kestrel-etcd, kestrel-scheduler, kestrel-controller-manager)"
 	if [ -n "$peers" ]; then
 		say ""
-		say "The other control planes ($peers) share this cluster's CA. Copy"
-		say "$CERT_DIR/ca.crt and ca.key to each over SSH (the key signs every"
-		say "credential of the cluster: keep it from anyone else), then there:"
-		say "  ./install.sh control-plane --advertise-address IP --peers $peers --ca DIR-WITH-THE-TWO-FILES"
+		say "The other control planes ($peers) share this cluster's CA and"
+		say "etcd's. Copy $CERT_DIR/ca.crt, ca.key, etcd/ca.crt and etcd/ca.key"
+		say "to each over SSH, keeping that layout (the keys sign every credential"
+		say "of the cluster: keep them from anyone else), then there:"
+		say "  ./install.sh control-plane --advertise-address IP --peers $peers --ca DIR-WITH-THE-FOUR-FILES"
 	fi
 	say ""
 	say "To add a node NAME (its host name, or pass --node-name NAME to join):"

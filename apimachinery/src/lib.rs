@@ -8,6 +8,7 @@
 
 #[cfg(feature = "failover")]
 pub mod failover;
+pub mod nodeaffinity;
 pub mod patch;
 pub mod protobuf;
 pub mod quantity;

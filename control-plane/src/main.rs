@@ -16,7 +16,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Component {
     /// The API server: Kubernetes REST and watch over etcd.
-    Apiserver(kestrel_control_plane::apiserver::Config),
+    // Boxed: its flags outweigh every other command's.
+    Apiserver(Box<kestrel_control_plane::apiserver::Config>),
     /// The scheduler: binds pending pods to nodes.
     Scheduler(kestrel_control_plane::scheduler::Config),
     /// The controller-manager: replication, deployments, nodes, endpoints,
@@ -83,7 +84,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     match Cli::parse().component {
-        Component::Apiserver(config) => kestrel_control_plane::apiserver::run(config).await,
+        Component::Apiserver(config) => kestrel_control_plane::apiserver::run(*config).await,
         Component::Scheduler(config) => kestrel_control_plane::scheduler::run(config).await,
         Component::Kubeconfig {
             cert_dir,

@@ -175,7 +175,10 @@ impl Env {
                 Command::new(bin)
                     .args(["apiserver", "--etcd-servers", &self.etcd_url])
                     .arg(format!("--insecure-bind-address=127.0.0.1:{port}"))
-                    .arg("--no-tls"),
+                    .arg("--no-tls")
+                    // Pods are created here without a controller-manager
+                    // to make their `default` accounts.
+                    .arg("--disable-admission-plugins=ServiceAccount"),
                 &log,
             )?;
             let deadline = Instant::now() + Duration::from_secs(30);

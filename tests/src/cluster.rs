@@ -1,7 +1,7 @@
 //! A control plane for tests: a real etcd and the real `control-plane`
 //! binary, reached by the real kubectl.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -46,6 +46,8 @@ pub struct ControlPlane {
     dir: tempfile::TempDir,
     apiserver_args: Vec<String>,
     net: Option<Network>,
+    /// Whether the API servers also serve HTTPS on the node network.
+    tls: bool,
 }
 
 /// The node network of a control plane that serves nodes in namespaces: a
@@ -62,6 +64,9 @@ struct Network {
 pub const API_ADDRESS: &str = "10.99.0.1";
 /// Prefix length of the node network.
 pub const NODE_NET_PREFIX: u8 = 24;
+/// HTTPS port of the first API server of a TLS control plane on the node
+/// network (the next ones count up).
+pub const TLS_PORT: u16 = 6443;
 
 impl ControlPlane {
     /// Starts etcd and the API server and waits until it is ready.
@@ -82,6 +87,16 @@ impl ControlPlane {
         Self::start_inner(apiserver_args, true, 1)
     }
 
+    /// Like `start_networked`, with the API server serving HTTPS to the
+    /// nodes at [`API_ADDRESS`]:[`TLS_PORT`] with a CA of its own: nodes
+    /// authenticate as themselves with client certificates, pods with
+    /// their ServiceAccount tokens (the ServiceAccount admission is on).
+    /// The test stays the admin at [`ControlPlane::url`], over plain HTTP
+    /// that only the test's own loopback reaches.
+    pub fn start_networked_tls(apiserver_args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_full(apiserver_args, true, 1, true)
+    }
+
     /// A highly available control plane for nodes in namespaces: an etcd
     /// cluster of `n` members and `n` API servers over it, each on a port
     /// of its own at [`API_ADDRESS`] (see [`ControlPlane::node_urls`]).
@@ -90,6 +105,15 @@ impl ControlPlane {
     }
 
     fn start_inner(apiserver_args: &[&str], networked: bool, n: usize) -> anyhow::Result<Self> {
+        Self::start_full(apiserver_args, networked, n, false)
+    }
+
+    fn start_full(
+        apiserver_args: &[&str],
+        networked: bool,
+        n: usize,
+        tls: bool,
+    ) -> anyhow::Result<Self> {
         let mut members = if n == 1 {
             vec![Etcd::start()?]
         } else {
@@ -107,6 +131,7 @@ impl ControlPlane {
             dir,
             apiserver_args: apiserver_args.iter().map(|s| s.to_string()).collect(),
             net: None,
+            tls,
         };
         if networked {
             let segment = Segment::new()?;
@@ -194,6 +219,45 @@ impl ControlPlane {
             .segment
     }
 
+    /// Whether the API servers serve HTTPS to the nodes
+    /// ([`ControlPlane::start_networked_tls`]).
+    pub fn tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The cluster CA's certificate and key, and the ServiceAccount key,
+    /// of a TLS control plane.
+    pub fn pki(&self) -> PathBuf {
+        self.dir.path().join("pki")
+    }
+
+    /// Every API server's HTTPS URL as nodes on the segment reach it, by
+    /// index (TLS control planes only).
+    pub fn node_tls_urls(&self) -> Vec<String> {
+        (0..self.ports.len())
+            .map(|i| format!("https://{API_ADDRESS}:{}", TLS_PORT + i as u16))
+            .collect()
+    }
+
+    /// A kubeconfig at `out` for `user` in `group` with a new client
+    /// certificate from the cluster CA, naming the first API server's
+    /// HTTPS address on the node network (TLS control planes only).
+    pub fn client_kubeconfig(&self, user: &str, group: &str, out: &Path) -> anyhow::Result<()> {
+        let status = Command::new(binary("control-plane"))
+            .args(["kubeconfig", "--group", group])
+            .arg(format!("--cert-dir={}", self.pki().display()))
+            .arg(format!("--user={user}"))
+            .arg(format!("--server={}", self.node_tls_urls()[0]))
+            .arg("--out")
+            .arg(out)
+            .status()?;
+        anyhow::ensure!(
+            status.success(),
+            "control-plane kubeconfig for {user} failed"
+        );
+        Ok(())
+    }
+
     /// The API server's URL as nodes on the segment reach it.
     pub fn node_url(&self) -> String {
         format!("http://{API_ADDRESS}:{}", self.port)
@@ -227,18 +291,41 @@ impl ControlPlane {
             .open(self.dir.path().join(&log_name))?;
         let mut cmd = Command::new(binary("control-plane"));
         cmd.args(["apiserver", "--etcd-servers", &self.etcd_urls().join(",")])
-            .arg("--no-tls")
             .args(&self.apiserver_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
+        let names_admission = self
+            .apiserver_args
+            .iter()
+            .any(|a| a.contains("-admission-plugins"));
+        if !self.tls && !names_admission {
+            // Without a CA there is no kube-root-ca.crt for the token
+            // volume, and most of these tests run no controller-manager
+            // to make the `default` accounts.
+            cmd.arg("--disable-admission-plugins=ServiceAccount");
+        }
         match &self.net {
+            Some(net) if self.tls => {
+                // Plain HTTP on the segment namespace's loopback, which
+                // only the relay from the test's loopback reaches.
+                cmd.arg(format!("--insecure-bind-address=127.0.0.1:{port}"))
+                    .arg(format!("--cert-dir={}", self.pki().display()))
+                    .arg(format!("--tls-san={API_ADDRESS}"))
+                    .arg(format!(
+                        "--bind-address={API_ADDRESS}:{}",
+                        TLS_PORT + i as u16
+                    ));
+                crate::net::in_netns(&mut cmd, &net.segment.ns)?;
+            }
             Some(net) => {
-                cmd.arg(format!("--insecure-bind-address=0.0.0.0:{port}"));
+                cmd.arg("--no-tls")
+                    .arg(format!("--insecure-bind-address=0.0.0.0:{port}"));
                 crate::net::in_netns(&mut cmd, &net.segment.ns)?;
             }
             None => {
-                cmd.arg(format!("--insecure-bind-address=127.0.0.1:{port}"));
+                cmd.arg("--no-tls")
+                    .arg(format!("--insecure-bind-address=127.0.0.1:{port}"));
             }
         }
         self.apiservers[i] = Some(Guarded::spawn("apiserver", &mut cmd)?);

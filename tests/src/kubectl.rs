@@ -91,4 +91,28 @@ impl Kubectl {
             .write_all(stdin.as_bytes())?;
         Ok(child.wait_with_output()?)
     }
+
+    /// `kubectl apply -f -` of `yaml`, panicking with kubectl's stderr when
+    /// it fails: for tests, where a refused manifest is the test's failure.
+    pub fn apply(&self, yaml: &str) {
+        let out = self
+            .run_stdin(&["apply", "-f", "-"], yaml)
+            .unwrap_or_else(|e| panic!("kubectl apply: {e}"));
+        assert!(
+            out.status.success(),
+            "kubectl apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `kubectl get ARGS -o json`, parsed; panics when kubectl fails.
+    pub fn get_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["get"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["-o", "json"]);
+        let out = self
+            .run(&all)
+            .unwrap_or_else(|e| panic!("kubectl get: {e}"));
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("kubectl get -o json: {e}: {out}"))
+    }
 }

@@ -29,6 +29,8 @@ pub struct Node {
     pub pod_cidr: String,
     pub bpffs_dir: PathBuf,
     master: String,
+    /// This node's own credentials, on a TLS control plane.
+    kubeconfig: Option<PathBuf>,
     admin: PathBuf,
     extra: Vec<String>,
     // Last: the namespace goes after the agent has cleaned up inside it.
@@ -63,11 +65,22 @@ impl Node {
             name,
             ip,
             // Every API server: with several, the agent fails over.
-            master: cp.node_urls().join(","),
+            master: if cp.tls() {
+                cp.node_tls_urls().join(",")
+            } else {
+                cp.node_urls().join(",")
+            },
+            kubeconfig: None,
             admin: cp.kubeconfig(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             netns,
         };
+        if cp.tls() {
+            let path = n.state.path().join("node.kubeconfig");
+            cp.client_kubeconfig(&format!("system:node:{}", n.name), "system:nodes", &path)
+                .unwrap();
+            n.kubeconfig = Some(path);
+        }
         // The project's busybox image, made from Debian's busybox-static.
         let archive = n.state.path().join("busybox.tar");
         let ok = n
@@ -104,6 +117,9 @@ impl Node {
             .open(self.state.path().join("agent.log"))
             .unwrap();
         let mut cmd = self.agent(&["run", "--master", &self.master, "--node-name", &self.name]);
+        if let Some(k) = &self.kubeconfig {
+            cmd.arg("--kubeconfig").arg(k);
+        }
         cmd.arg("--state-dir")
             .arg(self.state.path())
             .arg("--log-dir")
@@ -135,6 +151,13 @@ impl Node {
     /// The agent's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.state.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// Polls `f` for up to `secs` seconds; on timeout panics naming `what`
+    /// and showing this agent's log, which is where the reason usually is.
+    pub fn wait<T>(&self, secs: u64, what: &str, f: impl FnMut() -> Option<T>) -> T {
+        crate::process::wait_for(std::time::Duration::from_secs(secs), f)
+            .unwrap_or_else(|| panic!("timed out: {what}\n--- agent log\n{}", self.log()))
     }
 
     /// Every container log file the agent wrote.

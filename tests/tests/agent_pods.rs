@@ -14,24 +14,6 @@ use serde_json::Value;
 /// real agent in it.
 type Agent = harness::node::Node;
 
-fn pod(k: &Kubectl, name: &str) -> Value {
-    serde_json::from_str(&k.run(&["get", "pod", name, "-o", "json"]).unwrap()).unwrap()
-}
-
-fn apply(k: &Kubectl, yaml: &str) {
-    let out = k.run_stdin(&["apply", "-f", "-"], yaml).unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn wait<T>(agent: &Agent, secs: u64, what: &str, f: impl FnMut() -> Option<T>) -> T {
-    wait_for(Duration::from_secs(secs), f)
-        .unwrap_or_else(|| panic!("timed out: {what}\n--- agent log\n{}", agent.log()))
-}
-
 /// A user runs busybox pods on a real node: one completes and its output
 /// is in the CRI log, one crash-loops with a growing restart count, one
 /// exceeds its memory limit and shows OOMKilled.
@@ -41,17 +23,15 @@ fn pods_complete_crash_loop_and_get_oom_killed() {
     let k = cp.kubectl();
     let agent = Agent::start(&cp);
     let node = agent.name.clone();
-    wait(&agent, 30, "the node to register", || {
+    agent.wait(30, "the node to register", || {
         k.output(&["get", "node", &node])
             .ok()?
             .status
             .success()
             .then_some(())
     });
-    apply(
-        &k,
-        &format!(
-            r#"
+    k.apply(&format!(
+        r#"
 apiVersion: v1
 kind: Pod
 metadata: {{name: hello}}
@@ -85,10 +65,9 @@ spec:
     command: [sh, -c, 'x=aaaaaaaaaaaaaaaa; while true; do x=$x$x; done']
     resources: {{limits: {{memory: 32Mi}}}}
 "#
-        ),
-    );
-    let hello = wait(&agent, 30, "hello to complete", || {
-        let p = pod(&k, "hello");
+    ));
+    let hello = agent.wait(30, "hello to complete", || {
+        let p = k.get_json(&["pod", "hello"]);
         (p["status"]["phase"] == "Succeeded").then_some(p)
     });
     let term = &hello["status"]["containerStatuses"][0]["state"]["terminated"];
@@ -96,7 +75,7 @@ spec:
     assert_eq!(term["reason"], "Completed");
     let table = k.run(&["get", "pod", "hello"]).unwrap();
     assert!(table.contains("Completed"), "{table}");
-    let log = wait(&agent, 10, "the container's log file", || {
+    let log = agent.wait(10, "the container's log file", || {
         let files = agent.log_files();
         let f = files
             .iter()
@@ -114,18 +93,13 @@ spec:
         "{log}"
     );
 
-    let crash = wait(
-        &agent,
-        60,
-        "crash in CrashLoopBackOff after restarts",
-        || {
-            let p = pod(&k, "crash");
-            let cs = &p["status"]["containerStatuses"][0];
-            (cs["restartCount"].as_i64().unwrap_or(0) >= 2
-                && cs["state"]["waiting"]["reason"] == "CrashLoopBackOff")
-                .then_some(p)
-        },
-    );
+    let crash = agent.wait(60, "crash in CrashLoopBackOff after restarts", || {
+        let p = k.get_json(&["pod", "crash"]);
+        let cs = &p["status"]["containerStatuses"][0];
+        (cs["restartCount"].as_i64().unwrap_or(0) >= 2
+            && cs["state"]["waiting"]["reason"] == "CrashLoopBackOff")
+            .then_some(p)
+    });
     let cs = &crash["status"]["containerStatuses"][0];
     assert_eq!(cs["lastState"]["terminated"]["exitCode"], 3);
     let previous = k.run(&["logs", "crash", "--previous"]).unwrap();
@@ -133,8 +107,8 @@ spec:
     assert_eq!(cs["lastState"]["terminated"]["reason"], "Error");
     assert_eq!(crash["status"]["phase"], "Running");
 
-    let hog = wait(&agent, 60, "hog OOMKilled", || {
-        let p = pod(&k, "hog");
+    let hog = agent.wait(60, "hog OOMKilled", || {
+        let p = k.get_json(&["pod", "hog"]);
         (p["status"]["phase"] == "Failed").then_some(p)
     });
     assert_eq!(
@@ -153,10 +127,8 @@ fn grace_period_and_agent_restart_keep_containers_right() {
     let k = cp.kubectl();
     let mut agent = Agent::start(&cp);
     let node = agent.name.clone();
-    apply(
-        &k,
-        &format!(
-            r#"
+    k.apply(&format!(
+        r#"
 apiVersion: v1
 kind: Pod
 metadata: {{name: sleeper}}
@@ -168,10 +140,9 @@ spec:
     image: busybox
     command: [sleep, "3600"]
 "#
-        ),
-    );
-    let running = wait(&agent, 30, "sleeper running", || {
-        let p = pod(&k, "sleeper");
+    ));
+    let running = agent.wait(30, "sleeper running", || {
+        let p = k.get_json(&["pod", "sleeper"]);
         (p["status"]["phase"] == "Running" && p["status"]["containerStatuses"][0]["ready"] == true)
             .then_some(p)
     });
@@ -259,19 +230,14 @@ spec:
     agent.proc.as_mut().unwrap().kill();
     std::thread::sleep(Duration::from_millis(500));
     agent.launch();
-    wait(
-        &agent,
-        30,
-        "the restarted agent to adopt the container",
-        || {
-            agent
-                .log()
-                .contains("adopted running container")
-                .then_some(())
-        },
-    );
+    agent.wait(30, "the restarted agent to adopt the container", || {
+        agent
+            .log()
+            .contains("adopted running container")
+            .then_some(())
+    });
     std::thread::sleep(Duration::from_secs(2));
-    let after = pod(&k, "sleeper");
+    let after = k.get_json(&["pod", "sleeper"]);
     let cs = &after["status"]["containerStatuses"][0];
     assert_eq!(cs["containerID"], id.as_str(), "the container was replaced");
     assert_eq!(cs["restartCount"], 0);
@@ -466,10 +432,8 @@ fn exec_on_a_terminal() {
     let k = cp.kubectl();
     let agent = Agent::start(&cp);
     let node = agent.name.clone();
-    apply(
-        &k,
-        &format!(
-            r#"
+    k.apply(&format!(
+        r#"
 apiVersion: v1
 kind: Pod
 metadata: {{name: shell}}
@@ -481,10 +445,9 @@ spec:
     image: busybox
     command: [sleep, "3600"]
 "#
-        ),
-    );
-    wait(&agent, 30, "shell running", || {
-        let p = pod(&k, "shell");
+    ));
+    agent.wait(30, "shell running", || {
+        let p = k.get_json(&["pod", "shell"]);
         (p["status"]["containerStatuses"][0]["state"]["running"].is_object()).then_some(())
     });
 
@@ -584,10 +547,8 @@ fn exec_runs_as_the_containers_user() {
     let k = cp.kubectl();
     let agent = Agent::start(&cp);
     let node = agent.name.clone();
-    apply(
-        &k,
-        &format!(
-            r#"
+    k.apply(&format!(
+        r#"
 apiVersion: v1
 kind: Pod
 metadata: {{name: nonroot}}
@@ -602,10 +563,9 @@ spec:
     workingDir: /tmp
     env: [{{name: FOO, value: bar}}]
 "#
-        ),
-    );
-    wait(&agent, 30, "nonroot running", || {
-        let p = pod(&k, "nonroot");
+    ));
+    agent.wait(30, "nonroot running", || {
+        let p = k.get_json(&["pod", "nonroot"]);
         (p["status"]["containerStatuses"][0]["state"]["running"].is_object()).then_some(())
     });
 
@@ -704,10 +664,8 @@ fn readiness_and_liveness_probes() {
     let k = cp.kubectl();
     let agent = Agent::start(&cp);
     let node = agent.name.clone();
-    apply(
-        &k,
-        &format!(
-            r#"
+    k.apply(&format!(
+        r#"
 apiVersion: v1
 kind: Pod
 metadata: {{name: gated}}
@@ -741,8 +699,7 @@ spec:
       periodSeconds: 1
       failureThreshold: 2
 "#
-        ),
-    );
+    ));
     let ready = |p: &Value| {
         p["status"]["conditions"]
             .as_array()
@@ -750,12 +707,12 @@ spec:
             .map(|c| c["status"] == "True")
             .unwrap_or(false)
     };
-    wait(&agent, 30, "gated running but not ready", || {
-        let p = pod(&k, "gated");
+    agent.wait(30, "gated running but not ready", || {
+        let p = k.get_json(&["pod", "gated"]);
         (p["status"]["phase"] == "Running" && !ready(&p)).then_some(())
     });
     std::thread::sleep(Duration::from_secs(3));
-    let p = pod(&k, "gated");
+    let p = k.get_json(&["pod", "gated"]);
     assert!(!ready(&p), "ready before its probe passed");
     assert_eq!(
         p["status"]["containerStatuses"][0]["restartCount"],
@@ -771,12 +728,12 @@ spec:
     );
     k.run(&["exec", "gated", "--", "touch", "/tmp/ready"])
         .unwrap();
-    wait(&agent, 15, "gated ready once /tmp/ready exists", || {
-        ready(&pod(&k, "gated")).then_some(())
+    agent.wait(15, "gated ready once /tmp/ready exists", || {
+        ready(&k.get_json(&["pod", "gated"])).then_some(())
     });
 
-    let sick = wait(&agent, 40, "sick restarted by its liveness probe", || {
-        let p = pod(&k, "sick");
+    let sick = agent.wait(40, "sick restarted by its liveness probe", || {
+        let p = k.get_json(&["pod", "sick"]);
         (p["status"]["containerStatuses"][0]["restartCount"]
             .as_i64()
             .unwrap_or(0)
@@ -807,10 +764,8 @@ fn init_containers_and_volumes() {
     let k = cp.kubectl();
     let agent = Agent::start(&cp);
     let node = agent.name.clone();
-    apply(
-        &k,
-        &format!(
-            r#"
+    k.apply(&format!(
+        r#"
 apiVersion: v1
 kind: ConfigMap
 metadata: {{name: settings}}
@@ -849,10 +804,9 @@ spec:
     downwardAPI:
       items: [{{path: labels, fieldRef: {{fieldPath: metadata.labels}}}}]
 "#
-        ),
-    );
-    let p = wait(&agent, 30, "layered to complete", || {
-        let p = pod(&k, "layered");
+    ));
+    let p = agent.wait(30, "layered to complete", || {
+        let p = k.get_json(&["pod", "layered"]);
         matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")).then_some(p)
     });
     assert_eq!(p["status"]["phase"], "Succeeded", "{p}");
@@ -945,10 +899,8 @@ fn images_are_pulled_from_a_registry() {
     let registry = Registry::start_with_busybox(&agent, "tools/box", "1.0");
     let node = agent.name.clone();
     let image = format!("{}/tools/box:1.0", registry.addr);
-    apply(
-        &k,
-        &format!(
-            r#"
+    k.apply(&format!(
+        r#"
 apiVersion: v1
 kind: Pod
 metadata: {{name: pulled}}
@@ -966,11 +918,10 @@ spec:
   containers:
   - {{name: c, image: "{}/tools/nosuch:9"}}
 "#,
-            registry.addr
-        ),
-    );
-    wait(&agent, 60, "the pulled image to run", || {
-        (pod(&k, "pulled")["status"]["phase"] == "Succeeded").then_some(())
+        registry.addr
+    ));
+    agent.wait(60, "the pulled image to run", || {
+        (k.get_json(&["pod", "pulled"])["status"]["phase"] == "Succeeded").then_some(())
     });
     assert_eq!(k.run(&["logs", "pulled"]).unwrap(), "pulled fine\n");
     let events = k
@@ -991,8 +942,8 @@ spec:
         "the pulled image is in the store"
     );
 
-    let waiting = wait(&agent, 60, "nosuch in ImagePullBackOff", || {
-        let p = pod(&k, "nosuch");
+    let waiting = agent.wait(60, "nosuch in ImagePullBackOff", || {
+        let p = k.get_json(&["pod", "nosuch"]);
         let w = p["status"]["containerStatuses"][0]["state"]["waiting"].clone();
         (w["reason"] == "ImagePullBackOff").then_some(w)
     });
@@ -1015,9 +966,7 @@ fn pre_stop_hooks_run_before_sigterm() {
         .prefix("kestrel-hooks-")
         .tempdir()
         .unwrap();
-    apply(
-        &k,
-        &format!(
+    k.apply(&format!(
             r#"
 apiVersion: v1
 kind: Pod
@@ -1045,8 +994,8 @@ spec:
         ),
     );
     let log = data.path().join("log");
-    wait(&agent, 60, "hooked running", || {
-        let p = pod(&k, "hooked");
+    agent.wait(60, "hooked running", || {
+        let p = k.get_json(&["pod", "hooked"]);
         (p["status"]["phase"] == "Running" && std::fs::read_to_string(&log).is_ok()).then_some(())
     });
     let t0 = Instant::now();

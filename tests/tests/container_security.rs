@@ -10,29 +10,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use harness::cluster::ControlPlane;
-use harness::kubectl::Kubectl;
 use harness::process::wait_for;
-use serde_json::Value;
 
 type Agent = harness::node::Node;
-
-fn pod(k: &Kubectl, name: &str) -> Value {
-    serde_json::from_str(&k.run(&["get", "pod", name, "-o", "json"]).unwrap()).unwrap()
-}
-
-fn apply(k: &Kubectl, yaml: &str) {
-    let out = k.run_stdin(&["apply", "-f", "-"], yaml).unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn wait<T>(agent: &Agent, secs: u64, what: &str, f: impl FnMut() -> Option<T>) -> T {
-    wait_for(Duration::from_secs(secs), f)
-        .unwrap_or_else(|| panic!("timed out: {what}\n--- agent log\n{}", agent.log()))
-}
 
 fn mode(p: &Path) -> u32 {
     std::fs::symlink_metadata(p)
@@ -72,10 +52,8 @@ fn planted_symlinks_in_a_volume_never_reach_the_host() {
     std::fs::write(h.join("dir/color"), "host color\n").unwrap();
     std::fs::set_permissions(h.join("dir"), std::fs::Permissions::from_mode(0o750)).unwrap();
     let pods = agent.state.path().join("pods");
-    apply(
-        &k,
-        &format!(
-            r#"
+    k.apply(&format!(
+        r#"
 apiVersion: v1
 kind: ConfigMap
 metadata: {{name: settings}}
@@ -123,12 +101,11 @@ spec:
   - {{name: raw, hostPath: {{path: {pods}}}}}
   - {{name: marks, emptyDir: {{}}}}
 "#,
-            h = h.display(),
-            pods = pods.display(),
-        ),
-    );
-    wait(&agent, 60, "planter to run again after planting", || {
-        let p = pod(&k, "planter");
+        h = h.display(),
+        pods = pods.display(),
+    ));
+    agent.wait(60, "planter to run again after planting", || {
+        let p = k.get_json(&["pod", "planter"]);
         let cs = &p["status"]["containerStatuses"][0];
         (cs["restartCount"].as_i64() >= Some(1) && cs["state"]["running"].is_object()).then_some(())
     });
@@ -142,7 +119,7 @@ spec:
         previous.contains(&format!("..data -> {}/dir", h.display())),
         "{previous}"
     );
-    let logs = wait(&agent, 20, "the restarted container's listing", || {
+    let logs = agent.wait(20, "the restarted container's listing", || {
         let l = k.run(&["logs", "planter"]).ok()?;
         l.contains("color ->").then_some(l)
     });
@@ -179,10 +156,8 @@ fn projected_volumes_honour_items_and_modes() {
     let k = cp.kubectl();
     let agent = Agent::start(&cp);
     let node = agent.name.clone();
-    apply(
-        &k,
-        &format!(
-            r#"
+    k.apply(&format!(
+        r#"
 apiVersion: v1
 kind: ConfigMap
 metadata: {{name: settings}}
@@ -226,10 +201,9 @@ spec:
       - downwardAPI:
           items: [{{path: name, fieldRef: {{fieldPath: metadata.name}}}}]
 "#
-        ),
-    );
-    let p = wait(&agent, 30, "gathered to finish", || {
-        let p = pod(&k, "gathered");
+    ));
+    let p = agent.wait(30, "gathered to finish", || {
+        let p = k.get_json(&["pod", "gathered"]);
         matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")).then_some(p)
     });
     let logs = k.run(&["logs", "gathered"]).unwrap();
@@ -248,10 +222,8 @@ fn a_volume_name_that_is_not_a_dns_label_refuses_the_pod() {
     let k = cp.kubectl();
     let agent = Agent::start(&cp);
     let node = agent.name.clone();
-    apply(
-        &k,
-        &format!(
-            r#"
+    k.apply(&format!(
+        r#"
 apiVersion: v1
 kind: Pod
 metadata: {{name: dotted}}
@@ -265,10 +237,9 @@ spec:
   volumes:
   - {{name: '..', emptyDir: {{}}}}
 "#
-        ),
-    );
-    let p = wait(&agent, 30, "dotted to be refused", || {
-        let p = pod(&k, "dotted");
+    ));
+    let p = agent.wait(30, "dotted to be refused", || {
+        let p = k.get_json(&["pod", "dotted"]);
         (p["status"]["phase"] == "Failed").then_some(p)
     });
     assert_eq!(p["status"]["reason"], "InvalidVolume", "{p}");
@@ -280,7 +251,7 @@ spec:
         "{p}"
     );
     assert!(p["status"]["containerStatuses"][0]["state"]["waiting"].is_object());
-    let events = wait(&agent, 10, "the InvalidVolume event", || {
+    let events = agent.wait(10, "the InvalidVolume event", || {
         let e = k.run(&["get", "events"]).ok()?;
         e.contains("InvalidVolume").then_some(e)
     });
@@ -299,10 +270,8 @@ fn node_state_is_out_of_reach_of_other_host_users() {
     let k = cp.kubectl();
     let agent = Agent::start(&cp);
     let node = agent.name.clone();
-    apply(
-        &k,
-        &format!(
-            r#"
+    k.apply(&format!(
+        r#"
 apiVersion: v1
 kind: Secret
 metadata: {{name: token}}
@@ -321,10 +290,9 @@ spec:
   volumes:
   - {{name: token, secret: {{secretName: token}}}}
 "#
-        ),
-    );
-    let uid = wait(&agent, 30, "quiet to run", || {
-        let p = pod(&k, "quiet");
+    ));
+    let uid = agent.wait(30, "quiet to run", || {
+        let p = k.get_json(&["pod", "quiet"]);
         (p["status"]["phase"] == "Running")
             .then(|| p["metadata"]["uid"].as_str().unwrap().to_string())
     });
@@ -368,10 +336,8 @@ fn default_seccomp_refuses_namespaces_but_not_to_privileged_containers() {
     let agent = Agent::start(&cp);
     let node = agent.name.clone();
     let script = "echo normal=$(echo hi | cat); unshare -U true; echo user=$?; unshare -n true; echo net=$?; unshare -r id -u; echo root=$?";
-    apply(
-        &k,
-        &format!(
-            r#"
+    k.apply(&format!(
+        r#"
 apiVersion: v1
 kind: Pod
 metadata: {{name: confined}}
@@ -407,17 +373,16 @@ spec:
     command: [sh, -c, '{script}']
     securityContext: {{capabilities: {{add: [ALL]}}, seccompProfile: {{type: Unconfined}}}}
 "#
-        ),
-    );
+    ));
     for name in ["confined", "allcaps", "unconfined"] {
         let p = wait_for(Duration::from_secs(30), || {
-            let p = pod(&k, name);
+            let p = k.get_json(&["pod", name]);
             matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")).then_some(p)
         })
         .unwrap_or_else(|| {
             panic!(
                 "timed out: {name} to finish\n{}\n{}\n--- agent log\n{}\n--- runtime helper log\n{}",
-                pod(&k, name),
+                k.get_json(&["pod", name]),
                 k.run(&["get", "events"]).unwrap_or_default(),
                 agent.log(),
                 std::fs::read_to_string(agent.state.path().join("runtime-helper.log"))

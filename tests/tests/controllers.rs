@@ -41,17 +41,6 @@ fn running(p: &Value) -> bool {
     p["status"]["phase"] == "Running"
 }
 
-fn apply(k: &Kubectl, yaml: &str) {
-    let out = k
-        .run_stdin(&["apply", "-f", "-"], yaml)
-        .expect("kubectl runs");
-    assert!(
-        out.status.success(),
-        "apply failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A control plane with the scheduler, the controller-manager and hollow
 /// node groups (`(prefix, count, extra flags)`).
 struct Cluster {
@@ -175,7 +164,7 @@ spec:
 #[test]
 fn replication_controller_spreads_replaces_and_scales() {
     let c = Cluster::start(&[], &[], &[("node", 3, &[])]);
-    apply(&c.k, RC);
+    c.k.apply(RC);
     let pods = c.wait(30, "3 running replicas", || {
         let p = live_pods(&c.k, "app=web");
         (p.len() == 3 && p.iter().all(running)).then_some(p)
@@ -247,8 +236,7 @@ fn unschedulable_pod_says_why_and_is_placed_when_a_node_fits() {
             ("ssd", 1, &["--label", "disk=ssd", "--cpu", "1"]),
         ],
     );
-    apply(
-        &c.k,
+    c.k.apply(
         r#"
 apiVersion: v1
 kind: Pod
@@ -319,8 +307,7 @@ fn taints_and_anti_affinity_are_respected() {
     let c = Cluster::start(&[], &[], &[("node", 3, &[])]);
     c.k.run(&["taint", "nodes", "node-2", "dedicated=db:NoSchedule"])
         .unwrap();
-    apply(
-        &c.k,
+    c.k.apply(
         r#"
 apiVersion: apps/v1
 kind: ReplicaSet
@@ -366,8 +353,7 @@ spec:
         "0/3 nodes are available: 1 node(s) had untolerated taint {dedicated: db}, 2 node(s) didn't match pod anti-affinity rules."
     );
     // Tolerating the taint lets a pod onto that node.
-    apply(
-        &c.k,
+    c.k.apply(
         r#"
 apiVersion: v1
 kind: Pod
@@ -412,7 +398,7 @@ fn available(k: &Kubectl) -> i64 {
 #[test]
 fn deployment_rolls_out_within_max_unavailable_and_undoes() {
     let c = Cluster::start(&[], &[], &[("node", 3, &[])]);
-    apply(&c.k, DEPLOYMENT);
+    c.k.apply(DEPLOYMENT);
     c.rollout_done(60);
 
     c.k.run(&[
@@ -531,7 +517,7 @@ fn failed_node_is_marked_unknown_and_its_pods_move() {
         ],
         &[("good", 2, &[]), ("doomed", 1, &[])],
     );
-    apply(&c.k, RC);
+    c.k.apply(RC);
     c.wait(30, "3 running replicas, one on the doomed node", || {
         let p = live_pods(&c.k, "app=web");
         (p.len() == 3 && p.iter().all(running) && p.iter().any(|p| node_of(p) == "doomed-0"))
@@ -587,16 +573,13 @@ fn failed_node_is_marked_unknown_and_its_pods_move() {
 #[test]
 fn endpoints_follow_readiness_and_namespace_deletion_empties_it() {
     let c = Cluster::start(&[], &[], &[("node", 2, &[])]);
-    apply(
-        &c.k,
-        "{\"apiVersion\":\"v1\",\"kind\":\"Namespace\",\"metadata\":{\"name\":\"shop\"}}",
-    );
+    c.k.apply("{\"apiVersion\":\"v1\",\"kind\":\"Namespace\",\"metadata\":{\"name\":\"shop\"}}");
     let yaml = format!(
         "{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: shop}}\nspec:\n  selector: {{app: web}}\n  ports: [{{name: http, port: 80, targetPort: http}}]\n",
         RC.replace("metadata: {name: web}", "metadata: {name: web, namespace: shop}")
             .replace("replicas: 3", "replicas: 2")
     );
-    apply(&c.k, &yaml);
+    c.k.apply(&yaml);
     let ips = c.wait(30, "2 ready endpoints on port 8080", || {
         let ep = get(&c.k, &["endpoints", "web", "-n", "shop"]);
         let subset = &ep["subsets"][0];
@@ -680,7 +663,7 @@ fn endpoints_follow_readiness_and_namespace_deletion_empties_it() {
 #[test]
 fn controller_manager_restart_mid_rollout_neither_loses_nor_duplicates() {
     let mut c = Cluster::start(&[], &[], &[("node", 3, &[])]);
-    apply(&c.k, &DEPLOYMENT.replace("replicas: 4", "replicas: 6"));
+    c.k.apply(&DEPLOYMENT.replace("replicas: 4", "replicas: 6"));
     c.rollout_done(60);
     c.k.run(&[
         "set",
@@ -734,7 +717,7 @@ fn controller_manager_restart_mid_rollout_neither_loses_nor_duplicates() {
 #[test]
 fn cascading_deletion_orphan_and_foreground() {
     let c = Cluster::start(&[], &[], &[("node", 2, &[])]);
-    apply(&c.k, &RC.replace("replicas: 3", "replicas: 2"));
+    c.k.apply(&RC.replace("replicas: 3", "replicas: 2"));
     c.wait(30, "2 replicas", || {
         (live_pods(&c.k, "app=web").len() == 2).then_some(())
     });
@@ -751,7 +734,7 @@ fn cascading_deletion_orphan_and_foreground() {
     });
     assert_eq!(orphans.len(), 2, "orphaned pods were deleted");
     // A new RC with the same selector adopts them instead of creating more.
-    apply(&c.k, &RC.replace("replicas: 3", "replicas: 2"));
+    c.k.apply(&RC.replace("replicas: 3", "replicas: 2"));
     c.wait(30, "the orphans adopted", || {
         let p = live_pods(&c.k, "app=web");
         let adopted = p
@@ -797,7 +780,7 @@ fn cascading_deletion_orphan_and_foreground() {
 fn standby_scheduler_takes_over() {
     let mut c = Cluster::start(&[], &[], &[("node", 2, &[])]);
     let _standby = c.cp.component("scheduler-2", &["scheduler"]).unwrap();
-    apply(&c.k, "{\"apiVersion\":\"v1\",\"kind\":\"Pod\",\"metadata\":{\"name\":\"one\"},\"spec\":{\"containers\":[{\"name\":\"c\",\"image\":\"registry.local/x:1\"}]}}");
+    c.k.apply("{\"apiVersion\":\"v1\",\"kind\":\"Pod\",\"metadata\":{\"name\":\"one\"},\"spec\":{\"containers\":[{\"name\":\"c\",\"image\":\"registry.local/x:1\"}]}}");
     c.wait(30, "pod one scheduled", || {
         (!node_of(&get(&c.k, &["pod", "one"])).is_empty()).then_some(())
     });
@@ -808,7 +791,7 @@ fn standby_scheduler_takes_over() {
         "{cs}"
     );
     c.scheduler.kill();
-    apply(&c.k, "{\"apiVersion\":\"v1\",\"kind\":\"Pod\",\"metadata\":{\"name\":\"two\"},\"spec\":{\"containers\":[{\"name\":\"c\",\"image\":\"registry.local/x:1\"}]}}");
+    c.k.apply("{\"apiVersion\":\"v1\",\"kind\":\"Pod\",\"metadata\":{\"name\":\"two\"},\"spec\":{\"containers\":[{\"name\":\"c\",\"image\":\"registry.local/x:1\"}]}}");
     c.wait(30, "pod two scheduled by the standby", || {
         (!node_of(&get(&c.k, &["pod", "two"])).is_empty()).then_some(())
     });

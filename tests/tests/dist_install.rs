@@ -390,7 +390,15 @@ fn three_control_planes_share_one_ca_and_lay_out_an_etcd_cluster_over_tls() {
     assert!(!std::fs::read_to_string(&env)
         .expect("etcd.env")
         .contains('@'));
-    let member = openssl_cert(&r0.join("var/lib/kestrel/pki/etcd/member.crt"), &ca);
+    // etcd's certificates come from etcd's own CA, not the cluster CA that
+    // signs every node's (etcd_trust.rs tries a node's against etcd).
+    let etcd_ca = r0.join("var/lib/kestrel/pki/etcd/ca.crt");
+    assert_ne!(
+        std::fs::read(&etcd_ca).expect("etcd CA"),
+        std::fs::read(&ca).expect("CA")
+    );
+    assert_eq!(mode(&r0.join("var/lib/kestrel/pki/etcd/ca.key")), 0o600);
+    let member = openssl_cert(&r0.join("var/lib/kestrel/pki/etcd/member.crt"), &etcd_ca);
     assert!(member.contains("IP Address:192.0.2.11"), "{member}");
     assert!(member.contains("IP Address:127.0.0.1"), "{member}");
     assert!(
@@ -400,7 +408,7 @@ fn three_control_planes_share_one_ca_and_lay_out_an_etcd_cluster_over_tls() {
     assert_eq!(mode(&r0.join("var/lib/kestrel/pki/etcd/member.key")), 0o600);
     let client = openssl_cert(
         &r0.join("var/lib/kestrel/pki/apiserver-etcd-client.crt"),
-        &ca,
+        &etcd_ca,
     );
     assert!(client.contains("TLS Web Client Authentication"), "{client}");
     assert!(!client.contains("Server Authentication"), "{client}");
@@ -409,7 +417,7 @@ fn three_control_planes_share_one_ca_and_lay_out_an_etcd_cluster_over_tls() {
         [
             "--bind-address=0.0.0.0:6443",
             "--etcd-servers=https://192.0.2.11:2379,https://192.0.2.12:2379,https://192.0.2.13:2379",
-            "--etcd-cafile=/var/lib/kestrel/pki/ca.crt",
+            "--etcd-cafile=/var/lib/kestrel/pki/etcd/ca.crt",
             "--etcd-certfile=/var/lib/kestrel/pki/apiserver-etcd-client.crt",
             "--etcd-keyfile=/var/lib/kestrel/pki/apiserver-etcd-client.key",
             "--cert-dir=/var/lib/kestrel/pki",
@@ -458,6 +466,18 @@ fn three_control_planes_share_one_ca_and_lay_out_an_etcd_cluster_over_tls() {
     );
 
     std::fs::copy(r0.join("var/lib/kestrel/pki/ca.key"), copied.join("ca.key")).expect("copy");
+    // Without etcd's CA the copy is refused too.
+    let out = cp(1, &["--ca", &copied_s]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no etcd/ca.crt"), "{}", stderr(&out));
+    std::fs::create_dir_all(copied.join("etcd")).expect("mkdir");
+    for f in ["ca.crt", "ca.key"] {
+        std::fs::copy(
+            r0.join("var/lib/kestrel/pki/etcd").join(f),
+            copied.join("etcd").join(f),
+        )
+        .expect("copy");
+    }
     for i in [1, 2] {
         let out = cp(i, &["--ca", &copied_s]);
         assert!(out.status.success(), "{}", stderr(&out));
@@ -468,7 +488,7 @@ fn three_control_planes_share_one_ca_and_lay_out_an_etcd_cluster_over_tls() {
         );
         assert_eq!(mode(&ri.join("var/lib/kestrel/pki/ca.key")), 0o600);
         // Its member's certificate comes from the shared CA, for its own address.
-        let member = openssl_cert(&ri.join("var/lib/kestrel/pki/etcd/member.crt"), &ca);
+        let member = openssl_cert(&ri.join("var/lib/kestrel/pki/etcd/member.crt"), &etcd_ca);
         assert!(
             member.contains(&format!("IP Address:192.0.2.1{}", i + 1)),
             "{member}"

@@ -189,12 +189,12 @@ fn install_sh_provisions_three_control_planes_that_keep_serving_when_one_machine
         "/opt/kestrel/install.sh control-plane --advertise-address 10.88.0.1 --peers {peers}"
     ));
     assert!(text.contains("etcd waits for a majority"), "{text}");
-    m(&machines, 0).run("mkdir -p /root/xfer/ca && cp /var/lib/kestrel/pki/ca.crt /var/lib/kestrel/pki/ca.key /root/xfer/ca/");
+    m(&machines, 0).run("mkdir -p /root/xfer/ca/etcd && cp /var/lib/kestrel/pki/ca.crt /var/lib/kestrel/pki/ca.key /root/xfer/ca/ && cp /var/lib/kestrel/pki/etcd/ca.crt /var/lib/kestrel/pki/etcd/ca.key /root/xfer/ca/etcd/");
     step("first control plane installed");
     for i in [1, 2] {
         let to = m(&machines, i).xfer.join("ca");
-        std::fs::create_dir_all(&to).expect("mkdir");
-        for f in ["ca.crt", "ca.key"] {
+        std::fs::create_dir_all(to.join("etcd")).expect("mkdir");
+        for f in ["ca.crt", "ca.key", "etcd/ca.crt", "etcd/ca.key"] {
             std::fs::copy(m(&machines, 0).xfer.join("ca").join(f), to.join(f))
                 .expect("copy the CA");
         }

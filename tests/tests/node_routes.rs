@@ -12,20 +12,9 @@ use harness::node::Node;
 use harness::process::wait_for;
 use serde_json::Value;
 
-fn apply(k: &Kubectl, yaml: &str) {
-    let out = k.run_stdin(&["apply", "-f", "-"], yaml).unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A Node object no agent runs, with `pod_cidr` and InternalIP `ip`.
 fn stale_node(k: &Kubectl, name: &str, pod_cidr: &str, ip: &str) {
-    apply(
-        k,
-        &format!(
+    k.apply(&format!(
             r#"{{"apiVersion":"v1","kind":"Node","metadata":{{"name":"{name}"}},"spec":{{"podCIDR":"{pod_cidr}","podCIDRs":["{pod_cidr}"]}}}}"#
         ),
     );
@@ -153,10 +142,7 @@ fn one_bad_node_does_not_cut_the_routes_to_the_others() {
     let n1 = Node::start(&cp);
     let n2 = Node::start(&cp);
     let nodes = [&n1, &n2];
-    apply(
-        &k,
-        &(server_pod("a", &n1.name) + &server_pod("b", &n2.name)),
-    );
+    k.apply(&(server_pod("a", &n1.name) + &server_pod("b", &n2.name)));
     let a = running_ip(&k, "a", &nodes);
     let b = running_ip(&k, "b", &nodes);
     http(&k, "a", &b, "b", &nodes);

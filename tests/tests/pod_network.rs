@@ -13,15 +13,6 @@ use harness::node::Node;
 use harness::process::wait_for;
 use serde_json::Value;
 
-fn apply(k: &Kubectl, yaml: &str) {
-    let out = k.run_stdin(&["apply", "-f", "-"], yaml).unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn logs(nodes: &[&Node]) -> String {
     nodes
         .iter()
@@ -149,8 +140,7 @@ fn pods_reach_each_other_on_one_node_and_across_nodes() {
     let n1 = Node::start(&cp);
     let n2 = Node::start(&cp);
     let nodes = [&n1, &n2];
-    apply(
-        &k,
+    k.apply(
         &(server_pod("a1", &n1.name) + &server_pod("a2", &n1.name) + &server_pod("b1", &n2.name)),
     );
     let a1 = running_ip(&k, "a1", &nodes);
@@ -247,8 +237,7 @@ fn pods_stay_connected_across_an_agent_restart() {
     let k = cp.kubectl();
     let mut n1 = Node::start(&cp);
     let n2 = Node::start(&cp);
-    apply(
-        &k,
+    k.apply(
         &(server_pod("a1", &n1.name) + &server_pod("a2", &n1.name) + &server_pod("b1", &n2.name)),
     );
     let a2 = running_ip(&k, "a2", &[&n1, &n2]);
@@ -256,9 +245,7 @@ fn pods_stay_connected_across_an_agent_restart() {
     running_ip(&k, "a1", &[&n1, &n2]);
     let out = tempfile::tempdir().unwrap();
     let log = out.path().join("log");
-    apply(
-        &k,
-        &format!(
+    k.apply(&format!(
             r#"
 apiVersion: v1
 kind: Pod
@@ -319,7 +306,7 @@ spec:
     assert_eq!(page.trim(), "hello from a2");
 
     n1.launch();
-    apply(&k, &server_pod("a3", &n1.name));
+    k.apply(&server_pod("a3", &n1.name));
     let a3 = running_ip(&k, "a3", &[&n1, &n2]);
     assert_ne!(a3, a2, "a restarted agent handed out a used address");
     http(&k, "a3", &a2, "a2", &[&n1, &n2]);
@@ -358,7 +345,7 @@ fn pod_churn_leaves_nothing_behind() {
                 )
             })
             .collect();
-        apply(&k, &yaml);
+        k.apply(&yaml);
         let ips = wait_for(Duration::from_secs(120), || {
             let list: Value =
                 serde_json::from_str(&k.run(&["get", "pods", "-o", "json"]).ok()?).ok()?;
@@ -493,10 +480,7 @@ fn pod_traffic_leaving_the_cluster_is_masqueraded() {
     let link = cp.segment().attach(&outside).unwrap();
     outside.addr_up(&link, "10.99.0.200/24").unwrap();
     let _servers = outside_server(&outside, "10.99.0.200", 2);
-    apply(
-        &k,
-        &(server_pod("a1", &n1.name) + &server_pod("b1", &n2.name)),
-    );
+    k.apply(&(server_pod("a1", &n1.name) + &server_pod("b1", &n2.name)));
     running_ip(&k, "a1", &[&n1, &n2]);
     let b1 = running_ip(&k, "b1", &[&n1, &n2]);
 
@@ -561,8 +545,7 @@ fn pods_reach_each_other_across_nodes_over_vxlan() {
     let n1 = Node::start_with(&cp, &["--tunnel", "vxlan"]);
     let n2 = Node::start_with(&cp, &["--tunnel", "vxlan"]);
     let nodes = [&n1, &n2];
-    apply(
-        &k,
+    k.apply(
         &(server_pod("a1", &n1.name) + &server_pod("a2", &n1.name) + &server_pod("b1", &n2.name)),
     );
     let a1 = running_ip(&k, "a1", &nodes);

@@ -42,6 +42,9 @@ impl Secured {
                     dir.path().join("admin.kubeconfig").display()
                 ))
                 .arg(format!("--bind-address=127.0.0.1:{port}"))
+                // No controller-manager makes `default` accounts here: pods
+                // are checked against the node rules as they are sent.
+                .arg("--disable-admission-plugins=ServiceAccount")
                 .args(extra)
                 .stdout(log.try_clone().unwrap())
                 .stderr(log),

@@ -307,3 +307,177 @@ fn an_indexed_job_runs_each_index_once() {
     indexes.sort();
     assert_eq!(indexes, ["0", "1", "2", "3"]);
 }
+
+fn daemonset_yaml(name: &str, image: &str, extra_pod_spec: &str) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {{name: {name}}}
+spec:
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+{extra_pod_spec}
+      containers: [{{name: agent, image: "{image}"}}]
+"#
+    )
+}
+
+impl Cluster {
+    /// The nodes the DaemonSet's pods are bound to, sorted, once every
+    /// pod is Running.
+    fn daemon_nodes(&self, ds: &str) -> Vec<String> {
+        let pods = get(&self.k, &["pods", "-l", &format!("app={ds}")]);
+        let mut nodes: Vec<String> = pods["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .filter(|p| p["status"]["phase"] == "Running")
+            .filter_map(|p| p["spec"]["nodeName"].as_str().map(str::to_string))
+            .collect();
+        nodes.sort();
+        nodes
+    }
+
+    fn wait_daemon_nodes(&self, ds: &str, want: &[&str]) {
+        let ok = wait_for(Duration::from_secs(60), || {
+            (self.daemon_nodes(ds) == want).then_some(())
+        });
+        assert!(
+            ok.is_some(),
+            "{ds} should run on {want:?}, runs on {:?}\n{}\n--- controller-manager\n{}",
+            self.daemon_nodes(ds),
+            self.k
+                .run(&["get", "pods", "-o", "wide"])
+                .unwrap_or_default(),
+            self.cp.log("controller-manager"),
+        );
+    }
+
+    fn rollout(&self, args: &[&str]) -> String {
+        let mut a = vec!["rollout"];
+        a.extend_from_slice(args);
+        let out = self.k.output(&a).unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl {a:?}: {}\n--- controller-manager\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.cp.log("controller-manager"),
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+#[test]
+fn a_daemonset_runs_on_every_node_follows_new_ones_and_rolls_back_with_kubectl() {
+    let c = Cluster::start(2);
+    c.k.run(&["taint", "node", "hollow-1", "dedicated=db:NoSchedule"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    c.apply(&daemonset_yaml("agent", "busybox", ""));
+    c.apply(&daemonset_yaml(
+        "tolerant",
+        "busybox",
+        "      tolerations: [{key: dedicated, operator: Exists}]",
+    ));
+    c.apply(&daemonset_yaml(
+        "picky",
+        "busybox",
+        "      nodeSelector: {disk: ssd}",
+    ));
+    // The taint keeps `agent` off hollow-1; the toleration lets `tolerant` on.
+    c.wait_daemon_nodes("agent", &["hollow-0"]);
+    c.wait_daemon_nodes("tolerant", &["hollow-0", "hollow-1"]);
+    assert!(c.daemon_nodes("picky").is_empty());
+    c.k.run(&["label", "node", "hollow-0", "disk=ssd"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    c.wait_daemon_nodes("picky", &["hollow-0"]);
+
+    // A node that joins later gets the daemon too.
+    let _later =
+        c.cp.component(
+            "hollow-later",
+            &[
+                "hollow-nodes",
+                "--name-prefix",
+                "hollow",
+                "--start-index",
+                "2",
+                "--count",
+                "1",
+                "--lease-interval-seconds",
+                "1",
+            ],
+        )
+        .unwrap();
+    c.wait_daemon_nodes("tolerant", &["hollow-0", "hollow-1", "hollow-2"]);
+    c.wait_daemon_nodes("agent", &["hollow-0", "hollow-2"]);
+    let out = c.rollout(&["status", "ds/tolerant", "--timeout=60s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let table = c.k.run(&["get", "ds", "tolerant"]).unwrap();
+    let row: Vec<&str> = table
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[..6], ["tolerant", "3", "3", "3", "3", "3"], "{table}");
+
+    // A new template rolls out node by node and becomes revision 2.
+    c.k.run(&["set", "image", "ds/tolerant", "agent=busybox:2"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = c.rollout(&["status", "ds/tolerant", "--timeout=90s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let images = |c: &Cluster| -> Vec<String> {
+        get(&c.k, &["pods", "-l", "app=tolerant"])["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .map(|p| {
+                p["spec"]["containers"][0]["image"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect()
+    };
+    assert_eq!(images(&c), ["busybox:2"; 3]);
+    let history = c.rollout(&["history", "ds/tolerant"]);
+    let revisions: Vec<&str> = history
+        .lines()
+        .skip_while(|l| !l.starts_with("REVISION"))
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(revisions, ["1", "2"], "{history}");
+
+    // Undo goes back to the first template, which becomes revision 3.
+    c.rollout(&["undo", "ds/tolerant"]);
+    let out = c.rollout(&["status", "ds/tolerant", "--timeout=90s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let ds = get(&c.k, &["ds", "tolerant"]);
+    assert_eq!(
+        ds["spec"]["template"]["spec"]["containers"][0]["image"],
+        "busybox"
+    );
+    assert_eq!(images(&c), ["busybox"; 3]);
+    let history = c.rollout(&["history", "ds/tolerant"]);
+    assert!(
+        history.contains("\n2 ") && history.contains("\n3 "),
+        "{history}"
+    );
+
+    // Deleting the DaemonSet takes its pods and revisions with it.
+    c.k.run(&["delete", "ds", "tolerant"]).unwrap();
+    let gone = wait_for(Duration::from_secs(30), || {
+        let pods = get(&c.k, &["pods", "-l", "app=tolerant"]);
+        let revs = get(&c.k, &["controllerrevisions", "-l", "app=tolerant"]);
+        (pods["items"].as_array().is_none_or(Vec::is_empty)
+            && revs["items"].as_array().is_none_or(Vec::is_empty))
+        .then_some(())
+    });
+    assert!(gone.is_some(), "pods or revisions outlived their DaemonSet");
+}

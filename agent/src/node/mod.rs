@@ -3,6 +3,7 @@
 //! when it changes (and at least every `status_interval`).
 
 pub mod machine;
+pub mod renewal;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

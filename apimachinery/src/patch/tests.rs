@@ -1,6 +1,7 @@
+use super::strategic::{list_strategy, ListStrategy};
 use super::*;
 use proptest::prelude::*;
-use serde_json::json;
+use serde_json::{json, Value};
 
 fn smp(target: Value, patch: Value) -> Value {
     match strategic_merge_patch(&target, &patch) {

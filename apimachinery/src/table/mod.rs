@@ -270,6 +270,7 @@ fn printer_for(resource: &str) -> Printer {
         "persistentvolumes" => (storage::PV_COLUMNS, storage::pv_row),
         "persistentvolumeclaims" => (storage::PVC_COLUMNS, storage::pvc_row),
         "storageclasses" => (storage::STORAGE_CLASS_COLUMNS, storage::storage_class_row),
+        "controllerrevisions" => (workloads::REVISION_COLUMNS, workloads::revision_row),
         "events" => (events::COLUMNS, events::row),
         "namespaces" => (cluster::NAMESPACE_COLUMNS, cluster::namespace_row),
         "configmaps" => (cluster::CONFIGMAP_COLUMNS, cluster::configmap_row),

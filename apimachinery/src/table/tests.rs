@@ -23,6 +23,7 @@ const RESOURCES: &[&str] = &[
     "persistentvolumes",
     "persistentvolumeclaims",
     "storageclasses",
+    "controllerrevisions",
     "endpoints",
     "endpointslices",
     "events",

@@ -139,6 +139,46 @@ fn replica_row(obj: &Value, now: i64, containers: Value, images: Value, selector
     ])
 }
 
+/// ControllerRevision table columns.
+pub(super) const REVISION_COLUMNS: &[Column] = &[
+    NAME,
+    Column::new(
+        "Controller",
+        "string",
+        "The workload whose template this revision holds.",
+    ),
+    Column::new("Revision", "integer", "Revision number of the template."),
+    AGE,
+];
+
+/// One controller revision row: its controller as `kind.group/name`.
+pub(super) fn revision_row(obj: &Value, now: i64) -> Row {
+    let controller = list(obj, &["metadata", "ownerReferences"])
+        .iter()
+        .find(|r| r["controller"] == true)
+        .map(|r| {
+            let kind = r["kind"].as_str().unwrap_or("").to_ascii_lowercase();
+            let group = r["apiVersion"]
+                .as_str()
+                .and_then(|v| v.split_once('/'))
+                .map(|(g, _)| g)
+                .unwrap_or("");
+            let name = r["name"].as_str().unwrap_or("");
+            if group.is_empty() {
+                format!("{kind}/{name}")
+            } else {
+                format!("{kind}.{group}/{name}")
+            }
+        })
+        .unwrap_or_else(|| "<none>".to_string());
+    Row::new(vec![
+        name(obj),
+        controller.into(),
+        int(obj, &["revision"]).unwrap_or(0).into(),
+        age(obj, now),
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,6 +186,21 @@ mod tests {
     use serde_json::json;
 
     const NOW: i64 = 1_795_855_897;
+
+    #[test]
+    fn revision_rows_name_their_controller_with_its_group() {
+        let rev = json!({"metadata": {"name": "agent-5d8f", "creationTimestamp": "2026-11-28T08:41:37Z",
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "agent",
+                                 "uid": "u", "controller": true}]},
+            "revision": 3});
+        let cells = revision_row(&rev, NOW).cells;
+        assert_eq!(
+            cells[..3],
+            [json!("agent-5d8f"), json!("daemonset.apps/agent"), json!(3)]
+        );
+        let orphan = revision_row(&json!({"metadata": {"name": "x"}}), NOW).cells;
+        assert_eq!(orphan[1], "<none>");
+    }
 
     fn template() -> Value {
         json!({"metadata": {"labels": {"app": "web"}},

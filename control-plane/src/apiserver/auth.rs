@@ -492,6 +492,15 @@ impl Tokens {
     }
 }
 
+/// The token of an `Authorization: Bearer TOKEN` header. The scheme is
+/// matched without regard to case (RFC 7235), as kube-apiserver does.
+pub fn bearer_token(header: &str) -> Option<&str> {
+    let mut fields = header.split_whitespace();
+    let scheme = fields.next()?;
+    let token = fields.next()?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
+}
+
 /// Whether a path may be read without credentials (health checks only).
 pub fn public_path(method: &Method, path: &str) -> bool {
     method == Method::GET && matches!(path, "/healthz" | "/livez" | "/readyz")
@@ -500,6 +509,16 @@ pub fn public_path(method: &Method, path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_matched_in_any_case() {
+        for h in ["Bearer abc", "bearer abc", "BEARER  abc ", " Bearer\tabc"] {
+            assert_eq!(bearer_token(h), Some("abc"), "{h:?}");
+        }
+        for h in ["Basic abc", "Bearer", "Bearer ", "Bearerabc", ""] {
+            assert_eq!(bearer_token(h), None, "{h:?}");
+        }
+    }
 
     #[test]
     fn a_copied_in_ca_is_kept_and_completed() {

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use super::resources::{self, Resource, RESOURCES};
+use super::resources::{self, Resource};
 
 /// Kubernetes version this server speaks (kubectl picks its matching minor).
 pub const KUBE_MINOR: &str = "32";
@@ -74,8 +74,8 @@ fn resource_entry(r: &Resource) -> Value {
 /// The APIResourceList of one group/version, subresources included.
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     let mut list = Vec::new();
-    for r in RESOURCES
-        .iter()
+    for r in resources::all()
+        .into_iter()
         .filter(|r| r.group == group && r.version == version)
     {
         let mut e = resource_entry(r);
@@ -153,8 +153,8 @@ pub fn openapi_group(path: &str) -> Option<Value> {
     let mut paths = serde_json::Map::new();
     let mut schemas = serde_json::Map::new();
     let field_validation = json!({"name": "fieldValidation", "in": "query", "description": "How the server treats unknown or duplicate fields: Ignore, Warn or Strict.", "schema": {"type": "string", "uniqueItems": true}});
-    for r in RESOURCES
-        .iter()
+    for r in resources::all()
+        .into_iter()
         .filter(|r| r.group == group && r.version == version)
     {
         let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});

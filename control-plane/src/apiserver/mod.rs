@@ -8,6 +8,7 @@ pub mod auth;
 pub mod authz;
 mod builtin;
 mod componentstatus;
+pub mod crd;
 mod defaults;
 pub mod discovery;
 pub mod errors;
@@ -104,11 +105,19 @@ pub struct Config {
     /// Most HTTPS connections open at once; more are closed on accept.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: u64,
-    /// Admission plugins turned on beyond those always on, comma-separated.
-    /// `ServiceAccount` gives pods their ServiceAccount and its token
-    /// volume; it needs the controller-manager's `default` accounts.
+    /// Admission plugins to turn on, comma-separated (all are on by
+    /// default; this is for symmetry with kube-apiserver). `ServiceAccount`
+    /// gives pods their ServiceAccount (which must exist: the
+    /// controller-manager makes `default` in every namespace) and the
+    /// volume with its token, the cluster CA and the namespace.
     #[arg(long, value_delimiter = ',', value_enum)]
     pub enable_admission_plugins: Vec<admission::Plugin>,
+    /// Admission plugins to turn off, comma-separated. Without
+    /// `ServiceAccount`, pods are stored as sent: no account is checked and
+    /// no token is mounted (for API servers used without a
+    /// controller-manager).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub disable_admission_plugins: Vec<admission::Plugin>,
     /// The `iss` of ServiceAccount tokens, and their audience unless a
     /// request names others.
     #[arg(long, default_value = "https://kubernetes.default.svc.cluster.local")]
@@ -133,6 +142,7 @@ pub type State = Arc<Inner>;
 
 /// Connects to etcd, seeds the built-in namespaces and starts the watch cache.
 pub async fn build(mut config: Config) -> anyhow::Result<State> {
+    admission::check_flags(&config)?;
     config.service_cidr = config
         .service_cluster_ip_range
         .parse()
@@ -145,6 +155,7 @@ pub async fn build(mut config: Config) -> anyhow::Result<State> {
     authz::bootstrap::seed(&storage).await?;
     let cache = watch::WatchCache::start(storage.clone()).await?;
     let rbac = authz::rbac::Cache::start(storage.clone(), cache.clone()).await?;
+    crd::start(storage.clone(), cache.clone()).await?;
     let tokens = auth::Tokens::load(config.token_auth_file.as_deref())?;
     // The key sits with the CA, so servers sharing the PKI share it.
     let sa_signer = satoken::Signer::load((!config.no_tls).then_some(config.cert_dir.as_path()))?;
@@ -198,8 +209,8 @@ async fn route(axum::extract::State(state): axum::extract::State<State>, req: Re
         .headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_string());
+        .and_then(auth::bearer_token)
+        .map(str::to_string);
     let mut user = parts
         .extensions
         .get::<auth::ConnUser>()
@@ -256,7 +267,7 @@ async fn route(axum::extract::State(state): axum::extract::State<State>, req: Re
         (Method::GET, p) if discovery_path(p).is_some() => discovery_path(p)
             .map(ok_json)
             .unwrap_or_else(|| ApiError::path_not_found(p).into_response()),
-        (method, p) => match request::parse_path(p) {
+        (method, p) => match parse_path_fresh(&state, p).await {
             None => ApiError::path_not_found(p).into_response(),
             Some(Err(e)) => e.into_response(),
             Some(Ok(target)) => {
@@ -337,6 +348,20 @@ async fn renew_node_certificate(state: &State, user: &auth::User, body: Body) ->
         }
         Err(e) => ApiError::bad_request(e.to_string()).into_response(),
     }
+}
+
+/// Parses a resource path; a resource this server does not know yet may
+/// belong to a CRD written a moment ago through another server or before
+/// the watch delivered it, so the CRDs are reloaded once before a 404.
+async fn parse_path_fresh(state: &State, p: &str) -> Option<Result<request::Target, ApiError>> {
+    let parsed = request::parse_path(p)?;
+    if parsed.as_ref().is_err_and(|e| e.code == 404)
+        && p.starts_with("/apis/")
+        && crd::registry().refresh(&state.storage).await.is_ok()
+    {
+        return request::parse_path(p);
+    }
+    Some(parsed)
 }
 
 fn discovery_path(p: &str) -> Option<Value> {

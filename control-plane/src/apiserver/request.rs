@@ -34,17 +34,28 @@ impl Target {
     /// The etcd prefix a list or watch reads.
     pub fn prefix(&self) -> String {
         match (&self.namespace, self.res.namespaced) {
-            (Some(ns), true) => format!("/registry/{}/{}/", self.res.plural, ns),
-            _ => format!("/registry/{}/", self.res.plural),
+            (Some(ns), true) => format!("{}{}/", resource_prefix(self.res), ns),
+            _ => resource_prefix(self.res),
         }
+    }
+}
+
+/// The etcd prefix under which every object of `res` lives. Custom
+/// resources carry their group too, as in Kubernetes: a CRD may reuse a
+/// built-in plural (`pods.example.com`) and must not share its objects.
+pub fn resource_prefix(res: &Resource) -> String {
+    if resources::is_builtin(res) {
+        format!("/registry/{}/", res.plural)
+    } else {
+        format!("/registry/{}/{}/", res.group, res.plural)
     }
 }
 
 /// The etcd key of one object.
 pub fn key_for(res: &Resource, namespace: Option<&str>, name: &str) -> String {
     match (res.namespaced, namespace) {
-        (true, Some(ns)) => format!("/registry/{}/{}/{}", res.plural, ns, name),
-        _ => format!("/registry/{}/{}", res.plural, name),
+        (true, Some(ns)) => format!("{}{}/{}", resource_prefix(res), ns, name),
+        _ => format!("{}{}", resource_prefix(res), name),
     }
 }
 

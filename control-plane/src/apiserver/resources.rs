@@ -410,6 +410,35 @@ pub static RESOURCES: &[Resource] = &[
         verbs: ALL_VERBS,
         subresources: &[status("DaemonSet", "apps", "v1")],
     },
+    // Snapshots of a workload's pod template, for rollout history and undo.
+    Resource {
+        group: "apps",
+        version: "v1",
+        kind: "ControllerRevision",
+        plural: "controllerrevisions",
+        singular: "controllerrevision",
+        namespaced: true,
+        short_names: &[],
+        categories: &[],
+        verbs: ALL_VERBS,
+        subresources: &[],
+    },
+    Resource {
+        group: "apiextensions.k8s.io",
+        version: "v1",
+        kind: "CustomResourceDefinition",
+        plural: "customresourcedefinitions",
+        singular: "customresourcedefinition",
+        namespaced: false,
+        short_names: &["crd", "crds"],
+        categories: &["api-extensions"],
+        verbs: ALL_VERBS,
+        subresources: &[status(
+            "CustomResourceDefinition",
+            "apiextensions.k8s.io",
+            "v1",
+        )],
+    },
     Resource {
         group: "apps",
         version: "v1",
@@ -500,24 +529,38 @@ impl Resource {
     }
 }
 
-/// Looks a resource up by group, version and plural name.
+/// Looks a resource up by group, version and plural name: a built-in one,
+/// or a custom one some CustomResourceDefinition serves.
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
     RESOURCES
         .iter()
         .find(|r| r.group == group && r.version == version && r.plural == plural)
+        .or_else(|| super::crd::registry().find(group, version, plural))
 }
 
 /// Looks a resource up by apiVersion and kind (as found in a body).
 pub fn by_kind(api_version: &str, kind: &str) -> Option<&'static Resource> {
-    RESOURCES
-        .iter()
+    all()
+        .into_iter()
         .find(|r| r.api_version() == api_version && r.kind == kind)
+}
+
+/// Every resource served now: the built-in ones, then the custom ones.
+pub fn all() -> Vec<&'static Resource> {
+    let mut out: Vec<&'static Resource> = RESOURCES.iter().collect();
+    out.extend(super::crd::registry().resources());
+    out
+}
+
+/// Whether `res` is one of the built-in resources (not from a CRD).
+pub fn is_builtin(res: &Resource) -> bool {
+    RESOURCES.iter().any(|r| std::ptr::eq(r, res))
 }
 
 /// The group/versions served, in discovery order (core first).
 pub fn group_versions() -> Vec<(&'static str, &'static str)> {
     let mut out: Vec<(&str, &str)> = Vec::new();
-    for r in RESOURCES {
+    for r in all() {
         if !out.contains(&(r.group, r.version)) {
             out.push((r.group, r.version));
         }

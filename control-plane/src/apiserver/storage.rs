@@ -416,6 +416,19 @@ impl Storage {
             .collect())
     }
 
+    /// Deletes every key under a prefix (the objects of a deleted
+    /// CustomResourceDefinition). Deleting nothing is no error.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<()> {
+        let kv = self.client.kv_client();
+        let opts = etcd_client::DeleteOptions::new().with_range(prefix_end(prefix.as_bytes()));
+        retried(|| {
+            let (mut kv, opts) = (kv.clone(), opts.clone());
+            async move { kv.delete(prefix, Some(opts)).await }
+        })
+        .await?;
+        Ok(())
+    }
+
     /// Puts a value unconditionally (used only for bootstrap objects).
     pub async fn put_if_absent(&self, key: &str, value: &Value) -> Result<bool> {
         match self.create(key, value, &[]).await {

@@ -88,7 +88,10 @@ pub fn decode(
         apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord, core::v1 as core,
         discovery::v1 as disc, rbac::v1 as rbac, storage::v1 as storage,
     };
+    let custom = super::crd::decode(res, body);
     let result = match res.kind {
+        _ if custom.is_some() => custom.unwrap_or_else(|| Ok((body.clone(), vec![]))),
+        "CustomResourceDefinition" => round_trip::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>(body),
         "Pod" => round_trip::<core::Pod>(body),
         "Service" => round_trip::<core::Service>(body),
         "Endpoints" => round_trip::<core::Endpoints>(body),
@@ -114,6 +117,7 @@ pub fn decode(
         "PersistentVolume" => round_trip::<core::PersistentVolume>(body),
         "PersistentVolumeClaim" => round_trip::<core::PersistentVolumeClaim>(body),
         "StorageClass" => round_trip::<storage::StorageClass>(body),
+        "ControllerRevision" => round_trip::<apps::ControllerRevision>(body),
         _ => Ok((body.clone(), vec![])),
     };
     let what = format!(
@@ -222,7 +226,14 @@ pub fn validate(res: &Resource, obj: &Value) -> ApiResult<()> {
         ));
     }
     validate_labels(obj.get("metadata"), "metadata", &mut causes);
+    if !super::resources::is_builtin(res) {
+        return match causes.is_empty() {
+            true => super::crd::validate(res, obj),
+            false => Err(ApiError::invalid(res.kind, res.group, name, causes)),
+        };
+    }
     match res.kind {
+        "CustomResourceDefinition" => super::crd::validate_definition(obj, &mut causes),
         "Pod" => {
             if let Some(spec) = obj.get("spec") {
                 validate_pod_spec(spec, "spec", &mut causes);
@@ -243,6 +254,7 @@ pub fn validate(res: &Resource, obj: &Value) -> ApiResult<()> {
         "PersistentVolume" => super::volumes::validate_pv(obj, &mut causes),
         "PersistentVolumeClaim" => super::volumes::validate_pvc(obj, &mut causes),
         "StorageClass" => super::volumes::validate_storage_class(obj, &mut causes),
+        "ControllerRevision" => super::workloads::validate_revision(obj, &mut causes),
         _ => {}
     }
     if causes.is_empty() {

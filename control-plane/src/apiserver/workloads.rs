@@ -250,6 +250,19 @@ pub fn validate_daemonset(obj: &Value, causes: &mut Vec<Cause>) {
     }
 }
 
+/// What the API server refuses in a ControllerRevision.
+pub fn validate_revision(obj: &Value, causes: &mut Vec<Cause>) {
+    match obj.get("revision") {
+        Some(n) if n.as_i64().is_some_and(|n| n >= 0) => {}
+        Some(n) => causes.push(Cause::invalid(
+            "revision",
+            n,
+            "must be greater than or equal to 0",
+        )),
+        None => causes.push(Cause::required("revision")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

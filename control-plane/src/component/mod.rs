@@ -32,6 +32,36 @@ pub struct ClientArgs {
 impl ClientArgs {
     /// A kube client from --kubeconfig and/or --master.
     pub async fn client(&self) -> anyhow::Result<kube::Client> {
+        let config = self.config().await?;
+        kube::Client::try_from(config).context("building the API client")
+    }
+
+    /// The CA (PEM) the kubeconfig trusts for the API server, if it names
+    /// one: the cluster CA, when no other is given.
+    pub async fn trusted_ca(&self) -> anyhow::Result<Option<String>> {
+        use base64::Engine;
+        let config = self.config().await?;
+        let pems: Vec<String> = config
+            .root_cert
+            .iter()
+            .flatten()
+            .map(|der| {
+                let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+                let lines: Vec<&str> = b64
+                    .as_bytes()
+                    .chunks(64)
+                    .filter_map(|c| std::str::from_utf8(c).ok())
+                    .collect();
+                format!(
+                    "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+                    lines.join("\n")
+                )
+            })
+            .collect();
+        Ok((!pems.is_empty()).then(|| pems.concat()))
+    }
+
+    async fn config(&self) -> anyhow::Result<kube::Config> {
         let master = apimachinery::failover::client_url(&self.master)
             .await
             .map_err(|e| anyhow::anyhow!("--master: {e}"))?;
@@ -56,7 +86,7 @@ impl ClientArgs {
         }
         // Watches are long; the default read timeout would cut them.
         config.read_timeout = None;
-        kube::Client::try_from(config).context("building the API client")
+        Ok(config)
     }
 }
 

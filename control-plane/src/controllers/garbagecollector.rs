@@ -27,6 +27,7 @@ const KINDS: &[(&str, &str, &str, &str)] = &[
     ("apps", "v1", "ReplicaSet", "replicasets"),
     ("apps", "v1", "Deployment", "deployments"),
     ("apps", "v1", "DaemonSet", "daemonsets"),
+    ("apps", "v1", "ControllerRevision", "controllerrevisions"),
     ("batch", "v1", "Job", "jobs"),
     ("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
 ];

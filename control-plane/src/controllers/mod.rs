@@ -1,9 +1,10 @@
 //! The controller-manager: one loop per kind of desired state, each a small
 //! reconcile function over watched objects (see `replicaset`, `deployment`,
-//! `nodelifecycle`, `nodeipam`, `endpoints`, `namespace`,
+//! `daemonset`, `job`, `nodelifecycle`, `nodeipam`, `endpoints`, `namespace`,
 //! `garbagecollector`, `serviceaccounts`, `volume`). They share caches, events and leader election.
 
 pub mod context;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod garbagecollector;
@@ -72,7 +73,8 @@ pub struct Config {
     #[arg(long, default_value_t = 24)]
     pub node_cidr_mask_size: u8,
     /// The cluster CA (PEM), published to every namespace as ConfigMap
-    /// kube-root-ca.crt; without it nothing is published.
+    /// kube-root-ca.crt (default: the CA the kubeconfig trusts; with
+    /// neither nothing is published).
     #[arg(long)]
     pub root_ca_file: Option<std::path::PathBuf>,
     /// Create the default StorageClass `local-path` (volumes are
@@ -102,7 +104,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             std::fs::read_to_string(p)
                 .map_err(|e| anyhow::anyhow!("--root-ca-file {}: {e}", p.display()))?,
         ),
-        None => None,
+        None => config.client.trusted_ca().await?,
     };
     let client = config.client.client().await?;
     let health = Health::new();
@@ -147,6 +149,7 @@ async fn run_controllers(
     tasks.spawn(replicaset::run::<ReplicationController>(ctx.clone(), n));
     tasks.spawn(deployment::run(ctx.clone(), n));
     tasks.spawn(job::run(ctx.clone(), n));
+    tasks.spawn(daemonset::run(ctx.clone(), n));
     tasks.spawn(garbagecollector::run(ctx.clone()));
     tasks.spawn(namespace::run(ctx.clone()));
     tasks.spawn(serviceaccounts::run(ctx.clone(), root_ca));

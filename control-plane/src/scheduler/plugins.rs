@@ -4,55 +4,21 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use apimachinery::nodeaffinity;
 use apimachinery::selectors::selector_matches;
 use apimachinery::taints::tolerates;
 use k8s_openapi::api::core::v1::{
-    NodeSelectorRequirement, NodeSelectorTerm, PodAffinityTerm, PreferredSchedulingTerm, Taint,
-    Toleration, TopologySpreadConstraint,
+    NodeSelectorTerm, PodAffinityTerm, PreferredSchedulingTerm, Taint, Toleration,
+    TopologySpreadConstraint,
 };
 
 use super::cache::{Cache, NodeInfo, PodInfo};
 
 pub const HOSTNAME: &str = "kubernetes.io/hostname";
 
-fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&String>) -> bool {
-    let values = r.values.as_deref().unwrap_or_default();
-    match r.operator.as_str() {
-        "In" => value.is_some_and(|v| values.contains(v)),
-        "NotIn" => value.is_none_or(|v| !values.contains(v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        op @ ("Gt" | "Lt") => {
-            let (Some(v), Some(bound)) = (
-                value.and_then(|v| v.parse::<i64>().ok()),
-                values.first().and_then(|b| b.parse::<i64>().ok()),
-            ) else {
-                return false;
-            };
-            if op == "Gt" {
-                v > bound
-            } else {
-                v < bound
-            }
-        }
-        _ => false,
-    }
-}
-
-/// One node selector term: all expressions and fields must hold. An empty
-/// term matches no node, as in Kubernetes.
+/// One node selector term against a cached node.
 fn term_matches(t: &NodeSelectorTerm, node: &NodeInfo) -> bool {
-    let exprs = t.match_expressions.as_deref().unwrap_or_default();
-    let fields = t.match_fields.as_deref().unwrap_or_default();
-    if exprs.is_empty() && fields.is_empty() {
-        return false;
-    }
-    exprs
-        .iter()
-        .all(|r| requirement_matches(r, node.labels.get(&r.key)))
-        && fields
-            .iter()
-            .all(|r| r.key == "metadata.name" && requirement_matches(r, Some(&node.name)))
+    nodeaffinity::term_matches(t, &node.labels, &node.name)
 }
 
 /// Everything computed once per pod before the nodes are walked.

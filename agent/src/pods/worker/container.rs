@@ -203,6 +203,14 @@ impl Worker {
             return Err("no command specified".into());
         }
         let mut env: Vec<String> = cfg.env.clone();
+        // The API server's variables go over the image's and under the
+        // container's own, as kubelet orders them.
+        for var in self.api_server_env().await {
+            if let Some((name, _)) = var.split_once('=') {
+                env.retain(|x| !x.starts_with(&format!("{name}=")));
+            }
+            env.push(var);
+        }
         for e in c.env.iter().flatten() {
             let value = match (&e.value, &e.value_from) {
                 (Some(v), _) => v.clone(),

@@ -17,8 +17,10 @@ use super::sandbox::{self, Sandbox};
 use super::{logs, Env};
 
 mod container;
+mod service_env;
 mod status;
 mod termination;
+mod token;
 mod volumes;
 
 pub use termination::{cleanup_orphan, remove_cgroup};
@@ -88,6 +90,8 @@ pub struct Worker {
     /// Why the agent refuses to run the pod at all (it then reports the
     /// pod Failed with that message).
     refused: Option<String>,
+    /// The pod's ServiceAccount tokens, for its projected volumes.
+    tokens: std::sync::Mutex<token::Tokens>,
 }
 
 impl Worker {
@@ -148,6 +152,7 @@ impl Worker {
             endpoint: None,
             start_seen: false,
             refused: None,
+            tokens: Default::default(),
         }
     }
 
@@ -331,6 +336,7 @@ impl Worker {
             self.reconcile().await;
             self.report().await;
             self.probe().await;
+            self.renew_tokens().await;
             let wake = self
                 .runs
                 .iter()
@@ -341,6 +347,7 @@ impl Worker {
                         .filter(|r| r.pid.is_some())
                         .flat_map(|r| r.probes.iter().map(|p| p.next)),
                 )
+                .chain(self.token_wake())
                 .min()
                 .map(|t| t.max(Instant::now()))
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(60));

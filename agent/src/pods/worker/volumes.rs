@@ -1,7 +1,8 @@
 //! The host directories behind a pod's volumes. configMap, secret,
-//! downwardAPI and projected volumes are written by the atomic writer and
-//! mounted read-only; emptyDir, hostPath and claims' volumes (hostPath and
-//! local) are directories as they are.
+//! downwardAPI and projected volumes (with ServiceAccount tokens, see
+//! [`super::token`]) are written by the atomic writer and mounted
+//! read-only; emptyDir, hostPath and claims' volumes (hostPath and local)
+//! are directories as they are.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -106,12 +107,7 @@ impl Worker {
                 read_only: false,
             });
         }
-        let files = self.volume_files(vol).await?;
-        let d = dir.clone();
-        tokio::task::spawn_blocking(move || atomic_writer::write(&d, &files))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("volume {name:?}: {e}"))?;
+        self.write_volume(vol, dir.clone()).await?;
         Ok(Source {
             path: dir,
             read_only: true,
@@ -158,6 +154,17 @@ impl Worker {
         Ok(Source { path, read_only })
     }
 
+    /// Writes the files of a configMap, secret, downwardAPI or projected
+    /// volume into `dir` as one new generation.
+    pub(super) async fn write_volume(&self, vol: &Volume, dir: PathBuf) -> Result<(), String> {
+        let files = self.volume_files(vol).await?;
+        let name = vol.name.clone();
+        tokio::task::spawn_blocking(move || atomic_writer::write(&dir, &files))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("volume {name:?}: {e}"))
+    }
+
     /// The files of a configMap, secret, downwardAPI or projected volume.
     async fn volume_files(&self, vol: &Volume) -> Result<Vec<File>, String> {
         let name = &vol.name;
@@ -193,9 +200,11 @@ impl Worker {
                     );
                 } else if let Some(d) = &src.downward_api {
                     files.extend(self.downward_files(d.items.iter().flatten(), mode)?);
+                } else if let Some(t) = &src.service_account_token {
+                    files.push(self.token_file(t, mode).await?);
                 } else {
                     return Err(format!(
-                        "volume {name:?}: projected sources other than configMap, secret and downwardAPI are not supported"
+                        "volume {name:?}: projected sources other than configMap, secret, downwardAPI and serviceAccountToken are not supported"
                     ));
                 }
             }

@@ -18,17 +18,43 @@ use super::errors::{ApiError, ApiResult, Cause};
 use super::request::Target;
 use super::State;
 
-/// Admission plugins that are off unless asked for.
+/// Admission plugins that can be turned off (those not listed here are
+/// always on).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Plugin {
     #[value(name = "ServiceAccount")]
     ServiceAccount,
 }
 
+/// The plugins on when no flag names them.
+const DEFAULT_ON: &[Plugin] = &[Plugin::ServiceAccount];
+
+/// Whether `p` is on under `--enable-admission-plugins` and
+/// `--disable-admission-plugins`.
+pub fn enabled(config: &super::Config, p: Plugin) -> bool {
+    (DEFAULT_ON.contains(&p) || config.enable_admission_plugins.contains(&p))
+        && !config.disable_admission_plugins.contains(&p)
+}
+
+/// Refuses a plugin both enabled and disabled: which one was meant is
+/// unknown.
+pub fn check_flags(config: &super::Config) -> anyhow::Result<()> {
+    if let Some(p) = config
+        .enable_admission_plugins
+        .iter()
+        .find(|p| config.disable_admission_plugins.contains(p))
+    {
+        anyhow::bail!(
+            "admission plugin {p:?} is in both --enable-admission-plugins and --disable-admission-plugins"
+        );
+    }
+    Ok(())
+}
+
 /// Changes an object about to be created (after defaulting, before
 /// validation), for the plugins that complete what the client sent.
 pub async fn mutate_create(state: &State, target: &Target, obj: &mut Value) -> ApiResult<()> {
-    let on = |p| state.config.enable_admission_plugins.contains(&p);
+    let on = |p| enabled(&state.config, p);
     if (target.res.group, target.res.kind) == ("", "Pod") && on(Plugin::ServiceAccount) {
         serviceaccount::admit_pod(state, obj).await?;
     }

@@ -55,6 +55,7 @@ fn view_rules() -> Vec<Value> {
                 "replicasets/status",
                 "statefulsets",
                 "daemonsets",
+                "controllerrevisions",
             ],
         ),
         rule(READ, "batch", &["jobs", "jobs/status", "cronjobs"]),

@@ -80,6 +80,10 @@ pub async fn create(
     if t.res.has_status() && t.res.kind != "Node" {
         defaults::initial_status(t.res.kind, &mut obj);
     }
+    crate::apiserver::crd::prepare_create(&t, &mut obj);
+    if t.res.kind == "CustomResourceDefinition" && crate::apiserver::resources::is_builtin(t.res) {
+        crate::apiserver::crd::admit_definition(&mut obj, &now_rfc3339());
+    }
     crate::apiserver::admission::mutate_create(state, &t, &mut obj).await?;
     validation::validate(t.res, &obj)?;
     crate::apiserver::admission::admit_create(state, &t, &obj).await?;

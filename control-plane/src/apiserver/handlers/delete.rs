@@ -198,6 +198,16 @@ async fn delete_one(
         {
             Ok(rev) => {
                 obj["metadata"]["resourceVersion"] = json!(rev.to_string());
+                if target.res.kind == "CustomResourceDefinition"
+                    && crate::apiserver::resources::is_builtin(target.res)
+                {
+                    // Stop serving the kind first, so no object is created
+                    // after its siblings are removed.
+                    let _ = crate::apiserver::crd::registry()
+                        .refresh(&state.storage)
+                        .await;
+                    crate::apiserver::crd::delete_objects(&state.storage, &obj).await?;
+                }
                 return Ok((obj, StatusCode::OK));
             }
             Err(StorageError::Conflict) => continue,

@@ -1,12 +1,12 @@
 //! GET of a collection: selectors, paging with continue tokens, tables.
 
-use apimachinery::table::{self, IncludeObject};
+use apimachinery::table::IncludeObject;
 use axum::http::StatusCode;
 use axum::response::Response;
 use base64::Engine;
 use serde_json::json;
 
-use super::{json_response, storage_err, unix_now, Filter};
+use super::{json_response, storage_err, Filter};
 use crate::apiserver::errors::{ApiError, ApiResult};
 use crate::apiserver::request::{Query, Target, Wants};
 use crate::apiserver::storage::StorageError;
@@ -94,7 +94,7 @@ pub async fn list(
         Wants::Table => {
             let include =
                 IncludeObject::parse(query.get("includeObject")).map_err(ApiError::bad_request)?;
-            table::render(target.res.plural, &items, unix_now(), include, Some(&meta))
+            super::table_of(target.res, &items, include, Some(&meta))
         }
         Wants::Json => json!({
             "kind": format!("{}List", target.res.kind),

@@ -71,6 +71,22 @@ fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
     resp
 }
 
+/// A Table of `objects` of `res`: custom resources get their CRD's
+/// printer columns, built-in ones the printers Kubernetes has.
+pub(super) fn table_of(
+    res: &crate::apiserver::resources::Resource,
+    objects: &[Value],
+    include: IncludeObject,
+    list_meta: Option<&Value>,
+) -> Value {
+    match crate::apiserver::crd::registry().version(res) {
+        Some(v) => {
+            crate::apiserver::crd::table(&v.columns, objects, unix_now(), include, list_meta)
+        }
+        None => table::render(res.plural, objects, unix_now(), include, list_meta),
+    }
+}
+
 fn render(
     state: &State,
     target: &Target,
@@ -84,10 +100,9 @@ fn render(
         Wants::Table => {
             let include =
                 IncludeObject::parse(query.get("includeObject")).map_err(ApiError::bad_request)?;
-            Ok(table::render(
-                target.res.plural,
+            Ok(table_of(
+                target.res,
                 std::slice::from_ref(obj),
-                unix_now(),
                 include,
                 None,
             ))

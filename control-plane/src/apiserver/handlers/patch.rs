@@ -2,7 +2,7 @@
 
 use axum::http::HeaderMap;
 use axum::response::Response;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::create::create;
 use super::scale::{scale_of, scale_replicas};
@@ -64,7 +64,7 @@ pub async fn patch(
         if target.sub.as_deref() == Some("scale") {
             let replicas = scale_replicas(&patched)?;
             let mut new = current.value.clone();
-            new["spec"]["replicas"] = json!(replicas);
+            super::scale::set_replicas(target, &mut new, replicas);
             let mut t = target.clone();
             t.sub = None;
             let new = prepare_update(&t, &current.value, new)?;

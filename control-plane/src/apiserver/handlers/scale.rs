@@ -34,9 +34,54 @@ pub(super) fn scale_replicas(scale: &Value) -> ApiResult<i64> {
     Ok(r)
 }
 
+/// Where the replica counts and selector live: fixed for built-in
+/// workloads, named by the CRD for custom ones.
+fn paths(target: &Target) -> crate::apiserver::crd::ScalePaths {
+    crate::apiserver::crd::scale_paths(target.res).unwrap_or_else(|| {
+        crate::apiserver::crd::ScalePaths {
+            spec_replicas: "/spec/replicas".into(),
+            status_replicas: "/status/replicas".into(),
+            label_selector: None,
+        }
+    })
+}
+
+/// Writes the desired replica count at the resource's spec path, making
+/// the objects on the way.
+pub(super) fn set_replicas(target: &Target, obj: &mut Value, replicas: i64) {
+    let path = paths(target).spec_replicas;
+    let mut cur = obj;
+    for part in path.trim_start_matches('/').split('/') {
+        if !cur.is_object() {
+            *cur = json!({});
+        }
+        cur = &mut cur[part];
+    }
+    *cur = json!(replicas);
+}
+
 /// The autoscaling/v1 Scale view of a workload.
 pub fn scale_of(target: &Target, obj: &Value) -> Value {
     let meta = &obj["metadata"];
+    let p = paths(target);
+    if crate::apiserver::crd::scale_paths(target.res).is_some() {
+        let selector = p
+            .label_selector
+            .as_deref()
+            .and_then(|s| obj.pointer(s))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        return json!({
+            "kind": "Scale",
+            "apiVersion": "autoscaling/v1",
+            "metadata": {
+                "name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"],
+                "resourceVersion": meta["resourceVersion"], "creationTimestamp": meta["creationTimestamp"],
+            },
+            "spec": {"replicas": obj.pointer(&p.spec_replicas).cloned().unwrap_or(json!(0))},
+            "status": {"replicas": obj.pointer(&p.status_replicas).cloned().unwrap_or(json!(0)), "selector": selector},
+        });
+    }
     let selector = match obj.pointer("/spec/selector") {
         Some(Value::Object(m))
             if m.contains_key("matchLabels") || m.contains_key("matchExpressions") =>
@@ -48,7 +93,6 @@ pub fn scale_of(target: &Target, obj: &Value) -> Value {
         Some(Value::Object(m)) => LabelSelector::from_map(m).to_string(),
         _ => String::new(),
     };
-    let _ = target;
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
@@ -80,7 +124,7 @@ pub(super) async fn update_scale(
     }
     let replicas = scale_replicas(&body)?;
     let mut new = current.value.clone();
-    new["spec"]["replicas"] = json!(replicas);
+    set_replicas(target, &mut new, replicas);
     let mut t = target.clone();
     t.sub = None;
     let new = prepare_update(&t, &current.value, new)?;

@@ -93,6 +93,9 @@ pub(super) fn prepare_update(target: &Target, old: &Value, mut new: Value) -> Ap
             new["metadata"]["generation"] = json!(g + 1);
         }
     }
+    if res.kind == "CustomResourceDefinition" && crate::apiserver::resources::is_builtin(res) {
+        crate::apiserver::crd::admit_definition(&mut new, &super::now_rfc3339());
+    }
     crate::apiserver::admission::admit_update(target, old, &new)?;
     validation::validate(res, &new)?;
     Ok(new)

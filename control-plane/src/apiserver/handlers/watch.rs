@@ -4,13 +4,13 @@
 use std::time::Duration;
 
 use apimachinery::selectors::FieldSelector;
-use apimachinery::table::{self, IncludeObject};
+use apimachinery::table::IncludeObject;
 use axum::body::Body;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
-use super::{storage_err, unix_now, Filter};
+use super::{storage_err, Filter};
 use crate::apiserver::errors::{ApiError, ApiResult};
 use crate::apiserver::request::{Query, Target, Wants};
 use crate::apiserver::State;
@@ -84,13 +84,11 @@ pub async fn watch(
         }
     };
 
-    let plural = target.res.plural;
+    let res = target.res;
     let encode = move |ty: &str, obj: &Value| -> String {
         let object = match wants {
             Wants::Json => obj.clone(),
-            Wants::Table => {
-                table::render(plural, std::slice::from_ref(obj), unix_now(), include, None)
-            }
+            Wants::Table => super::table_of(res, std::slice::from_ref(obj), include, None),
         };
         json!({"type": ty, "object": object}).to_string() + "\n"
     };
