@@ -209,6 +209,61 @@ pub fn pod_active(pod: &Pod) -> bool {
         )
 }
 
+/// A short, stable hash of a pod template, spelled like Kubernetes' hashes
+/// (no vowels, so it never forms words). `collisions`, when above zero, is
+/// mixed in so that a controller can step past a hash that two different
+/// templates once shared (a DaemonSet's `collisionCount`).
+pub fn template_hash(
+    template: &k8s_openapi::api::core::v1::PodTemplateSpec,
+    collisions: i32,
+) -> String {
+    let mut bytes = serde_json::to_vec(template).unwrap_or_default();
+    if collisions > 0 {
+        bytes.extend_from_slice(collisions.to_string().as_bytes());
+    }
+    // FNV-1a, 32 bits.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in bytes {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut n = u64::from(h);
+    let mut out = String::new();
+    loop {
+        out.push(ALPHABET[(n % ALPHABET.len() as u64) as usize] as char);
+        n /= ALPHABET.len() as u64;
+        if n == 0 {
+            break;
+        }
+    }
+    out
+}
+
+/// Rewrites a pod's owner references (adoption or release) unless the pod
+/// changed or was recreated meanwhile: the uid and resourceVersion go along
+/// as preconditions. False if the pod changed or is gone.
+pub async fn set_pod_owners(api: &Api<Pod>, pod: &Pod, refs: &[OwnerReference]) -> Result<bool> {
+    let patch = serde_json::json!({"metadata": {
+        "ownerReferences": refs,
+        "uid": pod.metadata.uid,
+        "resourceVersion": pod.metadata.resource_version,
+    }});
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    match api
+        .patch(
+            &name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

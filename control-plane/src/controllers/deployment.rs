@@ -64,27 +64,9 @@ pub async fn run(shared: Arc<Context>, concurrency: u16) {
     .await;
 }
 
-/// A short, stable hash of a pod template, spelled like Kubernetes'
-/// pod-template-hash (no vowels, so it never forms words).
+/// The pod-template-hash of a Deployment's template.
 pub fn template_hash(template: &PodTemplateSpec) -> String {
-    let bytes = serde_json::to_vec(template).unwrap_or_default();
-    // FNV-1a, 32 bits.
-    let mut h: u32 = 0x811c_9dc5;
-    for b in bytes {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    let mut n = u64::from(h);
-    let mut out = String::new();
-    loop {
-        out.push(ALPHABET[(n % ALPHABET.len() as u64) as usize] as char);
-        n /= ALPHABET.len() as u64;
-        if n == 0 {
-            break;
-        }
-    }
-    out
+    context::template_hash(template, 0)
 }
 
 /// The template an RS was made from: its own minus the hash label.

@@ -419,23 +419,7 @@ async fn adopt<K: Replicated>(api: &Api<Pod>, pod: &Pod, owner: &K) -> Result<bo
     let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
     refs.push(controller_ref(owner));
     // The uid precondition stops adoption of a recreated pod of the same name.
-    let patch = json!({"metadata": {
-        "ownerReferences": refs,
-        "uid": pod.metadata.uid,
-        "resourceVersion": pod.metadata.resource_version,
-    }});
-    match api
-        .patch(
-            &pod.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(false),
-        Err(e) => Err(e.into()),
-    }
+    context::set_pod_owners(api, pod, &refs).await
 }
 
 /// Drops the owner reference of a pod that no longer matches.

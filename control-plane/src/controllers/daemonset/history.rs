@@ -19,27 +19,7 @@ use crate::controllers::context::controller_ref;
 /// A short, stable hash of the template (and the collision count, when
 /// two templates once hashed alike), spelled like Kubernetes' hashes.
 pub fn hash(template: &PodTemplateSpec, collisions: i32) -> String {
-    let mut bytes = serde_json::to_vec(template).unwrap_or_default();
-    if collisions > 0 {
-        bytes.extend_from_slice(collisions.to_string().as_bytes());
-    }
-    // FNV-1a, 32 bits.
-    let mut h: u32 = 0x811c_9dc5;
-    for b in bytes {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    let mut n = u64::from(h);
-    let mut out = String::new();
-    loop {
-        out.push(ALPHABET[(n % ALPHABET.len() as u64) as usize] as char);
-        n /= ALPHABET.len() as u64;
-        if n == 0 {
-            break;
-        }
-    }
-    out
+    crate::controllers::context::template_hash(template, collisions)
 }
 
 /// A revision's data: the strategic merge patch that puts its template

@@ -219,12 +219,12 @@ async fn claim_pods(ctx: &Ctx, ds: &DaemonSet, api: &Api<Pod>) -> Result<Vec<Arc
                     .filter(|r| r.uid != uid)
                     .cloned()
                     .collect();
-                set_owners(api, &pod, json!(refs)).await?;
+                context::set_pod_owners(api, &pod, &refs).await?;
             }
             None if matches && pod_active(&pod) => {
                 let mut refs = pod.owner_references().to_vec();
                 refs.push(controller_ref(ds));
-                if set_owners(api, &pod, json!(refs)).await? {
+                if context::set_pod_owners(api, &pod, &refs).await? {
                     out.push(pod);
                 }
             }
@@ -232,28 +232,6 @@ async fn claim_pods(ctx: &Ctx, ds: &DaemonSet, api: &Api<Pod>) -> Result<Vec<Arc
         }
     }
     Ok(out)
-}
-
-/// Rewrites a pod's owner references if it has not changed meanwhile;
-/// false if it has, or is gone.
-async fn set_owners(api: &Api<Pod>, pod: &Pod, refs: serde_json::Value) -> Result<bool> {
-    let patch = json!({"metadata": {
-        "ownerReferences": refs,
-        "uid": pod.metadata.uid,
-        "resourceVersion": pod.metadata.resource_version,
-    }});
-    match api
-        .patch(
-            &pod.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(false),
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// Makes sure the current template has a revision numbered above every
