@@ -3,7 +3,6 @@
 use serde_json::{json, Map, Value};
 
 use super::errors::Cause;
-use super::validation::validate_pod_spec;
 
 fn set_default(m: &mut Map<String, Value>, key: &str, value: Value) {
     if m.get(key).is_none_or(Value::is_null) {
@@ -74,34 +73,13 @@ pub fn validate(obj: &Value, causes: &mut Vec<Cause>) {
             ));
         }
     }
-    match spec.pointer("/template/spec") {
-        Some(ps) => {
-            validate_pod_spec(ps, "spec.template.spec", causes);
-            if let Some(rp) = ps.get("restartPolicy").filter(|rp| *rp != "Always") {
-                causes.push(Cause::not_supported(
-                    "spec.template.spec.restartPolicy",
-                    rp,
-                    &["Always"],
-                ));
-            }
-        }
-        None => causes.push(Cause::required("spec.template.spec.containers")),
-    }
+    super::workloads::check_long_running_template(&spec, causes);
     if let Some(p) = spec.get("podManagementPolicy") {
         if !matches!(p.as_str(), Some("OrderedReady" | "Parallel")) {
             causes.push(Cause::not_supported(
                 "spec.podManagementPolicy",
                 p,
                 &["OrderedReady", "Parallel"],
-            ));
-        }
-    }
-    if let Some(t) = spec.pointer("/updateStrategy/type") {
-        if !matches!(t.as_str(), Some("RollingUpdate" | "OnDelete")) {
-            causes.push(Cause::not_supported(
-                "spec.updateStrategy.type",
-                t,
-                &["OnDelete", "RollingUpdate"],
             ));
         }
     }

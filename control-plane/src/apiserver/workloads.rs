@@ -220,10 +220,10 @@ pub fn validate_job(obj: &Value, causes: &mut Vec<Cause>) {
     }
 }
 
-/// What the API server refuses in a DaemonSet.
-pub fn validate_daemonset(obj: &Value, causes: &mut Vec<Cause>) {
-    let spec = obj.get("spec").cloned().unwrap_or(Value::Null);
-    check_selector(&spec, "daemonset", causes);
+/// The pod template and update strategy type of a kind whose pods run for
+/// good (DaemonSets and StatefulSets): restartPolicy Always only, and
+/// RollingUpdate or OnDelete.
+pub(super) fn check_long_running_template(spec: &Value, causes: &mut Vec<Cause>) {
     match spec.pointer("/template/spec") {
         Some(ps) => {
             validate_pod_spec(ps, "spec.template.spec", causes);
@@ -248,6 +248,13 @@ pub fn validate_daemonset(obj: &Value, causes: &mut Vec<Cause>) {
             ));
         }
     }
+}
+
+/// What the API server refuses in a DaemonSet.
+pub fn validate_daemonset(obj: &Value, causes: &mut Vec<Cause>) {
+    let spec = obj.get("spec").cloned().unwrap_or(Value::Null);
+    check_selector(&spec, "daemonset", causes);
+    check_long_running_template(&spec, causes);
 }
 
 /// What the API server refuses in a ControllerRevision.
