@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod dist;
 pub mod etcd;
 pub mod forward;
+pub mod hollow;
 pub mod kubectl;
 pub mod names;
 pub mod net;

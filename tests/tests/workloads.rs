@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use harness::cluster::ControlPlane;
+use harness::hollow::HollowCluster as Cluster;
 use harness::kubectl::Kubectl;
-use harness::process::{wait_for, Guarded};
+use harness::process::wait_for;
 use serde_json::Value;
 
 fn get(k: &Kubectl, args: &[&str]) -> Value {
@@ -111,93 +112,35 @@ spec:
     assert!(listed.trim().is_empty(), "{listed}");
 }
 
-/// A control plane with the scheduler, the controller-manager and `n`
-/// hollow nodes (a pod annotated `hollow.kestrel.dev/exit-code` finishes
-/// there with that exit code).
-struct Cluster {
-    cp: ControlPlane,
-    k: Kubectl,
-    _parts: Vec<Guarded>,
+/// `kubectl wait` for a job condition, failing with what explains why not.
+fn wait_job(c: &Cluster, job: &str, condition: &str, secs: u64) {
+    let out =
+        c.k.output(&[
+            "wait",
+            &format!("--for=condition={condition}"),
+            &format!("job/{job}"),
+            &format!("--timeout={secs}s"),
+        ])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n--- job\n{}\n--- pods\n{}\n--- controller-manager\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        c.k.run(&["get", "job", job, "-o", "yaml"])
+            .unwrap_or_default(),
+        c.k.run(&["get", "pods", "-o", "wide"]).unwrap_or_default(),
+        c.cp.log("controller-manager"),
+    );
 }
 
-impl Cluster {
-    fn start(n: usize) -> Self {
-        let cp = ControlPlane::start().expect("control plane starts");
-        let k = cp.kubectl();
-        let count = n.to_string();
-        let parts = vec![
-            cp.component("scheduler", &["scheduler"]).unwrap(),
-            cp.component("controller-manager", &["controller-manager"])
-                .unwrap(),
-            cp.component(
-                "hollow",
-                &[
-                    "hollow-nodes",
-                    "--name-prefix",
-                    "hollow",
-                    "--count",
-                    &count,
-                    "--lease-interval-seconds",
-                    "1",
-                ],
-            )
-            .unwrap(),
-        ];
-        let ready = wait_for(Duration::from_secs(30), || {
-            let nodes = get(&k, &["nodes"]);
-            (nodes["items"].as_array().map(Vec::len) == Some(n)).then_some(())
-        });
-        assert!(ready.is_some(), "{n} hollow nodes did not register");
-        Cluster {
-            cp,
-            k,
-            _parts: parts,
-        }
-    }
-
-    fn apply(&self, yaml: &str) {
-        let out = self.k.run_stdin(&["apply", "-f", "-"], yaml).unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// `kubectl wait` for a job condition, failing with what explains why not.
-    fn wait(&self, job: &str, condition: &str, secs: u64) {
-        let out = self
-            .k
-            .output(&[
-                "wait",
-                &format!("--for=condition={condition}"),
-                &format!("job/{job}"),
-                &format!("--timeout={secs}s"),
-            ])
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}\n--- job\n{}\n--- pods\n{}\n--- controller-manager\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.k
-                .run(&["get", "job", job, "-o", "yaml"])
-                .unwrap_or_default(),
-            self.k
-                .run(&["get", "pods", "-o", "wide"])
-                .unwrap_or_default(),
-            self.cp.log("controller-manager"),
-        );
-    }
-
-    fn pods_of(&self, job: &str) -> Vec<Value> {
-        get(
-            &self.k,
-            &["pods", "-l", &format!("batch.kubernetes.io/job-name={job}")],
-        )["items"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    }
+fn pods_of(c: &Cluster, job: &str) -> Vec<Value> {
+    get(
+        &c.k,
+        &["pods", "-l", &format!("batch.kubernetes.io/job-name={job}")],
+    )["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn job_yaml(name: &str, extra_spec: &str, exit_code: i32) -> String {
@@ -221,12 +164,12 @@ spec:
 #[test]
 fn a_job_of_five_completions_two_at_a_time_completes_and_kubectl_wait_returns() {
     let c = Cluster::start(3);
-    c.apply(&job_yaml("batch5", "  completions: 5\n  parallelism: 2", 0));
-    c.wait("batch5", "complete", 90);
+    c.k.apply(&job_yaml("batch5", "  completions: 5\n  parallelism: 2", 0));
+    wait_job(&c, "batch5", "complete", 90);
     let job = get(&c.k, &["job", "batch5"]);
     assert_eq!(job["status"]["succeeded"], 5, "{job}");
     assert!(job["status"]["completionTime"].is_string(), "{job}");
-    let pods = c.pods_of("batch5");
+    let pods = pods_of(&c, "batch5");
     assert_eq!(pods.len(), 5, "exactly five pods ran");
     for p in &pods {
         assert_eq!(p["status"]["phase"], "Succeeded");
@@ -247,7 +190,7 @@ fn a_job_of_five_completions_two_at_a_time_completes_and_kubectl_wait_returns() 
     // Deleting the job takes its pods with it.
     c.k.run(&["delete", "job", "batch5"]).unwrap();
     let gone = wait_for(Duration::from_secs(30), || {
-        c.pods_of("batch5").is_empty().then_some(())
+        pods_of(&c, "batch5").is_empty().then_some(())
     });
     assert!(gone.is_some(), "pods outlived their job");
 }
@@ -255,8 +198,8 @@ fn a_job_of_five_completions_two_at_a_time_completes_and_kubectl_wait_returns() 
 #[test]
 fn a_job_whose_pods_fail_gives_up_after_its_backoff_limit() {
     let c = Cluster::start(1);
-    c.apply(&job_yaml("doomed", "  backoffLimit: 1", 1));
-    c.wait("doomed", "failed", 90);
+    c.k.apply(&job_yaml("doomed", "  backoffLimit: 1", 1));
+    wait_job(&c, "doomed", "failed", 90);
     let job = get(&c.k, &["job", "doomed"]);
     let failed = job["status"]["conditions"]
         .as_array()
@@ -270,22 +213,21 @@ fn a_job_whose_pods_fail_gives_up_after_its_backoff_limit() {
         job["status"]["failed"], 2,
         "the first try and one retry: {job}"
     );
-    assert_eq!(c.pods_of("doomed").len(), 2);
+    assert_eq!(pods_of(&c, "doomed").len(), 2);
 }
 
 #[test]
 fn an_indexed_job_runs_each_index_once() {
     let c = Cluster::start(2);
-    c.apply(&job_yaml(
+    c.k.apply(&job_yaml(
         "indexed",
         "  completions: 4\n  parallelism: 2\n  completionMode: Indexed",
         0,
     ));
-    c.wait("indexed", "complete", 90);
+    wait_job(&c, "indexed", "complete", 90);
     let job = get(&c.k, &["job", "indexed"]);
     assert_eq!(job["status"]["completedIndexes"], "0-3", "{job}");
-    let mut indexes: Vec<String> = c
-        .pods_of("indexed")
+    let mut indexes: Vec<String> = pods_of(&c, "indexed")
         .iter()
         .map(|p| {
             let i = p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]
@@ -325,7 +267,14 @@ spec:
     )
 }
 
-impl Cluster {
+/// What the DaemonSet story checks on its cluster.
+trait Daemons {
+    fn daemon_nodes(&self, ds: &str) -> Vec<String>;
+    fn wait_daemon_nodes(&self, ds: &str, want: &[&str]);
+    fn rollout(&self, args: &[&str]) -> String;
+}
+
+impl Daemons for Cluster {
     /// The nodes the DaemonSet's pods are bound to, sorted, once every
     /// pod is Running.
     fn daemon_nodes(&self, ds: &str) -> Vec<String> {
@@ -376,13 +325,13 @@ fn a_daemonset_runs_on_every_node_follows_new_ones_and_rolls_back_with_kubectl()
     let c = Cluster::start(2);
     c.k.run(&["taint", "node", "hollow-1", "dedicated=db:NoSchedule"])
         .unwrap_or_else(|e| panic!("{e}"));
-    c.apply(&daemonset_yaml("agent", "busybox", ""));
-    c.apply(&daemonset_yaml(
+    c.k.apply(&daemonset_yaml("agent", "busybox", ""));
+    c.k.apply(&daemonset_yaml(
         "tolerant",
         "busybox",
         "      tolerations: [{key: dedicated, operator: Exists}]",
     ));
-    c.apply(&daemonset_yaml(
+    c.k.apply(&daemonset_yaml(
         "picky",
         "busybox",
         "      nodeSelector: {disk: ssd}",

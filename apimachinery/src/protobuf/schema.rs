@@ -114,6 +114,7 @@ pub(super) fn for_kind(api_version: &str, kind: &str) -> Option<&'static Schema>
         ("v1", "Pod") => &POD,
         ("apps/v1", "Deployment") => &DEPLOYMENT,
         ("batch/v1", "Job") => &JOB,
+        ("batch/v1", "CronJob") => &CRON_JOB,
         ("rbac.authorization.k8s.io/v1", "Role") => &ROLE,
         ("rbac.authorization.k8s.io/v1", "ClusterRole") => &CLUSTER_ROLE,
         ("rbac.authorization.k8s.io/v1", "RoleBinding" | "ClusterRoleBinding") => &ROLE_BINDING,
@@ -586,6 +587,22 @@ static JOB_STATUS: Schema = Schema(&[
     s(10, "failedIndexes").keep(),
     i32(9, "ready").keep(),
 ]);
+
+static CRON_JOB: Schema = Schema(&[m(1, "metadata", &OBJECT_META), m(2, "spec", &CRON_JOB_SPEC)]);
+
+static CRON_JOB_SPEC: Schema = Schema(&[
+    s(1, "schedule").keep(),
+    s(8, "timeZone").keep(),
+    i64(2, "startingDeadlineSeconds").keep(),
+    s(3, "concurrencyPolicy"),
+    b(4, "suspend").keep(),
+    m(5, "jobTemplate", &JOB_TEMPLATE_SPEC),
+    i32(6, "successfulJobsHistoryLimit").keep(),
+    i32(7, "failedJobsHistoryLimit").keep(),
+]);
+
+static JOB_TEMPLATE_SPEC: Schema =
+    Schema(&[m(1, "metadata", &OBJECT_META), m(2, "spec", &JOB_SPEC)]);
 
 // rbac.authorization.k8s.io/v1
 

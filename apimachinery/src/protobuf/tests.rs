@@ -268,7 +268,38 @@ fn time_bounds() {
     ));
 }
 
-const KINDS: [(&str, &str); 8] = [
+#[test]
+fn cronjob_like_kubectl_create() {
+    let container = W::default()
+        .str(1, "hello")
+        .str(2, "busybox")
+        .str(3, "echo");
+    let pod_spec = W::default().msg(2, container).str(3, "OnFailure");
+    let template = W::default().msg(1, object_meta("", &[])).msg(2, pod_spec);
+    let job_spec = W::default().msg(6, template);
+    let job_template = W::default().msg(1, object_meta("", &[])).msg(2, job_spec);
+    let spec = W::default()
+        .str(1, "*/5 * * * *")
+        .str(3, "")
+        .msg(5, job_template)
+        .int(6, 0);
+    let raw = W::default().msg(1, object_meta("hello", &[])).msg(2, spec);
+    let got = decode(&body("batch/v1", "CronJob", raw)).unwrap();
+    assert_eq!(got["spec"]["schedule"], "*/5 * * * *");
+    assert!(got["spec"].get("concurrencyPolicy").is_none(), "{got}");
+    assert_eq!(
+        got["spec"]["successfulJobsHistoryLimit"], 0,
+        "a pointer's zero is kept"
+    );
+    let c = &got["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["image"], "busybox");
+    assert_eq!(
+        got["spec"]["jobTemplate"]["spec"]["template"]["spec"]["restartPolicy"],
+        "OnFailure"
+    );
+}
+
+const KINDS: [(&str, &str); 9] = [
     ("v1", "Namespace"),
     ("v1", "ConfigMap"),
     ("v1", "Secret"),
@@ -277,6 +308,7 @@ const KINDS: [(&str, &str); 8] = [
     ("v1", "Pod"),
     ("apps/v1", "Deployment"),
     ("batch/v1", "Job"),
+    ("batch/v1", "CronJob"),
 ];
 
 proptest! {

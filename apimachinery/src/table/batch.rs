@@ -34,6 +34,29 @@ pub(super) const JOB_COLUMNS: &[Column] = &[
     .wide(),
 ];
 
+/// CronJob table columns.
+pub(super) const CRONJOB_COLUMNS: &[Column] = &[
+    NAME,
+    Column::new("Schedule", "string", "The schedule the job runs on."),
+    Column::new(
+        "Timezone",
+        "string",
+        "The time zone the schedule is read in.",
+    ),
+    Column::new("Suspend", "boolean", "Whether new runs are held back."),
+    Column::new("Active", "integer", "Jobs of this cron job still running."),
+    Column::new("Last Schedule", "string", "When a job was last scheduled."),
+    AGE,
+    CONTAINERS,
+    IMAGES,
+    Column::new(
+        "Selector",
+        "string",
+        "Label query selecting the jobs' pods.",
+    )
+    .wide(),
+];
+
 /// DaemonSet table columns.
 pub(super) const DAEMONSET_COLUMNS: &[Column] = &[
     NAME,
@@ -138,6 +161,48 @@ pub(super) fn job_row(obj: &Value, now: i64) -> Row {
     ])
 }
 
+/// One cron job row.
+pub(super) fn cronjob_row(obj: &Value, now: i64) -> Row {
+    let text = |path: &[&str]| {
+        at(obj, path)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .unwrap_or("<none>")
+            .to_string()
+    };
+    let last = match timestamp(obj, &["status", "lastScheduleTime"]) {
+        Some(t) => human_duration(now - t),
+        None => "<none>".into(),
+    };
+    let suspend = at(obj, &["spec", "suspend"]).and_then(Value::as_bool) == Some(true);
+    let template = &[
+        "spec",
+        "jobTemplate",
+        "spec",
+        "template",
+        "spec",
+        "containers",
+    ];
+    let (containers, images) = container_cells(list(obj, template));
+    let selector = match label_selector(at(obj, &["spec", "jobTemplate", "spec", "selector"])) {
+        Ok(s) if s.is_empty() => "<none>".into(),
+        Ok(s) => s.into(),
+        Err(()) => "<error>".into(),
+    };
+    Row::new(vec![
+        name(obj),
+        text(&["spec", "schedule"]).into(),
+        text(&["spec", "timeZone"]).into(),
+        suspend.into(),
+        list(obj, &["status", "active"]).len().into(),
+        last.into(),
+        age(obj, now),
+        containers,
+        images,
+        selector,
+    ])
+}
+
 /// One daemon set row.
 pub(super) fn daemonset_row(obj: &Value, now: i64) -> Row {
     let count = |field: &str| int(obj, &["status", field]).unwrap_or(0);
@@ -211,6 +276,45 @@ mod tests {
                                   {"type": "Complete", "status": "False"}]}),
         );
         assert_eq!(job_row(&suspended, NOW).cells[1], json!("Suspended"));
+    }
+
+    #[test]
+    fn cronjob_rows_read_as_kubectl_prints_them() {
+        let cj = json!({
+            "metadata": {"name": "hello", "creationTimestamp": "2026-11-28T08:41:37Z"},
+            "spec": {"schedule": "*/1 * * * *", "suspend": false,
+                     "jobTemplate": {"spec": {"template": {"spec": {
+                         "containers": [{"name": "hello", "image": "busybox"}]}}}}},
+            "status": {"active": [{"name": "hello-1"}], "lastScheduleTime": "2026-11-28T08:51:07Z"}
+        });
+        assert_eq!(
+            cronjob_row(&cj, NOW).cells,
+            vec![
+                json!("hello"),
+                json!("*/1 * * * *"),
+                json!("<none>"),
+                json!(false),
+                json!(1),
+                json!("30s"),
+                json!("10m"),
+                json!("hello"),
+                json!("busybox"),
+                json!("<none>"),
+            ]
+        );
+        let idle =
+            json!({"spec": {"schedule": "@daily", "timeZone": "Europe/Paris", "suspend": true}});
+        let c = cronjob_row(&idle, NOW).cells;
+        assert_eq!(
+            c[1..6],
+            [
+                json!("@daily"),
+                json!("Europe/Paris"),
+                json!(true),
+                json!(0),
+                json!("<none>")
+            ]
+        );
     }
 
     #[test]

@@ -265,6 +265,7 @@ fn printer_for(resource: &str) -> Printer {
         "replicasets" => (workloads::REPLICASET_COLUMNS, workloads::replicaset_row),
         "replicationcontrollers" => (workloads::RC_COLUMNS, workloads::rc_row),
         "jobs" => (batch::JOB_COLUMNS, batch::job_row),
+        "cronjobs" => (batch::CRONJOB_COLUMNS, batch::cronjob_row),
         "daemonsets" => (batch::DAEMONSET_COLUMNS, batch::daemonset_row),
         "statefulsets" => (stateful::STATEFULSET_COLUMNS, stateful::statefulset_row),
         "persistentvolumes" => (storage::PV_COLUMNS, storage::pv_row),

@@ -18,6 +18,7 @@ const RESOURCES: &[&str] = &[
     "replicasets",
     "replicationcontrollers",
     "jobs",
+    "cronjobs",
     "daemonsets",
     "statefulsets",
     "persistentvolumes",

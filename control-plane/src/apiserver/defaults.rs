@@ -169,6 +169,7 @@ pub fn apply(kind: &str, obj: &mut Value) {
             template(&mut obj["spec"]);
         }
         "Job" => super::workloads::default_job(obj),
+        "CronJob" => super::cronjobs::default(obj),
         "DaemonSet" => super::workloads::default_daemonset(obj),
         "StatefulSet" => super::statefulsets::default(obj),
         "PersistentVolume" => super::volumes::default_pv(obj),
@@ -199,7 +200,7 @@ pub fn initial_status(kind: &str, obj: &mut Value) {
         "Deployment" | "ReplicaSet" | "ReplicationController" => {
             obj["status"] = json!({"replicas": 0})
         }
-        "Job" => obj["status"] = json!({}),
+        "Job" | "CronJob" => obj["status"] = json!({}),
         "StatefulSet" => obj["status"] = json!({"replicas": 0, "availableReplicas": 0}),
         "PersistentVolume" | "PersistentVolumeClaim" => obj["status"] = json!({"phase": "Pending"}),
         "DaemonSet" => {

@@ -9,6 +9,7 @@ pub mod authz;
 mod builtin;
 mod componentstatus;
 pub mod crd;
+mod cronjobs;
 mod defaults;
 pub mod discovery;
 pub mod errors;

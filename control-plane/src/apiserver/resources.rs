@@ -463,6 +463,18 @@ pub static RESOURCES: &[Resource] = &[
         verbs: ALL_VERBS,
         subresources: &[status("Job", "batch", "v1")],
     },
+    Resource {
+        group: "batch",
+        version: "v1",
+        kind: "CronJob",
+        plural: "cronjobs",
+        singular: "cronjob",
+        namespaced: true,
+        short_names: &["cj"],
+        categories: ALL,
+        verbs: ALL_VERBS,
+        subresources: &[status("CronJob", "batch", "v1")],
+    },
     // Storage: volumes, claims on them and the classes that provision them.
     Resource {
         group: "",

@@ -112,6 +112,7 @@ pub fn decode(
         "RoleBinding" => round_trip::<rbac::RoleBinding>(body),
         "ClusterRoleBinding" => round_trip::<rbac::ClusterRoleBinding>(body),
         "Job" => round_trip::<batch::Job>(body),
+        "CronJob" => round_trip::<batch::CronJob>(body),
         "DaemonSet" => round_trip::<apps::DaemonSet>(body),
         "StatefulSet" => round_trip::<apps::StatefulSet>(body),
         "PersistentVolume" => round_trip::<core::PersistentVolume>(body),
@@ -249,6 +250,7 @@ pub fn validate(res: &Resource, obj: &Value) -> ApiResult<()> {
             super::authz::rbac::validate(res.kind, obj, &mut causes)
         }
         "Job" => super::workloads::validate_job(obj, &mut causes),
+        "CronJob" => super::cronjobs::validate(obj, &mut causes),
         "DaemonSet" => super::workloads::validate_daemonset(obj, &mut causes),
         "StatefulSet" => super::statefulsets::validate(obj, &mut causes),
         "PersistentVolume" => super::volumes::validate_pv(obj, &mut causes),

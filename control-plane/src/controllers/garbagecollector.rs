@@ -29,6 +29,7 @@ const KINDS: &[(&str, &str, &str, &str)] = &[
     ("apps", "v1", "DaemonSet", "daemonsets"),
     ("apps", "v1", "ControllerRevision", "controllerrevisions"),
     ("batch", "v1", "Job", "jobs"),
+    ("batch", "v1", "CronJob", "cronjobs"),
     ("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
 ];
 

@@ -4,6 +4,7 @@
 //! `garbagecollector`, `serviceaccounts`, `volume`). They share caches, events and leader election.
 
 pub mod context;
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
@@ -149,6 +150,7 @@ async fn run_controllers(
     tasks.spawn(replicaset::run::<ReplicationController>(ctx.clone(), n));
     tasks.spawn(deployment::run(ctx.clone(), n));
     tasks.spawn(job::run(ctx.clone(), n));
+    tasks.spawn(cronjob::run(ctx.clone(), n));
     tasks.spawn(daemonset::run(ctx.clone(), n));
     tasks.spawn(garbagecollector::run(ctx.clone()));
     tasks.spawn(namespace::run(ctx.clone()));

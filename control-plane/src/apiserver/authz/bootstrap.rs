@@ -58,7 +58,11 @@ fn view_rules() -> Vec<Value> {
                 "controllerrevisions",
             ],
         ),
-        rule(READ, "batch", &["jobs", "jobs/status", "cronjobs"]),
+        rule(
+            READ,
+            "batch",
+            &["jobs", "jobs/status", "cronjobs", "cronjobs/status"],
+        ),
         rule(READ, "discovery.k8s.io", &["endpointslices"]),
         rule(READ, "events.k8s.io", &["events"]),
     ]
