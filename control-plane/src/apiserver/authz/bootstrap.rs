@@ -204,6 +204,43 @@ pub fn defaults() -> Vec<(String, Value)> {
                 &["/healthz", "/livez", "/readyz", "/version", "/version/"],
             )],
         ),
+        cluster_role(
+            "system:monitoring",
+            vec![urls(
+                &["get"],
+                &[
+                    "/metrics",
+                    "/healthz",
+                    "/healthz/*",
+                    "/livez",
+                    "/livez/*",
+                    "/readyz",
+                    "/readyz/*",
+                ],
+            )],
+        ),
+        cluster_role(
+            "system:service-account-issuer-discovery",
+            vec![urls(
+                &["get"],
+                &[
+                    "/.well-known/openid-configuration",
+                    "/.well-known/openid-configuration/",
+                    "/openid/v1/jwks",
+                    "/openid/v1/jwks/",
+                ],
+            )],
+        ),
+        cluster_binding(
+            "system:monitoring",
+            "system:monitoring",
+            &[("Group", "system:monitoring")],
+        ),
+        cluster_binding(
+            "system:service-account-issuer-discovery",
+            "system:service-account-issuer-discovery",
+            &[("Group", "system:serviceaccounts")],
+        ),
         cluster_binding(
             "cluster-admin",
             "cluster-admin",

@@ -5,6 +5,7 @@
 pub mod bootstrap;
 pub mod escalation;
 pub mod node;
+pub mod nonresource;
 pub mod rbac;
 pub mod reviews;
 
