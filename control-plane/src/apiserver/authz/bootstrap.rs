@@ -6,6 +6,7 @@
 use serde_json::{json, Value};
 
 use super::super::storage::Storage;
+use super::components;
 
 const READ: &[&str] = &["get", "list", "watch"];
 const WRITE: &[&str] = &["create", "delete", "deletecollection", "patch", "update"];
@@ -231,6 +232,11 @@ pub fn defaults() -> Vec<(String, Value)> {
                 ],
             )],
         ),
+        cluster_role("system:kube-scheduler", components::scheduler_rules()),
+        cluster_role(
+            "system:kube-controller-manager",
+            components::controller_manager_rules(),
+        ),
         cluster_binding(
             "system:monitoring",
             "system:monitoring",
@@ -240,6 +246,16 @@ pub fn defaults() -> Vec<(String, Value)> {
             "system:service-account-issuer-discovery",
             "system:service-account-issuer-discovery",
             &[("Group", "system:serviceaccounts")],
+        ),
+        cluster_binding(
+            "system:kube-scheduler",
+            "system:kube-scheduler",
+            &[("User", "system:kube-scheduler")],
+        ),
+        cluster_binding(
+            "system:kube-controller-manager",
+            "system:kube-controller-manager",
+            &[("User", "system:kube-controller-manager")],
         ),
         cluster_binding(
             "cluster-admin",

@@ -3,6 +3,7 @@
 //! allowed when [`node`] or [`rbac`] allows it.
 
 pub mod bootstrap;
+pub mod components;
 pub mod escalation;
 pub mod node;
 pub mod nonresource;
