@@ -448,11 +448,7 @@ cmd_control_plane() {
 	say "$servers" | tr ',' '\n' >"$WORK/apiservers"
 	put "$WORK/apiservers" "$CONF_DIR/apiservers" 0644
 
-	# The scheduler and controller-manager get certificates of their own
-	# (admins: system:masters) from the CA, before anything starts.
-	for c in scheduler controller-manager; do
-		kubeconfig "system:kube-$c" system:masters "https://127.0.0.1:$port" "$CONF_DIR/$c.kubeconfig"
-	done
+	component_kubeconfigs "$port"
 
 	# Debian starts its own etcd when etcd-server is installed; ours
 	# replaces it (same ports).
@@ -528,22 +524,49 @@ wait_for_apiserver() {
 }
 
 # kubeconfig USER GROUP SERVER DEST: a kubeconfig with a new client
-# certificate from the cluster CA, unless DEST exists (a certificate is never
-# silently replaced: the old one stays valid until the CA changes).
+# certificate from the cluster CA (GROUP may be empty), unless DEST exists
+# (a certificate is never silently replaced: the old one stays valid until
+# the CA changes).
 kubeconfig() {
 	if [ -f "$ROOT$4" ]; then
 		say "unchanged: $4"
 		return 0
 	fi
 	if [ "$DRY_RUN" = 1 ]; then
-		say "would write: $4 (user $1, group $2, server $3)"
+		say "would write: $4 (user $1, group ${2:-none}, server $3)"
 		return 0
 	fi
 	mkdir -p "$(dirname "$ROOT$4")"
 	"$HERE/bin/control-plane" kubeconfig --cert-dir "$ROOT$CERT_DIR" \
-		--user "$1" --group "$2" --server "$3" --out "$ROOT$4"
+		--user "$1" ${2:+--group "$2"} --server "$3" --out "$ROOT$4"
 	CHANGED=1
-	say "written: $4 (user $1, group $2)"
+	say "written: $4 (user $1, group ${2:-none})"
+}
+
+# component_kubeconfigs PORT: the scheduler and the controller-manager get
+# certificates of their own users, system:kube-scheduler and
+# system:kube-controller-manager, whose least-privilege roles the API
+# server makes. A kubeconfig an older install made them admins with
+# (system:masters) is replaced.
+component_kubeconfigs() {
+	for c in scheduler controller-manager; do
+		file=$CONF_DIR/$c.kubeconfig
+		if [ -f "$ROOT$file" ] && is_admin_kubeconfig "$ROOT$file"; then
+			if [ "$DRY_RUN" = 1 ]; then
+				say "would replace: $file (it makes the $c an admin)"
+				continue
+			fi
+			say "replacing $file: it made the $c an admin"
+			rm -f "$ROOT$file"
+		fi
+		kubeconfig "system:kube-$c" "" "https://127.0.0.1:$1" "$file"
+	done
+}
+
+# is_admin_kubeconfig FILE: its client certificate names system:masters.
+is_admin_kubeconfig() {
+	kubeconfig_field "$1" client-certificate-data | base64 -d 2>/dev/null |
+		sed '/^-----/d' | base64 -d 2>/dev/null | grep -qa system:masters
 }
 
 # valid_urls LIST: every comma-separated entry is an https URL.

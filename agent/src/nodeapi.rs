@@ -237,7 +237,8 @@ pub fn local_only(addr: SocketAddr) -> SocketAddr {
 
 /// Serves the node API. It fails closed: with the cluster CA (`ca_der`),
 /// everything over HTTPS with a fresh self-signed serving certificate,
-/// requiring client certificates from that CA; without one, only
+/// requiring client certificates from that CA that name `system:masters`
+/// (the API server's kubelet client, admins); without one, only
 /// /healthz and /metrics, over plain HTTP on loopback. Logs and exec
 /// without a CA need `listen.insecure`, a specific address (clusters
 /// whose API server has no TLS either, such as tests).
@@ -309,15 +310,16 @@ pub async fn serve(
             else {
                 return;
             };
-            // Nodes hold certificates from the same CA; they must not read
-            // each other's containers.
-            let is_node = stream
+            // Nodes, the scheduler, the controller-manager and users hold
+            // certificates from the same CA; only the API server (its
+            // kubelet client) and admins may read logs, exec or metrics.
+            let admitted = stream
                 .get_ref()
                 .1
                 .peer_certificates()
                 .and_then(|c| c.first())
-                .is_some_and(|c| cert_is_node(c.as_ref()));
-            if is_node {
+                .is_some_and(|c| cert_is_admin(c.as_ref()));
+            if !admitted {
                 return;
             }
             let service =
@@ -368,15 +370,17 @@ async fn serve_plain(
     Ok(())
 }
 
-fn cert_is_node(der: &[u8]) -> bool {
+/// Whether a client certificate (already verified against the cluster CA)
+/// names a member of `system:masters`.
+fn cert_is_admin(der: &[u8]) -> bool {
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
-        return true;
+        return false;
     };
-    let node = cert
+    let admin = cert
         .subject()
         .iter_organization()
-        .any(|o| o.as_str().is_ok_and(|o| o == "system:nodes"));
-    node
+        .any(|o| o.as_str().is_ok_and(|o| o == "system:masters"));
+    admin
 }
 
 fn tls_config(ca_der: &[Vec<u8>]) -> anyhow::Result<Arc<rustls::ServerConfig>> {

@@ -48,6 +48,10 @@ pub struct ControlPlane {
     net: Option<Network>,
     /// Whether the API servers also serve HTTPS on the node network.
     tls: bool,
+    /// The first API server's HTTPS port on loopback, where the scheduler
+    /// and the controller-manager connect as their own RBAC users
+    /// ([`ControlPlane::start_with_component_identities`]).
+    component_tls_port: Option<u16>,
 }
 
 /// The node network of a control plane that serves nodes in namespaces: a
@@ -58,6 +62,16 @@ struct Network {
     // Relays first: they hold sockets in the segment's namespace.
     _forwards: Vec<Forward>,
     segment: Segment,
+}
+
+/// Who reaches the API server over HTTPS besides plain HTTP for the test.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Secure {
+    No,
+    /// Nodes, on the node network.
+    Nodes,
+    /// The scheduler and the controller-manager, on loopback.
+    Components,
 }
 
 /// Address of the API server on the node network (the segment's bridge).
@@ -79,6 +93,16 @@ impl ControlPlane {
         Self::start_inner(apiserver_args, false, 1)
     }
 
+    /// Like `start_with`, with the API server also serving HTTPS on
+    /// loopback with a CA of its own: the scheduler and the
+    /// controller-manager started with [`ControlPlane::component`] connect
+    /// there with client certificates of `system:kube-scheduler` and
+    /// `system:kube-controller-manager`, so they hold only what RBAC grants
+    /// them. The test stays the admin over plain HTTP.
+    pub fn start_with_component_identities(apiserver_args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_full(apiserver_args, false, 1, Secure::Components)
+    }
+
     /// Starts a control plane for nodes in network namespaces: the API
     /// server runs in the namespace of a segment (a bridge) that nodes join
     /// with [`ControlPlane::segment`], at [`API_ADDRESS`]. The test still
@@ -94,7 +118,7 @@ impl ControlPlane {
     /// The test stays the admin at [`ControlPlane::url`], over plain HTTP
     /// that only the test's own loopback reaches.
     pub fn start_networked_tls(apiserver_args: &[&str]) -> anyhow::Result<Self> {
-        Self::start_full(apiserver_args, true, 1, true)
+        Self::start_full(apiserver_args, true, 1, Secure::Nodes)
     }
 
     /// A highly available control plane for nodes in namespaces: an etcd
@@ -105,14 +129,14 @@ impl ControlPlane {
     }
 
     fn start_inner(apiserver_args: &[&str], networked: bool, n: usize) -> anyhow::Result<Self> {
-        Self::start_full(apiserver_args, networked, n, false)
+        Self::start_full(apiserver_args, networked, n, Secure::No)
     }
 
     fn start_full(
         apiserver_args: &[&str],
         networked: bool,
         n: usize,
-        tls: bool,
+        secure: Secure,
     ) -> anyhow::Result<Self> {
         let mut members = if n == 1 {
             vec![Etcd::start()?]
@@ -131,7 +155,8 @@ impl ControlPlane {
             dir,
             apiserver_args: apiserver_args.iter().map(|s| s.to_string()).collect(),
             net: None,
-            tls,
+            tls: secure == Secure::Nodes,
+            component_tls_port: (secure == Secure::Components).then(free_port),
         };
         if networked {
             let segment = Segment::new()?;
@@ -323,10 +348,17 @@ impl ControlPlane {
                     .arg(format!("--insecure-bind-address=0.0.0.0:{port}"));
                 crate::net::in_netns(&mut cmd, &net.segment.ns)?;
             }
-            None => {
-                cmd.arg("--no-tls")
-                    .arg(format!("--insecure-bind-address=127.0.0.1:{port}"));
-            }
+            None => match self.component_tls_port {
+                Some(tls_port) => {
+                    cmd.arg(format!("--insecure-bind-address=127.0.0.1:{port}"))
+                        .arg(format!("--cert-dir={}", self.pki().display()))
+                        .arg(format!("--bind-address=127.0.0.1:{tls_port}"));
+                }
+                None => {
+                    cmd.arg("--no-tls")
+                        .arg(format!("--insecure-bind-address=127.0.0.1:{port}"));
+                }
+            },
         }
         self.apiservers[i] = Some(Guarded::spawn("apiserver", &mut cmd)?);
         let url = format!("127.0.0.1:{port}");
@@ -360,9 +392,14 @@ impl ControlPlane {
                 cmd.arg("--master").arg(self.node_urls().join(","));
                 crate::net::in_netns(&mut cmd, &net.segment.ns)?;
             }
-            _ => {
-                cmd.arg("--master").arg(self.url());
-            }
+            _ => match (self.component_tls_port, args.first()) {
+                (Some(_), Some(&c @ ("scheduler" | "controller-manager"))) => {
+                    cmd.arg("--kubeconfig").arg(self.component_kubeconfig(c)?);
+                }
+                _ => {
+                    cmd.arg("--master").arg(self.url());
+                }
+            },
         }
         if matches!(args.first(), Some(&"scheduler" | &"controller-manager")) {
             // Short leases so a killed component's successor takes over fast.
@@ -382,6 +419,31 @@ impl ControlPlane {
                 .stdout(log.try_clone()?)
                 .stderr(log),
         )?)
+    }
+
+    /// A kubeconfig with a client certificate of `system:kube-COMPONENT`,
+    /// naming the API server's HTTPS port on loopback
+    /// ([`ControlPlane::start_with_component_identities`] only).
+    pub fn component_kubeconfig(&self, component: &str) -> anyhow::Result<PathBuf> {
+        let port = self
+            .component_tls_port
+            .ok_or_else(|| anyhow::anyhow!("not started with component identities"))?;
+        let out = self.dir.path().join(format!("{component}.kubeconfig"));
+        if !out.exists() {
+            let status = Command::new(binary("control-plane"))
+                .arg("kubeconfig")
+                .arg(format!("--cert-dir={}", self.pki().display()))
+                .arg(format!("--user=system:kube-{component}"))
+                .arg(format!("--server=https://127.0.0.1:{port}"))
+                .arg("--out")
+                .arg(&out)
+                .status()?;
+            anyhow::ensure!(
+                status.success(),
+                "control-plane kubeconfig for {component} failed"
+            );
+        }
+        Ok(out)
     }
 
     /// A component's log so far.

@@ -20,6 +20,7 @@ pub mod node;
 pub mod nspawn;
 pub mod ports;
 pub mod process;
+pub mod secured;
 
 /// Fails the test with a clear message unless it runs as root.
 pub fn require_root(what: &str) {

@@ -207,27 +207,40 @@ fn openssl(dir: &std::path::Path, args: &[&str]) {
 /// A CA `NAME.crt`/`NAME.key` in `dir`, and a client certificate it signed
 /// for an admin, `NAME-client.crt`/`NAME-client.key`.
 fn ca_and_client(dir: &std::path::Path, name: &str) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
     let (crt, key) = (format!("{name}.crt"), format!("{name}.key"));
     let mut ca = vec!["req", "-x509", "-days", "1", "-subj"];
     let subject = format!("/CN={name}");
     ca.push(&subject);
-    ca.extend(ec);
+    ca.extend(EC);
     ca.extend(["-keyout", &key, "-out", &crt]);
     openssl(dir, &ca);
-    let (ckey, csr, ccrt) = (
-        format!("{name}-client.key"),
-        format!("{name}-client.csr"),
-        format!("{name}-client.crt"),
+    client_of(
+        dir,
+        name,
+        &format!("{name}-client"),
+        "/O=system:masters/CN=admin",
     );
-    let mut req = vec!["req", "-subj", "/O=system:masters/CN=admin"];
-    req.extend(ec);
+}
+
+const EC: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+];
+
+/// A client certificate `OUT.crt`/`OUT.key` for `subject`, signed by the
+/// CA `CA.crt`/`CA.key` in `dir`.
+fn client_of(dir: &std::path::Path, ca: &str, out: &str, subject: &str) {
+    let (crt, key) = (format!("{ca}.crt"), format!("{ca}.key"));
+    let (ckey, csr, ccrt) = (
+        format!("{out}.key"),
+        format!("{out}.csr"),
+        format!("{out}.crt"),
+    );
+    let mut req = vec!["req", "-subj", subject];
+    req.extend(EC);
     req.extend(["-keyout", &ckey, "-out", &csr]);
     openssl(dir, &req);
     std::fs::write(
@@ -258,8 +271,10 @@ fn ca_and_client(dir: &std::path::Path, name: &str) {
 }
 
 /// With the cluster CA in its kubeconfig the node API speaks HTTPS alone
-/// and lets in only clients whose certificate that CA signed: no
-/// certificate, or one from another CA, gets no logs and no exec.
+/// and lets in only admins (the API server's kubelet client) whose
+/// certificate that CA signed: no certificate, one from another CA, and
+/// the cluster CA's certificates of a node, the scheduler or an ordinary
+/// user get no logs, no exec and no metrics.
 #[test]
 fn node_api_refuses_clients_without_a_cluster_certificate() {
     let cp = ControlPlane::start().expect("control plane starts");
@@ -268,6 +283,9 @@ fn node_api_refuses_clients_without_a_cluster_certificate() {
     let d = dir.path();
     ca_and_client(d, "cluster");
     ca_and_client(d, "rogue");
+    client_of(d, "cluster", "node", "/O=system:nodes/CN=system:node:other");
+    client_of(d, "cluster", "scheduler", "/CN=system:kube-scheduler");
+    client_of(d, "cluster", "user", "/O=developers/CN=jane");
     let ca = std::fs::read(d.join("cluster.crt")).unwrap();
     // base64 of the CA for certificate-authority-data.
     let out = Command::new("base64")
@@ -347,8 +365,24 @@ fn node_api_refuses_clients_without_a_cluster_certificate() {
     let (ok, body) = in_dir(&good, &path("containerLogs/default/p/c"));
     assert!(ok && body.ends_with("\n400"), "{body}");
 
-    for p in ["containerLogs/default/p/c", "exec/default/p/c?command=ls"] {
-        for (who, cert) in [("no certificate", &[][..]), ("another CA's", &rogue[..])] {
+    let (ok, body) = in_dir(&good, &path("metrics"));
+    assert!(ok && body.ends_with("\n200"), "{body}");
+
+    let node = ["--cert", "node.crt", "--key", "node.key"];
+    let scheduler = ["--cert", "scheduler.crt", "--key", "scheduler.key"];
+    let user = ["--cert", "user.crt", "--key", "user.key"];
+    for p in [
+        "containerLogs/default/p/c",
+        "exec/default/p/c?command=ls",
+        "metrics",
+    ] {
+        for (who, cert) in [
+            ("no certificate", &[][..]),
+            ("another CA's", &rogue[..]),
+            ("a node's", &node[..]),
+            ("the scheduler's", &scheduler[..]),
+            ("an ordinary user's", &user[..]),
+        ] {
             let (ok, body) = in_dir(cert, &path(p));
             assert!(!ok, "{p} with {who}: {body}");
             assert!(

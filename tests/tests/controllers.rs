@@ -53,7 +53,10 @@ struct Cluster {
 
 impl Cluster {
     fn start(apiserver: &[&str], cm_args: &[&str], groups: &[(&str, usize, &[&str])]) -> Self {
-        let cp = ControlPlane::start_with(apiserver).expect("control plane starts");
+        // The scheduler and the controller-manager run as their own RBAC
+        // users, so every test here also proves their roles suffice.
+        let cp =
+            ControlPlane::start_with_component_identities(apiserver).expect("control plane starts");
         let k = cp.kubectl();
         let scheduler = cp.component("scheduler", &["scheduler"]).unwrap();
         let mut args = vec!["controller-manager"];
@@ -134,6 +137,25 @@ impl Cluster {
     fn wait<T>(&self, secs: u64, what: &str, check: impl FnMut() -> Option<T>) -> T {
         wait_for(Duration::from_secs(secs), check)
             .unwrap_or_else(|| panic!("timed out: {what}\n{}", self.logs()))
+    }
+}
+
+/// A test that passed also proves the components' RBAC roles hold every
+/// verb they sent: neither was refused anything on the way.
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        for c in ["scheduler", "controller-manager"] {
+            let log = self.cp.log(c);
+            // RBAC's refusals read `... is forbidden: User "..." cannot ...`.
+            assert!(
+                !log.contains("forbidden: User"),
+                "the {c} was refused something it needs:\n{}",
+                tail(&log)
+            );
+        }
     }
 }
 

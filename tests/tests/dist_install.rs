@@ -112,11 +112,66 @@ fn an_operator_installs_a_control_plane_and_joins_a_node_that_can_act_only_as_it
     for c in ["scheduler", "controller-manager"] {
         let kc = cp.path().join(format!("etc/kestrel/{c}.kubeconfig"));
         assert_eq!(mode(&kc), 0o600);
-        Kubectl::new(&kc)
-            .expect("kubectl")
-            .run(&["get", "nodes"])
+        let k = Kubectl::new(&kc).expect("kubectl");
+        k.run(&["get", "nodes"])
             .unwrap_or_else(|e| panic!("{c}'s credentials: {e:#}"));
+        // Its own least-privilege user, not an admin.
+        assert_eq!(
+            k.run(&[
+                "auth",
+                "whoami",
+                "-o",
+                "jsonpath={.status.userInfo.username}"
+            ])
+            .unwrap()
+            .trim(),
+            format!("system:kube-{c}")
+        );
+        let out = k
+            .output(&[
+                "create",
+                "clusterrolebinding",
+                "x",
+                "--clusterrole=cluster-admin",
+                "--user=x",
+            ])
+            .unwrap();
+        assert!(!out.status.success(), "the {c} granted a role");
     }
+
+    // 3b. An older install made the scheduler an admin: running the
+    // installer again replaces that kubeconfig with its own user's.
+    let scheduler_kc = cp.path().join("etc/kestrel/scheduler.kubeconfig");
+    let status = Command::new(binary("control-plane"))
+        .arg("kubeconfig")
+        .arg(format!(
+            "--cert-dir={}",
+            cp.path().join("var/lib/kestrel/pki").display()
+        ))
+        .args(["--user=system:kube-scheduler", "--group=system:masters"])
+        .arg(format!("--server=https://127.0.0.1:{port}"))
+        .arg("--out")
+        .arg(&scheduler_kc)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = install(&control_plane);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    assert!(
+        text.contains("replacing /etc/kestrel/scheduler.kubeconfig")
+            && text.contains("written: /etc/kestrel/scheduler.kubeconfig")
+            && !text.contains("written: /etc/kestrel/controller-manager.kubeconfig"),
+        "{text}"
+    );
+    let out = Kubectl::new(&scheduler_kc)
+        .expect("kubectl")
+        .output(&["get", "secrets", "-A"])
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "the replaced scheduler kubeconfig reads Secrets"
+    );
 
     // 4. The node's credentials, and the hash the operator carries to the node.
     let out = install(&["--root", &cp_root, "add-node", "node-a"]);

@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::http::Method;
 use base64::Engine;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
@@ -499,11 +498,6 @@ pub fn bearer_token(header: &str) -> Option<&str> {
     let scheme = fields.next()?;
     let token = fields.next()?;
     scheme.eq_ignore_ascii_case("bearer").then_some(token)
-}
-
-/// Whether a path may be read without credentials (health checks only).
-pub fn public_path(method: &Method, path: &str) -> bool {
-    method == Method::GET && matches!(path, "/healthz" | "/livez" | "/readyz")
 }
 
 #[cfg(test)]

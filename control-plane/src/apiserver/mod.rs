@@ -228,11 +228,24 @@ async fn route(axum::extract::State(state): axum::extract::State<State>, req: Re
         Some(Err(e)) => return e.into_response(),
         None => None,
     };
-    let Some(user) =
-        user.or_else(|| auth::public_path(&parts.method, &path).then(auth::User::admin))
-    else {
-        return ApiError::unauthorized().into_response();
+    // Paths that name no resource are authorized by RBAC's
+    // nonResourceURLs; without credentials, as `system:anonymous`.
+    let nonresource = authz::nonresource::is_nonresource(&path);
+    let anonymous = user.is_none();
+    let user = match user {
+        Some(u) => u,
+        None if nonresource => authz::nonresource::anonymous(),
+        None => return ApiError::unauthorized().into_response(),
     };
+    if nonresource {
+        if let Err(e) = authz::nonresource::authorize(&state, &user, &parts.method, &path) {
+            // A client that sent no credentials is told to send some.
+            return match anonymous {
+                true => ApiError::unauthorized().into_response(),
+                false => e.into_response(),
+            };
+        }
+    }
     let query = request::Query::parse(parts.uri.query());
     let started = std::time::Instant::now();
     let resp = match (parts.method.clone(), path.as_str()) {

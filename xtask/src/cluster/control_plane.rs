@@ -2,7 +2,7 @@
 //! controller-managers, one of each per control plane.
 
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -105,9 +105,27 @@ fn hand_over_listener(cmd: &mut Command, port: u16) -> anyhow::Result<std::net::
     Ok(l)
 }
 
+/// A kubeconfig for component `base` as its own least-privilege user
+/// (`system:kube-scheduler`, `system:kube-controller-manager`), beside
+/// the admin's and naming the same server.
+fn component_kubeconfig(t: &Topology, base: &str) -> anyhow::Result<PathBuf> {
+    let out = state_dir().join(format!("{base}.kubeconfig"));
+    let status = Command::new(t.control_plane_bin())
+        .arg("kubeconfig")
+        .arg(format!("--cert-dir={}", state_dir().join("pki").display()))
+        .arg(format!("--user=system:kube-{base}"))
+        .arg(format!("--server=https://127.0.0.1:{}", t.apiserver_port))
+        .arg("--out")
+        .arg(&out)
+        .status()?;
+    anyhow::ensure!(status.success(), "writing {}", out.display());
+    Ok(out)
+}
+
 /// Starts a scheduler and a controller-manager per control plane; with
-/// several, one of each leads and the others stand by.
-pub fn start_controllers(t: &Topology, kubeconfig: &Path) -> anyhow::Result<()> {
+/// several, one of each leads and the others stand by. Each runs as its own
+/// RBAC user, not as the admin.
+pub fn start_controllers(t: &Topology) -> anyhow::Result<()> {
     let cps = t.cps;
     util::step(&if cps == 1 {
         "starting the scheduler and the controller-manager".to_string()
@@ -118,22 +136,25 @@ pub fn start_controllers(t: &Topology, kubeconfig: &Path) -> anyhow::Result<()> 
     for i in 1..=cps {
         for (base, health) in [("scheduler", 10259), ("controller-manager", 10257)] {
             let c = Component::named(t.named(base, i));
+            let kubeconfig = component_kubeconfig(t, base)?;
             let mut cmd = Command::new(t.control_plane_bin());
-            cmd.arg(base).arg("--kubeconfig").arg(kubeconfig);
+            cmd.arg(base).arg("--kubeconfig").arg(&kubeconfig);
+            // Health and metrics are plain HTTP without authentication:
+            // loopback only, never the node network. Several control
+            // planes share one namespace, so each gets ports of its own.
+            let health = health + 10 * (i as u16 - 1);
             if cps > 1 {
                 // Every API server, so the component fails over.
                 cmd.arg(format!("--master={}", api_urls.join(",")))
-                    .arg(format!("--bind-address={}:{health}", cp_address(i)));
+                    .arg(format!("--bind-address=127.0.0.1:{health}"));
             }
             t.spawn_in(&mut cmd)?;
             c.start(&mut cmd)?;
             // A standby is live but not ready until it leads.
-            // One component binds its default, loopback; several bind
-            // their control plane's address.
             let url = if cps == 1 {
                 format!("http://127.0.0.1:{health}/readyz")
             } else {
-                format!("http://{}:{health}/healthz", cp_address(i))
+                format!("http://127.0.0.1:{health}/healthz")
             };
             c.wait_ready(Duration::from_secs(30), || {
                 util::succeeds(netns_command(t.cp_ns, "curl").args(["-sf", &url]))

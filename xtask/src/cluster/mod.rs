@@ -82,7 +82,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     }
     etcd::start(&t)?;
     let kubeconfig = control_plane::start_apiservers(&t)?;
-    control_plane::start_controllers(&t, &kubeconfig)?;
+    control_plane::start_controllers(&t)?;
     let registry = match args.registry {
         true => Some(registry::start(&t)?),
         false => None,

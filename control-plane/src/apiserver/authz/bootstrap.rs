@@ -6,6 +6,7 @@
 use serde_json::{json, Value};
 
 use super::super::storage::Storage;
+use super::components;
 
 const READ: &[&str] = &["get", "list", "watch"];
 const WRITE: &[&str] = &["create", "delete", "deletecollection", "patch", "update"];
@@ -207,6 +208,58 @@ pub fn defaults() -> Vec<(String, Value)> {
                 &["get"],
                 &["/healthz", "/livez", "/readyz", "/version", "/version/"],
             )],
+        ),
+        cluster_role(
+            "system:monitoring",
+            vec![urls(
+                &["get"],
+                &[
+                    "/metrics",
+                    "/healthz",
+                    "/healthz/*",
+                    "/livez",
+                    "/livez/*",
+                    "/readyz",
+                    "/readyz/*",
+                ],
+            )],
+        ),
+        cluster_role(
+            "system:service-account-issuer-discovery",
+            vec![urls(
+                &["get"],
+                &[
+                    "/.well-known/openid-configuration",
+                    "/.well-known/openid-configuration/",
+                    "/openid/v1/jwks",
+                    "/openid/v1/jwks/",
+                ],
+            )],
+        ),
+        cluster_role("system:kube-scheduler", components::scheduler_rules()),
+        cluster_role(
+            "system:kube-controller-manager",
+            components::controller_manager_rules(),
+        ),
+        cluster_binding(
+            "system:monitoring",
+            "system:monitoring",
+            &[("Group", "system:monitoring")],
+        ),
+        cluster_binding(
+            "system:service-account-issuer-discovery",
+            "system:service-account-issuer-discovery",
+            &[("Group", "system:serviceaccounts")],
+        ),
+        cluster_binding(
+            "system:kube-scheduler",
+            "system:kube-scheduler",
+            &[("User", "system:kube-scheduler")],
+        ),
+        cluster_binding(
+            "system:kube-controller-manager",
+            "system:kube-controller-manager",
+            &[("User", "system:kube-controller-manager")],
         ),
         cluster_binding(
             "cluster-admin",

@@ -3,8 +3,10 @@
 //! allowed when [`node`] or [`rbac`] allows it.
 
 pub mod bootstrap;
+pub mod components;
 pub mod escalation;
 pub mod node;
+pub mod nonresource;
 pub mod rbac;
 pub mod reviews;
 
