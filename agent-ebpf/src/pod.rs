@@ -9,13 +9,13 @@ use crate::{fib, local, nodeport, packet, stats};
 /// port reply sent back to its client, or routed (masqueraded when it
 /// leaves the cluster). None leaves it to the node's stack.
 pub fn from_pod(ctx: &TcContext) -> Option<i32> {
-    let dst = packet::ipv4_dst(ctx)?;
-    if !own_source(ctx) {
+    let (src, dst) = packet::ipv4_addrs(ctx)?;
+    if !own_source(ctx, src) {
         stats::count(Stat::PodSpoofed);
         return Some(TC_ACT_SHOT);
     }
     if let Some(ep) = local::endpoint(dst) {
-        return local::deliver(ctx, &ep, Stat::PodToLocal);
+        return Some(local::hand_over(&ep, Stat::PodToLocal));
     }
     let cfg = stats::config();
     if let Some(cfg) = &cfg {
@@ -34,10 +34,7 @@ pub fn from_pod(ctx: &TcContext) -> Option<i32> {
 /// veth it arrived on. A pod's NodePort replies pass too: they leave the
 /// pod from its own address and only take the node port's afterwards, in
 /// `nodeport::reply_from_pod`.
-fn own_source(ctx: &TcContext) -> bool {
-    let Ok(src) = ctx.load::<u32>(packet::IP_SRC_OFF) else {
-        return false;
-    };
+fn own_source(ctx: &TcContext, src: u32) -> bool {
     // SAFETY: the kernel hands every TC program a valid skb.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     local::endpoint(src).is_some_and(|ep| ep.ifindex == ifindex)

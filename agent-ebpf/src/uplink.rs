@@ -18,7 +18,9 @@ pub fn from_uplink(ctx: &TcContext) -> Option<i32> {
         if let Some(cfg) = stats::config() {
             nat::note_inbound(ctx, &cfg, dst);
         }
-        return local::deliver(ctx, &ep, Stat::UplinkToLocal);
+        // The sending node routed the frame (and lowered its TTL); here
+        // it only crosses into the pod, as in `from_pod`.
+        return Some(local::hand_over(&ep, Stat::UplinkToLocal));
     }
     let cfg = stats::config()?;
     if dst == cfg.node_ip {

@@ -37,23 +37,55 @@ pub const RR_PORT: u16 = 7001;
 pub enum Metric {
     /// iperf3, one TCP stream, Gbit/s.
     Throughput,
+    /// iperf3, eight TCP streams at once, Gbit/s in all.
+    Streams,
+    /// iperf3, one UDP stream sent as fast as it goes, Gbit/s received.
+    Udp,
     /// 1-byte request/response on one connection, transactions/s.
     Rr,
     /// connect, 1-byte request/response, close, transactions/s.
     Crr,
 }
 
+/// TCP streams of [`Metric::Streams`].
+pub const PARALLEL_STREAMS: u32 = 8;
+
 impl Metric {
-    pub const ALL: [Metric; 3] = [Metric::Throughput, Metric::Rr, Metric::Crr];
+    pub const ALL: [Metric; 5] = [
+        Metric::Throughput,
+        Metric::Streams,
+        Metric::Udp,
+        Metric::Rr,
+        Metric::Crr,
+    ];
 
     /// Column heading with its unit.
     pub fn title(self) -> &'static str {
         match self {
             Metric::Throughput => "TCP throughput, Gbit/s",
+            Metric::Streams => "8 TCP streams, Gbit/s",
+            Metric::Udp => "UDP received, Gbit/s",
             Metric::Rr => "TCP_RR, transactions/s",
             Metric::Crr => "TCP_CRR, transactions/s",
         }
     }
+
+    /// Whether the metric moves bits in bulk, so that its CPU cost per
+    /// gigabit means something.
+    pub fn is_bulk(self) -> bool {
+        matches!(self, Metric::Throughput | Metric::Streams | Metric::Udp)
+    }
+}
+
+/// One measurement: its value in the metric's unit and what came with it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sample {
+    pub value: f64,
+    /// Bulk transfers: CPU cycles spent per gigabit moved, from the CPU
+    /// time of both iperf3 processes and of the softirq threads.
+    pub mcycles_per_gbit: Option<f64>,
+    /// TCP_RR: the 99th percentile of a transaction, microseconds.
+    pub p99_us: Option<f64>,
 }
 
 /// One measured path: a client's namespace, and a server's namespace and address.
@@ -309,15 +341,33 @@ impl Runner {
     /// One measurement of `metric` on `path`, in its unit (Gbit/s or
     /// transactions/s).
     pub fn measure(&self, metric: Metric, path: &Pair) -> Result<f64> {
-        let per_second = |v: serde_json::Value| {
-            v["per_second"]
+        Ok(self.sample(metric, path)?.value)
+    }
+
+    /// One measurement of `metric` on `path`, with its CPU cost (bulk
+    /// transfers) or tail latency (TCP_RR).
+    pub fn sample(&self, metric: Metric, path: &Pair) -> Result<Sample> {
+        let field = |v: &serde_json::Value, name: &str| {
+            v[name]
                 .as_f64()
-                .with_context(|| format!("no per_second in {v}"))
+                .with_context(|| format!("no {name} in {v}"))
         };
         match metric {
-            Metric::Throughput => self.iperf3(path),
-            Metric::Rr => per_second(self.rr(path, "rr")?),
-            Metric::Crr => per_second(self.rr(path, "crr")?),
+            Metric::Throughput => self.iperf3(path, 1, false),
+            Metric::Streams => self.iperf3(path, PARALLEL_STREAMS, false),
+            Metric::Udp => self.iperf3(path, 1, true),
+            Metric::Rr => {
+                let v = self.rr(path, "rr")?;
+                Ok(Sample {
+                    value: field(&v, "per_second")?,
+                    p99_us: Some(field(&v, "rr_p99_us")?),
+                    ..Sample::default()
+                })
+            }
+            Metric::Crr => Ok(Sample {
+                value: field(&self.rr(path, "crr")?, "per_second")?,
+                ..Sample::default()
+            }),
         }
     }
 
@@ -341,7 +391,7 @@ impl Runner {
         Duration::from_secs(self.duration + 20)
     }
 
-    fn iperf3(&self, path: &Pair) -> Result<f64> {
+    fn iperf3(&self, path: &Pair, streams: u32, udp: bool) -> Result<Sample> {
         let ip = path.server_ip.to_string();
         let port = IPERF_PORT.to_string();
         let mut server = Command::new("iperf3");
@@ -366,15 +416,41 @@ impl Runner {
             &self.duration.to_string(),
             "-O",
             "1",
+            "-P",
+            &streams.to_string(),
             "-J",
         ]);
+        if udp {
+            // No rate limit: as fast as the sender goes; what arrives counts.
+            client.args(["-u", "-b", "0"]);
+        }
         path.client(&mut client)?;
+        let softirq0 = softirq_thread_ticks();
+        let t0 = Instant::now();
         let out = run_bounded(&mut client, None, self.bound())?;
+        let wall = t0.elapsed().as_secs_f64();
+        let softirq = softirq_thread_ticks().saturating_sub(softirq0) as f64 / clock_ticks();
         let v: serde_json::Value = serde_json::from_str(&out).context("iperf3's JSON report")?;
         let bps = v["end"]["sum_received"]["bits_per_second"]
             .as_f64()
             .with_context(|| format!("no end.sum_received in iperf3's report: {v}"))?;
-        Ok(bps / 1e9)
+        let gbps = bps / 1e9;
+        // iperf3 reports each end's CPU time (user and system, which holds
+        // the softirq work done on its behalf) as a share of the wall
+        // time; work deferred to ksoftirqd is added from /proc.
+        let cpu = &v["end"]["cpu_utilization_percent"];
+        let busy = match (cpu["host_total"].as_f64(), cpu["remote_total"].as_f64()) {
+            (Some(h), Some(r)) => Some((h + r) / 100.0 + softirq / wall.max(1e-3)),
+            _ => None,
+        };
+        Ok(Sample {
+            value: gbps,
+            mcycles_per_gbit: busy
+                .zip(cpu_hz())
+                .filter(|_| gbps > 0.0)
+                .map(|(b, hz)| b * hz / gbps / 1e6),
+            p99_us: None,
+        })
     }
 
     fn rr(&self, path: &Pair, mode: &str) -> Result<serde_json::Value> {
@@ -442,6 +518,60 @@ fn cpu_ticks() -> (u64, u64) {
     let total: u64 = f.iter().take(8).sum();
     let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
     (total - idle, total)
+}
+
+/// The CPU clock in Hz, from /proc/cpuinfo (a VM without performance
+/// counters has no cycle count of its own; CPU time times the clock is
+/// the cycles a busy CPU spent).
+pub fn cpu_hz() -> Option<f64> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = info
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(mhz * 1e6)
+}
+
+/// Clock ticks per second of /proc's CPU times.
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// CPU time the ksoftirqd threads have used so far, in clock ticks:
+/// packet work the kernel deferred from the processes that caused it.
+fn softirq_thread_ticks() -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter_map(|stat| {
+            // pid (comm) state ... utime stime: fields 14 and 15, counted
+            // after the comm, which may hold spaces.
+            let (head, rest) = stat.rsplit_once(')')?;
+            if !head.contains("(ksoftirqd/") {
+                return None;
+            }
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum()
 }
 
 /// How busy the machine's CPUs are over two seconds in which the bench

@@ -8,7 +8,8 @@
 //! over and over; `--mode crr` opens a connection for each transaction and
 //! closes it after the response. The client prints one JSON line with the
 //! count and the rate (and, for `crr`, the median and 99th percentile of
-//! the connect() calls). Both stop by themselves: the client after
+//! the connect() calls; for `rr`, of the transactions). Both stop by
+//! themselves: the client after
 //! `--duration`, the server after `--max-seconds`.
 
 use std::io::{ErrorKind, Read, Write};
@@ -119,12 +120,17 @@ fn client(addr: SocketAddr, mode: Mode, duration: f64) -> Result<()> {
     // How long each connect() took (TCP_CRR): the first packet of a flow
     // is the one that pays for finding the service.
     let mut connects: Vec<Duration> = Vec::new();
+    // How long each transaction took (TCP_RR): the tail shows what the
+    // rate's average hides.
+    let mut transactions: Vec<Duration> = Vec::new();
     let start = Instant::now();
     match mode {
         Mode::Rr => {
             let mut conn = open(addr)?;
             while start.elapsed() < run {
+                let t = Instant::now();
                 transact(&mut conn).context("request/response")?;
+                transactions.push(t.elapsed());
                 count += 1;
             }
         }
@@ -140,9 +146,10 @@ fn client(addr: SocketAddr, mode: Mode, duration: f64) -> Result<()> {
     }
     let secs = start.elapsed().as_secs_f64();
     connects.sort();
-    let quantile = |q: f64| -> Option<f64> {
-        let i = ((connects.len() as f64 * q) as usize).min(connects.len().checked_sub(1)?);
-        Some(connects[i].as_secs_f64() * 1e6)
+    transactions.sort();
+    let quantile = |v: &[Duration], q: f64| -> Option<f64> {
+        let i = ((v.len() as f64 * q) as usize).min(v.len().checked_sub(1)?);
+        Some(v[i].as_secs_f64() * 1e6)
     };
     println!(
         "{}",
@@ -151,8 +158,10 @@ fn client(addr: SocketAddr, mode: Mode, duration: f64) -> Result<()> {
             "transactions": count,
             "seconds": secs,
             "per_second": count as f64 / secs,
-            "connect_p50_us": quantile(0.5),
-            "connect_p99_us": quantile(0.99),
+            "connect_p50_us": quantile(&connects, 0.5),
+            "connect_p99_us": quantile(&connects, 0.99),
+            "rr_p50_us": quantile(&transactions, 0.5),
+            "rr_p99_us": quantile(&transactions, 0.99),
         })
     );
     Ok(())
