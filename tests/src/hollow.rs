@@ -1,5 +1,7 @@
 //! A control plane with the scheduler, the controller-manager and hollow
 //! nodes: enough to run workload controllers end to end without containers.
+//! The scheduler and controller-manager connect as `system:kube-scheduler`
+//! and `system:kube-controller-manager`.
 //! A pod annotated `hollow.kestrel.dev/exit-code: "N"` finishes there with
 //! that exit code; any other pod keeps running.
 
@@ -21,7 +23,9 @@ pub struct HollowCluster {
 impl HollowCluster {
     /// Starts the control plane and `n` hollow nodes, and waits until all registered.
     pub fn start(n: usize) -> Self {
-        let cp = ControlPlane::start().expect("control plane starts");
+        // The components run as their own least-privilege users, so a
+        // controller that needs a grant its role lacks fails here.
+        let cp = ControlPlane::start_with_component_identities(&[]).expect("control plane starts");
         let k = cp.kubectl();
         let count = n.to_string();
         let parts = vec![

@@ -76,7 +76,7 @@ const COLLECTED: &[(&str, &[&str])] = &[
             "controllerrevisions",
         ],
     ),
-    ("batch", &["jobs"]),
+    ("batch", &["jobs", "cronjobs"]),
     ("discovery.k8s.io", &["endpointslices"]),
 ];
 
@@ -100,7 +100,7 @@ fn namespace_contents() -> Vec<Value> {
 }
 
 /// Every controller's needs, in one role: the workload controllers
-/// (ReplicaSet, ReplicationController, Deployment, DaemonSet, Job), node
+/// (ReplicaSet, ReplicationController, Deployment, DaemonSet, Job, CronJob), node
 /// IPAM and lifecycle, endpoints and slices, ServiceAccounts and
 /// `kube-root-ca.crt`, volumes, the namespace controller and the garbage
 /// collector.
@@ -140,12 +140,10 @@ pub fn controller_manager_rules() -> Vec<Value> {
                 "statefulsets/status",
             ],
         ),
-        rule(
-            &["get", "list", "watch", "update", "patch", "delete"],
-            "batch",
-            &["jobs"],
-        ),
-        rule(WRITE_STATUS, "batch", &["jobs/status"]),
+        // CronJobs create their Jobs.
+        rule(crud, "batch", &["jobs"]),
+        rule(owned, "batch", &["cronjobs"]),
+        rule(WRITE_STATUS, "batch", &["jobs/status", "cronjobs/status"]),
         // Node IPAM (podCIDR) and lifecycle (conditions, taints, Leases).
         rule(&["get", "list", "watch", "update", "patch"], "", &["nodes"]),
         rule(WRITE_STATUS, "", &["nodes/status"]),
