@@ -26,6 +26,7 @@ const RESOURCES: &[&str] = &[
     "controllerrevisions",
     "endpoints",
     "endpointslices",
+    "networkpolicies",
     "events",
     "namespaces",
     "configmaps",
