@@ -12,6 +12,7 @@ pub mod network;
 pub mod node;
 pub mod nodeapi;
 pub mod pods;
+pub mod policy;
 pub mod runtime;
 pub mod services;
 
