@@ -1,8 +1,14 @@
 //! NetworkPolicy on this node: the compiler that turns pods, namespaces and
-//! policies into allow rules per local pod over numeric identities.
+//! policies into allow rules per local pod over numeric identities
+//! (`compile`), their encoding as the TC programs' map entries (`encode`),
+//! the writer of those maps (`maps`) and the watch loop that keeps them
+//! current (`sync`).
 
 pub mod compile;
+pub mod encode;
+pub mod maps;
 pub mod model;
+pub mod sync;
 
 #[cfg(test)]
 mod tests;
@@ -11,6 +17,7 @@ use std::net::Ipv4Addr;
 
 pub use compile::{compile, Identities, Inputs};
 pub use model::*;
+pub use sync::Engine;
 
 impl Direction {
     /// Whether a packet with a peer at `ip` of identity `id` to `port` over
