@@ -5,6 +5,7 @@
 //! current (`sync`).
 
 pub mod compile;
+pub mod describe;
 pub mod encode;
 pub mod maps;
 pub mod model;
