@@ -90,6 +90,8 @@ crate::stats! {
         /// A frame from a pod dropped because its IPv4 source is not the
         /// pod's own address.
         PodSpoofed = "pod_source_spoofed",
+        /// A frame dropped because a NetworkPolicy does not allow its flow.
+        PolicyDenied = "policy_denied",
     }
 }
 

@@ -63,9 +63,11 @@ pub mod datapath;
 pub mod lb;
 pub mod nat;
 pub mod nodeport;
+pub mod policy;
 
 pub use counter::*;
 pub use datapath::*;
 pub use lb::*;
 pub use nat::*;
 pub use nodeport::*;
+pub use policy::*;

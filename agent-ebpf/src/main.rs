@@ -10,7 +10,7 @@
 //!
 //! Each concern lives in a module of its own, with the maps it owns:
 //! `packet` (parsing and checksums), `fib` (routing), `local` (delivery to
-//! this node's pods), `nat` (masquerade), `nodeport`, `lb` (sock_addr
+//! this node's pods), `nat` (masquerade), `nodeport`, `policy` (NetworkPolicy verdicts), `lb` (sock_addr
 //! load balancing), and `pod`/`uplink` (what each TC program decides).
 #![no_std]
 #![no_main]
@@ -23,6 +23,7 @@ mod nat;
 mod nodeport;
 mod packet;
 mod pod;
+mod policy;
 mod stats;
 mod uplink;
 

@@ -3,7 +3,7 @@
 use agent_ebpf_common::Stat;
 use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
 
-use crate::{fib, local, nodeport, packet, stats};
+use crate::{fib, local, nodeport, packet, policy, stats};
 
 /// The verdict for a frame from a pod: delivered to a local pod, a node
 /// port reply sent back to its client, or routed (masqueraded when it
@@ -14,7 +14,12 @@ pub fn from_pod(ctx: &TcContext) -> Option<i32> {
         stats::count(Stat::PodSpoofed);
         return Some(TC_ACT_SHOT);
     }
+    let from = policy::endpoint(src);
     if let Some(ep) = local::endpoint(dst) {
+        if !policy::allows(ctx, src, dst, from, policy::endpoint(dst)) {
+            stats::count(Stat::PolicyDenied);
+            return Some(TC_ACT_SHOT);
+        }
         return Some(local::hand_over(&ep, Stat::PodToLocal));
     }
     let cfg = stats::config();
@@ -26,6 +31,12 @@ pub fn from_pod(ctx: &TcContext) -> Option<i32> {
         {
             return Some(fib::forward(ctx, Stat::NodePortReply).unwrap_or(TC_ACT_SHOT));
         }
+    }
+    // The node itself is always reachable: it answers probes and DNS.
+    let to_node = cfg.as_ref().is_some_and(|c| c.node_ip == dst);
+    if !to_node && !policy::allows(ctx, src, dst, from, None) {
+        stats::count(Stat::PolicyDenied);
+        return Some(TC_ACT_SHOT);
     }
     fib::route(ctx, dst, cfg.as_ref(), Stat::PodToRemote)
 }

@@ -8,13 +8,18 @@ use aya_ebpf::{
     programs::TcContext,
 };
 
-use crate::{fib, local, nat, nodeport, packet, stats};
+use crate::{fib, local, nat, nodeport, packet, policy, stats};
 
 /// The verdict for a frame from outside the node; None leaves it to the
 /// node's stack.
 pub fn from_uplink(ctx: &TcContext) -> Option<i32> {
     let dst = packet::ipv4_dst(ctx)?;
     if let Some(ep) = local::endpoint(dst) {
+        let src: u32 = ctx.load(packet::IP_SRC_OFF).ok()?;
+        if !policy::allows(ctx, src, dst, None, policy::endpoint(dst)) {
+            stats::count(Stat::PolicyDenied);
+            return Some(TC_ACT_SHOT);
+        }
         if let Some(cfg) = stats::config() {
             nat::note_inbound(ctx, &cfg, dst);
         }

@@ -12,6 +12,7 @@ pub mod network;
 pub mod node;
 pub mod nodeapi;
 pub mod pods;
+pub mod policy;
 pub mod runtime;
 pub mod services;
 
@@ -65,6 +66,8 @@ pub async fn run(args: config::RunArgs) -> anyhow::Result<()> {
             },
             args.services.clone(),
         ));
+        let policy = policy::Engine::new(&cfg.name, &network.pin_dir)?;
+        tokio::spawn(policy.clone().run(client.clone()));
         std::fs::create_dir_all(&args.log_dir)?;
         let env = std::sync::Arc::new(pods::Env {
             client: client.clone(),
@@ -77,6 +80,7 @@ pub async fn run(args: config::RunArgs) -> anyhow::Result<()> {
             cgroup_root: args.cgroup_root.clone(),
             insecure_registries: args.insecure_registries.clone(),
             network,
+            policy,
             dns: args.services.cluster_dns(),
         });
         let runtime = env.runtime.clone();

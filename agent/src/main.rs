@@ -113,6 +113,14 @@ enum BpfCommand {
         #[arg(long)]
         netns: Option<PathBuf>,
     },
+    /// Show this node's NetworkPolicy: each local pod's isolation, the
+    /// peers and ports it allows, and its allowed and denied new flows.
+    Policy {
+        /// The agent's bpffs directory (default:
+        /// /sys/fs/bpf/kestrel/HOSTNAME).
+        #[arg(long)]
+        bpffs_dir: Option<PathBuf>,
+    },
     /// Show this node's service load balancer: frontends with their
     /// backends, counters, socket translations, UDP flows and client
     /// affinity.
@@ -279,6 +287,16 @@ fn main() -> anyhow::Result<()> {
             let report = tokio::runtime::Runtime::new()?
                 .block_on(kestrel_agent::network::describe(&pins))?;
             print!("{report}");
+            Ok(())
+        }
+        Command::Bpf {
+            command: BpfCommand::Policy { bpffs_dir },
+        } => {
+            let pins = match bpffs_dir {
+                Some(d) => d,
+                None => default_pin_dir()?,
+            };
+            print!("{}", kestrel_agent::policy::describe::describe(&pins)?);
             Ok(())
         }
         Command::Bpf {

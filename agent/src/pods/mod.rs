@@ -37,6 +37,8 @@ pub struct Env {
     pub insecure_registries: Vec<String>,
     /// Pod addresses, veths and the datapath.
     pub network: Arc<crate::network::Network>,
+    /// NetworkPolicy: pods' entries are written before their containers start.
+    pub policy: Arc<crate::policy::Engine>,
     /// The cluster DNS ClusterFirst pods use, if the agent serves one.
     pub dns: Option<crate::dns::ClusterDns>,
 }

@@ -13,6 +13,7 @@ mod events;
 mod fields;
 mod network;
 mod pods;
+mod policy;
 mod rbac;
 mod stateful;
 mod storage;
@@ -261,6 +262,7 @@ fn printer_for(resource: &str) -> Printer {
         "services" => (network::SERVICE_COLUMNS, network::service_row),
         "endpoints" => (network::ENDPOINTS_COLUMNS, network::endpoints_row),
         "endpointslices" => (network::SLICE_COLUMNS, network::slice_row),
+        "networkpolicies" => (policy::NETWORK_POLICY_COLUMNS, policy::network_policy_row),
         "deployments" => (workloads::DEPLOYMENT_COLUMNS, workloads::deployment_row),
         "replicasets" => (workloads::REPLICASET_COLUMNS, workloads::replicaset_row),
         "replicationcontrollers" => (workloads::RC_COLUMNS, workloads::rc_row),

@@ -27,6 +27,7 @@ const RESOURCES: &[&str] = &[
     "controllerrevisions",
     "endpoints",
     "endpointslices",
+    "networkpolicies",
     "events",
     "namespaces",
     "configmaps",

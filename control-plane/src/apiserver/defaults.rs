@@ -175,6 +175,7 @@ pub fn apply(kind: &str, obj: &mut Value) {
         "PersistentVolume" => super::volumes::default_pv(obj),
         "PersistentVolumeClaim" => super::volumes::default_pvc(obj),
         "StorageClass" => super::volumes::default_storage_class(obj),
+        "NetworkPolicy" => super::networkpolicies::default(obj),
         "Namespace" => {
             let spec = obj_mut(obj, "spec");
             set_default(spec, "finalizers", json!(["kubernetes"]));

@@ -16,6 +16,7 @@ pub mod errors;
 mod handlers;
 mod limits;
 pub mod metrics;
+mod networkpolicies;
 pub mod nodeproxy;
 pub mod request;
 pub mod resources;

@@ -512,6 +512,19 @@ pub static RESOURCES: &[Resource] = &[
         verbs: ALL_VERBS,
         subresources: &[],
     },
+    // Which pods may talk to which, enforced by every node's datapath.
+    Resource {
+        group: "networking.k8s.io",
+        version: "v1",
+        kind: "NetworkPolicy",
+        plural: "networkpolicies",
+        singular: "networkpolicy",
+        namespaced: true,
+        short_names: &["netpol"],
+        categories: &[],
+        verbs: ALL_VERBS,
+        subresources: &[],
+    },
 ];
 
 impl Resource {

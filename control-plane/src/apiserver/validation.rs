@@ -86,7 +86,7 @@ pub fn decode(
 ) -> ApiResult<(Value, Vec<String>)> {
     use k8s_openapi::api::{
         apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord, core::v1 as core,
-        discovery::v1 as disc, rbac::v1 as rbac, storage::v1 as storage,
+        discovery::v1 as disc, networking::v1 as net, rbac::v1 as rbac, storage::v1 as storage,
     };
     let custom = super::crd::decode(res, body);
     let result = match res.kind {
@@ -119,6 +119,7 @@ pub fn decode(
         "PersistentVolumeClaim" => round_trip::<core::PersistentVolumeClaim>(body),
         "StorageClass" => round_trip::<storage::StorageClass>(body),
         "ControllerRevision" => round_trip::<apps::ControllerRevision>(body),
+        "NetworkPolicy" => round_trip::<net::NetworkPolicy>(body),
         _ => Ok((body.clone(), vec![])),
     };
     let what = format!(
@@ -257,6 +258,7 @@ pub fn validate(res: &Resource, obj: &Value) -> ApiResult<()> {
         "PersistentVolumeClaim" => super::volumes::validate_pvc(obj, &mut causes),
         "StorageClass" => super::volumes::validate_storage_class(obj, &mut causes),
         "ControllerRevision" => super::workloads::validate_revision(obj, &mut causes),
+        "NetworkPolicy" => super::networkpolicies::validate(obj, &mut causes),
         _ => {}
     }
     if causes.is_empty() {

@@ -174,6 +174,7 @@ impl Worker {
                 .network
                 .readopt(&ep)
                 .map_err(|e| format!("{e:#}"))?;
+            self.env.policy.pod_attached(&self.pod, ep.ip).await;
             self.endpoint = Some(ep);
             return Ok(());
         }
@@ -191,6 +192,8 @@ impl Worker {
                 .await;
             return Err(format!("saving the pod's network state: {e}"));
         }
+        // The pod's policy is in the maps before any of its containers runs.
+        self.env.policy.pod_attached(&self.pod, ep.ip).await;
         tracing::info!(pod = %self.pod.name_any(), ip = %ep.ip, "pod network attached");
         self.endpoint = Some(ep);
         Ok(())

@@ -232,6 +232,13 @@ impl Worker {
                 self.endpoint.take().as_ref(),
             )
             .await;
+        self.env
+            .policy
+            .pod_detached(
+                self.pod.namespace().as_deref().unwrap_or_default(),
+                &self.pod.name_any(),
+            )
+            .await;
         let _ = self.sandbox.destroy();
         remove_cgroup(&format!("{}/pod{}", self.env.cgroup_root, self.uid));
         let _ = std::fs::remove_dir_all(self.pod_dir());

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeSet;
 
-use apimachinery::selectors::FieldSelector;
 use serde_json::Value;
 
 use super::super::errors::{ApiError, ApiResult};
@@ -21,7 +20,7 @@ pub async fn authorize(
     node: &str,
     verb: &str,
     target: &Target,
-    query: &Query,
+    _query: &Query,
 ) -> ApiResult<()> {
     let res = target.res.plural;
     let group = target.res.group;
@@ -39,6 +38,11 @@ pub async fn authorize(
         {
             Ok(())
         }
+        // NetworkPolicy needs every pod's labels, addresses and ports and the
+        // namespaces' labels on every node, as a policy-enforcing CNI reads them.
+        ("networking.k8s.io", "networkpolicies", None) | ("", "namespaces", None) if read => {
+            Ok(())
+        }
         // Registering is a create whose name admission checks.
         ("", "nodes", None) if verb == "create" => Ok(()),
         ("", "nodes", None | Some("status")) if own && matches!(verb, "get" | "update" | "patch") => {
@@ -49,18 +53,8 @@ pub async fn authorize(
             "get" | "update" | "patch" if own => Ok(()),
             _ => deny(format!("node {node:?} may only use its own Lease")),
         },
-        ("", "pods", None) if matches!(verb, "list" | "watch") => {
-            let selected = FieldSelector::parse(query.get("fieldSelector").unwrap_or(""))
-                .ok()
-                .and_then(|f| f.exact("spec.nodeName").map(str::to_string));
-            if selected.as_deref() == Some(node) {
-                Ok(())
-            } else {
-                deny(format!(
-                    "node {node:?} may only list and watch pods with the field selector spec.nodeName={node}"
-                ))
-            }
-        }
+        // Every pod's labels, addresses and ports, for NetworkPolicy peers.
+        ("", "pods", None) if read && name.is_none() => Ok(()),
         ("", "pods", None) if verb == "get" || verb == "delete" => {
             bound_pod(state, target, node).await?;
             Ok(())
