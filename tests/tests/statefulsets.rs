@@ -77,7 +77,7 @@ impl Cluster {
             .as_array()
             .cloned()
             .unwrap_or_default();
-        pods.sort_by_key(|p| name(p));
+        pods.sort_by_key(name);
         pods
     }
 
@@ -285,7 +285,7 @@ fn a_statefulset_keeps_its_members_names_and_claims_in_order() {
 
     // A deleted member comes back with its name and its claim.
     let old_uid = c.pod("web-0")["metadata"]["uid"].clone();
-    c.k.run(&["delete", "pod", "web-0"])
+    c.k.run(&["delete", "pod", "web-0", "--wait=false"])
         .unwrap_or_else(|e| panic!("{e}"));
     c.wait("web-0 should come back as a new pod", 60, || {
         let p =
@@ -340,7 +340,7 @@ fn a_statefulset_keeps_its_members_names_and_claims_in_order() {
         .unwrap_or_else(|e| panic!("{e}"));
     c.wait("web-2 should be replaced first", 60, || {
         let sts = c.k.get_json(&["sts", "web"]);
-        sts["status"]["observedGeneration"] == 2
+        sts["status"]["observedGeneration"] == sts["metadata"]["generation"]
             && sts["status"]["updatedReplicas"] == 1
             && c.live() == ["web-0", "web-1", "web-2"]
     });
@@ -391,10 +391,14 @@ fn a_statefulset_keeps_its_members_names_and_claims_in_order() {
         .unwrap_or_else(|e| panic!("{e}"));
     let out = c.rollout_status();
     assert!(out.contains("partitioned roll out complete"), "{out}");
-    c.k.run(&["delete", "pod", "web-0"])
+    let held_uid = c.pod("web-0")["metadata"]["uid"].clone();
+    c.k.run(&["delete", "pod", "web-0", "--wait=false"])
         .unwrap_or_else(|e| panic!("{e}"));
     c.wait("web-0 should come back", 60, || {
-        c.live() == ["web-0", "web-1", "web-2"] && running_and_ready(&c.pod("web-0"))
+        let p = c.pod("web-0");
+        p["metadata"]["uid"] != held_uid
+            && running_and_ready(&p)
+            && c.live() == ["web-0", "web-1", "web-2"]
     });
     assert_eq!(
         c.images(),
@@ -408,7 +412,7 @@ fn a_statefulset_keeps_its_members_names_and_claims_in_order() {
     );
 
     // Deleting the set deletes its pods, not its claims.
-    c.k.run(&["delete", "statefulset", "web"])
+    c.k.run(&["delete", "statefulset", "web", "--timeout=60s"])
         .unwrap_or_else(|e| panic!("{e}"));
     c.wait("the members should go with their set", 60, || {
         c.k.get_json(&["pods", "-l", "app=web"])["items"]
