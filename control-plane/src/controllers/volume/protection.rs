@@ -135,7 +135,7 @@ mod tests {
             pod("default", Some("n1"), "Running", "other"),
             pod("prod", Some("n1"), "Running", "data"),
         ] {
-            assert!(!in_use(&c, &[idle.clone()]), "{idle:?}");
+            assert!(!in_use(&c, std::slice::from_ref(&idle)), "{idle:?}");
         }
     }
 }
