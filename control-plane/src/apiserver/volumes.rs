@@ -214,17 +214,33 @@ pub fn validate_pvc(obj: &Value, causes: &mut Vec<Cause>) {
     }
 }
 
+/// A qualified name as labels' keys spell them (`example.io/name` or
+/// `name`), which is what a provisioner is named.
+fn is_qualified_name(s: &str) -> bool {
+    let (prefix, name) = match s.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, s),
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    name_ok && prefix.is_none_or(super::validation::is_dns_subdomain)
+}
+
 /// What the API server refuses in a StorageClass.
 pub fn validate_storage_class(obj: &Value, causes: &mut Vec<Cause>) {
     match obj.get("provisioner").and_then(Value::as_str) {
         None | Some("") => causes.push(Cause::required("provisioner")),
-        Some(p) if !super::validation::is_dns_subdomain(&p.to_ascii_lowercase()) => {
-            causes.push(Cause::invalid(
-                "provisioner",
-                &Value::from(p),
-                "must be a DNS subdomain such as rancher.io/local-path's first part",
-            ))
-        }
+        Some(p) if !is_qualified_name(&p.to_ascii_lowercase()) => causes.push(Cause::invalid(
+            "provisioner",
+            &Value::from(p),
+            "must be a qualified name: an optional DNS subdomain prefix and '/', then up to 63 \
+             alphanumerics, '-', '_' or '.' (e.g. 'rancher.io/local-path')",
+        )),
         Some(_) => {}
     }
     if let Some(p) = obj.get("reclaimPolicy") {
@@ -295,6 +311,21 @@ mod tests {
         let mut causes = Vec::new();
         validate_storage_class(&json!({"volumeBindingMode": "Later"}), &mut causes);
         assert_eq!(fields(&causes), ["provisioner", "volumeBindingMode"]);
+        for good in [
+            "kestrel.io/local-path",
+            "rancher.io/local-path",
+            "kubernetes.io/no-provisioner",
+            "ebs",
+        ] {
+            let mut causes = Vec::new();
+            validate_storage_class(&json!({"provisioner": good}), &mut causes);
+            assert!(causes.is_empty(), "{good}: {causes:?}");
+        }
+        for bad in ["a/b/c", "-x.io/y", "x.io/", "x.io/y-", "/y"] {
+            let mut causes = Vec::new();
+            validate_storage_class(&json!({"provisioner": bad}), &mut causes);
+            assert_eq!(fields(&causes), ["provisioner"], "{bad}");
+        }
     }
 
     #[test]

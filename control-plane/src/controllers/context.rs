@@ -264,6 +264,45 @@ pub async fn set_pod_owners(api: &Api<Pod>, pod: &Pod, refs: &[OwnerReference]) 
     }
 }
 
+/// The pods `owner` controls: its own that still match `selector`, plus
+/// live orphans that match and `may_adopt` accepts, which it adopts. Its
+/// own that no longer match are released.
+pub async fn claim_pods<K: Resource<DynamicType = ()>>(
+    pods: &Store<Pod>,
+    api: &Api<Pod>,
+    owner: &K,
+    selector: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+    may_adopt: impl Fn(&Pod) -> bool,
+) -> Result<Vec<Arc<Pod>>> {
+    let ns = owner.meta().namespace.clone().unwrap_or_default();
+    let uid = owner.meta().uid.clone().unwrap_or_default();
+    let mut out = Vec::new();
+    for pod in pods.state() {
+        if pod.metadata.namespace.as_deref() != Some(ns.as_str()) {
+            continue;
+        }
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        let matches = apimachinery::selectors::selector_matches(selector, &labels);
+        let refs = pod.metadata.owner_references.clone().unwrap_or_default();
+        match controller_of(Some(&refs)) {
+            Some(r) if r.uid == uid && matches => out.push(pod),
+            Some(r) if r.uid == uid => {
+                let rest: Vec<_> = refs.iter().filter(|r| r.uid != uid).cloned().collect();
+                set_pod_owners(api, &pod, &rest).await?;
+            }
+            None if matches && pod_active(&pod) && may_adopt(&pod) => {
+                let mut refs = refs.clone();
+                refs.push(controller_ref(owner));
+                if set_pod_owners(api, &pod, &refs).await? {
+                    out.push(pod);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

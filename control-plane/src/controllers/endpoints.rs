@@ -116,6 +116,18 @@ struct Backend {
     ready: bool,
     terminating: bool,
     target: Value,
+    hostname: Option<String>,
+}
+
+/// The DNS host name a pod has under `svc`: its `hostname` when its
+/// `subdomain` names the Service (a StatefulSet member under its governing
+/// Service), so `<hostname>.<service>.<ns>.svc` resolves to it.
+fn hostname_under(pod: &Pod, svc: &Service) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    let host = spec.hostname.as_deref().filter(|h| !h.is_empty())?;
+    (spec.subdomain.as_deref() == Some(svc.name_any().as_str())
+        && pod.namespace() == svc.namespace())
+    .then(|| host.to_string())
 }
 
 async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action> {
@@ -169,6 +181,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action> {
             ready: publish_not_ready || context::pod_ready_since(&pod).is_some(),
             terminating,
             target: json!({"kind": "Pod", "namespace": ns, "name": pod.name_any(), "uid": pod.uid()}),
+            hostname: hostname_under(&pod, &svc),
         });
     }
     for backends in groups.values_mut() {
@@ -182,6 +195,9 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action> {
             let mut a = json!({"ip": b.ip, "targetRef": b.target});
             if let Some(n) = &b.node {
                 a["nodeName"] = json!(n);
+            }
+            if let Some(h) = &b.hostname {
+                a["hostname"] = json!(h);
             }
             a
         };
@@ -280,6 +296,9 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action> {
                 if let Some(n) = &b.node {
                     e["nodeName"] = json!(n);
                 }
+                if let Some(h) = &b.hostname {
+                    e["hostname"] = json!(h);
+                }
                 e
             })
             .collect();
@@ -332,4 +351,39 @@ fn short_hash(s: &str) -> String {
     (0..5)
         .map(|i| ALPHABET[((h >> (i * 5)) as usize) % ALPHABET.len()] as char)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(hostname: Option<&str>, subdomain: Option<&str>) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "web-0", "namespace": "default"},
+            "spec": {"containers": [], "hostname": hostname, "subdomain": subdomain},
+        }))
+        .expect("a pod")
+    }
+
+    #[test]
+    fn a_member_gets_its_hostname_only_under_the_service_it_names() {
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"clusterIP": "None"},
+        }))
+        .expect("a service");
+        assert_eq!(
+            hostname_under(&pod(Some("web-0"), Some("web")), &svc).as_deref(),
+            Some("web-0")
+        );
+        assert_eq!(
+            hostname_under(&pod(Some("web-0"), Some("other")), &svc),
+            None
+        );
+        assert_eq!(hostname_under(&pod(Some("web-0"), None), &svc), None);
+        assert_eq!(hostname_under(&pod(None, Some("web")), &svc), None);
+        let mut elsewhere = pod(Some("web-0"), Some("web"));
+        elsewhere.metadata.namespace = Some("prod".into());
+        assert_eq!(hostname_under(&elsewhere, &svc), None);
+    }
 }

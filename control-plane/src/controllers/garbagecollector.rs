@@ -17,16 +17,19 @@ use serde_json::json;
 use super::context::Context;
 
 /// The kinds whose owner references are followed: (group, version, kind, plural).
-const KINDS: &[(&str, &str, &str, &str)] = &[
+/// The controller-manager's role grants exactly these (`authz/components.rs`).
+pub const KINDS: &[(&str, &str, &str, &str)] = &[
     ("", "v1", "Pod", "pods"),
     ("", "v1", "ReplicationController", "replicationcontrollers"),
     ("", "v1", "Service", "services"),
     ("", "v1", "Endpoints", "endpoints"),
     ("", "v1", "ConfigMap", "configmaps"),
     ("", "v1", "Secret", "secrets"),
+    ("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
     ("apps", "v1", "ReplicaSet", "replicasets"),
     ("apps", "v1", "Deployment", "deployments"),
     ("apps", "v1", "DaemonSet", "daemonsets"),
+    ("apps", "v1", "StatefulSet", "statefulsets"),
     ("apps", "v1", "ControllerRevision", "controllerrevisions"),
     ("batch", "v1", "Job", "jobs"),
     ("batch", "v1", "CronJob", "cronjobs"),

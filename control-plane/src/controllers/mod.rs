@@ -1,6 +1,6 @@
 //! The controller-manager: one loop per kind of desired state, each a small
 //! reconcile function over watched objects (see `replicaset`, `deployment`,
-//! `daemonset`, `job`, `nodelifecycle`, `nodeipam`, `endpoints`, `namespace`,
+//! `daemonset`, `statefulset`, `job`, `nodelifecycle`, `nodeipam`, `endpoints`, `namespace`,
 //! `garbagecollector`, `serviceaccounts`, `volume`). They share caches, events and leader election.
 
 pub mod context;
@@ -9,12 +9,14 @@ pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod garbagecollector;
+pub mod history;
 pub mod job;
 pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod replicaset;
 pub mod serviceaccounts;
+pub mod statefulset;
 pub mod volume;
 
 use std::net::SocketAddr;
@@ -152,6 +154,7 @@ async fn run_controllers(
     tasks.spawn(job::run(ctx.clone(), n));
     tasks.spawn(cronjob::run(ctx.clone(), n));
     tasks.spawn(daemonset::run(ctx.clone(), n));
+    tasks.spawn(statefulset::run(ctx.clone(), n));
     tasks.spawn(garbagecollector::run(ctx.clone()));
     tasks.spawn(namespace::run(ctx.clone()));
     tasks.spawn(serviceaccounts::run(ctx.clone(), root_ca));

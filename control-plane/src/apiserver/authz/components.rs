@@ -53,33 +53,6 @@ pub fn scheduler_rules() -> Vec<Value> {
     rules
 }
 
-/// The kinds the garbage collector follows owner references of
-/// (`controllers/garbagecollector.rs`), by group.
-const COLLECTED: &[(&str, &[&str])] = &[
-    (
-        "",
-        &[
-            "pods",
-            "replicationcontrollers",
-            "services",
-            "endpoints",
-            "configmaps",
-            "secrets",
-        ],
-    ),
-    (
-        "apps",
-        &[
-            "replicasets",
-            "deployments",
-            "daemonsets",
-            "controllerrevisions",
-        ],
-    ),
-    ("batch", &["jobs", "cronjobs"]),
-    ("discovery.k8s.io", &["endpointslices"]),
-];
-
 /// What the namespace controller lists and deletes in a terminating
 /// namespace: every namespaced kind, and no cluster-scoped one (so not
 /// Namespaces or Nodes themselves).
@@ -165,7 +138,9 @@ pub fn controller_manager_rules() -> Vec<Value> {
         ),
         // Volumes: binding, provisioning and reclaiming local paths.
         rule(crud, "", &["persistentvolumes"]),
-        rule(owned, "", &["persistentvolumeclaims"]),
+        // StatefulSets create their claims; retention and the garbage
+        // collector delete them.
+        rule(crud, "", &["persistentvolumeclaims"]),
         rule(
             WRITE_STATUS,
             "",
@@ -188,11 +163,11 @@ pub fn controller_manager_rules() -> Vec<Value> {
     rules.extend(namespace_contents());
     // The garbage collector reads, patches (owner references) and deletes
     // the kinds it follows.
-    for (group, resources) in COLLECTED {
+    for (group, _, _, plural) in crate::controllers::garbagecollector::KINDS {
         rules.push(rule(
             &["get", "list", "watch", "patch", "update", "delete"],
             group,
-            resources,
+            &[plural],
         ));
     }
     rules

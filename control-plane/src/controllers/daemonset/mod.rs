@@ -7,7 +7,6 @@
 //! (OnDelete), each template kept as a ControllerRevision for
 //! `kubectl rollout history` and `undo`.
 
-mod history;
 mod nodes;
 mod plan;
 #[cfg(test)]
@@ -29,7 +28,8 @@ use kube::runtime::watcher;
 use kube::ResourceExt;
 use serde_json::json;
 
-use super::context::{self, controller_of, controller_ref, pod_active, Context, Error, Result};
+use super::context::{self, controller_of, Context, Error, Result};
+use super::history;
 use crate::component::events::reference;
 use plan::{Counts, View};
 
@@ -133,8 +133,13 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action> {
     let uid = ds.uid().unwrap_or_default();
     let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
 
-    let pods = claim_pods(&ctx, &ds, &pods_api).await?;
-    let (hash, current, owned_revisions) = sync_history(&ctx, &ds).await?;
+    let selector = ds.spec.as_ref().map(|s| &s.selector);
+    let pods = context::claim_pods(&ctx.pods, &pods_api, &*ds, selector, |_| true).await?;
+    let history::Synced {
+        hash,
+        name: current,
+        owned: owned_revisions,
+    } = history::sync(client, &ctx.revisions, &*ds).await?;
 
     let present: HashMap<String, bool> = pods
         .iter()
@@ -195,137 +200,6 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action> {
     }
     write_status(&ctx, &ds, counts).await?;
     Ok(Action::requeue(requeue.unwrap_or(Duration::from_secs(300))))
-}
-
-/// The pods this DaemonSet controls: its own that still match, plus live
-/// orphans that match, which it adopts. Its own that no longer match are
-/// released.
-async fn claim_pods(ctx: &Ctx, ds: &DaemonSet, api: &Api<Pod>) -> Result<Vec<Arc<Pod>>> {
-    let ns = ds.namespace().unwrap_or_default();
-    let uid = ds.uid().unwrap_or_default();
-    let selector = ds.spec.as_ref().map(|s| &s.selector);
-    let mut out = Vec::new();
-    for pod in ctx.pods.state() {
-        if pod.metadata.namespace.as_deref() != Some(ns.as_str()) {
-            continue;
-        }
-        let matches = selector_matches(selector, pod.labels());
-        match controller_of(pod.metadata.owner_references.as_ref()) {
-            Some(r) if r.uid == uid && matches => out.push(pod),
-            Some(r) if r.uid == uid => {
-                let refs: Vec<_> = pod
-                    .owner_references()
-                    .iter()
-                    .filter(|r| r.uid != uid)
-                    .cloned()
-                    .collect();
-                context::set_pod_owners(api, &pod, &refs).await?;
-            }
-            None if matches && pod_active(&pod) => {
-                let mut refs = pod.owner_references().to_vec();
-                refs.push(controller_ref(ds));
-                if context::set_pod_owners(api, &pod, &refs).await? {
-                    out.push(pod);
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok(out)
-}
-
-/// Makes sure the current template has a revision numbered above every
-/// other; returns its hash, its name and the DaemonSet's revisions.
-async fn sync_history(
-    ctx: &Ctx,
-    ds: &DaemonSet,
-) -> Result<(String, String, Vec<Arc<ControllerRevision>>)> {
-    let ns = ds.namespace().unwrap_or_default();
-    let uid = ds.uid().unwrap_or_default();
-    let selector = ds.spec.as_ref().map(|s| &s.selector);
-    let api: Api<ControllerRevision> = Api::namespaced(ctx.shared.client.clone(), &ns);
-    let mut owned: Vec<Arc<ControllerRevision>> = Vec::new();
-    for rev in ctx.revisions.state() {
-        if rev.namespace().as_deref() != Some(ns.as_str())
-            || rev.metadata.deletion_timestamp.is_some()
-        {
-            continue;
-        }
-        match controller_of(rev.metadata.owner_references.as_ref()) {
-            Some(r) if r.uid == uid => owned.push(rev),
-            None if selector_matches(selector, rev.labels()) => {
-                let mut refs = rev.owner_references().to_vec();
-                refs.push(controller_ref(ds));
-                let patch = json!({"metadata": {"ownerReferences": refs,
-                    "uid": rev.metadata.uid, "resourceVersion": rev.metadata.resource_version}});
-                if api
-                    .patch(
-                        &rev.name_any(),
-                        &PatchParams::default(),
-                        &Patch::Merge(patch),
-                    )
-                    .await
-                    .is_ok()
-                {
-                    owned.push(rev);
-                }
-            }
-            _ => {}
-        }
-    }
-    let collisions = ds
-        .status
-        .as_ref()
-        .and_then(|s| s.collision_count)
-        .unwrap_or(0);
-    let step = history::step(ds, &owned, collisions);
-    for dup in &step.duplicates {
-        ignore_404(api.delete(dup, &DeleteParams::default()).await)?;
-    }
-    owned.retain(|r| !step.duplicates.contains(&r.name_any()));
-    if let Some(rev) = step.create {
-        let created = match api.create(&PostParams::default(), &rev).await {
-            Ok(r) => r,
-            Err(kube::Error::Api(s)) if s.code == 409 => {
-                // The name is taken: ours with this template (a cache that
-                // has not caught up), or a hash collision.
-                let existing = api.get(&rev.name_any()).await?;
-                let ours = controller_of(existing.metadata.owner_references.as_ref())
-                    .is_some_and(|r| r.uid == uid);
-                if !(ours && history::template_of(&existing) == Some(history::template(ds))) {
-                    let dss: Api<DaemonSet> = Api::namespaced(ctx.shared.client.clone(), &ns);
-                    let patch = json!({"status": {"collisionCount": collisions + 1}});
-                    dss.patch_status(
-                        &ds.name_any(),
-                        &PatchParams::default(),
-                        &Patch::Merge(patch),
-                    )
-                    .await?;
-                    return Err(Error::Other(format!(
-                        "revision {} already exists with another template",
-                        rev.name_any()
-                    )));
-                }
-                existing
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let (h, n) = (history::hash_of(&created), created.name_any());
-        owned.push(Arc::new(created));
-        return Ok((h, n, owned));
-    }
-    let current = step.current.unwrap_or_default();
-    if let Some(number) = step.renumber {
-        let patch = json!({"revision": number});
-        api.patch(&current, &PatchParams::default(), &Patch::Merge(patch))
-            .await?;
-    }
-    let hash = owned
-        .iter()
-        .find(|r| r.name_any() == current)
-        .map(|r| history::hash_of(r))
-        .unwrap_or_default();
-    Ok((hash, current, owned))
 }
 
 /// Carries a plan out; returns when to look again if a node is backing

@@ -14,8 +14,7 @@ use kube::ResourceExt;
 
 use crate::controllers::context::controller_ref;
 
-/// Pod and revision label naming the template revision a pod was made from.
-pub const HASH_LABEL: &str = "controller-revision-hash";
+pub use crate::controllers::history::HASH_LABEL;
 
 /// Taints every daemon pod tolerates, as Kubernetes adds them: a node
 /// agent must keep running (and be placed) on nodes that are in trouble,

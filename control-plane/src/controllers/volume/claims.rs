@@ -21,6 +21,9 @@ use crate::controllers::context::{Error, Result};
 const RETRY: Duration = Duration::from_secs(5);
 
 pub(super) async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Result<Action> {
+    if let Some(done) = super::protection::reconcile(&claim, &ctx).await? {
+        return Ok(done);
+    }
     if claim.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }

@@ -1,11 +1,13 @@
 //! Persistent volumes: binds claims to volumes that fit them, provisions
 //! `local-path` volumes on the node the scheduler picked, and keeps the
-//! phases of both (Pending, Available, Bound, Released, Lost). Two small
+//! phases of both (Pending, Available, Bound, Released, Lost), and keeps
+//! claims that pods still use from going (`protection`). Two small
 //! reconcilers share one context: one per claim, one per volume.
 
 pub mod binder;
 mod claims;
 pub mod localpath;
+pub mod protection;
 mod volumes;
 
 use std::sync::Arc;
