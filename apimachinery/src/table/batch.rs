@@ -174,7 +174,12 @@ pub(super) fn cronjob_row(obj: &Value, now: i64) -> Row {
         Some(t) => human_duration(now - t),
         None => "<none>".into(),
     };
-    let suspend = at(obj, &["spec", "suspend"]).and_then(Value::as_bool) == Some(true);
+    // Typed boolean but printed as kubectl's printer writes it.
+    let suspend = match at(obj, &["spec", "suspend"]).and_then(Value::as_bool) {
+        Some(true) => "True",
+        Some(false) => "False",
+        None => "<unset>",
+    };
     let template = &[
         "spec",
         "jobTemplate",
@@ -293,7 +298,7 @@ mod tests {
                 json!("hello"),
                 json!("*/1 * * * *"),
                 json!("<none>"),
-                json!(false),
+                json!("False"),
                 json!(1),
                 json!("30s"),
                 json!("10m"),
@@ -310,7 +315,7 @@ mod tests {
             [
                 json!("@daily"),
                 json!("Europe/Paris"),
-                json!(true),
+                json!("True"),
                 json!(0),
                 json!("<none>")
             ]

@@ -198,7 +198,7 @@ fn every_table_has_a_described_name_column() {
                 !c["description"].as_str().unwrap().is_empty(),
                 "{resource}: {c}"
             );
-            assert!(["string", "integer"].contains(&c["type"].as_str().unwrap()));
+            assert!(["string", "integer", "boolean"].contains(&c["type"].as_str().unwrap()));
         }
     }
 }
