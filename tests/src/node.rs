@@ -240,3 +240,18 @@ impl Drop for Node {
         }
     }
 }
+
+/// Where this machine mounts its cgroup v2 hierarchy (`/sys/fs/cgroup` on
+/// a unified host, `/sys/fs/cgroup/unified` on a hybrid one): the socket
+/// programs attach there, and tests place processes under it.
+pub fn cgroup2_mount() -> PathBuf {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|l| {
+            let (head, tail) = l.split_once(" - ")?;
+            (tail.split_whitespace().next()? == "cgroup2")
+                .then(|| head.split_whitespace().nth(4).map(PathBuf::from))?
+        })
+        .next()
+        .expect("a cgroup v2 hierarchy")
+}

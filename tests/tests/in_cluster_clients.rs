@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use harness::cluster::{ControlPlane, API_ADDRESS, TLS_PORT};
-use harness::node::Node;
+use harness::node::{cgroup2_mount, Node};
 use harness::process::wait_for;
 
 const MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
@@ -47,19 +47,6 @@ except client.exceptions.ApiException as e:
 fn venv_python() -> PathBuf {
     let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
     PathBuf::from(home).join(".cache/kestrel/python/bin/python")
-}
-
-/// Where the cgroup v2 hierarchy is mounted on this machine.
-fn cgroup2_mount() -> PathBuf {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    info.lines()
-        .filter_map(|l| {
-            let (head, tail) = l.split_once(" - ")?;
-            (tail.split_whitespace().next()? == "cgroup2")
-                .then(|| head.split_whitespace().nth(4).map(PathBuf::from))?
-        })
-        .next()
-        .expect("a cgroup v2 hierarchy")
 }
 
 /// The host pid of the container process whose environment holds `marker`.

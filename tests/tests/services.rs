@@ -3,14 +3,14 @@
 //! nodes built as network namespaces, driven with the real kubectl.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use harness::cluster::ControlPlane;
 use harness::kubectl::Kubectl;
 use harness::net::packet_filter_rules;
-use harness::node::Node;
+use harness::node::{cgroup2_mount, Node};
 use harness::process::{wait_for, Guarded};
 use serde_json::Value;
 
@@ -301,19 +301,6 @@ spec:
 "#,
         probe = probe.display()
     )
-}
-
-/// Where the cgroup v2 hierarchy is mounted on this machine.
-fn cgroup2_mount() -> PathBuf {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    info.lines()
-        .filter_map(|l| {
-            let (head, tail) = l.split_once(" - ")?;
-            (tail.split_whitespace().next()? == "cgroup2")
-                .then(|| head.split_whitespace().nth(4).map(PathBuf::from))?
-        })
-        .next()
-        .expect("a cgroup v2 hierarchy")
 }
 
 /// A process of the node itself (in the node's network namespace) run in

@@ -1,20 +1,15 @@
 //! Defaults and validation of batch/v1 CronJobs.
 
 use apimachinery::cron::{names_time_zone, time_zone, Schedule};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
+use super::defaults::set_default;
 use super::errors::Cause;
 use super::validation::validate_pod_spec;
 
 /// Job names add eleven characters (`-` and the scheduled minute) to the
 /// CronJob's, and must still fit a 63-character label value.
 const MAX_NAME: usize = 52;
-
-fn set_default(m: &mut Map<String, Value>, key: &str, value: Value) {
-    if m.get(key).is_none_or(Value::is_null) {
-        m.insert(key.to_string(), value);
-    }
-}
 
 /// CronJob defaults: runs may overlap, three successful and one failed Job are kept.
 pub fn default(obj: &mut Value) {

@@ -9,7 +9,8 @@ fn obj_mut<'a>(v: &'a mut Value, key: &str) -> &'a mut Map<String, Value> {
     v[key].as_object_mut().expect("just made an object")
 }
 
-fn set_default(m: &mut Map<String, Value>, key: &str, value: Value) {
+/// Sets `key` to `value` unless the client gave it (null counts as not given).
+pub(super) fn set_default(m: &mut Map<String, Value>, key: &str, value: Value) {
     if m.get(key).is_none_or(Value::is_null) {
         m.insert(key.to_string(), value);
     }

@@ -1,14 +1,9 @@
 //! Defaults and validation of apps/v1 StatefulSets.
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
+use super::defaults::set_default;
 use super::errors::Cause;
-
-fn set_default(m: &mut Map<String, Value>, key: &str, value: Value) {
-    if m.get(key).is_none_or(Value::is_null) {
-        m.insert(key.to_string(), value);
-    }
-}
 
 /// StatefulSet defaults: one replica, pods one after another, rolling
 /// updates of every ordinal, claims kept.

@@ -3,6 +3,7 @@
 
 use serde_json::{json, Map, Value};
 
+use super::defaults::set_default;
 use super::errors::Cause;
 
 /// Access modes a volume or claim may ask for.
@@ -38,12 +39,6 @@ const PV_SOURCES: &[&str] = &[
     "storageos",
     "photonPersistentDisk",
 ];
-
-fn set_default(m: &mut Map<String, Value>, key: &str, value: Value) {
-    if m.get(key).is_none_or(Value::is_null) {
-        m.insert(key.to_string(), value);
-    }
-}
 
 fn spec_mut(obj: &mut Value) -> Option<&mut Map<String, Value>> {
     if !obj.get("spec").is_some_and(Value::is_object) {

@@ -3,6 +3,7 @@
 
 use serde_json::{json, Map, Value};
 
+use super::defaults::set_default;
 use super::errors::Cause;
 use super::validation::validate_pod_spec;
 
@@ -10,12 +11,6 @@ use super::validation::validate_pod_spec;
 pub const CONTROLLER_UID: &str = "batch.kubernetes.io/controller-uid";
 /// Label naming the Job that owns a pod (by name).
 pub const JOB_NAME: &str = "batch.kubernetes.io/job-name";
-
-fn set_default(m: &mut Map<String, Value>, key: &str, value: Value) {
-    if m.get(key).is_none_or(Value::is_null) {
-        m.insert(key.to_string(), value);
-    }
-}
 
 /// Job defaults, and (unless `manualSelector` is true) the generated
 /// selector: the Job's uid, which no other Job's pods can carry.
