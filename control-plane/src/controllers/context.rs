@@ -159,6 +159,16 @@ impl Expectations {
     }
 }
 
+/// A write's outcome with "not found" counted as done: the object is
+/// already gone, which is what a delete or a release wanted.
+pub fn ignore_404<T>(r: std::result::Result<T, kube::Error>) -> Result<()> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The controller reference of an object, if it has one.
 pub fn controller_of(refs: Option<&Vec<OwnerReference>>) -> Option<&OwnerReference> {
     refs.into_iter()

@@ -112,11 +112,7 @@ async fn delete_job(jobs: &Api<Job>, name: &str) -> Result<()> {
         propagation_policy: Some(PropagationPolicy::Background),
         ..Default::default()
     };
-    match jobs.delete(name, &dp).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    context::ignore_404(jobs.delete(name, &dp).await)
 }
 
 async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action> {

@@ -217,11 +217,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action> {
         decided = Plan::default();
     }
     for pod_name in &decided.delete {
-        match pods_api.delete(pod_name, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+        context::ignore_404(pods_api.delete(pod_name, &DeleteParams::default()).await)?;
     }
     let template = job
         .spec

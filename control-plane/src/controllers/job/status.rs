@@ -9,7 +9,7 @@ use kube::runtime::controller::Action;
 use kube::ResourceExt;
 use serde_json::{json, Value};
 
-use crate::controllers::context::Result;
+use crate::controllers::context::{ignore_404, Result};
 
 /// The fields of `old` that `new` sets, to tell whether a write changes anything.
 pub(super) fn status_subset(old: &Value, new: &Value) -> Value {
@@ -54,11 +54,7 @@ pub(super) async fn ttl(
             propagation_policy: Some(PropagationPolicy::Background),
             ..Default::default()
         };
-        match jobs.delete(&job.name_any(), &dp).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+        ignore_404(jobs.delete(&job.name_any(), &dp).await)?;
         return Ok(Action::await_change());
     }
     Ok(Action::requeue(Duration::from_secs(

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::plan::{format_indexes, parse_indexes};
 use super::{INDEX_KEY, TRACKING_FINALIZER};
-use crate::controllers::context::Result;
+use crate::controllers::context::{ignore_404, Result};
 
 /// The Job's counts after this sync's tracking steps.
 pub(super) struct Tally {
@@ -153,16 +153,12 @@ pub(super) async fn drop_finalizer(client: &kube::Client, pod: &Pod) -> Result<(
         .collect();
     let patch =
         json!({"metadata": {"finalizers": rest, "resourceVersion": pod.resource_version()}});
-    match api
-        .patch(
+    ignore_404(
+        api.patch(
             &pod.name_any(),
             &PatchParams::default(),
             &Patch::Merge(patch),
         )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+        .await,
+    )
 }

@@ -29,7 +29,7 @@ use kube::runtime::watcher;
 use kube::ResourceExt;
 use serde_json::json;
 
-use super::context::{self, controller_of, pod_available, Context, Error, Result};
+use super::context::{self, controller_of, ignore_404, pod_available, Context, Error, Result};
 use super::history::{self, HASH_LABEL};
 use crate::component::events::reference;
 use plan::{Member, Policy};
@@ -104,14 +104,6 @@ pub async fn run(shared: Arc<Context>, concurrency: u16) {
         )
         .for_each(|_| async {})
         .await;
-}
-
-fn ignore_404<T>(r: std::result::Result<T, kube::Error>) -> Result<()> {
-    match r {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// The decisions' view of a pod.
