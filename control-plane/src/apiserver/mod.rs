@@ -466,6 +466,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .filter(|_| !config.no_tls)
     .map(|ip| (ip, secure_port));
     tokio::spawn(builtin::run(state.clone(), endpoint, secure_port));
+    tokio::spawn(authz::aggregation::run(state.clone()));
     match tasks.join_next().await {
         Some(r) => r?,
         None => Ok(()),

@@ -1,7 +1,15 @@
 //! The roles and bindings every cluster starts with, named as in
 //! Kubernetes so manifests and `kubectl create rolebinding --clusterrole=view`
-//! work unchanged. Each is created when missing; one that exists is left
-//! as the administrator made it.
+//! work unchanged. Each is created when missing. One that exists keeps what
+//! an administrator added; while it carries the annotation
+//! `rbac.authorization.kubernetes.io/autoupdate: "true"` it also gains the
+//! rules and aggregation selectors a newer release adds (as Kubernetes
+//! reconciles its bootstrap policy).
+//!
+//! `admin`, `edit` and `view` aggregate: they hold the rules of every
+//! ClusterRole labelled `rbac.authorization.k8s.io/aggregate-to-<name>`,
+//! starting with `system:aggregate-to-<name>`; `view` is itself part of
+//! `edit`, and `edit` of `admin`.
 
 use serde_json::{json, Value};
 
@@ -71,58 +79,58 @@ fn view_rules() -> Vec<Value> {
 
 /// What `edit` adds: changing workloads and reading and writing Secrets.
 fn edit_rules() -> Vec<Value> {
-    let mut rules = view_rules();
-    rules.push(rule(READ, "", &["secrets"]));
-    rules.push(rule(
-        WRITE,
-        "",
-        &[
-            "pods",
-            "pods/exec",
-            "pods/binding",
-            "services",
-            "endpoints",
-            "configmaps",
-            "secrets",
-            "replicationcontrollers",
-            "replicationcontrollers/scale",
-            "serviceaccounts",
-            "persistentvolumeclaims",
-        ],
-    ));
-    rules.push(rule(&["get", "create"], "", &["pods/exec"]));
-    rules.push(rule(
-        WRITE,
-        "apps",
-        &[
-            "deployments",
-            "deployments/scale",
-            "replicasets",
-            "replicasets/scale",
-            "statefulsets",
-            "daemonsets",
-        ],
-    ));
-    rules.push(rule(WRITE, "batch", &["jobs", "cronjobs"]));
-    rules.push(rule(WRITE, "discovery.k8s.io", &["endpointslices"]));
-    rules
+    vec![
+        rule(READ, "", &["secrets"]),
+        rule(
+            WRITE,
+            "",
+            &[
+                "pods",
+                "pods/exec",
+                "pods/binding",
+                "services",
+                "endpoints",
+                "configmaps",
+                "secrets",
+                "replicationcontrollers",
+                "replicationcontrollers/scale",
+                "serviceaccounts",
+                "persistentvolumeclaims",
+            ],
+        ),
+        rule(&["get", "create"], "", &["pods/exec"]),
+        rule(
+            WRITE,
+            "apps",
+            &[
+                "deployments",
+                "deployments/scale",
+                "replicasets",
+                "replicasets/scale",
+                "statefulsets",
+                "daemonsets",
+            ],
+        ),
+        rule(WRITE, "batch", &["jobs", "cronjobs"]),
+        rule(WRITE, "discovery.k8s.io", &["endpointslices"]),
+    ]
 }
 
 /// What `admin` adds: the namespace's own Roles and RoleBindings.
 fn admin_rules() -> Vec<Value> {
-    let mut rules = edit_rules();
     let all: Vec<&str> = READ.iter().chain(WRITE).copied().collect();
-    rules.push(rule(
-        &all,
-        "rbac.authorization.k8s.io",
-        &["roles", "rolebindings"],
-    ));
-    rules.push(rule(
-        &["create"],
-        "authorization.k8s.io",
-        &["localsubjectaccessreviews"],
-    ));
-    rules
+    vec![
+        rule(
+            &all,
+            "rbac.authorization.k8s.io",
+            &["roles", "rolebindings"],
+        ),
+        rule(
+            &["create"],
+            "authorization.k8s.io",
+            &["localsubjectaccessreviews"],
+        ),
+    ]
 }
 
 fn cluster_role(name: &str, rules: Vec<Value>) -> (String, Value) {
@@ -135,6 +143,23 @@ fn cluster_role(name: &str, rules: Vec<Value>) -> (String, Value) {
             "rules": rules,
         }),
     )
+}
+
+const AGGREGATE_TO: &str = "rbac.authorization.k8s.io/aggregate-to-";
+
+/// `name` (`admin`, `edit` or `view`) as an aggregating ClusterRole, part
+/// of `part_of` when given, and `system:aggregate-to-<name>` with `rules`.
+fn aggregated(name: &str, part_of: Option<&str>, rules: Vec<Value>) -> [(String, Value); 2] {
+    let (key, mut role) = cluster_role(name, Vec::new());
+    role["aggregationRule"] = json!({"clusterRoleSelectors": [
+        {"matchLabels": {format!("{AGGREGATE_TO}{name}"): "true"}}
+    ]});
+    if let Some(parent) = part_of {
+        role["metadata"]["labels"] = json!({format!("{AGGREGATE_TO}{parent}"): "true"});
+    }
+    let (part_key, mut part) = cluster_role(&format!("system:aggregate-to-{name}"), rules);
+    part["metadata"]["labels"] = json!({format!("{AGGREGATE_TO}{name}"): "true"});
+    [(key, role), (part_key, part)]
 }
 
 fn cluster_binding(name: &str, role: &str, subjects: &[(&str, &str)]) -> (String, Value) {
@@ -157,7 +182,15 @@ fn cluster_binding(name: &str, role: &str, subjects: &[(&str, &str)]) -> (String
 /// Every default ClusterRole and ClusterRoleBinding.
 pub fn defaults() -> Vec<(String, Value)> {
     let all = &["*"];
-    vec![
+    let mut out: Vec<(String, Value)> = [
+        aggregated("admin", None, admin_rules()),
+        aggregated("edit", Some("admin"), edit_rules()),
+        aggregated("view", Some("edit"), view_rules()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    out.extend([
         cluster_role(
             "cluster-admin",
             vec![
@@ -165,9 +198,6 @@ pub fn defaults() -> Vec<(String, Value)> {
                 urls(all, all),
             ],
         ),
-        cluster_role("admin", admin_rules()),
-        cluster_role("edit", edit_rules()),
-        cluster_role("view", view_rules()),
         cluster_role(
             "system:discovery",
             vec![urls(
@@ -284,26 +314,183 @@ pub fn defaults() -> Vec<(String, Value)> {
                 ("Group", "system:unauthenticated"),
             ],
         ),
-    ]
+    ]);
+    out
 }
 
-/// Creates the defaults that are missing.
+const AUTOUPDATE: &str = "rbac.authorization.kubernetes.io/autoupdate";
+
+/// What a stored default ClusterRole lacks of `want`: `None` when it has
+/// every rule and aggregation selector, else the role with them added
+/// (what an administrator added stays). Rules of an aggregating role are
+/// the aggregation's to write, so only its selectors are compared.
+pub fn reconciled(stored: &Value, want: &Value) -> Option<Value> {
+    if stored.pointer(&format!(
+        "/metadata/annotations/{}",
+        AUTOUPDATE.replace('/', "~1")
+    )) != Some(&json!("true"))
+    {
+        return None;
+    }
+    let mut out = stored.clone();
+    let mut changed = false;
+    let mut add_missing = |pointer: &str, parent: &str, field: &str| {
+        let Some(wanted) = want.pointer(pointer).and_then(Value::as_array) else {
+            return;
+        };
+        let have: Vec<Value> = out
+            .pointer(pointer)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let missing: Vec<&Value> = wanted.iter().filter(|w| !have.contains(w)).collect();
+        if missing.is_empty() {
+            return;
+        }
+        let mut all = have;
+        all.extend(missing.into_iter().cloned());
+        let slot = if parent.is_empty() {
+            &mut out
+        } else {
+            if !out.get(parent).is_some_and(Value::is_object) {
+                out[parent] = json!({});
+            }
+            &mut out[parent]
+        };
+        slot[field] = Value::Array(all);
+        changed = true;
+    };
+    add_missing(
+        "/aggregationRule/clusterRoleSelectors",
+        "aggregationRule",
+        "clusterRoleSelectors",
+    );
+    if want.get("aggregationRule").is_none() {
+        add_missing("/rules", "", "rules");
+    }
+    if let Some(labels) = want.pointer("/metadata/labels").and_then(Value::as_object) {
+        for (k, v) in labels {
+            if out.pointer("/metadata/labels").and_then(|l| l.get(k)) != Some(v) {
+                if !out["metadata"].get("labels").is_some_and(Value::is_object) {
+                    out["metadata"]["labels"] = json!({});
+                }
+                out["metadata"]["labels"][k] = v.clone();
+                changed = true;
+            }
+        }
+    }
+    changed.then_some(out)
+}
+
+/// Creates the defaults that are missing, and brings the default
+/// ClusterRoles still marked for automatic update up to this release.
 pub async fn seed(storage: &Storage) -> anyhow::Result<()> {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     for (key, mut obj) in defaults() {
         if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
             meta.insert("uid".into(), uuid::Uuid::new_v4().to_string().into());
             meta.insert("creationTimestamp".into(), now.clone().into());
-            meta.insert(
-                "labels".into(),
-                json!({"kubernetes.io/bootstrapping": "rbac-defaults"}),
-            );
-            meta.insert(
-                "annotations".into(),
-                json!({"rbac.authorization.kubernetes.io/autoupdate": "true"}),
-            );
+            let labels = meta.entry("labels").or_insert_with(|| json!({}));
+            labels["kubernetes.io/bootstrapping"] = json!("rbac-defaults");
+            meta.insert("annotations".into(), json!({AUTOUPDATE: "true"}));
         }
-        storage.put_if_absent(&key, &obj).await?;
+        if storage.put_if_absent(&key, &obj).await? {
+            continue;
+        }
+        if !key.starts_with("/registry/clusterroles/") {
+            continue;
+        }
+        if let Some(stored) = storage.get(&key).await? {
+            if let Some(updated) = reconciled(&stored.value, &obj) {
+                // Conditional on the revision read: a concurrent writer
+                // (another API server starting) wins, and its result
+                // already holds these rules.
+                match storage.update(&key, &updated, stored.rev, &[], &[]).await {
+                    Ok(_) => tracing::info!(%key, "default ClusterRole brought up to date"),
+                    Err(e) => tracing::info!(%key, "default ClusterRole not updated: {e}"),
+                }
+            }
+        }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn default_role(name: &str) -> Value {
+        defaults()
+            .into_iter()
+            .find(|(k, _)| k.ends_with(&format!("/{name}")))
+            .map(|(_, v)| v)
+            .unwrap()
+    }
+
+    #[test]
+    fn view_is_part_of_edit_and_edit_of_admin() {
+        let all: std::collections::BTreeMap<String, Value> = defaults()
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix("/registry/clusterroles/")?.to_string(), v)))
+            .collect();
+        // What the aggregation writes, innermost first.
+        let mut all = all;
+        for name in ["view", "edit", "admin"] {
+            let rules = super::super::aggregation::aggregated_rules(&all[name], &all).unwrap();
+            all.get_mut(name).unwrap()["rules"] = Value::Array(rules);
+        }
+        let has = |role: &str, resource: &str, verb: &str| {
+            all[role]["rules"].as_array().unwrap().iter().any(|r| {
+                r["resources"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&json!(resource))
+                    && r["verbs"].as_array().unwrap().contains(&json!(verb))
+            })
+        };
+        assert!(has("view", "pods", "list"));
+        assert!(!has("view", "secrets", "get"));
+        assert!(has("edit", "pods", "list") && has("edit", "secrets", "get"));
+        assert!(!has("edit", "rolebindings", "create"));
+        assert!(has("admin", "pods", "list") && has("admin", "rolebindings", "create"));
+    }
+
+    #[test]
+    fn an_older_default_role_gains_new_rules_and_selectors_but_keeps_its_own() {
+        let extra = json!({"verbs": ["get"], "apiGroups": ["example.com"], "resources": ["x"]});
+        let old_view = json!({
+            "metadata": {"name": "view", "annotations": {AUTOUPDATE: "true"}},
+            "rules": [extra.clone()],
+        });
+        let want = default_role("view");
+        let updated = reconciled(&old_view, &want).expect("the old role is updated");
+        assert_eq!(updated["aggregationRule"], want["aggregationRule"]);
+        assert_eq!(
+            updated["rules"],
+            json!([extra]),
+            "aggregated rules are not touched"
+        );
+        assert_eq!(
+            updated["metadata"]["labels"][format!("{AGGREGATE_TO}edit")],
+            "true"
+        );
+        assert_eq!(reconciled(&updated, &want), None, "nothing left to add");
+
+        let part = default_role("system:aggregate-to-view");
+        let mut stale = part.clone();
+        stale["metadata"]["annotations"] = json!({AUTOUPDATE: "true"});
+        stale["rules"] = json!([extra.clone()]);
+        let updated = reconciled(&stale, &part).unwrap();
+        let rules = updated["rules"].as_array().unwrap();
+        assert_eq!(rules[0], extra);
+        assert_eq!(rules.len(), 1 + part["rules"].as_array().unwrap().len());
+
+        let mut pinned = stale.clone();
+        pinned["metadata"]["annotations"] = json!({AUTOUPDATE: "false"});
+        assert_eq!(
+            reconciled(&pinned, &part),
+            None,
+            "autoupdate false is left alone"
+        );
+    }
 }

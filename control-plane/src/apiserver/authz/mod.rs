@@ -2,6 +2,7 @@
 //! Admins (`system:masters`) may do everything; otherwise a request is
 //! allowed when [`node`] or [`rbac`] allows it.
 
+pub mod aggregation;
 pub mod bootstrap;
 pub mod components;
 pub mod escalation;

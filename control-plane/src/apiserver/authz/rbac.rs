@@ -45,6 +45,8 @@ pub struct ResourceAttributes {
 #[derive(Default)]
 pub struct Cache {
     objects: RwLock<HashMap<String, Value>>,
+    /// Signalled when a ClusterRole may have changed (see `aggregation`).
+    cluster_roles: tokio::sync::Notify,
 }
 
 impl Cache {
@@ -90,6 +92,7 @@ impl Cache {
             listed_at.push((prefix, page.revision));
         }
         *self.objects.write().unwrap_or_else(|p| p.into_inner()) = objects;
+        self.mark_cluster_roles_changed();
         let following = Following { rx, listed_at };
         for e in backlog {
             self.apply(&following, &e);
@@ -113,12 +116,27 @@ impl Cache {
         if e.rev <= *at {
             return;
         }
+        if e.key.starts_with("/registry/clusterroles/") {
+            self.mark_cluster_roles_changed();
+        }
         let mut objects = self.objects.write().unwrap_or_else(|p| p.into_inner());
         if e.deleted {
             objects.remove(&e.key);
         } else {
             objects.insert(e.key.clone(), e.object.clone());
         }
+    }
+
+    /// Returns once a ClusterRole may have changed since the last call
+    /// returned (or since the cache was filled, the first time).
+    pub async fn cluster_roles_changed(&self) {
+        self.cluster_roles.notified().await;
+    }
+
+    /// Wakes the next (or a waiting) [`Cache::cluster_roles_changed`].
+    pub fn mark_cluster_roles_changed(&self) {
+        // One stored permit: changes in a burst wake the waiter once.
+        self.cluster_roles.notify_one();
     }
 
     /// The rules of a ClusterRole, or of a Role in `ns`.
