@@ -168,6 +168,21 @@ impl RunArgs {
     /// An API client from --kubeconfig and/or --master, and the cluster CA
     /// (DER) when the kubeconfig has one.
     pub async fn client(&self) -> anyhow::Result<(kube::Client, Option<Vec<Vec<u8>>>)> {
+        let (client, ca, _) = self.client_with_credentials().await?;
+        Ok((client, ca))
+    }
+
+    /// Like [`RunArgs::client`]; when the kubeconfig holds the node's
+    /// certificate and key inline, the client presents them through
+    /// [`Rotating`](crate::node::credentials::Rotating), returned too, so
+    /// that a renewed certificate takes effect without a restart.
+    pub async fn client_with_credentials(
+        &self,
+    ) -> anyhow::Result<(
+        kube::Client,
+        Option<Vec<Vec<u8>>>,
+        Option<std::sync::Arc<crate::node::credentials::Rotating>>,
+    )> {
         let master = apimachinery::failover::client_url(&self.master)
             .await
             .map_err(|e| anyhow::anyhow!("--master: {e}"))?;
@@ -185,7 +200,21 @@ impl RunArgs {
         }
         config.read_timeout = None;
         let ca = config.root_cert.clone();
-        Ok((kube::Client::try_from(config)?, ca))
+        let inline = match &self.kubeconfig {
+            Some(path) => crate::node::credentials::inline_credentials(
+                &crate::node::credentials::read_kubeconfig(path)?,
+            ),
+            None => None,
+        };
+        match inline {
+            Some((cert, key)) if config.cluster_url.scheme_str() == Some("https") => {
+                let certs =
+                    std::sync::Arc::new(crate::node::credentials::Rotating::new(&cert, &key)?);
+                let client = crate::node::credentials::rotating_client(config, certs.clone())?;
+                Ok((client, ca, Some(certs)))
+            }
+            _ => Ok((kube::Client::try_from(config)?, ca, None)),
+        }
     }
 }
 

@@ -22,8 +22,16 @@ pub mod services;
 pub async fn run(args: config::RunArgs) -> anyhow::Result<()> {
     let cfg = args.node_config()?;
     std::fs::create_dir_all(&cfg.state_dir)?;
-    let (client, ca) = args.client().await?;
+    let (client, ca, certs) = args.client_with_credentials().await?;
     node::register(&client, &cfg).await?;
+    if let (Some(certs), Some(path)) = (certs, &args.kubeconfig) {
+        tokio::spawn(node::credentials::renew_forever(
+            client.clone(),
+            cfg.name.clone(),
+            path.clone(),
+            certs,
+        ));
+    }
     let node_ip = cfg
         .node_ip
         .clone()

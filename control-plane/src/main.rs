@@ -39,6 +39,10 @@ enum Component {
         /// Where to write it (mode 0600).
         #[arg(long)]
         out: std::path::PathBuf,
+        /// End the certificate's validity this many seconds from now
+        /// (default: a year for nodes, unlimited for others).
+        #[arg(long)]
+        expires_in: Option<u64>,
     },
     /// Make the cluster CA (ca.crt, ca.key) in --cert-dir unless one is
     /// there; the API server completes the directory on its first start.
@@ -92,11 +96,16 @@ async fn main() -> anyhow::Result<()> {
             groups,
             server,
             out,
+            expires_in,
         } => {
             let pki = kestrel_control_plane::apiserver::auth::Pki { dir: cert_dir };
             let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
             let kc = kestrel_control_plane::apiserver::auth::client_kubeconfig(
-                &pki, &server, &user, &groups,
+                &pki,
+                &server,
+                &user,
+                &groups,
+                expires_in.map(std::time::Duration::from_secs),
             )?;
             use std::io::Write;
             use std::os::unix::fs::OpenOptionsExt;

@@ -99,6 +99,11 @@ impl Node {
         n
     }
 
+    /// The node's own kubeconfig, on a TLS control plane.
+    pub fn kubeconfig(&self) -> Option<&Path> {
+        self.kubeconfig.as_deref()
+    }
+
     /// An `agent` command; `image` subcommands get this node's state dir.
     pub fn agent(&self, args: &[&str]) -> Command {
         let mut c = Command::new(binary("agent"));

@@ -2,6 +2,7 @@
 //! conditions, a Lease renewed every `lease_interval`, and status patched
 //! when it changes (and at least every `status_interval`).
 
+pub mod credentials;
 pub mod machine;
 pub mod renewal;
 

@@ -320,12 +320,18 @@ pub fn client_kubeconfig(
     server: &str,
     user: &str,
     groups: &[&str],
+    expires_in: Option<std::time::Duration>,
 ) -> anyhow::Result<String> {
     let ca_pem = std::fs::read_to_string(pki.ca_cert())
         .with_context(|| format!("reading {}", pki.ca_cert().display()))?;
     let (ca, ca_key) = load_ca(pki)?;
     let key = KeyPair::generate()?;
-    let cert = client_params(user, groups)?.signed_by(&key, &ca, &ca_key)?;
+    let mut params = client_params(user, groups)?;
+    if let Some(d) = expires_in {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+        params.not_after = rcgen::date_time_ymd(1970, 1, 1) + (now + d);
+    }
+    let cert = params.signed_by(&key, &ca, &ca_key)?;
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     Ok(format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: kestrel\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\nusers:\n- name: {user}\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: kestrel\n  context:\n    cluster: kestrel\n    user: {user}\ncurrent-context: kestrel\n",
