@@ -251,7 +251,9 @@ impl ControlPlane {
     }
 
     /// The cluster CA's certificate and key, and the ServiceAccount key,
-    /// of a TLS control plane.
+    /// of a control plane that serves HTTPS
+    /// ([`ControlPlane::start_networked_tls`],
+    /// [`ControlPlane::start_with_component_identities`]).
     pub fn pki(&self) -> PathBuf {
         self.dir.path().join("pki")
     }
@@ -268,8 +270,24 @@ impl ControlPlane {
     /// certificate from the cluster CA, naming the first API server's
     /// HTTPS address on the node network (TLS control planes only).
     pub fn client_kubeconfig(&self, user: &str, group: &str, out: &Path) -> anyhow::Result<()> {
-        let status = Command::new(binary("control-plane"))
-            .args(["kubeconfig", "--group", group])
+        self.client_kubeconfig_expiring(user, group, out, None)
+    }
+
+    /// Like [`ControlPlane::client_kubeconfig`], with a certificate that
+    /// lapses `expires_in` seconds from now.
+    pub fn client_kubeconfig_expiring(
+        &self,
+        user: &str,
+        group: &str,
+        out: &Path,
+        expires_in: Option<u64>,
+    ) -> anyhow::Result<()> {
+        let mut cmd = Command::new(binary("control-plane"));
+        cmd.args(["kubeconfig", "--group", group]);
+        if let Some(secs) = expires_in {
+            cmd.arg(format!("--expires-in={secs}"));
+        }
+        let status = cmd
             .arg(format!("--cert-dir={}", self.pki().display()))
             .arg(format!("--user={user}"))
             .arg(format!("--server={}", self.node_tls_urls()[0]))
@@ -383,23 +401,34 @@ impl ControlPlane {
             .open(self.dir.path().join(format!("{log_name}.log")))?;
         let mut cmd = Command::new(binary("control-plane"));
         cmd.args(args);
-        match &self.net {
-            // Several API servers: the component is given them all and
-            // fails over between them. It runs on the node network and
-            // dials them there: a relay in the test's namespace would
-            // accept connections for an API server that is gone.
-            Some(net) if self.ports.len() > 1 => {
+        let identity = match args.first() {
+            Some(&c @ ("scheduler" | "controller-manager")) => Some(c),
+            _ => None,
+        };
+        match (&self.net, identity) {
+            // On a TLS node network the scheduler and the controller-manager
+            // dial the API servers' HTTPS addresses with certificates of
+            // their own users; with several API servers they are given
+            // them all and fail over between them. They run on the node
+            // network: a relay in the test's namespace would accept
+            // connections for an API server that is gone.
+            (Some(net), Some(c)) if self.tls => {
+                cmd.arg("--kubeconfig").arg(self.component_kubeconfig(c)?);
+                if self.ports.len() > 1 {
+                    cmd.arg("--master").arg(self.node_tls_urls().join(","));
+                }
+                crate::net::in_netns(&mut cmd, &net.segment.ns)?;
+            }
+            (Some(net), None) if self.ports.len() > 1 => {
                 cmd.arg("--master").arg(self.node_urls().join(","));
                 crate::net::in_netns(&mut cmd, &net.segment.ns)?;
             }
-            _ => match (self.component_tls_port, args.first()) {
-                (Some(_), Some(&c @ ("scheduler" | "controller-manager"))) => {
-                    cmd.arg("--kubeconfig").arg(self.component_kubeconfig(c)?);
-                }
-                _ => {
-                    cmd.arg("--master").arg(self.url());
-                }
-            },
+            (None, Some(c)) if self.component_tls_port.is_some() => {
+                cmd.arg("--kubeconfig").arg(self.component_kubeconfig(c)?);
+            }
+            _ => {
+                cmd.arg("--master").arg(self.url());
+            }
         }
         if matches!(args.first(), Some(&"scheduler" | &"controller-manager")) {
             // Short leases so a killed component's successor takes over fast.
@@ -422,19 +451,22 @@ impl ControlPlane {
     }
 
     /// A kubeconfig with a client certificate of `system:kube-COMPONENT`,
-    /// naming the API server's HTTPS port on loopback
-    /// ([`ControlPlane::start_with_component_identities`] only).
+    /// naming the first API server's HTTPS address: on the node network
+    /// for [`ControlPlane::start_networked_tls`], else on loopback
+    /// ([`ControlPlane::start_with_component_identities`]).
     pub fn component_kubeconfig(&self, component: &str) -> anyhow::Result<PathBuf> {
-        let port = self
-            .component_tls_port
-            .ok_or_else(|| anyhow::anyhow!("not started with component identities"))?;
+        let server = match (&self.net, self.component_tls_port) {
+            (Some(_), _) if self.tls => self.node_tls_urls()[0].clone(),
+            (None, Some(port)) => format!("https://127.0.0.1:{port}"),
+            _ => anyhow::bail!("not started with component identities"),
+        };
         let out = self.dir.path().join(format!("{component}.kubeconfig"));
         if !out.exists() {
             let status = Command::new(binary("control-plane"))
                 .arg("kubeconfig")
                 .arg(format!("--cert-dir={}", self.pki().display()))
                 .arg(format!("--user=system:kube-{component}"))
-                .arg(format!("--server=https://127.0.0.1:{port}"))
+                .arg(format!("--server={server}"))
                 .arg("--out")
                 .arg(&out)
                 .status()?;

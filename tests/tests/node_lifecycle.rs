@@ -122,7 +122,7 @@ fn logs(cp: &ControlPlane, k: &Kubectl) -> String {
 #[test]
 fn every_node_cut_off_evicts_nothing_but_a_node_lost_alone_loses_its_pods() {
     let toleration = TOLERATION.to_string();
-    let cp = ControlPlane::start_with(&[
+    let cp = ControlPlane::start_with_component_identities(&[
         "--default-unreachable-toleration-seconds",
         &toleration,
         "--default-not-ready-toleration-seconds",
