@@ -259,17 +259,10 @@ fn annotate(name: &str, def: &mut Value) {
             None => p["x-kubernetes-list-type"] = json!("set"),
         }
     }
-    // kubectl names the type of these after their format, as upstream
-    // publishes them.
-    match name {
-        "io.k8s.apimachinery.pkg.util.intstr.IntOrString" => {
-            def["type"] = json!("string");
-            def["format"] = json!("int-or-string");
-        }
-        "io.k8s.apimachinery.pkg.api.resource.Quantity" => {
-            def["type"] = json!("string");
-        }
-        _ => {}
+    // Upstream's format for the type; kubectl explain then names the field's
+    // type after the schema (`<IntOrString>`) as it does for upstream.
+    if name == "io.k8s.apimachinery.pkg.util.intstr.IntOrString" {
+        def["format"] = json!("int-or-string");
     }
 }
 
