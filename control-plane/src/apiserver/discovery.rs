@@ -1,5 +1,5 @@
-//! Discovery (/version, /api, /apis, group versions) and the OpenAPI v3
-//! documents kubectl reads before it validates or applies manifests.
+//! Discovery (/version, /api, /apis, group versions); the OpenAPI
+//! documents are in `super::openapi`.
 
 use serde_json::{json, Value};
 
@@ -112,88 +112,4 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     Some(
         json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list}),
     )
-}
-
-fn gv_path(group: &str, version: &str) -> String {
-    if group.is_empty() {
-        format!("api/{version}")
-    } else {
-        format!("apis/{group}/{version}")
-    }
-}
-
-/// The OpenAPI v3 root: where each group/version's document is.
-pub fn openapi_root() -> Value {
-    let mut paths = serde_json::Map::new();
-    for (g, v) in resources::group_versions() {
-        let p = gv_path(g, v);
-        paths.insert(
-            p.clone(),
-            json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={}", env!("CARGO_PKG_VERSION"))}),
-        );
-    }
-    json!({"paths": paths})
-}
-
-/// One group/version's OpenAPI v3 document: a path per resource with its
-/// GroupVersionKind and the fieldValidation parameter (which tells kubectl
-/// to leave validation to the server), and a schema stub per kind.
-pub fn openapi_group(path: &str) -> Option<Value> {
-    let (group, version) = match path
-        .trim_matches('/')
-        .split('/')
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
-        ["api", v] => ("", *v),
-        ["apis", g, v] => (*g, *v),
-        _ => return None,
-    };
-    let prefix = format!("/{}", gv_path(group, version));
-    let mut paths = serde_json::Map::new();
-    let mut schemas = serde_json::Map::new();
-    let field_validation = json!({"name": "fieldValidation", "in": "query", "description": "How the server treats unknown or duplicate fields: Ignore, Warn or Strict.", "schema": {"type": "string", "uniqueItems": true}});
-    for r in resources::all()
-        .into_iter()
-        .filter(|r| r.group == group && r.version == version)
-    {
-        let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
-        let op = |action: &str| json!({"operationId": format!("{action}{}", r.kind), "x-kubernetes-action": action, "x-kubernetes-group-version-kind": gvk, "parameters": [field_validation], "responses": {"200": {"description": "OK"}}});
-        let (collection, item) = if r.namespaced {
-            (
-                format!("{prefix}/namespaces/{{namespace}}/{}", r.plural),
-                format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", r.plural),
-            )
-        } else {
-            (
-                format!("{prefix}/{}", r.plural),
-                format!("{prefix}/{}/{{name}}", r.plural),
-            )
-        };
-        paths.insert(collection, json!({"post": op("post"), "get": op("list")}));
-        paths.insert(item, json!({"get": op("get"), "put": op("put"), "patch": op("patch"), "delete": op("delete")}));
-        let schema_name = format!(
-            "io.k8s.api.{}.{}.{}",
-            if r.group.is_empty() {
-                "core"
-            } else {
-                r.group.split('.').next().unwrap_or(r.group)
-            },
-            r.version,
-            r.kind
-        );
-        schemas.insert(
-            schema_name,
-            json!({"type": "object", "x-kubernetes-group-version-kind": [gvk], "properties": {"apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"}}}),
-        );
-    }
-    if paths.is_empty() {
-        return None;
-    }
-    Some(json!({
-        "openapi": "3.0.0",
-        "info": {"title": "Kubernetes", "version": format!("v1.{KUBE_MINOR}.0")},
-        "paths": paths,
-        "components": {"schemas": schemas},
-    }))
 }

@@ -18,6 +18,7 @@ mod limits;
 pub mod metrics;
 mod networkpolicies;
 pub mod nodeproxy;
+pub mod openapi;
 pub mod request;
 pub mod resources;
 pub mod satoken;
@@ -272,13 +273,11 @@ async fn route(axum::extract::State(state): axum::extract::State<State>, req: Re
             satoken::openid_configuration(&state.config.service_account_issuer),
         ),
         (Method::GET, "/openid/v1/jwks") => ok_json(state.sa_signer.jwks()),
-        (Method::GET, "/openapi/v3") => ok_json(discovery::openapi_root()),
+        (Method::GET, "/openapi/v3") => openapi::v3_index(&parts.headers),
         (Method::GET, p) if p.starts_with("/openapi/v3/") => {
-            match discovery::openapi_group(&p["/openapi/v3/".len()..]) {
-                Some(v) => ok_json(v),
-                None => ApiError::path_not_found(p).into_response(),
-            }
+            openapi::v3_document(&p["/openapi/v3/".len()..], &query, &parts.headers)
         }
+        (Method::GET, "/openapi/v2") => openapi::v2(&parts.headers),
         (Method::GET, p) if discovery_path(p).is_some() => discovery_path(p)
             .map(ok_json)
             .unwrap_or_else(|| ApiError::path_not_found(p).into_response()),

@@ -68,6 +68,10 @@ struct Inner {
     /// hold `&'static Resource` like the built-in table, so each distinct
     /// definition is leaked once and reused, never once per refresh.
     interned: HashMap<String, &'static Resource>,
+    /// What was served last, in a form cheap to compare, and how often it
+    /// changed: the OpenAPI documents are rebuilt only when it does.
+    served_key: String,
+    generation: u64,
 }
 
 /// The custom resources served now, rebuilt from the stored CRDs.
@@ -142,6 +146,26 @@ impl Registry {
         inner.served.iter().map(|s| s.res).collect()
     }
 
+    /// Every custom resource served with its `openAPIV3Schema`, and the
+    /// generation of that set (it grows whenever a served definition changes).
+    pub fn schemas(&self) -> (u64, Vec<(&'static Resource, Option<Value>)>) {
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let list = inner
+            .served
+            .iter()
+            .map(|s| (s.res, s.version.schema.clone()))
+            .collect();
+        (inner.generation, list)
+    }
+
+    /// The generation of the served set (see `schemas`).
+    pub fn generation(&self) -> u64 {
+        self.inner
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .generation
+    }
+
     /// The definition behind `res`, when `res` is a custom resource.
     pub fn version(&self, res: &Resource) -> Option<Arc<Version>> {
         if super::resources::is_builtin(res) {
@@ -178,6 +202,7 @@ impl Registry {
     pub fn replace(&self, crds: &[Value]) {
         let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
         let mut served = Vec::new();
+        let mut key = String::new();
         for crd in crds {
             if !definition::established(crd) || crd.pointer("/metadata/deletionTimestamp").is_some()
             {
@@ -188,6 +213,14 @@ impl Registry {
                     .interned
                     .entry(desc.fingerprint())
                     .or_insert_with(|| desc.leak());
+                key.push_str(&desc.fingerprint());
+                key.push_str(
+                    &version
+                        .schema
+                        .as_ref()
+                        .map(Value::to_string)
+                        .unwrap_or_default(),
+                );
                 served.push(Served {
                     res,
                     version: Arc::new(version),
@@ -195,6 +228,10 @@ impl Registry {
             }
         }
         inner.served = served;
+        if inner.served_key != key {
+            inner.served_key = key;
+            inner.generation += 1;
+        }
     }
 
     /// Reloads every CRD from etcd.
