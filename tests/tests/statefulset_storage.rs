@@ -20,7 +20,7 @@ struct Cluster {
 
 impl Cluster {
     fn start(nodes: usize) -> Self {
-        let cp = ControlPlane::start_networked(&[]).unwrap();
+        let cp = ControlPlane::start_networked_tls(&[]).unwrap();
         let k = cp.kubectl();
         let components = vec![
             cp.component("scheduler", &["scheduler"]).unwrap(),
