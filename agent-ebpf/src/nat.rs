@@ -11,7 +11,7 @@
 //! not LRUs, for the reason given at `abi::MAX_NAT_FLOWS`.
 
 use agent_ebpf_common::{self as abi, Config, CtState, NatKey, NatValue, SnatFlow};
-use aya_ebpf::{macros::map, maps::HashMap, programs::TcContext};
+use aya_ebpf::{helpers::bpf_get_prandom_u32, macros::map, maps::HashMap, programs::TcContext};
 
 use crate::ct;
 use crate::nodeport;
@@ -136,14 +136,24 @@ pub fn snat_out(ctx: &TcContext, cfg: &Config) -> Option<Snat> {
 /// How many ports a new flow tries before it gives up.
 pub const NAT_PORT_TRIES: u32 = 16;
 
-/// The `i`th port of the NAT range a flow hashed to `seed` tries: spread
-/// by a multiplicative hash, then stepped, so flows rarely meet twice.
+/// The `i`th port of the NAT range a new flow starting at `seed` tries:
+/// spread by a multiplicative hash, then stepped.
 pub fn candidate_port(seed: u32, i: u32) -> u16 {
     abi::NAT_PORT_MIN
         + ((seed
             .wrapping_mul(2654435761)
             .wrapping_add(i.wrapping_mul(40503)))
             % u32::from(abi::NAT_PORT_COUNT)) as u16
+}
+
+/// A random start for a new flow's port search. Hashing the flow instead
+/// would let flows differing only in their source port (all of one pod's
+/// connections to one server) share a few hundred starts and collide
+/// along the same steps, and a flow refused once would be refused again
+/// on every retransmission.
+pub fn port_seed() -> u32 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_get_prandom_u32() }
 }
 
 /// Finds a node port for a new flow and records both directions. The
@@ -153,10 +163,7 @@ pub fn candidate_port(seed: u32, i: u32) -> u16 {
 /// and the sweep removes a flow's forward entry before its reply entry, so
 /// a port goes back to the pool only once nothing translates to it.
 fn allocate(out_key: &NatKey, node_ip: u32, tcp_flags: u8) -> Result<u16, Snat> {
-    let seed = out_key.src
-        ^ out_key.dst.rotate_left(7)
-        ^ (u32::from(out_key.sport) << 16)
-        ^ u32::from(out_key.dport);
+    let seed = port_seed();
     for i in 0..NAT_PORT_TRIES {
         let port = candidate_port(seed, i);
         let in_key = NatKey {

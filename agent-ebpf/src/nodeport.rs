@@ -139,7 +139,7 @@ fn open(key: &NatKey, cfg: &Config, tcp_flags: u8) -> Option<Result<NodePortFlow
         // backend, so a port is only taken per backend, and only when no
         // live flow's reply, here or masqueraded, holds it.
         rkey.dst = cfg.node_ip;
-        let seed = key.src ^ backend.ip.rotate_left(11) ^ (u32::from(key.sport) << 16);
+        let seed = nat::port_seed();
         for i in 0..nat::NAT_PORT_TRIES {
             rkey.dport = nat::candidate_port(seed, i);
             if nat::reply_taken(&rkey) {
