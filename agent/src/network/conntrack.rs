@@ -194,7 +194,7 @@ impl Sweeper {
                 pad: [0; 3],
             };
             // Orphaned also when the forward entry took another port since.
-            if out.get(&fwd, 0).map_or(true, |f| f.port != k.dport) {
+            if !out.get(&fwd, 0).is_ok_and(|f| f.port == k.dport) {
                 orphans.push(k);
             }
         }
