@@ -36,6 +36,8 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// when it drops; the namespaces (and every link in them) with it.
 struct Cluster {
     pins: PathBuf,
+    /// The node namespace's name, for `agent bpf status --netns`.
+    node: String,
     dp: Option<Datapath>,
     pods: Vec<NetNs>,
     outside: NetNs,
@@ -50,6 +52,7 @@ impl Cluster {
         let pins = PathBuf::from(format!("/sys/fs/bpf/{}", node.name()));
         let mut cluster = Self {
             pins: pins.clone(),
+            node: node.name().to_string(),
             dp: None,
             pods: Vec::new(),
             outside: NetNs::open(outside.path()).unwrap(),
@@ -329,6 +332,24 @@ fn ten_thousand_short_connections_leave_the_table_near_empty_after_the_timeout()
         c.held_by(POD_A) as usize <= CONNECTIONS / 100,
         "the pod's flow count was given back"
     );
+
+    // What an operator sees: the tables near empty, the sweep counted.
+    let status = std::process::Command::new(harness::cluster::binary("agent"))
+        .args(["bpf", "status", "--netns", &c.node, "--bpffs-dir"])
+        .arg(&c.pins)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "agent bpf status: {text}");
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {name} line in:\n{text}"))
+    };
+    assert_eq!(line(abi::SNAT_OUT_MAP) as usize, out);
+    assert_eq!(line(Stat::CtSwept.name()), removed);
 
     // The open connection kept its entry and its port, and still works.
     assert!(c.nat_port(POD_A, kept_port).is_some());
