@@ -92,6 +92,14 @@ crate::stats! {
         PodSpoofed = "pod_source_spoofed",
         /// A frame dropped because a NetworkPolicy does not allow its flow.
         PolicyDenied = "policy_denied",
+        /// A new masqueraded flow dropped: its pod holds as many flows as
+        /// `--conntrack-pod-limit` allows.
+        CtPodLimit = "conntrack_pod_limit",
+        /// A new translated flow dropped: its conntrack map is full.
+        CtFull = "conntrack_table_full",
+        /// Conntrack flows the agent's sweep removed (both directions count
+        /// once); written by the agent.
+        CtSwept = "conntrack_swept",
     }
 }
 

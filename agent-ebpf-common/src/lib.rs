@@ -59,6 +59,7 @@ macro_rules! stats {
 pub(crate) use stats;
 
 pub mod counter;
+pub mod ct;
 pub mod datapath;
 pub mod lb;
 pub mod nat;
@@ -66,6 +67,7 @@ pub mod nodeport;
 pub mod policy;
 
 pub use counter::*;
+pub use ct::*;
 pub use datapath::*;
 pub use lb::*;
 pub use nat::*;

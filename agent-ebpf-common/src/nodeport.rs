@@ -20,6 +20,7 @@ pub struct NodePortFlow {
     /// The node port the client's source became (towards a backend on
     /// another node); 0 when the backend is local and sees the client.
     pub nat_port: u16,
+    pub ct: crate::CtState,
 }
 
 /// What a backend's reply is translated back to, keyed by the reply as it
@@ -36,7 +37,9 @@ pub struct NodePortReply {
 
 crate::pod!(NodePortFlow, NodePortReply);
 
-/// Node port flows ([`crate::NatKey`] to [`NodePortFlow`]), an LRU.
+/// Node port flows ([`crate::NatKey`] to [`NodePortFlow`]), a hash map aged
+/// out by the agent's sweep.
 pub const NODEPORT_FLOWS_MAP: &str = "NODEPORT_FLOWS";
-/// Their replies ([`crate::NatKey`] to [`NodePortReply`]), an LRU.
+/// Their replies ([`crate::NatKey`] to [`NodePortReply`]), removed with their
+/// flows.
 pub const NODEPORT_REPLIES_MAP: &str = "NODEPORT_REPLIES";

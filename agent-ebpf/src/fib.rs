@@ -62,6 +62,14 @@ pub fn route(ctx: &TcContext, dst: u32, masquerade: Option<&Config>, stat: Stat)
                         stats::count(Stat::SnatNoPort);
                         return Some(TC_ACT_SHOT);
                     }
+                    nat::Snat::OverLimit => {
+                        stats::count(Stat::CtPodLimit);
+                        return Some(TC_ACT_SHOT);
+                    }
+                    nat::Snat::Full => {
+                        stats::count(Stat::CtFull);
+                        return Some(TC_ACT_SHOT);
+                    }
                     nat::Snat::Untouched => {}
                 }
             }

@@ -10,12 +10,18 @@
 //!
 //! Each concern lives in a module of its own, with the maps it owns:
 //! `packet` (parsing and checksums), `fib` (routing), `local` (delivery to
-//! this node's pods), `nat` (masquerade), `nodeport`, `policy` (NetworkPolicy verdicts), `lb` (sock_addr
+//! this node's pods), `nat` (masquerade), `nodeport`, `ct` (the conntrack
+//! state of both), `policy` (NetworkPolicy verdicts), `lb` (sock_addr
 //! load balancing), and `pod`/`uplink` (what each TC program decides).
 #![no_std]
 #![no_main]
+// The conntrack's per-pod counters need an atomic add, which the BPF
+// target's core offers only as an intrinsic.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod counter;
+mod ct;
 mod fib;
 mod lb;
 mod local;

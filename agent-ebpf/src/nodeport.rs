@@ -1,7 +1,9 @@
 //! NodePort on the uplink: a connection to the node's address and a node
 //! port is sent to one of the service's backends by rewriting its
-//! destination (DNAT), with conntrack in two LRU maps so every packet of
-//! the flow meets the same backend.
+//! destination (DNAT), with conntrack in two hash maps so every packet of
+//! the flow meets the same backend. Packets of both directions refresh the
+//! flow's state in `NODEPORT_FLOWS`; the agent's sweep removes ended and
+//! idle flows, both entries together.
 //!
 //! A backend on this node sees the client's own address, and its replies
 //! get the node's address and node port back as their source on the way
@@ -14,20 +16,22 @@
 //! Which backends a node port has is the agent's business: for
 //! `externalTrafficPolicy: Local` it writes only this node's.
 
-use aya_ebpf::{macros::map, maps::LruHashMap, programs::TcContext};
+use aya_ebpf::{macros::map, maps::HashMap, programs::TcContext};
 
-use crate::{lb, local, nat, packet};
+use crate::{ct, lb, local, nat, packet};
 use agent_ebpf_common::{self as abi, Config, NatKey, NodePortFlow, NodePortReply, ServiceKey};
 
+// Hash maps, not LRUs: see `abi::MAX_NAT_FLOWS`.
 #[map(name = "NODEPORT_FLOWS")]
-static NODEPORT_FLOWS: LruHashMap<NatKey, NodePortFlow> = LruHashMap::pinned(abi::MAX_NAT_FLOWS, 0);
+static NODEPORT_FLOWS: HashMap<NatKey, NodePortFlow> = HashMap::pinned(abi::MAX_NAT_FLOWS, 0);
 
 #[map(name = "NODEPORT_REPLIES")]
-static NODEPORT_REPLIES: LruHashMap<NatKey, NodePortReply> =
-    LruHashMap::pinned(abi::MAX_NAT_FLOWS, 0);
+static NODEPORT_REPLIES: HashMap<NatKey, NodePortReply> = HashMap::pinned(abi::MAX_NAT_FLOWS, 0);
 
 /// BPF_NOEXIST: two CPUs racing for one reply key cannot both win.
 const NOEXIST: u64 = 1;
+/// What a map insert returns when the map is full.
+const E2BIG: i32 = -7;
 
 /// What became of a frame for the node's address.
 pub enum Ingress {
@@ -39,6 +43,8 @@ pub enum Ingress {
     NoBackend,
     /// A new flow to a remote backend without a free source port.
     NoPort,
+    /// A new flow while the conntrack maps are full.
+    Full,
 }
 
 /// A frame from outside for the node's address `dst`: None when its port
@@ -57,9 +63,14 @@ pub fn ingress(ctx: &TcContext, cfg: &Config, dst: u32) -> Option<Ingress> {
         proto: f.proto,
         pad: [0; 3],
     };
-    let flow = match unsafe { NODEPORT_FLOWS.get(key) }.copied() {
-        Some(flow) => flow,
-        None => match open(&key, cfg)? {
+    let flow = match NODEPORT_FLOWS.get_ptr_mut(key) {
+        Some(flow) => {
+            // SAFETY: a map value pointer, valid for the whole run.
+            let flow = unsafe { &mut *flow };
+            ct::touch(&mut flow.ct, true, f.tcp_flags);
+            *flow
+        }
+        None => match open(&key, cfg, f.tcp_flags)? {
             Ok(flow) => flow,
             Err(refused) => return Some(refused),
         },
@@ -91,7 +102,7 @@ pub fn ingress(ctx: &TcContext, cfg: &Config, dst: u32) -> Option<Ingress> {
 
 /// A new flow `key`: picks its backend and records both directions. None
 /// when the port is no node port.
-fn open(key: &NatKey, cfg: &Config) -> Option<Result<NodePortFlow, Ingress>> {
+fn open(key: &NatKey, cfg: &Config, tcp_flags: u8) -> Option<Result<NodePortFlow, Ingress>> {
     let fe = ServiceKey {
         vip: key.dst,
         port: key.dport.to_be(),
@@ -120,17 +131,27 @@ fn open(key: &NatKey, cfg: &Config) -> Option<Result<NodePortFlow, Ingress>> {
     let mut nat_port = 0;
     if local::is_local_pod(backend.ip) {
         // The reply goes from the pod straight to the client.
-        let _ = NODEPORT_REPLIES.insert(rkey, reply, 0);
+        if NODEPORT_REPLIES.insert(rkey, reply, 0) == Err(E2BIG) {
+            return Some(Err(Ingress::Full));
+        }
     } else {
         // The reply comes back to a port of ours; the key holds the
-        // backend, so a port is only taken per backend.
+        // backend, so a port is only taken per backend, and only when no
+        // live flow's reply, here or masqueraded, holds it.
         rkey.dst = cfg.node_ip;
-        let seed = key.src ^ backend.ip.rotate_left(11) ^ (u32::from(key.sport) << 16);
+        let seed = nat::port_seed();
         for i in 0..nat::NAT_PORT_TRIES {
             rkey.dport = nat::candidate_port(seed, i);
-            if NODEPORT_REPLIES.insert(rkey, reply, NOEXIST).is_ok() {
-                nat_port = rkey.dport;
-                break;
+            if nat::reply_taken(&rkey) {
+                continue;
+            }
+            match NODEPORT_REPLIES.insert(rkey, reply, NOEXIST) {
+                Ok(()) => {
+                    nat_port = rkey.dport;
+                    break;
+                }
+                Err(E2BIG) => return Some(Err(Ingress::Full)),
+                Err(_) => {}
             }
         }
         if nat_port == 0 {
@@ -141,9 +162,38 @@ fn open(key: &NatKey, cfg: &Config) -> Option<Result<NodePortFlow, Ingress>> {
         backend_ip: backend.ip,
         backend_port,
         nat_port,
+        ct: ct::new_state(0, tcp_flags),
     };
-    let _ = NODEPORT_FLOWS.insert(key, flow, 0);
+    if NODEPORT_FLOWS.insert(key, flow, NOEXIST).is_err() {
+        // Full, or another CPU recorded the flow first: its entry stands.
+        if nat_port != 0 {
+            let _ = NODEPORT_REPLIES.remove(rkey);
+        }
+        return Some(Err(Ingress::Full));
+    }
     Some(Ok(flow))
+}
+
+/// Whether a node port flow's reply entry holds `key` (masquerade asks
+/// before it takes a port of the shared range).
+pub fn reply_taken(key: &NatKey) -> bool {
+    unsafe { NODEPORT_REPLIES.get(*key) }.is_some()
+}
+
+/// Refreshes the forward entry of the node port flow whose reply is `r`.
+fn touch_reply(cfg: &Config, r: &NodePortReply, proto: u8, tcp_flags: u8) {
+    let fwd = NatKey {
+        src: r.client_ip,
+        dst: cfg.node_ip,
+        sport: r.client_port,
+        dport: r.node_port,
+        proto,
+        pad: [0; 3],
+    };
+    if let Some(flow) = NODEPORT_FLOWS.get_ptr_mut(fwd) {
+        // SAFETY: a map value pointer, valid for the whole run.
+        ct::touch(unsafe { &mut (*flow).ct }, false, tcp_flags);
+    }
 }
 
 /// A frame a local pod sends: when it answers a node port flow, its source
@@ -152,6 +202,7 @@ pub fn reply_from_pod(ctx: &TcContext, cfg: &Config) -> Option<()> {
     let f = packet::flow(ctx, true)?;
     let key = reply_key(ctx, &f)?;
     let r = unsafe { NODEPORT_REPLIES.get(key) }.copied()?;
+    touch_reply(cfg, &r, f.proto, f.tcp_flags);
     packet::rewrite(
         ctx,
         &f,
@@ -170,6 +221,7 @@ pub fn reply_in(ctx: &TcContext, cfg: &Config) -> Option<()> {
     let f = packet::flow(ctx, false)?;
     let key = reply_key(ctx, &f)?;
     let r = unsafe { NODEPORT_REPLIES.get(key) }.copied()?;
+    touch_reply(cfg, &r, f.proto, f.tcp_flags);
     packet::rewrite(
         ctx,
         &f,

@@ -62,6 +62,8 @@ pub struct Flow {
     /// Host byte order, as in `NatKey`.
     pub sport: u16,
     pub dport: u16,
+    /// The TCP flags byte; 0 for UDP and ICMP.
+    pub tcp_flags: u8,
 }
 
 /// Parses what NAT needs; None for what it leaves alone (fragments after
@@ -79,6 +81,11 @@ pub fn flow(ctx: &TcContext, outgoing: bool) -> Option<Flow> {
         IPPROTO_TCP | IPPROTO_UDP => {
             let sport: u16 = ctx.load(l4).ok()?;
             let dport: u16 = ctx.load(l4 + 2).ok()?;
+            let tcp_flags: u8 = if proto == IPPROTO_TCP {
+                ctx.load(l4 + 13).ok()?
+            } else {
+                0
+            };
             Some(Flow {
                 proto,
                 // Outgoing the pod's source port changes, incoming the
@@ -91,6 +98,7 @@ pub fn flow(ctx: &TcContext, outgoing: bool) -> Option<Flow> {
                 },
                 sport: u16::from_be(sport),
                 dport: u16::from_be(dport),
+                tcp_flags,
             })
         }
         IPPROTO_ICMP => {
@@ -112,6 +120,7 @@ pub fn flow(ctx: &TcContext, outgoing: bool) -> Option<Flow> {
                 // The identifier plays the local port on both sides.
                 sport: id,
                 dport: id,
+                tcp_flags: 0,
             })
         }
         _ => None,

@@ -66,5 +66,9 @@ fn node_port(ctx: &TcContext, cfg: &Config, dst: u32) -> Option<i32> {
             stats::count(Stat::NodePortNoPort);
             SHOT
         }
+        nodeport::Ingress::Full => {
+            stats::count(Stat::CtFull);
+            SHOT
+        }
     })
 }

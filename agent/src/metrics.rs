@@ -96,6 +96,18 @@ pub fn render(pins: Option<&std::path::Path>) -> String {
                 nat.len()
             );
         }
+        if let Ok(tables) = crate::network::conntrack::table_sizes(pins) {
+            let _ = writeln!(
+                out,
+                "# HELP kestrel_datapath_conntrack_entries Entries in each conntrack map.\n# TYPE kestrel_datapath_conntrack_entries gauge"
+            );
+            for (table, n) in tables {
+                let _ = writeln!(
+                    out,
+                    "kestrel_datapath_conntrack_entries{{table=\"{table}\"}} {n}"
+                );
+            }
+        }
         if let Ok(stats) = crate::network::datapath::read_stats(pins) {
             let _ = writeln!(
                 out,

@@ -2,6 +2,7 @@
 //! own nodes. Nothing here touches the machine's real interfaces: every
 //! link is created inside, or moved into, a namespace made by the test.
 
+use std::net::Ipv4Addr;
 use std::process::Command;
 
 use crate::names;
@@ -186,4 +187,94 @@ pub fn on_host(cmd: &[&str]) -> anyhow::Result<String> {
         String::from_utf8_lossy(&out.stderr).trim()
     );
     Ok(String::from_utf8(out.stdout)?)
+}
+
+/// A pod wired as the CNI plugin wires one: a veth with its host end in
+/// the node namespace, a /32 address, a default route through the
+/// link-local gateway whose MAC is a permanent neighbour entry.
+pub fn wire_pod(
+    node: &Netns,
+    pod: &Netns,
+    ip: Ipv4Addr,
+) -> anyhow::Result<kestrel_agent::network::Endpoint> {
+    let host = names::unique("h");
+    node.exec(&[
+        "ip",
+        "link",
+        "add",
+        &host,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        pod.name(),
+    ])?;
+    node.exec(&["ip", "link", "set", &host, "up"])?;
+    let host_mac = node.exec(&["cat", &format!("/sys/class/net/{host}/address")])?;
+    let host_ifindex: u32 = node
+        .exec(&["cat", &format!("/sys/class/net/{host}/ifindex")])?
+        .trim()
+        .parse()?;
+    let cidr = format!("{ip}/32");
+    for cmd in [
+        vec!["ip", "addr", "add", &cidr, "dev", "eth0"],
+        vec!["ip", "link", "set", "eth0", "up"],
+        vec![
+            "ip",
+            "route",
+            "add",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+            "scope",
+            "link",
+        ],
+        vec![
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+        ],
+        vec![
+            "ip",
+            "neigh",
+            "add",
+            "169.254.1.1",
+            "lladdr",
+            host_mac.trim(),
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ],
+    ] {
+        pod.exec(&cmd)?;
+    }
+    let pod_mac = pod.exec(&["cat", "/sys/class/net/eth0/address"])?;
+    Ok(kestrel_agent::network::Endpoint {
+        ip,
+        gateway: Ipv4Addr::new(169, 254, 1, 1),
+        pod_mac: parse_mac(pod_mac.trim())?,
+        host_ifname: host,
+        host_ifindex,
+        host_mac: parse_mac(host_mac.trim())?,
+        mtu: 1500,
+    })
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> anyhow::Result<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let parts: Vec<&str> = s.split(':').collect();
+    anyhow::ensure!(parts.len() == 6, "{s:?} is no MAC address");
+    for (m, part) in mac.iter_mut().zip(parts) {
+        *m = u8::from_str_radix(part, 16)?;
+    }
+    Ok(mac)
 }

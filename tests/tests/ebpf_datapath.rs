@@ -182,7 +182,7 @@ impl Bench {
     }
 
     fn nat_out(&self) -> Vec<(NatKey, u16)> {
-        let map: HashMap<_, NatKey, abi::NatValue> =
+        let map: HashMap<_, NatKey, abi::SnatFlow> =
             HashMap::try_from(self.ebpf.map(abi::SNAT_OUT_MAP).unwrap()).unwrap();
         map.iter()
             .map(|r| r.unwrap())
@@ -498,86 +498,6 @@ fn from_pod_drops_frames_whose_source_is_not_the_pods_own() {
     assert_eq!(ret, TC_ACT_REDIRECT);
 }
 
-/// A pod wired as the CNI plugin wires one: a veth with its host end in
-/// the node namespace, a /32 address, a default route through the
-/// link-local gateway whose MAC is a permanent neighbour entry.
-fn wire_pod(node: &Netns, pod: &Netns, ip: Ipv4Addr) -> kestrel_agent::network::Endpoint {
-    let host = harness::names::unique("h");
-    node.exec(&[
-        "ip",
-        "link",
-        "add",
-        &host,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        pod.name(),
-    ])
-    .unwrap();
-    node.exec(&["ip", "link", "set", &host, "up"]).unwrap();
-    let host_mac = node
-        .exec(&["cat", &format!("/sys/class/net/{host}/address")])
-        .unwrap();
-    let host_ifindex: u32 = node
-        .exec(&["cat", &format!("/sys/class/net/{host}/ifindex")])
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let cidr = format!("{ip}/32");
-    for cmd in [
-        vec!["ip", "addr", "add", &cidr, "dev", "eth0"],
-        vec!["ip", "link", "set", "eth0", "up"],
-        vec![
-            "ip",
-            "route",
-            "add",
-            "169.254.1.1",
-            "dev",
-            "eth0",
-            "scope",
-            "link",
-        ],
-        vec![
-            "ip",
-            "route",
-            "add",
-            "default",
-            "via",
-            "169.254.1.1",
-            "dev",
-            "eth0",
-        ],
-        vec![
-            "ip",
-            "neigh",
-            "add",
-            "169.254.1.1",
-            "lladdr",
-            host_mac.trim(),
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ],
-    ] {
-        pod.exec(&cmd).unwrap();
-    }
-    let pod_mac = pod.exec(&["cat", "/sys/class/net/eth0/address"]).unwrap();
-    kestrel_agent::network::Endpoint {
-        ip,
-        gateway: Ipv4Addr::new(169, 254, 1, 1),
-        pod_mac: parse_mac(pod_mac.trim()),
-        host_ifname: host,
-        host_ifindex,
-        host_mac: parse_mac(host_mac.trim()),
-        mtu: 1500,
-    }
-}
-
 /// Sends three UDP datagrams from `src` to `dst`:9000 inside `ns`.
 fn send_udp(ns: &Netns, src: Ipv4Addr, dst: Ipv4Addr) {
     let script = format!(
@@ -597,8 +517,8 @@ fn a_pod_cannot_send_from_an_address_that_is_not_its_own() {
     let b = Netns::new("pb").unwrap();
     let a_ip = Ipv4Addr::new(10, 244, 1, 5);
     let b_ip = Ipv4Addr::new(10, 244, 1, 6);
-    let a_ep = wire_pod(&node, &a, a_ip);
-    let b_ep = wire_pod(&node, &b, b_ip);
+    let a_ep = harness::net::wire_pod(&node, &a, a_ip).unwrap();
+    let b_ep = harness::net::wire_pod(&node, &b, b_ip).unwrap();
     let pins = PathBuf::from(format!("/sys/fs/bpf/{}", node.name()));
     struct RemovePins(PathBuf);
     impl Drop for RemovePins {

@@ -15,7 +15,7 @@ use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::Ebpf;
 
-use crate::ebpf::abi::{self, Config, Endpoint, NatKey, NatValue};
+use crate::ebpf::abi::{self, Config, CtConfig, Endpoint, NatKey, SnatFlow};
 use crate::ebpf::{self, Error, MapPins};
 
 /// The loaded routing programs and their maps.
@@ -36,6 +36,7 @@ impl Datapath {
                 std::fs::remove_file(&stats_pin)?;
             }
         }
+        drop_incompatible_pins(pin_dir)?;
         let mut ebpf = ebpf::load(object, MapPins::Dir(pin_dir))?;
         std::fs::create_dir_all(pin_dir.join("links"))?;
         for name in [abi::FROM_POD_PROGRAM, abi::FROM_UPLINK_PROGRAM] {
@@ -69,6 +70,18 @@ impl Datapath {
             .map_mut(abi::CONFIG_MAP)
             .ok_or_else(|| Error::Missing(format!("map {}", abi::CONFIG_MAP)))?;
         aya::maps::Array::<_, Config>::try_from(map)?.set(0, cfg, 0)?;
+        Ok(())
+    }
+
+    /// Writes the conntrack settings the programs read: the most
+    /// masqueraded flows one pod may hold (0: no limit).
+    pub fn configure_conntrack(&mut self, pod_limit: u32) -> Result<(), Error> {
+        let map = self
+            .ebpf
+            .map_mut(abi::CT_CONFIG_MAP)
+            .ok_or_else(|| Error::Missing(format!("map {}", abi::CT_CONFIG_MAP)))?;
+        let cfg = CtConfig { pod_limit, pad: 0 };
+        aya::maps::Array::<_, CtConfig>::try_from(map)?.set(0, cfg, 0)?;
         Ok(())
     }
 
@@ -170,6 +183,34 @@ impl Datapath {
     }
 }
 
+/// Removes conntrack maps an older agent pinned with another type or
+/// value layout (LRUs, values without their conntrack state): the programs
+/// would misread them. Their flows are lost; connections start afresh.
+fn drop_incompatible_pins(pin_dir: &Path) -> Result<(), Error> {
+    use aya::maps::MapType;
+    use std::mem::size_of;
+    let expected = [
+        (abi::SNAT_OUT_MAP, size_of::<SnatFlow>()),
+        (abi::SNAT_IN_MAP, size_of::<abi::NatValue>()),
+        (abi::INBOUND_FLOWS_MAP, size_of::<abi::CtState>()),
+        (abi::NODEPORT_FLOWS_MAP, size_of::<abi::NodePortFlow>()),
+        (abi::NODEPORT_REPLIES_MAP, size_of::<abi::NodePortReply>()),
+    ];
+    for (name, value_size) in expected {
+        let pin = pin_dir.join(name);
+        let Ok(info) = aya::maps::MapInfo::from_pin(&pin) else {
+            continue;
+        };
+        let same = matches!(info.map_type(), Ok(MapType::Hash))
+            && info.value_size() as usize == value_size;
+        if !same {
+            tracing::info!(map = name, "replacing a conntrack map of an older layout");
+            std::fs::remove_file(&pin)?;
+        }
+    }
+    Ok(())
+}
+
 fn key(ip: Ipv4Addr) -> u32 {
     // The programs compare with the address as read from the IP header.
     u32::from_ne_bytes(ip.octets())
@@ -226,11 +267,11 @@ pub struct NatFlow {
 /// Masqueraded flows in `pin_dir`'s conntrack.
 pub fn read_nat(pin_dir: &Path) -> Result<Vec<NatFlow>, Error> {
     let data = MapData::from_pin(pin_dir.join(abi::SNAT_OUT_MAP))?;
-    let map = aya::maps::Map::LruHashMap(data);
-    let map: HashMap<_, NatKey, NatValue> = HashMap::try_from(map)?;
+    let map = aya::maps::Map::HashMap(data);
+    let map: HashMap<_, NatKey, SnatFlow> = HashMap::try_from(map)?;
     let mut out = Vec::new();
-    for item in map.iter() {
-        let (k, v) = item?;
+    // The sweep may remove an entry between two steps of the walk: skip it.
+    for (k, v) in map.iter().filter_map(Result::ok) {
         out.push(NatFlow {
             pod: Ipv4Addr::from(k.src.to_ne_bytes()),
             pod_port: k.sport,

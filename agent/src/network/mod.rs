@@ -6,6 +6,7 @@
 //! attachment when its sandbox exists and gives it back on teardown; what
 //! carries the packets is the business of this module alone.
 
+pub mod conntrack;
 pub mod datapath;
 pub mod peers;
 pub mod routes;
@@ -62,6 +63,8 @@ pub struct NetworkArgs {
     /// between nodes; pod MTU 50 bytes below the uplink's).
     #[arg(long, value_enum, default_value_t = Tunnel::None)]
     pub tunnel: Tunnel,
+    #[command(flatten)]
+    pub conntrack: conntrack::ConntrackArgs,
 }
 
 /// Cross-node encapsulation.
@@ -131,6 +134,12 @@ impl Network {
         let mut dp = Datapath::load(&object, &pin_dir)
             .with_context(|| format!("loading the datapath (pins in {})", pin_dir.display()))?;
         dp.configure(node_ip, args.cluster_cidr, args.masquerade)?;
+        dp.configure_conntrack(args.conntrack.conntrack_pod_limit)?;
+        tokio::spawn(conntrack::run(
+            pin_dir.clone(),
+            conntrack::Timeouts::from_args(&args.conntrack),
+            args.conntrack.conntrack_gc_interval,
+        ));
         dp.attach_uplink(&uplink)
             .with_context(|| format!("attaching to the uplink {uplink}"))?;
         if tunnel.is_some() {
@@ -375,6 +384,14 @@ pub async fn describe(pin_dir: &Path) -> anyhow::Result<String> {
             mac(&e.pod_mac),
             mac(&e.host_mac)
         )?;
+    }
+    writeln!(out, "\nconntrack entries:")?;
+    for (table, n) in conntrack::table_sizes(pin_dir)? {
+        writeln!(out, "  {table:<22} {n}")?;
+    }
+    writeln!(out, "\nmasqueraded flows per pod:")?;
+    for (pod, n) in conntrack::pod_flows(pin_dir)? {
+        writeln!(out, "  {:<22} {n}", pod.to_string())?;
     }
     let nat = datapath::read_nat(pin_dir)?;
     writeln!(out, "\nmasqueraded flows ({}):", nat.len())?;

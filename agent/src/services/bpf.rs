@@ -151,7 +151,7 @@ pub fn snapshot(pin_dir: &Path) -> Result<Snapshot, Error> {
     }
     let node_port_flows = match pinned(pin_dir, abi::NODEPORT_FLOWS_MAP) {
         Ok(data) => {
-            let map: HashMap<_, NatKey, NodePortFlow> = HashMap::try_from(Map::LruHashMap(data))?;
+            let map: HashMap<_, NatKey, NodePortFlow> = HashMap::try_from(Map::HashMap(data))?;
             map.iter().filter_map(Result::ok).collect()
         }
         Err(_) => Vec::new(),
