@@ -385,6 +385,30 @@ fn a_statefulset_keeps_its_members_names_and_claims_in_order() {
         c.explain()
     );
 
+    // `kubectl rollout undo` patches the previous revision's template back
+    // in: busybox:2 again, which comes back as revision 4.
+    let out =
+        c.k.run(&["rollout", "undo", "statefulset/web"])
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.contains("rolled back"), "{out}");
+    let sts = c.k.get_json(&["sts", "web"]);
+    assert_eq!(
+        sts["spec"]["template"]["spec"]["containers"][0]["image"],
+        "busybox:2"
+    );
+    c.rollout_status();
+    c.wait("web-2 should be back on busybox:2", 60, || {
+        c.images().iter().all(|(_, i)| i == "busybox:2") && c.live().len() == 3
+    });
+    let history = c.k.run(&["rollout", "history", "statefulset/web"]).unwrap();
+    let revisions: Vec<&str> = history
+        .lines()
+        .skip_while(|l| !l.starts_with("REVISION"))
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(revisions, ["1", "3", "4"], "{history}");
+
     // Deleting the set deletes its pods, not its claims.
     c.k.run(&["delete", "statefulset", "web", "--timeout=60s"])
         .unwrap_or_else(|e| panic!("{e}"));
@@ -397,4 +421,94 @@ fn a_statefulset_keeps_its_members_names_and_claims_in_order() {
         let pvc = c.k.get_json(&["pvc", &format!("www-web-{i}")]);
         assert_eq!(pvc["status"]["phase"], "Bound", "{pvc}");
     }
+}
+
+#[test]
+fn a_parallel_on_delete_statefulset_starts_members_at_once_waits_for_deletions_and_drops_claims() {
+    let c = Cluster::start();
+    let manifest = MANIFEST.replace(
+        "  replicas: 3\n",
+        "  replicas: 3\n  podManagementPolicy: Parallel\n  updateStrategy: {type: OnDelete}\n  \
+         persistentVolumeClaimRetentionPolicy: {whenScaled: Delete, whenDeleted: Delete}\n",
+    );
+    c.k.apply(&manifest);
+
+    // Parallel: every member is made at once, though none can run yet.
+    c.wait("all three members should be created together", 30, || {
+        c.live() == ["web-0", "web-1", "web-2"]
+    });
+    assert!(
+        c.pods().iter().all(|p| p["status"]["phase"] == "Pending"),
+        "{}",
+        c.explain()
+    );
+    for node in ["hollow-0", "hollow-1"] {
+        c.k.run(&["label", "node", node, "stateful=yes"])
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    // `kubectl rollout status` refuses OnDelete sets: wait for readiness.
+    c.wait("every member should be Running and Ready", 60, || {
+        let pods = c.pods();
+        pods.len() == 3 && pods.iter().all(running_and_ready)
+    });
+    let claim = c.k.get_json(&["pvc", "www-web-2"]);
+    assert_eq!(
+        claim["metadata"]["ownerReferences"][0]["kind"], "StatefulSet",
+        "Delete on scale-down hands the claim to the set: {claim}"
+    );
+
+    // OnDelete: a new template replaces no member until it is deleted.
+    let uids = |c: &Cluster| -> Vec<Value> {
+        c.pods()
+            .iter()
+            .map(|p| p["metadata"]["uid"].clone())
+            .collect()
+    };
+    let before = uids(&c);
+    c.k.run(&["set", "image", "statefulset/web", "c=busybox:2"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    c.wait("the controller should see the new template", 30, || {
+        let sts = c.k.get_json(&["sts", "web"]);
+        sts["status"]["observedGeneration"] == sts["metadata"]["generation"]
+            && sts["status"]["updateRevision"] != sts["status"]["currentRevision"]
+    });
+    assert_eq!(uids(&c), before, "no member was replaced: {}", c.explain());
+    assert!(c.images().iter().all(|(_, i)| i == "busybox"));
+    c.k.run(&["delete", "pod", "web-1", "--wait=false"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    c.wait("web-1 should come back on the new template", 60, || {
+        let p = c.pod("web-1");
+        p["metadata"]["uid"] != before[1] && running_and_ready(&p)
+    });
+    assert_eq!(
+        c.images(),
+        [
+            ("web-0".to_string(), "busybox".to_string()),
+            ("web-1".into(), "busybox:2".into()),
+            ("web-2".into(), "busybox".into()),
+        ]
+    );
+
+    // whenScaled: Delete removes the claim of the member scaled away;
+    // whenDeleted: Delete removes the rest with the set.
+    let claims = |c: &Cluster| -> Vec<String> {
+        let mut names: Vec<String> = c.k.get_json(&["pvc"])["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(name)
+            .collect();
+        names.sort();
+        names
+    };
+    c.k.run(&["scale", "statefulset", "web", "--replicas=2"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    c.wait("www-web-2 should go with web-2", 60, || {
+        claims(&c) == ["www-web-0", "www-web-1"]
+    });
+    c.k.run(&["delete", "statefulset", "web", "--timeout=60s"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    c.wait("the claims should go with the set", 60, || {
+        claims(&c).is_empty()
+    });
 }

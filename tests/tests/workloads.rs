@@ -250,6 +250,91 @@ fn an_indexed_job_runs_each_index_once() {
     assert_eq!(indexes, ["0", "1", "2", "3"]);
 }
 
+/// A `podFailurePolicy` with one rule, indented for [`job_yaml`].
+fn failure_policy(action: &str, exit_code: i32) -> String {
+    format!(
+        "  podFailurePolicy:\n    rules:\n    - action: {action}\n      \
+         onExitCodes: {{containerName: work, operator: In, values: [{exit_code}]}}"
+    )
+}
+
+#[test]
+fn a_pod_failure_policy_fails_a_job_on_one_exit_code_and_ignores_another() {
+    let c = Cluster::start(1);
+
+    // A rule the server cannot honour is refused, naming the field.
+    let bad = job_yaml("bad", &failure_policy("FailIndex", 0), 1)
+        .replace("restartPolicy: Never", "restartPolicy: OnFailure");
+    let out = c.k.run_stdin(&["apply", "-f", "-"], &bad).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "refused: {err}");
+    for field in [
+        "spec.template.spec.restartPolicy",
+        "spec.podFailurePolicy.rules[0].action",
+        "spec.podFailurePolicy.rules[0].onExitCodes.values[0]",
+    ] {
+        assert!(err.contains(field), "{field} not named: {err}");
+    }
+
+    // Exit code 42 fails the Job at once, though six retries were allowed.
+    let fatal = format!("  backoffLimit: 6\n{}", failure_policy("FailJob", 42));
+    c.k.apply(&job_yaml("fatal", &fatal, 42));
+    wait_job(&c, "fatal", "failed", 60);
+    let job = get(&c.k, &["job", "fatal"]);
+    let failed = job["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Failed" && c["status"] == "True")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(failed["reason"], "PodFailurePolicy", "{job}");
+    let pods = pods_of(&c, "fatal");
+    assert_eq!(pods.len(), 1, "no retry after a FailJob verdict");
+    let pod = pods[0]["metadata"]["name"].as_str().unwrap_or("?");
+    let message = failed["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains(pod) && message.contains("exit code 42") && message.contains("index 0"),
+        "the message names the pod and the rule: {message}"
+    );
+    assert_eq!(job["status"]["failed"], 1, "{job}");
+
+    // Exit code 3 is ignored: the pods keep being replaced, well past a
+    // backoffLimit of 1, and none counts as a failure.
+    let flaky = format!("  backoffLimit: 1\n{}", failure_policy("Ignore", 3));
+    c.k.apply(&job_yaml("flaky", &flaky, 3));
+    let failed_pods = |c: &Cluster| {
+        pods_of(c, "flaky")
+            .iter()
+            .filter(|p| p["status"]["phase"] == "Failed")
+            .count()
+    };
+    let retried = wait_for(Duration::from_secs(60), || {
+        (failed_pods(&c) >= 4).then_some(())
+    });
+    assert!(
+        retried.is_some(),
+        "ignored failures were not replaced: {} failed pods\n{}",
+        failed_pods(&c),
+        c.k.run(&["get", "job", "flaky", "-o", "yaml"])
+            .unwrap_or_default()
+    );
+    let job = get(&c.k, &["job", "flaky"]);
+    let conditions = job["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        !conditions.iter().any(|c| c["type"] == "Failed"),
+        "the job did not fail: {job}"
+    );
+    assert!(
+        job["status"]["failed"].as_i64().unwrap_or(0) == 0,
+        "ignored failures are not counted: {job}"
+    );
+    c.k.run(&["delete", "job", "flaky"]).unwrap();
+}
+
 fn daemonset_yaml(name: &str, image: &str, extra_pod_spec: &str) -> String {
     format!(
         r#"

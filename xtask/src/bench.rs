@@ -60,6 +60,14 @@ pub enum Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The Job controller on hollow nodes: a Job of 1,000 completions
+    /// (parallelism 50) against a Deployment of 1,000 replicas, pods/s and
+    /// their ratio.
+    Jobs {
+        /// Options for the bench program, e.g. `--pods 500 --parallelism 20`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Every benchmark above with its defaults, one after another (they
     /// would disturb each other's numbers side by side), then one report:
     /// `target/bench/report.md` with each table and the charts. Needs root.
@@ -85,6 +93,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Bench::Pods { .. } => vec!["pods"],
         Bench::Net { .. } => vec!["net"],
         Bench::Services { .. } => vec!["services"],
+        Bench::Jobs { .. } => vec!["jobs"],
     };
     if args.check {
         // A report left by an earlier run must not pass for this one's.
@@ -209,6 +218,15 @@ fn run_one(bench: Bench) -> anyhow::Result<()> {
         Bench::Scheduler { args } => {
             util::step("running bench-scheduler");
             let mut cmd = Command::new(release.join("bench-scheduler"));
+            if !args.iter().any(|a| a.starts_with("--control-plane-bin")) {
+                cmd.arg("--control-plane-bin")
+                    .arg(release.join("control-plane"));
+            }
+            util::run(cmd.args(&args).current_dir(util::root()))
+        }
+        Bench::Jobs { args } => {
+            util::step("running bench-jobs");
+            let mut cmd = Command::new(release.join("bench-jobs"));
             if !args.iter().any(|a| a.starts_with("--control-plane-bin")) {
                 cmd.arg("--control-plane-bin")
                     .arg(release.join("control-plane"));

@@ -31,6 +31,9 @@ pub fn default(obj: &mut Value) {
     {
         super::defaults::pod_spec(ps);
     }
+    if let Some(js) = obj.pointer_mut("/spec/jobTemplate/spec") {
+        super::workloads::pod_failure_policy::default(js);
+    }
 }
 
 /// What the API server refuses in a CronJob.
@@ -102,6 +105,9 @@ pub fn validate(obj: &Value, causes: &mut Vec<Cause>) {
         None => causes.push(Cause::required(
             "spec.jobTemplate.spec.template.spec.containers",
         )),
+    }
+    if let Some(js) = spec.pointer("/jobTemplate/spec") {
+        super::workloads::pod_failure_policy::validate(js, "spec.jobTemplate.spec", causes);
     }
 }
 

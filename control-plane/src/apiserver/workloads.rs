@@ -7,6 +7,8 @@ use super::defaults::set_default;
 use super::errors::Cause;
 use super::validation::validate_pod_spec;
 
+pub(super) mod pod_failure_policy;
+
 /// Label and selector key naming the Job that owns a pod (by uid).
 pub const CONTROLLER_UID: &str = "batch.kubernetes.io/controller-uid";
 /// Label naming the Job that owns a pod (by name).
@@ -33,8 +35,12 @@ pub fn default_job(obj: &mut Value) {
     set_default(spec, "completionMode", json!("NonIndexed"));
     set_default(spec, "suspend", json!(false));
     set_default(spec, "manualSelector", json!(false));
+    // With a failure policy a pod is judged only once it has failed, so
+    // its replacement waits for that too.
     if spec.get("podFailurePolicy").is_none_or(Value::is_null) {
         set_default(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
+    } else {
+        set_default(spec, "podReplacementPolicy", json!("Failed"));
     }
     let manual = spec.get("manualSelector") == Some(&json!(true));
     if !manual && !uid.is_empty() && spec.get("selector").is_none_or(Value::is_null) {
@@ -61,6 +67,7 @@ pub fn default_job(obj: &mut Value) {
     if let Some(ps) = spec.get_mut("template").and_then(|t| t.get_mut("spec")) {
         super::defaults::pod_spec(ps);
     }
+    pod_failure_policy::default(&mut obj["spec"]);
     // A Job without labels of its own is labelled like its pods.
     let template_labels = obj.pointer("/spec/template/metadata/labels").cloned();
     let own = obj["metadata"].get("labels").and_then(Value::as_object);
@@ -213,6 +220,7 @@ pub fn validate_job(obj: &Value, causes: &mut Vec<Cause>) {
         }
         None => causes.push(Cause::required("spec.template.spec.containers")),
     }
+    pod_failure_policy::validate(&spec, "spec", causes);
 }
 
 /// The pod template and update strategy type of a kind whose pods run for

@@ -7,8 +7,13 @@
 //! `status.uncountedTerminatedPods`: a pod's uid is recorded there first,
 //! then its finalizer is removed, then it moves into `succeeded`/`failed`.
 //! A restart between any two steps neither loses nor repeats a count.
+//!
+//! A failed pod is first judged by the Job's `podFailurePolicy`: one a
+//! FailJob rule matches fails the Job (the verdict is kept in a
+//! `FailureTarget` condition until every pod is counted), and one an Ignore
+//! rule matches is released uncounted and replaced without back-off.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,11 +31,13 @@ use serde_json::{json, Value};
 use super::context::{self, controller_of, Context, Error, Result};
 use crate::component::events::reference;
 
+mod failure_policy;
 mod plan;
 mod pods;
 mod status;
 mod tracking;
 
+pub use failure_policy::{judge, Verdict};
 pub use plan::{backoff, format_indexes, parse_indexes, plan, Counts, Plan};
 use status::{status_subset, ttl};
 use tracking::{drop_finalizer, has_finalizer, phase, pod_index, Tally};
@@ -116,6 +123,40 @@ fn condition_true(job: &Job, ty: &str) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == ty && c.status == "True"))
 }
 
+/// The message of a FailJob verdict already recorded on the Job.
+fn recorded_fail_job(job: &Job) -> Option<String> {
+    let cs = job.status.as_ref()?.conditions.as_ref()?;
+    cs.iter()
+        .find(|c| c.type_ == "FailureTarget" && c.status == "True")
+        .filter(|c| c.reason.as_deref() == Some("PodFailurePolicy"))
+        .map(|c| c.message.clone().unwrap_or_default())
+}
+
+/// The verdicts on the Job's failed pods: the uids of those an Ignore rule
+/// matches, and the first FailJob verdict (earliest failure first).
+fn judge_failures(job: &Job, spec: &Value, pods: &[Arc<Pod>]) -> (HashSet<String>, Option<String>) {
+    let mut ignored = HashSet::new();
+    let mut fail_job = recorded_fail_job(job);
+    let policy = &spec["podFailurePolicy"];
+    if policy.is_null() {
+        return (ignored, fail_job);
+    }
+    let mut failed: Vec<&Arc<Pod>> = pods.iter().filter(|p| phase(p) == "Failed").collect();
+    failed.sort_by_key(|p| (failure_time(p), p.name_any()));
+    for p in failed {
+        match judge(policy, p) {
+            Verdict::FailJob(why) => {
+                fail_job.get_or_insert(why);
+            }
+            Verdict::Ignore => {
+                ignored.extend(p.uid());
+            }
+            Verdict::Count => {}
+        }
+    }
+    (ignored, fail_job)
+}
+
 async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action> {
     ctx.pods
         .wait_until_ready()
@@ -158,7 +199,11 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action> {
     let finished = condition_true(&job, "Complete") || condition_true(&job, "Failed");
 
     let indexed = spec["completionMode"] == "Indexed";
-    let tally = tracking::settle(client, &jobs, &name, &pods, &status, indexed, finished).await?;
+    let (ignored, fail_job) = judge_failures(&job, &spec, &pods);
+    let tally = tracking::settle(
+        client, &jobs, &name, &pods, &status, indexed, finished, &ignored,
+    )
+    .await?;
     let Tally {
         completed,
         still_ok,
@@ -187,6 +232,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action> {
     let last_failure = pods
         .iter()
         .filter(|p| phase(p) == "Failed")
+        .filter(|p| !p.uid().is_some_and(|u| ignored.contains(&u)))
         .filter_map(|p| failure_time(p))
         .max();
     let counts = Counts {
@@ -195,6 +241,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action> {
         completed: completed.clone(),
         since_failure: last_failure.map(|t| now.duration_since(t).as_secs()),
         running_for: start.map(|t| now.duration_since(t).as_secs()).unwrap_or(0),
+        fail_job,
     };
     let active_named: Vec<(String, Option<i64>)> = active
         .iter()
@@ -211,6 +258,13 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action> {
     if creating > 0 {
         decided.create.clear();
     }
+    // A FailJob verdict is written down at once, so that it holds even if
+    // the pod that earned it is gone by the time the counting is done.
+    let target = decided
+        .finish
+        .as_ref()
+        .filter(|f| f.1 == "PodFailurePolicy")
+        .map(|f| f.2.clone());
     // A Job finishes only once every finished pod is counted, so its
     // totals are final when the condition appears.
     if decided.finish.is_some() && !(still_ok.is_empty() && still_fail.is_empty()) {
@@ -262,7 +316,10 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action> {
             set_condition("Suspended", "False", "JobResumed", "Job resumed");
         }
     }
-    if let Some((ty, reason, message)) = decided.finish {
+    if let Some(why) = &target {
+        set_condition("FailureTarget", "True", "PodFailurePolicy", why);
+    }
+    if let Some((ty, reason, message)) = &decided.finish {
         set_condition(ty, "True", reason, message);
     }
     let mut s = json!({
@@ -280,7 +337,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action> {
     if start.is_none() && !suspended {
         s["startTime"] = json!(stamp);
     }
-    if decided.finish.is_some_and(|f| f.0 == "Complete") {
+    if decided.finish.as_ref().is_some_and(|f| f.0 == "Complete") {
         s["completionTime"] = json!(stamp);
     }
     if s != status_subset(&status, &s) {
@@ -291,18 +348,15 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action> {
         )
         .await?;
     }
-    if let Some((_, reason, _)) = decided.finish {
-        let kind = if reason == "CompletionsReached" {
+    if let Some((_, reason, message)) = &decided.finish {
+        let kind = if *reason == "CompletionsReached" {
             "Normal"
         } else {
             "Warning"
         };
-        ctx.shared.recorder.record(
-            reference(job.as_ref()),
-            kind,
-            reason,
-            decided.finish.map(|f| f.2).unwrap_or_default().to_string(),
-        );
+        ctx.shared
+            .recorder
+            .record(reference(job.as_ref()), kind, reason, message.clone());
     }
     if finished || decided.finish.is_some() {
         return ttl(&jobs, &job, decided.finish.is_some(), now).await;

@@ -59,7 +59,7 @@ pub struct Plan {
     /// Active pods to delete (by name).
     pub delete: Vec<String>,
     /// The condition to add, with its reason and message.
-    pub finish: Option<(&'static str, &'static str, &'static str)>,
+    pub finish: Option<(&'static str, &'static str, String)>,
     /// Wait before creating (back-off), if creation is held back.
     pub wait: Option<Duration>,
 }
@@ -74,6 +74,8 @@ pub struct Counts {
     pub since_failure: Option<i64>,
     /// Seconds since the job started.
     pub running_for: i64,
+    /// Why a failed pod fails the whole Job under its `podFailurePolicy`.
+    pub fail_job: Option<String>,
 }
 
 /// The pure decision: `active` are the names (and indexes) of live pods.
@@ -84,6 +86,13 @@ pub fn plan(spec: &Value, counts: &Counts, active: &[(String, Option<i64>)]) -> 
     let parallelism = spec["parallelism"].as_i64().unwrap_or(1).max(0);
     let backoff_limit = spec["backoffLimit"].as_i64().unwrap_or(6);
     let all_active = || active.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    // A FailJob rule ends the Job before anything else is weighed, as
+    // upstream does: not even a last success completes it.
+    if let Some(why) = &counts.fail_job {
+        p.finish = Some(("Failed", "PodFailurePolicy", why.clone()));
+        p.delete = all_active();
+        return p;
+    }
     let done = match (indexed, completions) {
         (true, Some(c)) => (0..c).all(|i| counts.completed.contains(&i)),
         (_, Some(c)) => counts.succeeded >= c,
@@ -93,7 +102,7 @@ pub fn plan(spec: &Value, counts: &Counts, active: &[(String, Option<i64>)]) -> 
         p.finish = Some((
             "Complete",
             "CompletionsReached",
-            "Reached expected number of succeeded pods",
+            "Reached expected number of succeeded pods".into(),
         ));
         p.delete = all_active();
         return p;
@@ -102,7 +111,7 @@ pub fn plan(spec: &Value, counts: &Counts, active: &[(String, Option<i64>)]) -> 
         p.finish = Some((
             "Failed",
             "BackoffLimitExceeded",
-            "Job has reached the specified backoff limit",
+            "Job has reached the specified backoff limit".into(),
         ));
         p.delete = all_active();
         return p;
@@ -112,7 +121,7 @@ pub fn plan(spec: &Value, counts: &Counts, active: &[(String, Option<i64>)]) -> 
             p.finish = Some((
                 "Failed",
                 "DeadlineExceeded",
-                "Job was active longer than specified deadline",
+                "Job was active longer than specified deadline".into(),
             ));
             p.delete = all_active();
             return p;
@@ -219,6 +228,26 @@ mod tests {
         assert_eq!(p.delete, ["p0"]);
         assert_eq!(backoff(1), Duration::from_secs(10));
         assert_eq!(backoff(30), Duration::from_secs(360));
+    }
+
+    #[test]
+    fn a_fail_job_rule_ends_the_job_before_any_limit() {
+        let spec = json!({"completions": 2, "parallelism": 2, "backoffLimit": 6});
+        let c = Counts {
+            succeeded: 1,
+            failed: 1,
+            since_failure: Some(0),
+            fail_job: Some("Container main for pod ns/p9 failed with exit code 42".into()),
+            ..Counts::default()
+        };
+        let p = plan(&spec, &c, &active(1));
+        let (ty, reason, message) = p.finish.expect("the job finishes");
+        assert_eq!((ty, reason), ("Failed", "PodFailurePolicy"));
+        assert!(message.contains("p9"), "{message}");
+        assert_eq!(
+            (p.delete, p.create.len(), p.wait),
+            (vec!["p0".to_string()], 0, None)
+        );
     }
 
     #[test]

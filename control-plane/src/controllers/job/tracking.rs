@@ -2,7 +2,7 @@
 //! record a finished pod's uid as uncounted, release its finalizer, then
 //! move it into the totals once the release is seen.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::batch::v1::Job;
@@ -34,7 +34,9 @@ pub(super) struct Tally {
 }
 
 /// Runs the three tracking steps for `pods`, the Job's own pods, against
-/// the Job's fresh `status`.
+/// the Job's fresh `status`. Failed pods whose uid is in `ignored` (an
+/// Ignore rule matched them) are released without being counted.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn settle(
     client: &kube::Client,
     jobs: &Api<Job>,
@@ -43,6 +45,7 @@ pub(super) async fn settle(
     status: &Value,
     indexed: bool,
     finished: bool,
+    ignored: &HashSet<String>,
 ) -> Result<Tally> {
     // Step 1: finished pods still holding the finalizer are recorded as
     // uncounted (and their indexes as completed) before anything else.
@@ -68,7 +71,7 @@ pub(super) async fn settle(
                 completed.extend(pod_index(p));
                 recorded = true;
             }
-            "Failed" => {
+            "Failed" if !ignored.contains(&puid) => {
                 unc_fail.insert(puid);
                 recorded = true;
             }
@@ -90,7 +93,7 @@ pub(super) async fn settle(
     // Step 2: release every pod that no longer needs tracking.
     for p in pods.iter().filter(|p| has_finalizer(p)) {
         let puid = p.uid().unwrap_or_default();
-        let counted = unc_ok.contains(&puid) || unc_fail.contains(&puid);
+        let counted = unc_ok.contains(&puid) || unc_fail.contains(&puid) || ignored.contains(&puid);
         if counted || p.metadata.deletion_timestamp.is_some() || finished {
             drop_finalizer(client, p).await?;
         }

@@ -132,9 +132,11 @@ pub fn claims_for(set: &StatefulSet, ordinal: i32) -> Vec<PersistentVolumeClaim>
 }
 
 /// The owner references a member's claim should carry under
-/// `persistentVolumeClaimRetentionPolicy`: the set when claims go with
-/// the set (`whenDeleted: Delete`), the member pod when they go on scale
-/// down (`whenScaled: Delete`) and the member is beyond `replicas`. With
+/// `persistentVolumeClaimRetentionPolicy`: the member pod alone when it is
+/// beyond `replicas` and claims go on scale down (`whenScaled: Delete`),
+/// else the set when claims go with the set (`whenDeleted: Delete`). The
+/// garbage collector removes an object only once every owner is gone, so
+/// a condemned member's claim must not keep the set as an owner too. With
 /// the default `Retain` for both, none: claims outlive pods and the set.
 pub fn claim_owners(set: &StatefulSet, condemned: bool, pod: Option<&Pod>) -> Vec<OwnerReference> {
     let policy = set
@@ -142,20 +144,19 @@ pub fn claim_owners(set: &StatefulSet, condemned: bool, pod: Option<&Pod>) -> Ve
         .as_ref()
         .and_then(|s| s.persistent_volume_claim_retention_policy.clone())
         .unwrap_or_default();
-    let mut out = Vec::new();
-    if policy.when_deleted.as_deref() == Some("Delete") {
-        let mut r = controller_ref(set);
-        r.controller = None;
-        out.push(r);
-    }
     if condemned && policy.when_scaled.as_deref() == Some("Delete") {
         if let Some(pod) = pod {
             let mut r = controller_ref(pod);
             r.controller = None;
-            out.push(r);
+            return vec![r];
         }
     }
-    out
+    if policy.when_deleted.as_deref() == Some("Delete") {
+        let mut r = controller_ref(set);
+        r.controller = None;
+        return vec![r];
+    }
+    Vec::new()
 }
 
 /// Does a claim carry exactly the owners the policy asks for among the
