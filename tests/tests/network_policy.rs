@@ -181,6 +181,22 @@ fn the_probe_matrix_follows_each_network_policy() {
         .unwrap_or_else(|| panic!("x/a missing from `agent bpf policy`:\n{status}"));
     assert!(x_a.contains("ingress: isolated"), "{x_a}");
     assert!(!x_a.contains("denied 0\n"), "denials counted: {x_a}");
+    // And on the agent's /metrics, by pod and direction.
+    let metrics = c.nodes[0]
+        .exec(&["curl", "-sS", "-m", "3", "http://127.0.0.1:10250/metrics"])
+        .unwrap();
+    let denied = |pod: &str, direction: &str| -> u64 {
+        let series = format!(
+            "kestrel_policy_denied_flows_total{{namespace=\"x\",pod=\"{pod}\",direction=\"{direction}\"}} "
+        );
+        let line = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"));
+        line.trim().parse().unwrap()
+    };
+    assert!(denied("a", "ingress") > 0, "{metrics}");
+    assert_eq!(denied("a", "egress"), 0, "{metrics}");
 
     c.apply(&policy(
         "same-namespace",
