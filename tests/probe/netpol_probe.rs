@@ -1,8 +1,9 @@
 //! The server and client pods run in the network-policy tests, like
 //! upstream's agnhost: `serve PORT...` answers TCP and UDP on each port;
-//! `connect TIMEOUT_MS PROTO:IP:PORT...` tries every target at once and
-//! prints one character per target in order, `.` where an answer came back
-//! and `X` where none did.
+//! `connect TIMEOUT_MS PROTO:IP:PORT[@SOURCE_PORT]...` tries every target
+//! at once and prints one character per target in order, `.` where an
+//! answer came back and `X` where none did. A UDP target with a source port
+//! is the same flow every time it is probed.
 //!
 //! Built with std only and linked statically, so it runs from a hostPath
 //! volume in the busybox image, which has no UDP server of its own.
@@ -58,11 +59,15 @@ fn connect(args: &[String]) {
         .iter()
         .map(|t| {
             let (proto, addr) = t.split_once(':').unwrap_or_else(|| fail(t));
+            let (addr, sport) = match addr.split_once('@') {
+                Some((a, p)) => (a, p.parse().unwrap_or_else(|_| fail(t))),
+                None => (addr, 0),
+            };
             let addr: SocketAddr = addr.parse().unwrap_or_else(|_| fail(t));
             let proto = proto.to_string();
             std::thread::spawn(move || match proto.as_str() {
                 "tcp" => tcp(addr, timeout),
-                "udp" => udp(addr, timeout),
+                "udp" => udp(addr, sport, timeout),
                 _ => false,
             })
         })
@@ -83,8 +88,8 @@ fn tcp(addr: SocketAddr, timeout: Duration) -> bool {
     matches!(s.read(&mut buf), Ok(n) if n > 0)
 }
 
-fn udp(addr: SocketAddr, timeout: Duration) -> bool {
-    let Ok(s) = UdpSocket::bind("0.0.0.0:0") else {
+fn udp(addr: SocketAddr, sport: u16, timeout: Duration) -> bool {
+    let Ok(s) = UdpSocket::bind(("0.0.0.0", sport)) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(timeout));

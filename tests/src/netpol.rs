@@ -229,6 +229,27 @@ spec:
         Truth([layer(0), layer(1), layer(2), layer(3)])
     }
 
+    /// Probes `target` (as `netpol-probe connect` takes it) from pod `pod`
+    /// of namespace `ns`: `.` answered, `X` not.
+    pub fn probe(&self, ns: &str, pod: &str, target: &str) -> String {
+        let timeout = PROBE_TIMEOUT_MS.to_string();
+        let args = [
+            "exec",
+            pod,
+            "-n",
+            ns,
+            "--",
+            "/probe/netpol-probe",
+            "connect",
+            &timeout,
+            target,
+        ];
+        self.k
+            .run(&args)
+            .map(|o| o.trim().to_string())
+            .unwrap_or_else(|e| format!("exec failed: {e}"))
+    }
+
     /// Polls the probe matrix until it is `want`; on timeout fails with
     /// both side by side.
     pub fn expect(&self, case: &str, ips: &[String], want: &Truth) {

@@ -1,8 +1,11 @@
 //! User stories of NetworkPolicy: the API kubectl drives, and the verdicts
 //! every node's datapath enforces.
 
+use std::time::Duration;
+
 use harness::cluster::ControlPlane;
 use harness::netpol::{bpf_policy, sctp_unavailable, Cluster, Truth};
+use harness::process::wait_for;
 
 const POLICY: &str = r#"
 apiVersion: networking.k8s.io/v1
@@ -274,6 +277,34 @@ fn the_probe_matrix_follows_each_network_policy() {
     let from_z = Truth::all(&X_SHUT).on("udp/81", &x_open_from(6..9));
     c.expect("updated policy, second version: z on UDP 81", &ips, &from_z);
     delete("update");
+
+    // A flow allowed before its policy narrowed stops once the policy no
+    // longer allows it: y/a keeps talking to x/a over UDP from one source
+    // port, as the flow table remembers it.
+    let one_flow = format!("udp:{}:80@40000", ips[0]);
+    c.apply(&policy(
+        "narrowed",
+        "{podSelector: {}, ingress: [{from: [{namespaceSelector: {matchLabels: {ns: 'y'}}}]}]}",
+    ));
+    wait_for(Duration::from_secs(60), || {
+        (c.probe("y", "a", &one_flow) == ".").then_some(())
+    })
+    .unwrap_or_else(|| panic!("y/a never reached x/a\n{}", c.logs()));
+    c.apply(&policy(
+        "narrowed",
+        "{podSelector: {}, ingress: [{from: [{namespaceSelector: {matchLabels: {ns: 'z'}}}]}]}",
+    ));
+    wait_for(Duration::from_secs(60), || {
+        (c.probe("y", "a", &one_flow) == "X").then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the flow allowed before the policy narrowed still passes\n{}",
+            c.logs()
+        )
+    });
+    c.expect("narrowed to z", &ips, &Truth::all(&x_open_from(6..9)));
+    delete("narrowed");
 
     c.apply(&policy(
         "blue",
