@@ -87,6 +87,11 @@ pub struct Cluster {
 impl Cluster {
     /// Starts the control plane and `nodes` nodes, and builds the probe.
     pub fn start(nodes: usize) -> Self {
+        Self::start_with(nodes, &[])
+    }
+
+    /// Like `start`, with extra `agent run` flags on every node.
+    pub fn start_with(nodes: usize, agent_args: &[&str]) -> Self {
         let probe_dir = tempfile::tempdir().unwrap();
         build_probe(&probe_dir.path().join("netpol-probe"));
         let cp = ControlPlane::start_networked(&[]).unwrap();
@@ -99,7 +104,9 @@ impl Cluster {
             )
             .unwrap(),
         ];
-        let nodes = (0..nodes).map(|_| Node::start(&cp)).collect();
+        let nodes = (0..nodes)
+            .map(|_| Node::start_with(&cp, agent_args))
+            .collect();
         Self {
             nodes,
             _components: components,

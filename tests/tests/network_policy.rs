@@ -344,3 +344,21 @@ fn the_probe_matrix_follows_each_network_policy() {
     c.k.run(&["delete", "netpol", "--all", "-n", "x"]).unwrap();
     c.expect("every policy deleted", &ips, &Truth::all(&OPEN));
 }
+
+/// With `--tunnel vxlan` the receiving node checks ingress on what comes
+/// out of the tunnel: the sender's pod address is known there from the API.
+#[test]
+fn ingress_is_enforced_on_the_receiving_node_over_vxlan() {
+    let c = Cluster::start_with(2, &["--tunnel", "vxlan"]);
+    let ips = c.start_pods();
+    c.expect("no policy", &ips, &Truth::all(&OPEN));
+    c.apply(&policy(
+        "from-y",
+        "{podSelector: {}, ingress: [{from: [{namespaceSelector: {matchLabels: {ns: 'y'}}}]}]}",
+    ));
+    c.expect(
+        "allow from a labelled namespace",
+        &ips,
+        &Truth::all(&x_open_from(3..6)),
+    );
+}
