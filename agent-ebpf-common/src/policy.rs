@@ -126,3 +126,21 @@ pub const MAX_POLICY_FLOWS: u32 = 65536;
 
 /// The identity of an address no pod has.
 pub const WORLD_IDENTITY: u32 = 2;
+
+/// What [`POLICY_CT_MAP`] holds for each remembered flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyFlowState {
+    /// `bpf_ktime_get_ns` of its last packet.
+    pub seen_ns: u64,
+    /// The [`POLICY_GENERATION_MAP`] value it was last allowed under.
+    pub generation: u32,
+    /// 1 for the reply direction of the flow that was checked.
+    pub reply: u32,
+}
+
+crate::pod!(PolicyFlowState);
+
+/// A one-entry array of u32: the policy generation, which the agent bumps
+/// after each change it writes, so remembered flows are checked again.
+pub const POLICY_GENERATION_MAP: &str = "POLICY_GENERATION";

@@ -3,17 +3,21 @@
 //! directions, so its replies and later packets pass on one lookup.
 //!
 //! The agent writes every map here; a policy change rewrites entries, never
-//! the program.
+//! the program, and bumps the generation: a remembered flow allowed under
+//! an older one is checked again on its next packet (the direction that
+//! was checked when it began), and forgotten and dropped once the policy
+//! no longer allows it.
 
 use agent_ebpf_common::{
-    self as abi, PolicyCidrKey, PolicyCounters, PolicyEndpoint, PolicyFlow, PolicyRuleKey,
+    self as abi, PolicyCidrKey, PolicyCounters, PolicyEndpoint, PolicyFlow, PolicyFlowState,
+    PolicyRuleKey,
 };
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{
         lpm_trie::{Key, LpmTrie},
-        HashMap, LruHashMap, PerCpuArray,
+        Array, HashMap, LruHashMap, PerCpuArray,
     },
     programs::TcContext,
 };
@@ -33,7 +37,10 @@ static RULES: LpmTrie<PolicyRuleKey, u32> = LpmTrie::pinned(abi::MAX_POLICY_RULE
 static CIDRS: LpmTrie<PolicyCidrKey, u32> = LpmTrie::pinned(abi::MAX_POLICY_CIDRS, 0);
 
 #[map(name = "POLICY_CT")]
-static CT: LruHashMap<PolicyFlow, u64> = LruHashMap::pinned(abi::MAX_POLICY_FLOWS, 0);
+static CT: LruHashMap<PolicyFlow, PolicyFlowState> = LruHashMap::pinned(abi::MAX_POLICY_FLOWS, 0);
+
+#[map(name = "POLICY_GENERATION")]
+static GENERATION: Array<u32> = Array::pinned(1, 0);
 
 #[map(name = "POLICY_COUNTERS")]
 static COUNTERS: PerCpuArray<PolicyCounters> = PerCpuArray::pinned(abi::MAX_POLICY_ENDPOINTS, 0);
@@ -69,40 +76,77 @@ pub fn allows(
         return false;
     };
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(seen) = CT.get_ptr_mut(&flow) {
-        // SAFETY: a live map value; a racing writer only stores a time too.
+    let generation = GENERATION.get(0).copied().unwrap_or(0);
+    if let Some(state) = CT.get_ptr_mut(&flow) {
+        // SAFETY: a live map value; a racing writer stores the same fields.
         unsafe {
-            if now.saturating_sub(*seen) < FLOW_IDLE_NS {
-                *seen = now;
-                return true;
+            if now.saturating_sub((*state).seen_ns) < FLOW_IDLE_NS {
+                if (*state).generation == generation {
+                    (*state).seen_ns = now;
+                    return true;
+                }
+                // The policy changed since: the flow goes on only if the
+                // direction checked when it began is still allowed. For a
+                // reply, that sender was this packet's receiver.
+                let still = if (*state).reply != 0 {
+                    verdict(&reversed(&flow), to, from)
+                } else {
+                    verdict(&flow, from, to)
+                };
+                if still {
+                    (*state).seen_ns = now;
+                    (*state).generation = generation;
+                    return true;
+                }
+                let _ = CT.remove(&flow);
+                let _ = CT.remove(&reversed(&flow));
+                return false;
             }
         }
     }
+    if !verdict(&flow, from, to) {
+        return false;
+    }
+    let state = |reply| PolicyFlowState {
+        seen_ns: now,
+        generation,
+        reply,
+    };
+    let _ = CT.insert(&flow, &state(0), 0);
+    let _ = CT.insert(&reversed(&flow), &state(1), 0);
+    true
+}
+
+/// Whether `flow` passes the sender's egress (`from`, when local and
+/// isolated) and the receiver's ingress (`to`, likewise); counted.
+fn verdict(flow: &PolicyFlow, from: Option<PolicyEndpoint>, to: Option<PolicyEndpoint>) -> bool {
     if let Some(ep) = from.filter(|e| e.flags & abi::POLICY_ISOLATED_EGRESS != 0) {
-        let ok = check(ep.id, abi::POLICY_EGRESS, dst, flow.proto, flow.dport);
+        let ok = check(ep.id, abi::POLICY_EGRESS, flow.dst, flow.proto, flow.dport);
         count(ep.id, abi::POLICY_EGRESS, ok);
         if !ok {
             return false;
         }
     }
     if let Some(ep) = to.filter(|e| e.flags & abi::POLICY_ISOLATED_INGRESS != 0) {
-        let ok = check(ep.id, abi::POLICY_INGRESS, src, flow.proto, flow.dport);
+        let ok = check(ep.id, abi::POLICY_INGRESS, flow.src, flow.proto, flow.dport);
         count(ep.id, abi::POLICY_INGRESS, ok);
         if !ok {
             return false;
         }
     }
-    let reply = PolicyFlow {
+    true
+}
+
+/// The other direction of `flow`.
+fn reversed(flow: &PolicyFlow) -> PolicyFlow {
+    PolicyFlow {
         src: flow.dst,
         dst: flow.src,
         sport: flow.dport,
         dport: flow.sport,
         proto: flow.proto,
         pad: [0; 3],
-    };
-    let _ = CT.insert(&flow, &now, 0);
-    let _ = CT.insert(&reply, &now, 0);
-    true
+    }
 }
 
 /// The flow a frame belongs to; ports are 0 for protocols without them and

@@ -1,6 +1,6 @@
 //! The agent's Prometheus metrics, served on the node API's `/metrics`:
-//! pod start latency, image pull time, pods running, and how full the
-//! datapath's maps are.
+//! pod start latency, image pull time, pods running, how full the
+//! datapath's maps are, and NetworkPolicy verdicts per pod.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -120,6 +120,7 @@ pub fn render(pins: Option<&std::path::Path>) -> String {
                 );
             }
         }
+        crate::policy::metrics::render(&mut out, pins);
     }
     out
 }

@@ -16,6 +16,7 @@ pub mod kubectl;
 pub mod names;
 pub mod net;
 pub mod netbench;
+pub mod netpol;
 pub mod node;
 pub mod nspawn;
 pub mod ports;

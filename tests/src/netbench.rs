@@ -12,6 +12,7 @@
 pub mod bridge_cni;
 pub mod chart;
 pub mod kube_proxy;
+pub mod kube_router;
 pub mod testbed;
 
 use std::io::Read;

@@ -4,9 +4,8 @@
 use std::time::Duration;
 
 use harness::cluster::ControlPlane;
-use harness::kubectl::Kubectl;
-use harness::node::Node;
-use harness::process::{wait_for, Guarded};
+use harness::netpol::{bpf_policy, sctp_unavailable, Cluster, Truth};
+use harness::process::wait_for;
 
 const POLICY: &str = r#"
 apiVersion: networking.k8s.io/v1
@@ -128,183 +127,6 @@ spec:
     assert_eq!(names.trim(), "networkpolicy.networking.k8s.io/db-from-web");
 }
 
-/// A control plane with the scheduler and controller-manager, and nodes.
-struct Cluster {
-    // Nodes first: dropping them deletes their pods through the API.
-    nodes: Vec<Node>,
-    _components: Vec<Guarded>,
-    k: Kubectl,
-    _cp: ControlPlane,
-}
-
-const NAMESPACES: [&str; 3] = ["x", "y", "z"];
-const PODS: [&str; 3] = ["a", "b", "c"];
-
-impl Cluster {
-    fn start(nodes: usize) -> Self {
-        let cp = ControlPlane::start_networked(&[]).unwrap();
-        let k = cp.kubectl();
-        let components = vec![
-            cp.component("scheduler", &["scheduler"]).unwrap(),
-            cp.component(
-                "controller-manager",
-                &["controller-manager", "--allocate-node-cidrs", "false"],
-            )
-            .unwrap(),
-        ];
-        let nodes = (0..nodes).map(|_| Node::start(&cp)).collect();
-        Self {
-            nodes,
-            _components: components,
-            k,
-            _cp: cp,
-        }
-    }
-
-    fn apply(&self, yaml: &str) {
-        let out = self.k.run_stdin(&["apply", "-f", "-"], yaml).unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn logs(&self) -> String {
-        let mut out = String::new();
-        for n in &self.nodes {
-            let log = n.log();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            out += &format!(
-                "--- agent {}\n{}\n--- bpf policy\n{}\n",
-                n.name,
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
-                bpf_policy(n)
-            );
-        }
-        out
-    }
-
-    /// The nine pods x/a .. z/c, spread over the nodes, each serving HTTP
-    /// on port 80 (named `http`). Returns their addresses in that order.
-    fn start_pods(&self) -> Vec<String> {
-        let mut yaml = String::new();
-        for ns in NAMESPACES {
-            yaml += &format!(
-                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: '{ns}', labels: {{ns: '{ns}'}}}}\n---\n"
-            );
-        }
-        for (i, (ns, pod)) in pods().enumerate() {
-            let node = &self.nodes[i % self.nodes.len()].name;
-            yaml += &format!(
-                r#"apiVersion: v1
-kind: Pod
-metadata: {{name: '{pod}', namespace: '{ns}', labels: {{pod: '{pod}'}}}}
-spec:
-  nodeName: {node}
-  terminationGracePeriodSeconds: 0
-  containers:
-  - name: main
-    image: busybox
-    ports: [{{name: http, containerPort: 80}}]
-    command: [sh, -c, 'mkdir -p /www && echo "hello from {ns}/{pod}" > /www/index.html && exec httpd -f -p 80 -h /www']
----
-"#
-            );
-        }
-        self.apply(&yaml);
-        pods()
-            .map(|(ns, pod)| {
-                wait_for(Duration::from_secs(120), || {
-                    let ip = self
-                        .k
-                        .run(&[
-                            "get",
-                            "pod",
-                            pod,
-                            "-n",
-                            ns,
-                            "-o",
-                            "jsonpath={.status.phase} {.status.podIP}",
-                        ])
-                        .ok()?;
-                    let (phase, ip) = ip.trim().split_once(' ')?;
-                    (phase == "Running" && !ip.is_empty()).then(|| ip.to_string())
-                })
-                .unwrap_or_else(|| panic!("{ns}/{pod} did not run\n{}", self.logs()))
-            })
-            .collect()
-    }
-
-    /// Probes every pod from every pod (in parallel per source): one line
-    /// per source, `.` where the HTTP request got its answer, `X` where not.
-    fn matrix(&self, ips: &[String]) -> String {
-        let targets = ips.join(" ");
-        let script = format!(
-            "for ip in {targets}; do if printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 $ip 80 2>/dev/null | grep -q 'hello from'; then printf .; else printf X; fi; done"
-        );
-        let rows: Vec<String> = std::thread::scope(|s| {
-            let handles: Vec<_> = pods()
-                .map(|(ns, pod)| {
-                    let k = &self.k;
-                    let script = &script;
-                    s.spawn(move || {
-                        k.run(&["exec", pod, "-n", ns, "--", "sh", "-c", script])
-                            .map(|o| o.trim().to_string())
-                            .unwrap_or_else(|e| format!("exec failed: {e}"))
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        rows.join("\n")
-    }
-
-    /// Polls the probe matrix until it is `want`; on timeout fails with
-    /// both matrices side by side.
-    fn expect(&self, case: &str, ips: &[String], want: &[&str; 9]) {
-        let want: Vec<String> = want.iter().map(|r| r.replace(' ', "")).collect();
-        let want = want.join("\n");
-        let mut last = String::new();
-        let seen = wait_for(Duration::from_secs(90), || {
-            last = self.matrix(ips);
-            (last == want).then_some(())
-        });
-        if seen.is_none() {
-            let mut diff = String::from("from    expected     observed\n");
-            let names: Vec<String> = pods().map(|(n, p)| format!("{n}/{p}")).collect();
-            for (i, (w, g)) in want.lines().zip(last.lines()).enumerate() {
-                let mark = if w == g { "" } else { "   <-- differs" };
-                diff += &format!("{:<7} {w:<12} {g}{mark}\n", names[i]);
-            }
-            panic!(
-                "case {case:?}: the probe matrix never matched (columns x/a .. z/c)\n{diff}\n{}",
-                self.logs()
-            );
-        }
-    }
-}
-
-fn pods() -> impl Iterator<Item = (&'static str, &'static str)> {
-    NAMESPACES
-        .iter()
-        .flat_map(|ns| PODS.iter().map(move |p| (*ns, *p)))
-}
-
-/// `agent bpf policy` of `node`.
-fn bpf_policy(node: &Node) -> String {
-    let out = node
-        .agent(&["bpf", "policy", "--bpffs-dir"])
-        .arg(&node.bpffs_dir)
-        .output()
-        .unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// Every pod reaches every pod.
 const OPEN: [&str; 9] = ["... ... ..."; 9];
 /// Nobody but themselves reaches x's pods.
@@ -326,19 +148,34 @@ fn policy(name: &str, spec: &str) -> String {
     )
 }
 
+/// X_SHUT, but the sources in `rows` reach x's pods.
+fn x_open_from(rows: std::ops::Range<usize>) -> [&'static str; 9] {
+    let mut m = X_SHUT;
+    m[rows].fill("... ... ...");
+    m
+}
+
 /// The upstream network-policy model on two nodes: namespaces x, y, z with
-/// pods a, b, c each serving HTTP on 80, probed from every pod to every
-/// pod, with the expected truth table after each policy change. A pod
-/// always reaches itself (its own address stays inside the pod).
+/// pods a, b, c each serving TCP and UDP on 80 and 81, probed from every
+/// pod to every pod on each, with the expected truth table after each
+/// policy change. A pod always reaches itself (its own address stays
+/// inside the pod).
 #[test]
 fn the_probe_matrix_follows_each_network_policy() {
+    match sctp_unavailable() {
+        Some(why) => eprintln!("SCTP is not probed: this kernel refuses SCTP sockets ({why})"),
+        None => eprintln!("SCTP is not probed: the probe speaks TCP and UDP only"),
+    }
     let c = Cluster::start(2);
     let ips = c.start_pods();
+    let delete = |name: &str| {
+        c.k.run(&["delete", "netpol", name, "-n", "x"]).unwrap();
+    };
 
-    c.expect("no policy", &ips, &OPEN);
+    c.expect("no policy", &ips, &Truth::all(&OPEN));
 
     c.apply(&policy("deny", "{podSelector: {}, policyTypes: [Ingress]}"));
-    c.expect("default-deny ingress in x", &ips, &X_SHUT);
+    c.expect("default-deny ingress in x", &ips, &Truth::all(&X_SHUT));
     // The verdicts are visible per pod on the node that runs x/a.
     let status = bpf_policy(&c.nodes[0]);
     let x_a = status
@@ -347,25 +184,44 @@ fn the_probe_matrix_follows_each_network_policy() {
         .unwrap_or_else(|| panic!("x/a missing from `agent bpf policy`:\n{status}"));
     assert!(x_a.contains("ingress: isolated"), "{x_a}");
     assert!(!x_a.contains("denied 0\n"), "denials counted: {x_a}");
+    // And on the agent's /metrics, by pod and direction.
+    let metrics = c.nodes[0]
+        .exec(&["curl", "-sS", "-m", "3", "http://127.0.0.1:10250/metrics"])
+        .unwrap();
+    let denied = |pod: &str, direction: &str| -> u64 {
+        let series = format!(
+            "kestrel_policy_denied_flows_total{{namespace=\"x\",pod=\"{pod}\",direction=\"{direction}\"}} "
+        );
+        let line = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"));
+        line.trim().parse().unwrap()
+    };
+    assert!(denied("a", "ingress") > 0, "{metrics}");
+    assert_eq!(denied("a", "egress"), 0, "{metrics}");
 
     c.apply(&policy(
         "same-namespace",
         "{podSelector: {}, ingress: [{from: [{podSelector: {}}]}]}",
     ));
-    let mut same = X_SHUT;
-    same[..3].copy_from_slice(&["... ... ..."; 3]);
-    c.expect("allow from the same namespace", &ips, &same);
-    c.k.run(&["delete", "netpol", "same-namespace", "-n", "x"])
-        .unwrap();
+    c.expect(
+        "allow from the same namespace",
+        &ips,
+        &Truth::all(&x_open_from(0..3)),
+    );
+    delete("same-namespace");
 
     c.apply(&policy(
         "from-y",
         "{podSelector: {}, ingress: [{from: [{namespaceSelector: {matchLabels: {ns: 'y'}}}]}]}",
     ));
-    let mut from_y = X_SHUT;
-    from_y[3..6].copy_from_slice(&["... ... ..."; 3]);
-    c.expect("allow from a labelled namespace", &ips, &from_y);
-    c.k.run(&["delete", "netpol", "from-y", "-n", "x"]).unwrap();
+    c.expect(
+        "allow from a labelled namespace",
+        &ips,
+        &Truth::all(&x_open_from(3..6)),
+    );
+    delete("from-y");
 
     // x/a from every pod address but y/b's.
     c.apply(&policy(
@@ -384,34 +240,125 @@ fn the_probe_matrix_follows_each_network_policy() {
             _ => ".XX ... ...",
         };
     }
-    c.expect("ipBlock with except", &ips, &block);
-    c.k.run(&["delete", "netpol", "block", "-n", "x"]).unwrap();
+    c.expect("ipBlock with except", &ips, &Truth::all(&block));
+    delete("block");
 
     c.apply(&policy(
         "named",
-        "{podSelector: {}, ingress: [{ports: [{port: http}]}]}",
+        "{podSelector: {}, ingress: [{ports: [{port: serve-81-udp, protocol: UDP}]}]}",
     ));
-    c.expect("a named port that the pods serve", &ips, &OPEN);
+    let only = |port: &str| Truth::all(&X_SHUT).on(port, &OPEN);
+    c.expect("a named port that the pods serve", &ips, &only("udp/81"));
     c.apply(&policy(
         "named",
         "{podSelector: {}, ingress: [{ports: [{port: metrics}]}]}",
     ));
-    c.expect("a named port nobody declares", &ips, &X_SHUT);
-    c.k.run(&["delete", "netpol", "named", "-n", "x"]).unwrap();
+    c.expect("a named port nobody declares", &ips, &Truth::all(&X_SHUT));
+    delete("named");
+
+    c.apply(&policy(
+        "range",
+        "{podSelector: {}, ingress: [{ports: [{port: 81, endPort: 90}]}]}",
+    ));
+    c.expect("endPort: TCP 81 to 90", &ips, &only("tcp/81"));
+    delete("range");
+
+    // Applying a changed spec of the same policy: the matrix follows.
+    c.apply(&policy(
+        "update",
+        "{podSelector: {}, ingress: [{from: [{namespaceSelector: {matchLabels: {ns: 'y'}}}], ports: [{port: 80}]}]}",
+    ));
+    let from_y = Truth::all(&X_SHUT).on("tcp/80", &x_open_from(3..6));
+    c.expect("updated policy, first version: y on TCP 80", &ips, &from_y);
+    c.apply(&policy(
+        "update",
+        "{podSelector: {}, ingress: [{from: [{namespaceSelector: {matchLabels: {ns: 'z'}}}], ports: [{port: 81, protocol: UDP}]}]}",
+    ));
+    let from_z = Truth::all(&X_SHUT).on("udp/81", &x_open_from(6..9));
+    c.expect("updated policy, second version: z on UDP 81", &ips, &from_z);
+    delete("update");
+
+    // A flow allowed before its policy narrowed stops once the policy no
+    // longer allows it: y/a keeps talking to x/a over UDP from one source
+    // port, as the flow table remembers it.
+    let one_flow = format!("udp:{}:80@40000", ips[0]);
+    c.apply(&policy(
+        "narrowed",
+        "{podSelector: {}, ingress: [{from: [{namespaceSelector: {matchLabels: {ns: 'y'}}}]}]}",
+    ));
+    wait_for(Duration::from_secs(60), || {
+        (c.probe("y", "a", &one_flow) == ".").then_some(())
+    })
+    .unwrap_or_else(|| panic!("y/a never reached x/a\n{}", c.logs()));
+    c.apply(&policy(
+        "narrowed",
+        "{podSelector: {}, ingress: [{from: [{namespaceSelector: {matchLabels: {ns: 'z'}}}]}]}",
+    ));
+    wait_for(Duration::from_secs(60), || {
+        (c.probe("y", "a", &one_flow) == "X").then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the flow allowed before the policy narrowed still passes\n{}",
+            c.logs()
+        )
+    });
+    c.expect("narrowed to z", &ips, &Truth::all(&x_open_from(6..9)));
+    delete("narrowed");
 
     c.apply(&policy(
         "blue",
         "{podSelector: {}, ingress: [{from: [{namespaceSelector: {}, podSelector: {matchLabels: {team: blue}}}]}]}",
     ));
-    c.expect("nobody is blue yet", &ips, &X_SHUT);
+    c.expect("nobody is blue yet", &ips, &Truth::all(&X_SHUT));
     c.k.run(&["label", "pod", "c", "-n", "z", "team=blue"])
         .unwrap();
-    let mut blue = X_SHUT;
-    blue[8] = "... ... ...";
-    c.expect("z/c labelled into the selector", &ips, &blue);
+    c.expect(
+        "z/c labelled into the selector",
+        &ips,
+        &Truth::all(&x_open_from(8..9)),
+    );
     c.k.run(&["label", "pod", "c", "-n", "z", "team-"]).unwrap();
-    c.expect("z/c labelled out of the selector", &ips, &X_SHUT);
+    c.expect(
+        "z/c labelled out of the selector",
+        &ips,
+        &Truth::all(&X_SHUT),
+    );
+    c.k.run(&["delete", "netpol", "--all", "-n", "x"]).unwrap();
+
+    // Egress default-deny in x with DNS allowed: x's pods still resolve
+    // names through the cluster DNS, and reach no pod but themselves.
+    c.apply(&policy(
+        "egress-dns",
+        "{podSelector: {}, policyTypes: [Egress], egress: [{ports: [{port: 53, protocol: UDP}, {port: 53, protocol: TCP}]}]}",
+    ));
+    let mut egress = OPEN;
+    egress[..3].copy_from_slice(&[".XX XXX XXX", "X.X XXX XXX", "XX. XXX XXX"]);
+    c.expect("egress deny with DNS allowed", &ips, &Truth::all(&egress));
+    let name = "kubernetes.default.svc.cluster.local";
+    let answer =
+        c.k.run(&["exec", "a", "-n", "x", "--", "nslookup", name])
+            .unwrap_or_else(|e| panic!("x/a could not resolve {name}: {e}\n{}", c.logs()));
+    assert!(answer.contains("10.96.0.1"), "{answer}");
 
     c.k.run(&["delete", "netpol", "--all", "-n", "x"]).unwrap();
-    c.expect("every policy deleted", &ips, &OPEN);
+    c.expect("every policy deleted", &ips, &Truth::all(&OPEN));
+}
+
+/// With `--tunnel vxlan` the receiving node checks ingress on what comes
+/// out of the tunnel: the sender's pod address is known there from the API.
+#[test]
+fn ingress_is_enforced_on_the_receiving_node_over_vxlan() {
+    let c = Cluster::start_with(2, &["--tunnel", "vxlan"]);
+    let ips = c.start_pods();
+    c.expect("no policy", &ips, &Truth::all(&OPEN));
+    c.apply(&policy(
+        "from-y",
+        "{podSelector: {}, ingress: [{from: [{namespaceSelector: {matchLabels: {ns: 'y'}}}]}]}",
+    ));
+    c.expect(
+        "allow from a labelled namespace",
+        &ips,
+        &Truth::all(&x_open_from(3..6)),
+    );
 }

@@ -68,6 +68,14 @@ pub enum Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// NetworkPolicy by policy count (0, 100, 1,000, 10,000): TCP_CRR and
+    /// connect() latency pod to pod against kube-router's iptables chains,
+    /// agent memory, and create-to-enforced time on every node. Needs root.
+    Policy {
+        /// Options for the bench program, e.g. `--sizes 0,100,1000 --rounds 1`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Every benchmark above with its defaults, one after another (they
     /// would disturb each other's numbers side by side), then one report:
     /// `target/bench/report.md` with each table and the charts. Needs root.
@@ -94,6 +102,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Bench::Net { .. } => vec!["net"],
         Bench::Services { .. } => vec!["services"],
         Bench::Jobs { .. } => vec!["jobs"],
+        Bench::Policy { .. } => vec!["policy"],
     };
     if args.check {
         // A report left by an earlier run must not pass for this one's.
@@ -208,6 +217,11 @@ fn run_one(bench: Bench) -> anyhow::Result<()> {
         Bench::Net { args } => {
             util::step("running bench-net");
             let mut cmd = Command::new(release.join("bench-net"));
+            util::run(cmd.args(&args).current_dir(util::root()))
+        }
+        Bench::Policy { args } => {
+            util::step("running bench-policy");
+            let mut cmd = Command::new(release.join("bench-policy"));
             util::run(cmd.args(&args).current_dir(util::root()))
         }
         Bench::Services { args } => {

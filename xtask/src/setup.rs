@@ -30,6 +30,7 @@ pub const PACKAGES: &[&str] = &[
     "containernetworking-plugins", // the reference bridge CNI, a benchmark baseline
     "iptables", // kube-proxy's iptables rules, a benchmark baseline; iptables-save in tests
     "nftables", // kube-proxy's nftables rules, likewise; nft list ruleset in tests
+    "ipset",    // kube-router's sets, the baseline of `bench policy`
     "python3-venv", // the venv the python-client tests run in
     "fonts-dejavu-core", // the text of `bench net`'s chart
     "shellcheck", // lints install.sh in the dist tests

@@ -10,7 +10,7 @@ use agent_ebpf_common::{
     self as abi, PolicyCidrKey, PolicyCounters, PolicyEndpoint, PolicyRuleKey,
 };
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Map, MapData, MapError, PerCpuArray, PerCpuValues};
+use aya::maps::{Array, Map, MapData, MapError, PerCpuArray, PerCpuValues};
 
 use super::encode::Entries;
 use crate::ebpf::Error;
@@ -102,6 +102,10 @@ impl PolicyMaps {
     /// endpoints that use them), then removes what is gone.
     pub fn apply(&mut self, next: Entries) -> Result<(), MapError> {
         let old = &self.written;
+        let changed = next.rules != old.rules
+            || next.cidrs != old.cidrs
+            || next.identities != old.identities
+            || next.endpoints != old.endpoints;
         let mut rules: LpmTrie<MapData, PolicyRuleKey, u32> =
             LpmTrie::try_from(Map::LpmTrie(open(&self.pin_dir, abi::POLICY_RULES_MAP)?))?;
         let mut cidrs: LpmTrie<MapData, PolicyCidrKey, u32> =
@@ -145,7 +149,21 @@ impl PolicyMaps {
             gone(rules.remove(&Key::new(*bits, *key)))?;
         }
         self.written = next;
+        if changed {
+            self.bump_generation()?;
+        }
         Ok(())
+    }
+
+    /// Moves the datapath to a new policy generation, after the entries
+    /// of a change are written: flows it remembers from before are checked
+    /// against the new entries on their next packet, and those no longer
+    /// allowed stop there.
+    fn bump_generation(&self) -> Result<(), MapError> {
+        let mut generation: Array<MapData, u32> =
+            Array::try_from(Map::Array(open(&self.pin_dir, abi::POLICY_GENERATION_MAP)?))?;
+        let now = generation.get(&0, 0)?;
+        generation.set(0, now.wrapping_add(1), 0)
     }
 }
 

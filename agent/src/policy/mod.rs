@@ -1,13 +1,14 @@
 //! NetworkPolicy on this node: the compiler that turns pods, namespaces and
 //! policies into allow rules per local pod over numeric identities
 //! (`compile`), their encoding as the TC programs' map entries (`encode`),
-//! the writer of those maps (`maps`) and the watch loop that keeps them
-//! current (`sync`).
+//! the writer of those maps (`maps`), the watch loop that keeps them
+//! current (`sync`) and the verdict counters on `/metrics` (`metrics`).
 
 pub mod compile;
 pub mod describe;
 pub mod encode;
 pub mod maps;
+pub mod metrics;
 pub mod model;
 pub mod sync;
 

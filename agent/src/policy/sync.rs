@@ -224,6 +224,7 @@ impl Engine {
             tracing::warn!("assigning policy slots: {e}");
             return;
         }
+        super::metrics::publish(&maps.slots);
         let entries = encode(&compiled, &maps.slots);
         if entries.dropped_blocks > 0 {
             tracing::warn!(
