@@ -114,7 +114,8 @@ impl ControlPlane {
     /// Like `start_networked`, with the API server serving HTTPS to the
     /// nodes at [`API_ADDRESS`]:[`TLS_PORT`] with a CA of its own: nodes
     /// authenticate as themselves with client certificates, pods with
-    /// their ServiceAccount tokens (the ServiceAccount admission is on).
+    /// their ServiceAccount tokens (the ServiceAccount admission is on),
+    /// and the scheduler and controller-manager as their own users.
     /// The test stays the admin at [`ControlPlane::url`], over plain HTTP
     /// that only the test's own loopback reaches.
     pub fn start_networked_tls(apiserver_args: &[&str]) -> anyhow::Result<Self> {
@@ -126,6 +127,12 @@ impl ControlPlane {
     /// of its own at [`API_ADDRESS`] (see [`ControlPlane::node_urls`]).
     pub fn start_ha(n: usize, apiserver_args: &[&str]) -> anyhow::Result<Self> {
         Self::start_inner(apiserver_args, true, n)
+    }
+
+    /// Like `start_ha`, with every API server serving HTTPS to the nodes
+    /// and components on the node network, as `start_networked_tls` does.
+    pub fn start_ha_tls(n: usize, apiserver_args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_full(apiserver_args, true, n, Secure::Nodes)
     }
 
     fn start_inner(apiserver_args: &[&str], networked: bool, n: usize) -> anyhow::Result<Self> {

@@ -34,7 +34,7 @@ struct Cluster {
 
 impl Cluster {
     fn start(apiserver: &[&str], cm_args: &[&str]) -> Self {
-        let cp = ControlPlane::start_networked(apiserver).expect("the control plane starts");
+        let cp = ControlPlane::start_networked_tls(apiserver).expect("the control plane starts");
         Self::start_on(cp, cm_args, false)
     }
 
@@ -43,7 +43,7 @@ impl Cluster {
     /// of each leading; every component and agent is given every API
     /// server and fails over between them.
     fn start_ha() -> Self {
-        let cp = ControlPlane::start_ha(3, &[]).expect("the HA control plane starts");
+        let cp = ControlPlane::start_ha_tls(3, &[]).expect("the HA control plane starts");
         Self::start_on(cp, &[], true)
     }
 

@@ -28,7 +28,7 @@ struct Cluster {
 impl Cluster {
     fn start(nodes: usize) -> Self {
         let probe = build_netprobe();
-        let cp = ControlPlane::start_networked(&[]).unwrap();
+        let cp = ControlPlane::start_networked_tls(&[]).unwrap();
         let k = cp.kubectl();
         // Nodes bring their own pod CIDRs (--pod-cidr).
         let components = vec![
