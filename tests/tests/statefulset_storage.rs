@@ -1,7 +1,8 @@
 //! A StatefulSet on two real nodes, as a database's manifest uses one:
 //! each member gets a local-path volume on the node it lands on and a
 //! stable DNS name through the headless Service, and a deleted member
-//! comes back with the same name, the same DNS name and the data it wrote.
+//! comes back with the same name, the same DNS name and the data it wrote,
+//! which also outlives a restart of its node's agent.
 
 use std::time::Duration;
 
@@ -123,7 +124,7 @@ spec:
 
 #[test]
 fn a_deleted_member_returns_with_its_name_dns_name_and_data() {
-    let c = Cluster::start(2);
+    let mut c = Cluster::start(2);
     c.k.apply(MANIFEST);
     let mut members = Vec::new();
     for i in 0..3 {
@@ -190,6 +191,24 @@ fn a_deleted_member_returns_with_its_name_dns_name_and_data() {
         resolves_to(&new_ip).is_some(),
         "{name} does not follow web-1 to its new address {new_ip}"
     );
+    // The node's agent restarts: the member keeps running with its data.
+    let at = c
+        .nodes
+        .iter()
+        .position(|n| n.name == node)
+        .expect("web-1's node is one of ours");
+    c.nodes[at].proc = None;
+    c.nodes[at].launch();
+    let after = wait_for(Duration::from_secs(120), || {
+        let out = c.exec("web-1", &["cat", "/data/marker"]).ok()?;
+        (out.trim() == "kept-across-restarts").then_some(())
+    });
+    assert!(
+        after.is_some(),
+        "web-1's data is gone after its agent restarted\n{}",
+        c.logs()
+    );
+
     // Another member's volume is its own.
     let other = c.exec("web-0", &["cat", "/data/starts"]).unwrap();
     assert_eq!(other.trim(), "web-0", "web-0's volume: {other:?}");
