@@ -61,10 +61,6 @@ impl Path {
         run(&node, "ip route add default via 192.168.77.2");
         run(&node, "sysctl -qw net.ipv4.conf.all.forwarding=1");
         let ep = net::wire_pod(&node, &pod, POD).unwrap();
-        // One segment per frame: a pod's frame carrying several (GSO)
-        // stalls in the masquerade path whatever the MTU, a separate fault
-        // this case is not about.
-        run(&pod, "ip link set eth0 gso_max_segs 1");
 
         let object = kestrel_agent::ebpf::object(None).unwrap();
         let in_node = NetNs::open(node.path()).unwrap();
