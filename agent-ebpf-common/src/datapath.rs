@@ -101,8 +101,8 @@ crate::stats! {
         /// once); written by the agent.
         CtSwept = "conntrack_swept",
         /// An ICMP error (destination unreachable, fragmentation needed,
-        /// time exceeded) about a masqueraded flow, translated back and
-        /// delivered to its pod.
+        /// time exceeded) about a masqueraded flow or a local node port
+        /// backend's reply, translated back and delivered to its pod.
         IcmpErrorIn = "icmp_errors_translated",
     }
 }

@@ -2,7 +2,10 @@
 //! or a server's "port unreachable" quotes the packet as it left the node,
 //! masqueraded, so it names the node's address and port. Translated back
 //! to what the pod sent, it reaches the pod's socket, and path MTU
-//! discovery and connection refusal work through masquerade.
+//! discovery and connection refusal work through masquerade. The same
+//! holds for a node port's backend on this node, whose replies leave from
+//! the node's address and node port. Errors about flows to another node's
+//! backend are not translated (yet).
 //!
 //! The quoted packet starts 8 bytes into the ICMP message: its IP header,
 //! then at least the first 8 bytes of its L4 header (the ports, or an echo
@@ -11,8 +14,8 @@
 use agent_ebpf_common::{Config, NatKey};
 use aya_ebpf::programs::TcContext;
 
-use crate::nat;
 use crate::packet::{ETH_HLEN, IPPROTO_ICMP, IP_CSUM_OFF, IP_DST_OFF};
+use crate::{nat, nodeport};
 
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
@@ -25,8 +28,9 @@ const ICMP_CSUM: usize = 2;
 const ICMP_QUOTE: usize = 8;
 
 /// Translates an ICMP error for the node's address whose quoted packet is a
-/// masqueraded flow back to the pod that sent it; returns the pod's
-/// address when it did, None when the frame is something else.
+/// masqueraded flow, or a local backend's reply from a node port, back to
+/// the pod that sent it; returns the pod's address when it did, None when
+/// the frame is something else.
 pub fn snat_error_in(ctx: &TcContext, cfg: &Config, dst: u32) -> Option<u32> {
     if dst != cfg.node_ip {
         return None;
@@ -72,16 +76,22 @@ pub fn snat_error_in(ctx: &TcContext, cfg: &Config, dst: u32) -> Option<u32> {
     };
     let node_port: u16 = ctx.load(port_off).ok()?;
     let node_port = u16::from_be(node_port);
-    // The quoted packet went from the node to the remote, so its reply
-    // (the key the masquerade remembers) is the quote turned around.
-    let back = nat::reply_target(&NatKey {
+    // The quoted packet went from the node to the remote, so the quote
+    // turned around is what the remote sends: the reply key of a
+    // masqueraded flow, or a client's flow to a node port whose backend
+    // on this node sent the quoted reply from the node port.
+    let key = NatKey {
         src: inner_dst,
         dst: inner_src,
         sport: remote_port,
         dport: node_port,
         proto: inner_proto,
         pad: [0; 3],
-    })?;
+    };
+    let (addr, port) = match nat::reply_target(&key) {
+        Some(back) => (back.addr, back.port),
+        None => nodeport::local_backend(&key)?,
+    };
 
     // The quoted header's checksum changes with its source; the ICMP
     // checksum covers the whole quote, so it follows the address, that
@@ -91,27 +101,27 @@ pub fn snat_error_in(ctx: &TcContext, cfg: &Config, dst: u32) -> Option<u32> {
     // TCP quote is usually cut before it anyway).
     let inner_csum = inner + 10;
     let old_csum: u16 = ctx.load(inner_csum).ok()?;
-    ctx.l3_csum_replace(inner_csum, u64::from(inner_src), u64::from(back.addr), 4)
+    ctx.l3_csum_replace(inner_csum, u64::from(inner_src), u64::from(addr), 4)
         .ok()?;
     let new_csum: u16 = ctx.load(inner_csum).ok()?;
-    ctx.store(inner + 12, &back.addr, 0).ok()?;
-    ctx.store(port_off, &back.port.to_be(), 0).ok()?;
+    ctx.store(inner + 12, &addr, 0).ok()?;
+    ctx.store(port_off, &port.to_be(), 0).ok()?;
     let icmp_csum = icmp + ICMP_CSUM;
-    ctx.l4_csum_replace(icmp_csum, u64::from(inner_src), u64::from(back.addr), 4)
+    ctx.l4_csum_replace(icmp_csum, u64::from(inner_src), u64::from(addr), 4)
         .ok()?;
     ctx.l4_csum_replace(icmp_csum, u64::from(old_csum), u64::from(new_csum), 2)
         .ok()?;
     ctx.l4_csum_replace(
         icmp_csum,
         u64::from(node_port.to_be()),
-        u64::from(back.port.to_be()),
+        u64::from(port.to_be()),
         2,
     )
     .ok()?;
     // The outer destination: ICMP has no pseudo-header, so only the IP
     // checksum sees it.
-    ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(dst), u64::from(back.addr), 4)
+    ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(dst), u64::from(addr), 4)
         .ok()?;
-    ctx.store(IP_DST_OFF, &back.addr, 0).ok()?;
-    Some(back.addr)
+    ctx.store(IP_DST_OFF, &addr, 0).ok()?;
+    Some(addr)
 }
