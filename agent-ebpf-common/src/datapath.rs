@@ -100,6 +100,10 @@ crate::stats! {
         /// Conntrack flows the agent's sweep removed (both directions count
         /// once); written by the agent.
         CtSwept = "conntrack_swept",
+        /// An ICMP error (destination unreachable, fragmentation needed,
+        /// time exceeded) about a masqueraded flow or a local node port
+        /// backend's reply, translated back and delivered to its pod.
+        IcmpErrorIn = "icmp_errors_translated",
     }
 }
 

@@ -28,13 +28,16 @@ pub fn forward(ctx: &TcContext, stat: Stat) -> Option<i32> {
 /// leaves the cluster), or left to the node's stack.
 pub fn route(ctx: &TcContext, dst: u32, masquerade: Option<&Config>, stat: Stat) -> Option<i32> {
     let src: u32 = ctx.load(packet::IP_SRC_OFF).ok()?;
-    let tot_len: u16 = ctx.load(packet::ETH_HLEN + 2).ok()?;
     let tos: u8 = ctx.load(packet::ETH_HLEN + 1).ok()?;
     // SAFETY: FibParams is plain old data; all-zero is its documented
     // starting state.
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
     fib.family = AF_INET;
-    fib.__bindgen_anon_1.tot_len = u16::from_be(tot_len);
+    // No `tot_len`: with none the kernel checks the frame against the
+    // egress device's MTU itself, and knows a GSO frame leaves as segments.
+    // The IP header's length of a GSO frame is the whole super-frame, which
+    // the route's MTU always refuses: the frame went to the stack
+    // unmasqueraded and a pod's bulk TCP out of the cluster stalled.
     fib.__bindgen_anon_2.tos = tos;
     fib.__bindgen_anon_3.ipv4_src = src;
     fib.__bindgen_anon_4.ipv4_dst = dst;

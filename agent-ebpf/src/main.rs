@@ -23,6 +23,7 @@
 mod counter;
 mod ct;
 mod fib;
+mod icmp;
 mod lb;
 mod local;
 mod nat;

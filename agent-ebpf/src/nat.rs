@@ -211,6 +211,12 @@ pub fn reply_taken(key: &NatKey) -> bool {
     unsafe { SNAT_IN.get(*key) }.is_some()
 }
 
+/// Where the replies of the masqueraded flow whose reply key is `key` go:
+/// the pod's address and port.
+pub fn reply_target(key: &NatKey) -> Option<NatValue> {
+    unsafe { SNAT_IN.get(*key) }.copied()
+}
+
 /// Translates a reply arriving for the node address back to the pod;
 /// returns the pod's address when it did.
 pub fn snat_in(ctx: &TcContext, cfg: &Config, dst: u32) -> Option<u32> {

@@ -100,6 +100,14 @@ pub fn ingress(ctx: &TcContext, cfg: &Config, dst: u32) -> Option<Ingress> {
     Some(Ingress::Remote)
 }
 
+/// The backend on this node that the node port flow `key` (as the client
+/// sent it) went to, as address and port; None for flows to another
+/// node's backend.
+pub fn local_backend(key: &NatKey) -> Option<(u32, u16)> {
+    let flow = unsafe { NODEPORT_FLOWS.get(*key) }?;
+    (flow.nat_port == 0).then_some((flow.backend_ip, flow.backend_port))
+}
+
 /// A new flow `key`: picks its backend and records both directions. None
 /// when the port is no node port.
 fn open(key: &NatKey, cfg: &Config, tcp_flags: u8) -> Option<Result<NodePortFlow, Ingress>> {

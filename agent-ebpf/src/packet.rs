@@ -9,7 +9,7 @@ use aya_ebpf::{
 pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const IP_TTL_OFF: usize = ETH_HLEN + 8;
-const IP_CSUM_OFF: usize = ETH_HLEN + 10;
+pub const IP_CSUM_OFF: usize = ETH_HLEN + 10;
 pub const IP_SRC_OFF: usize = ETH_HLEN + 12;
 pub const IP_DST_OFF: usize = ETH_HLEN + 16;
 pub const IPPROTO_ICMP: u8 = 1;

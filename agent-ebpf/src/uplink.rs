@@ -8,7 +8,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 
-use crate::{fib, local, nat, nodeport, packet, policy, stats};
+use crate::{fib, icmp, local, nat, nodeport, packet, policy, stats};
 
 /// The verdict for a frame from outside the node; None leaves it to the
 /// node's stack.
@@ -33,10 +33,14 @@ pub fn from_uplink(ctx: &TcContext) -> Option<i32> {
             return Some(verdict);
         }
     }
-    // A reply to a flow a pod started out of the cluster, masqueraded.
-    let pod = nat::snat_in(ctx, &cfg, dst)?;
+    // A reply to a flow a pod started out of the cluster, masqueraded, or
+    // an ICMP error about one.
+    let (pod, stat) = match nat::snat_in(ctx, &cfg, dst) {
+        Some(pod) => (pod, Stat::SnatIn),
+        None => (icmp::snat_error_in(ctx, &cfg, dst)?, Stat::IcmpErrorIn),
+    };
     match local::endpoint(pod) {
-        Some(ep) => Some(local::deliver(ctx, &ep, Stat::SnatIn).unwrap_or(TC_ACT_OK)),
+        Some(ep) => Some(local::deliver(ctx, &ep, stat).unwrap_or(TC_ACT_OK)),
         // The pod is gone: nobody to deliver the (now rewritten) reply to.
         None => Some(TC_ACT_SHOT),
     }

@@ -576,3 +576,67 @@ fn a_pod_cannot_send_from_an_address_that_is_not_its_own() {
     assert_eq!(dropped, Some(3), "{stats:?}");
     drop(dp);
 }
+
+/// A "fragmentation needed" (next-hop MTU 1280) that `from` sends to the
+/// node about `quoted`, a frame as it left the node: its IP header and the
+/// first 8 bytes after it, as routers quote.
+fn frag_needed(from: Ipv4Addr, quoted: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![3, 4, 0, 0, 0, 0];
+    icmp.extend_from_slice(&1280u16.to_be_bytes());
+    icmp.extend_from_slice(&quoted[14..14 + 20 + 8]);
+    let csum = fold(0, &icmp);
+    icmp[2..4].copy_from_slice(&csum.to_be_bytes());
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&[0x56, 0x78, 0, 0, 64, 1, 0, 0]);
+    ip.extend_from_slice(&from.octets());
+    ip.extend_from_slice(&NODE.octets());
+    let csum = fold(0, &ip);
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+    let mut f = quoted[..14].to_vec();
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&icmp);
+    f
+}
+
+#[test]
+fn an_icmp_error_about_a_node_port_reply_reaches_the_local_backend() {
+    let mut b = Bench::new();
+    b.node_port(POD, 8080);
+    let (ret, _) = b.run(
+        abi::FROM_UPLINK_PROGRAM,
+        &frame(TCP, (CLIENT, 5555), (NODE, NODE_PORT)),
+    );
+    assert_eq!(ret, TC_ACT_REDIRECT);
+
+    // A router on the client's side refuses the backend's reply, which
+    // left from the node port.
+    let router = Ipv4Addr::new(192, 168, 50, 254);
+    let reply = frame(TCP, (NODE, NODE_PORT), (CLIENT, 5555));
+    let (ret, out) = b.run(abi::FROM_UPLINK_PROGRAM, &frag_needed(router, &reply));
+    assert_eq!(ret, TC_ACT_REDIRECT, "delivered to the backend");
+    assert_eq!(out[..6], POD_MAC);
+    let ip = &out[14..34];
+    assert_eq!(fold(0, ip), 0, "outer IPv4 checksum of {out:02x?}");
+    assert_eq!(
+        (&ip[12..16], &ip[16..20]),
+        (&router.octets()[..], &POD.octets()[..])
+    );
+    assert_eq!(fold(0, &out[34..]), 0, "ICMP checksum of {out:02x?}");
+    let quoted = &out[42..];
+    assert_eq!(fold(0, &quoted[..20]), 0, "quoted IPv4 checksum");
+    assert_eq!(
+        &quoted[12..16],
+        &POD.octets(),
+        "quoted source is the backend"
+    );
+    assert_eq!(&quoted[16..20], &CLIENT.octets());
+    let ports = |at: usize| u16::from_be_bytes([quoted[at], quoted[at + 1]]);
+    assert_eq!((ports(20), ports(22)), (8080, 5555));
+    assert_eq!(b.stat(Stat::IcmpErrorIn), 1);
+
+    // An error about a flow the node never saw stays the stack's.
+    let stray = frag_needed(router, &frame(TCP, (NODE, NODE_PORT), (CLIENT, 6666)));
+    let (ret, out) = b.run(abi::FROM_UPLINK_PROGRAM, &stray);
+    assert_eq!((ret, out), (TC_ACT_OK, stray));
+}
