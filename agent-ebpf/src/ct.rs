@@ -91,7 +91,10 @@ pub struct OverLimit;
 /// Counts a new flow of `pod` against its limit; the caller undoes it with
 /// [`release`] when the flow is not recorded after all.
 pub fn admit(pod: u32) -> Result<(), OverLimit> {
-    let limit = CT_CONFIG.get(0).map(|c| u64::from(c.pod_limit)).unwrap_or(0);
+    let limit = CT_CONFIG
+        .get(0)
+        .map(|c| u64::from(c.pod_limit))
+        .unwrap_or(0);
     let opened = match CT_POD_OPENED.get_ptr_mut(pod) {
         Some(p) => p,
         None => {

@@ -180,7 +180,8 @@ fn check(ep: u32, direction: u8, peer_ip: u32, proto: u8, port: u16) -> bool {
     let id = unsafe { IDENTITIES.get(peer_ip) }
         .copied()
         .unwrap_or(abi::WORLD_IDENTITY);
-    if rule(ep, direction, id, proto, port) || rule(ep, direction, abi::POLICY_PEER_ANY, proto, port)
+    if rule(ep, direction, id, proto, port)
+        || rule(ep, direction, abi::POLICY_PEER_ANY, proto, port)
     {
         return true;
     }
@@ -197,8 +198,7 @@ fn check(ep: u32, direction: u8, peer_ip: u32, proto: u8, port: u16) -> bool {
     };
     let mut slot = 0;
     while slot < abi::MAX_CIDR_SLOTS {
-        if slots & (1 << slot) != 0
-            && rule(ep, direction, abi::CIDR_PEER_BASE + slot, proto, port)
+        if slots & (1 << slot) != 0 && rule(ep, direction, abi::CIDR_PEER_BASE + slot, proto, port)
         {
             return true;
         }
