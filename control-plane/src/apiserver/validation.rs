@@ -169,7 +169,10 @@ pub fn is_dns_subdomain(s: &str) -> bool {
         })
 }
 
-fn qualified_name_ok(s: &str) -> bool {
+/// A Kubernetes qualified name as label keys spell it: `[prefix/]name`,
+/// the prefix a DNS subdomain, the name at most 63 alphanumerics, `-`,
+/// `_` or `.`, starting and ending alphanumeric.
+pub fn is_qualified_name(s: &str) -> bool {
     let (prefix, name) = match s.rsplit_once('/') {
         Some((p, n)) => (Some(p), n),
         None => (None, s),
@@ -276,7 +279,7 @@ fn validate_labels(meta: Option<&Value>, path: &str, causes: &mut Vec<Cause>) {
         return;
     };
     for (k, v) in labels {
-        if !qualified_name_ok(k) {
+        if !is_qualified_name(k) {
             causes.push(Cause::invalid(
                 format!("{path}.labels"),
                 &Value::from(k.as_str()),

@@ -209,28 +209,11 @@ pub fn validate_pvc(obj: &Value, causes: &mut Vec<Cause>) {
     }
 }
 
-/// A qualified name as labels' keys spell them (`example.io/name` or
-/// `name`), which is what a provisioner is named.
-fn is_qualified_name(s: &str) -> bool {
-    let (prefix, name) = match s.split_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, s),
-    };
-    let name_ok = !name.is_empty()
-        && name.len() <= 63
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    name_ok && prefix.is_none_or(super::validation::is_dns_subdomain)
-}
-
 /// What the API server refuses in a StorageClass.
 pub fn validate_storage_class(obj: &Value, causes: &mut Vec<Cause>) {
     match obj.get("provisioner").and_then(Value::as_str) {
         None | Some("") => causes.push(Cause::required("provisioner")),
-        Some(p) if !is_qualified_name(&p.to_ascii_lowercase()) => causes.push(Cause::invalid(
+        Some(p) if !super::validation::is_qualified_name(&p.to_ascii_lowercase()) => causes.push(Cause::invalid(
             "provisioner",
             &Value::from(p),
             "must be a qualified name: an optional DNS subdomain prefix and '/', then up to 63 \

@@ -229,7 +229,7 @@ fn check_conditions(conditions: &Value, path: &str, causes: &mut Vec<Cause>) {
         let at = format!("{path}[{j}]");
         match p.get("type").and_then(Value::as_str) {
             None | Some("") => causes.push(Cause::required(format!("{at}.type"))),
-            Some(t) if !qualified_name(t) => causes.push(Cause::invalid(
+            Some(t) if !crate::apiserver::validation::is_qualified_name(t) => causes.push(Cause::invalid(
                 format!("{at}.type"),
                 &p["type"],
                 "must be a qualified name: alphanumerics, '-', '_' or '.', with an optional DNS prefix and '/'",
@@ -245,32 +245,6 @@ fn check_conditions(conditions: &Value, path: &str, causes: &mut Vec<Cause>) {
             ));
         }
     }
-}
-
-/// A Kubernetes qualified name: `[prefix/]name`, name at most 63
-/// alphanumerics, `-`, `_` or `.`, starting and ending alphanumeric.
-fn qualified_name(s: &str) -> bool {
-    let (prefix, name) = match s.rsplit_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, s),
-    };
-    let name_ok = !name.is_empty()
-        && name.len() <= 63
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    let prefix_ok = prefix.is_none_or(|p| {
-        !p.is_empty()
-            && p.len() <= 253
-            && p.split('.').all(|l| {
-                !l.is_empty()
-                    && l.chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-            })
-    });
-    name_ok && prefix_ok
 }
 
 #[cfg(test)]
