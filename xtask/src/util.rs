@@ -67,3 +67,37 @@ pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// What a failed build most often ran out of, in one line: the free space
+/// where cargo writes and the memory the kernel could still hand out. A
+/// linker killed for either prints only its own command line, which says
+/// neither.
+pub fn resources() -> String {
+    let target = root().join("target");
+    let dir = if target.exists() { target } else { root() };
+    let disk = std::ffi::CString::new(dir.to_string_lossy().as_bytes())
+        .ok()
+        .and_then(|path| {
+            let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+            // SAFETY: `path` is NUL-terminated and `st` is a valid out pointer.
+            (unsafe { libc::statvfs(path.as_ptr(), &mut st) } == 0)
+                .then(|| st.f_bavail as f64 * st.f_frsize as f64 / GIB)
+        });
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map(|kib| kib * 1024.0 / GIB);
+    let show = |v: Option<f64>| v.map_or("unknown".to_string(), |g| format!("{g:.1} GiB"));
+    format!(
+        "free disk under {}: {}; memory available: {}",
+        dir.display(),
+        show(disk),
+        show(memory)
+    )
+}
+
+const GIB: f64 = (1u64 << 30) as f64;

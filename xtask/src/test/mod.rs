@@ -103,7 +103,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     sweep_stale_test_namespaces();
     let args = split_args(args);
     util::step("building the workspace");
-    util::cargo(&["build", "--workspace", "--all-targets"])?;
+    util::cargo(&["build", "--workspace", "--all-targets"])
+        .map_err(|e| anyhow::anyhow!("{e} ({})", util::resources()))?;
     util::step("building the test binaries");
     let binaries = build(&args.cargo)?;
     let timeout = timeout()?;
@@ -217,8 +218,9 @@ fn build(cargo_args: &[String]) -> anyhow::Result<Vec<Binary>> {
     }
     anyhow::ensure!(
         output.status.success(),
-        "cargo test --no-run failed ({})",
-        output.status
+        "cargo test --no-run failed ({}; {})",
+        output.status,
+        util::resources()
     );
     // Cargo reports them as they finish building; run them in a stable order.
     binaries.sort_by(|a, b| a.name.cmp(&b.name));
