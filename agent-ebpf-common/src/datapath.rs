@@ -104,6 +104,11 @@ crate::stats! {
         /// time exceeded) about a masqueraded flow or a local node port
         /// backend's reply, translated back and delivered to its pod.
         IcmpErrorIn = "icmp_errors_translated",
+        /// An ICMP error about a node port flow translated and forwarded: to
+        /// the client when it is about a frame on its way to the backend (or
+        /// a local backend's own error), to a remote backend's node when it
+        /// is about a reply on its way to the client.
+        NodePortIcmpError = "node_port_icmp_errors_forwarded",
     }
 }
 

@@ -100,12 +100,17 @@ pub fn ingress(ctx: &TcContext, cfg: &Config, dst: u32) -> Option<Ingress> {
     Some(Ingress::Remote)
 }
 
-/// The backend on this node that the node port flow `key` (as the client
-/// sent it) went to, as address and port; None for flows to another
-/// node's backend.
-pub fn local_backend(key: &NatKey) -> Option<(u32, u16)> {
-    let flow = unsafe { NODEPORT_FLOWS.get(*key) }?;
-    (flow.nat_port == 0).then_some((flow.backend_ip, flow.backend_port))
+/// The node port flow `key` names as the client sent it: its backend, and
+/// the NAT port its frames leave from when that backend is on another node
+/// (0 for a backend here).
+pub fn flow(key: &NatKey) -> Option<NodePortFlow> {
+    unsafe { NODEPORT_FLOWS.get(*key) }.copied()
+}
+
+/// The client of the node port flow to a remote backend whose replies
+/// arrive as `key`.
+pub fn reply(key: &NatKey) -> Option<NodePortReply> {
+    unsafe { NODEPORT_REPLIES.get(*key) }.copied()
 }
 
 /// A new flow `key`: picks its backend and records both directions. None

@@ -3,10 +3,11 @@
 use agent_ebpf_common::Stat;
 use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
 
-use crate::{fib, local, nodeport, packet, policy, stats};
+use crate::{fib, icmp, local, nodeport, packet, policy, stats};
 
 /// The verdict for a frame from a pod: delivered to a local pod, a node
-/// port reply sent back to its client, or routed (masqueraded when it
+/// port reply (or an ICMP error about a node port flow) sent back to its
+/// client, or routed (masqueraded when it
 /// leaves the cluster). None leaves it to the node's stack.
 pub fn from_pod(ctx: &TcContext) -> Option<i32> {
     let (src, dst) = packet::ipv4_addrs(ctx)?;
@@ -27,9 +28,13 @@ pub fn from_pod(ctx: &TcContext) -> Option<i32> {
         // Node port clients are outside the pod network (pods reach node
         // ports through the socket programs, or masqueraded from another
         // node), so traffic between pods never pays for this lookup.
-        if dst & cfg.cluster_mask != cfg.cluster_net && nodeport::reply_from_pod(ctx, cfg).is_some()
-        {
-            return Some(fib::forward(ctx, Stat::NodePortReply).unwrap_or(TC_ACT_SHOT));
+        if dst & cfg.cluster_mask != cfg.cluster_net {
+            if nodeport::reply_from_pod(ctx, cfg).is_some() {
+                return Some(fib::forward(ctx, Stat::NodePortReply).unwrap_or(TC_ACT_SHOT));
+            }
+            if icmp::error_from_pod(ctx, cfg).is_some() {
+                return Some(fib::forward(ctx, Stat::NodePortIcmpError).unwrap_or(TC_ACT_SHOT));
+            }
         }
     }
     // The node itself is always reachable: it answers probes and DNS.

@@ -34,10 +34,16 @@ pub fn from_uplink(ctx: &TcContext) -> Option<i32> {
         }
     }
     // A reply to a flow a pod started out of the cluster, masqueraded, or
-    // an ICMP error about one.
+    // an ICMP error about a translated flow.
     let (pod, stat) = match nat::snat_in(ctx, &cfg, dst) {
         Some(pod) => (pod, Stat::SnatIn),
-        None => (icmp::snat_error_in(ctx, &cfg, dst)?, Stat::IcmpErrorIn),
+        None => match icmp::error_in(ctx, &cfg, dst)? {
+            icmp::Translated::Pod(pod) => (pod, Stat::IcmpErrorIn),
+            // Rewritten: the stack must not see it.
+            icmp::Translated::Forward => {
+                return Some(fib::forward(ctx, Stat::NodePortIcmpError).unwrap_or(TC_ACT_SHOT))
+            }
+        },
     };
     match local::endpoint(pod) {
         Some(ep) => Some(local::deliver(ctx, &ep, stat).unwrap_or(TC_ACT_OK)),
