@@ -17,6 +17,7 @@ pub mod names;
 pub mod net;
 pub mod netbench;
 pub mod netpol;
+pub mod networked;
 pub mod node;
 pub mod nspawn;
 pub mod ports;

@@ -12,10 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::cluster::ControlPlane;
-use crate::kubectl::Kubectl;
+use crate::networked::NetCluster;
 use crate::node::Node;
-use crate::process::{wait_for, Guarded};
+use crate::process::wait_for;
 
 /// The model's namespaces, each labelled `ns: <name>`.
 pub const NAMESPACES: [&str; 3] = ["x", "y", "z"];
@@ -73,15 +72,24 @@ impl Truth {
     }
 }
 
-/// A control plane with the scheduler and controller-manager, nodes, and
-/// the probe binary the pods run.
+/// A networked cluster (plain HTTP: the tests read the agents' metrics)
+/// and the probe binary the pods run.
 pub struct Cluster {
-    // Nodes first: dropping them deletes their pods through the API.
-    pub nodes: Vec<Node>,
-    _components: Vec<Guarded>,
-    pub k: Kubectl,
-    _cp: ControlPlane,
+    net: NetCluster,
     probe_dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Cluster {
+    type Target = NetCluster;
+    fn deref(&self) -> &NetCluster {
+        &self.net
+    }
+}
+
+impl std::ops::DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut NetCluster {
+        &mut self.net
+    }
 }
 
 impl Cluster {
@@ -94,46 +102,17 @@ impl Cluster {
     pub fn start_with(nodes: usize, agent_args: &[&str]) -> Self {
         let probe_dir = tempfile::tempdir().unwrap();
         build_probe(&probe_dir.path().join("netpol-probe"));
-        let cp = ControlPlane::start_networked(&[]).unwrap();
-        let k = cp.kubectl();
-        let components = vec![
-            cp.component("scheduler", &["scheduler"]).unwrap(),
-            cp.component(
-                "controller-manager",
-                &["controller-manager", "--allocate-node-cidrs", "false"],
-            )
-            .unwrap(),
-        ];
-        let nodes = (0..nodes)
-            .map(|_| Node::start_with(&cp, agent_args))
-            .collect();
         Self {
-            nodes,
-            _components: components,
-            k,
-            _cp: cp,
+            net: NetCluster::start_plain(nodes, agent_args),
             probe_dir,
         }
     }
 
-    /// `kubectl apply` of `yaml`; fails the test with kubectl's stderr.
-    pub fn apply(&self, yaml: &str) {
-        self.k.apply(yaml);
-    }
-
     /// The tail of every agent's log and its `agent bpf policy`.
     pub fn logs(&self) -> String {
-        let mut out = String::new();
+        let mut out = self.net.logs(40);
         for n in &self.nodes {
-            let log = n.log();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            let _ = write!(
-                out,
-                "--- agent {}\n{}\n--- bpf policy\n{}\n",
-                n.name,
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
-                bpf_policy(n)
-            );
+            let _ = write!(out, "--- bpf policy of {}\n{}\n", n.name, bpf_policy(n));
         }
         out
     }

@@ -7,70 +7,49 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harness::cluster::ControlPlane;
 use harness::kubectl::Kubectl;
 use harness::net::packet_filter_rules;
+use harness::networked::NetCluster;
 use harness::node::{cgroup2_mount, Node};
-use harness::process::{wait_for, Guarded};
+use harness::process::wait_for;
 use serde_json::Value;
 
-/// A control plane with the scheduler and controller-manager, and nodes.
+/// A networked cluster and the probe its pods run.
 struct Cluster {
-    // Nodes first: dropping them deletes their pods through the API.
-    nodes: Vec<Node>,
-    _components: Vec<Guarded>,
-    k: Kubectl,
-    cp: ControlPlane,
+    net: NetCluster,
     /// Holds the static `netprobe` binary pods mount at /probe.
     probe: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Cluster {
+    type Target = NetCluster;
+    fn deref(&self) -> &NetCluster {
+        &self.net
+    }
+}
+
+impl std::ops::DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut NetCluster {
+        &mut self.net
+    }
 }
 
 impl Cluster {
     fn start(nodes: usize) -> Self {
         let probe = build_netprobe();
-        let cp = ControlPlane::start_networked_tls(&[]).unwrap();
-        let k = cp.kubectl();
-        // Nodes bring their own pod CIDRs (--pod-cidr).
-        let components = vec![
-            cp.component("scheduler", &["scheduler"]).unwrap(),
-            cp.component(
-                "controller-manager",
-                &["controller-manager", "--allocate-node-cidrs", "false"],
-            )
-            .unwrap(),
-        ];
-        let nodes = (0..nodes).map(|_| Node::start(&cp)).collect();
         Self {
-            nodes,
-            _components: components,
-            k,
-            cp,
+            net: NetCluster::start(nodes),
             probe,
         }
     }
 
-    fn apply(&self, yaml: &str) {
-        let out = self.k.run_stdin(&["apply", "-f", "-"], yaml).unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
     fn logs(&self) -> String {
-        let mut out = String::new();
+        let mut out = self.net.logs(60);
         for n in &self.nodes {
-            out += &format!(
-                "--- agent {}\n{}\n--- bpf lb\n{}\n",
-                n.name,
-                tail(&n.log()),
-                lb(n)
-            );
+            out += &format!("--- bpf lb of {}\n{}\n", n.name, lb(n));
         }
         out += &format!(
-            "--- controller-manager\n{}\n--- pods\n{}\n--- endpointslices\n{}",
-            tail(&self.cp.log("controller-manager")),
+            "--- pods\n{}\n--- endpointslices\n{}",
             self.k
                 .run(&["get", "pods", "-o", "wide"])
                 .unwrap_or_default(),
@@ -177,11 +156,6 @@ fn build_netprobe() -> tempfile::TempDir {
         .status()
         .unwrap();
     dir
-}
-
-fn tail(s: &str) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(60)..].join("\n")
 }
 
 /// `agent bpf lb` of `node`.
@@ -1170,6 +1144,54 @@ fn node_ports_answer_from_another_node_with_the_clients_view_right() {
         "{out}"
     );
     assert_eq!(seen.len(), 2, "both backends answer UDP: {seen:?}");
+
+    // A port nothing listens on behind a node port: the client learns it
+    // is closed, from the node port, whichever node its backend is on.
+    // One service per backend, chosen by a label set on the running pod.
+    for (pod, side) in [(&pod1, "local"), (&pod2, "remote")] {
+        c.k.run(&["label", "pod", pod, &format!("side={side}")])
+            .unwrap();
+        c.apply(&format!(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: closed-{side}}}
+spec:
+  type: NodePort
+  selector: {{app: echo, side: {side}}}
+  ports: [{{port: 54, protocol: UDP, targetPort: 5354}}]
+"#
+        ));
+    }
+    for side in ["local", "remote"] {
+        let np =
+            c.k.run(&[
+                "get",
+                "svc",
+                &format!("closed-{side}"),
+                "-o",
+                "jsonpath={.spec.ports[0].nodePort}",
+            ])
+            .unwrap();
+        let frontend = format!("{}:{}/UDP", n1.ip, np.trim());
+        c.wait(60, &format!("node 1 programs {frontend}"), || {
+            (active_backends(n1, &frontend).len() == 1).then_some(())
+        });
+        // Few enough that the backend's kernel does not rate-limit its
+        // ICMP errors (a burst of 6 per destination).
+        let out = from_node2(&format!("ask-udp {}:{} 1 connected", n1.ip, np.trim()), 3);
+        assert_eq!(
+            out.lines().filter(|l| *l == "refused").count(),
+            3,
+            "the {side} backend's port unreachable reaches the client:\n{out}\n{}",
+            n1.bpf_status()
+        );
+    }
+    assert!(
+        counter(&n1.bpf_status(), "node_port_icmp_errors_forwarded") >= 6,
+        "{}",
+        n1.bpf_status()
+    );
 
     let status = lb(n1);
     assert!(status.contains("node port flows ("), "{status}");

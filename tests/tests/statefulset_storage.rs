@@ -6,62 +6,38 @@
 
 use std::time::Duration;
 
-use harness::cluster::ControlPlane;
-use harness::kubectl::Kubectl;
-use harness::node::Node;
-use harness::process::{wait_for, Guarded};
+use harness::networked::NetCluster;
+use harness::process::wait_for;
 
-struct Cluster {
-    // Nodes first: dropping them deletes their pods through the API.
-    nodes: Vec<Node>,
-    _components: Vec<Guarded>,
-    k: Kubectl,
-    cp: ControlPlane,
+struct Cluster(NetCluster);
+
+impl std::ops::Deref for Cluster {
+    type Target = NetCluster;
+    fn deref(&self) -> &NetCluster {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut NetCluster {
+        &mut self.0
+    }
 }
 
 impl Cluster {
     fn start(nodes: usize) -> Self {
-        let cp = ControlPlane::start_networked_tls(&[]).unwrap();
-        let k = cp.kubectl();
-        let components = vec![
-            cp.component("scheduler", &["scheduler"]).unwrap(),
-            cp.component(
-                "controller-manager",
-                &["controller-manager", "--allocate-node-cidrs", "false"],
-            )
-            .unwrap(),
-        ];
-        let nodes = (0..nodes).map(|_| Node::start(&cp)).collect();
-        Self {
-            nodes,
-            _components: components,
-            k,
-            cp,
-        }
+        Self(NetCluster::start(nodes))
     }
 
     fn logs(&self) -> String {
-        let mut out = String::new();
-        for n in &self.nodes {
-            let log = n.log();
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            out += &format!(
-                "--- agent {}\n{}\n",
-                n.name,
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-        let cm = self.cp.log("controller-manager");
-        let tail: Vec<&str> = cm.lines().rev().take(30).collect();
-        out += &format!(
-            "--- controller-manager\n{}\n--- pods\n{}\n--- claims\n{}",
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+        format!(
+            "{}--- pods\n{}\n--- claims\n{}",
+            self.0.logs(30),
             self.k
                 .run(&["get", "pods", "-o", "wide"])
                 .unwrap_or_default(),
             self.k.run(&["get", "pvc,pv"]).unwrap_or_default()
-        );
-        out
+        )
     }
 
     /// `phase uid podIP nodeName` of `pod`, once it runs and is ready.
