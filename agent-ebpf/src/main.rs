@@ -11,7 +11,7 @@
 //! Each concern lives in a module of its own, with the maps it owns:
 //! `packet` (parsing and checksums), `fib` (routing), `local` (delivery to
 //! this node's pods), `nat` (masquerade), `nodeport`, `ct` (the conntrack
-//! state of both), `policy` (NetworkPolicy verdicts), `lb` (sock_addr
+//! state of both), `policy` (NetworkPolicy verdicts), `host` (a pod's answers to its node), `lb` (sock_addr
 //! load balancing), and `pod`/`uplink` (what each TC program decides).
 #![no_std]
 #![no_main]
@@ -23,6 +23,7 @@
 mod counter;
 mod ct;
 mod fib;
+mod host;
 mod icmp;
 mod lb;
 mod local;

@@ -3,7 +3,7 @@
 use agent_ebpf_common::Stat;
 use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
 
-use crate::{fib, icmp, local, nodeport, packet, policy, stats};
+use crate::{fib, host, icmp, local, nodeport, packet, policy, stats};
 
 /// The verdict for a frame from a pod: delivered to a local pod, a node
 /// port reply (or an ICMP error about a node port flow) sent back to its
@@ -37,9 +37,12 @@ pub fn from_pod(ctx: &TcContext) -> Option<i32> {
             }
         }
     }
-    // The node itself is always reachable: it answers probes and DNS.
+    // The node is policed like any peer, but for answers on connections
+    // it opened (probes), which must pass whatever the pod's egress says.
     let to_node = cfg.as_ref().is_some_and(|c| c.node_ip == dst);
-    if !to_node && !policy::allows(ctx, src, dst, from, None) {
+    let answers_node =
+        to_node && from.is_some_and(|e| e.flags != 0) && host::answers_node(ctx, src, dst);
+    if !answers_node && !policy::allows(ctx, src, dst, from, None) {
         stats::count(Stat::PolicyDenied);
         return Some(TC_ACT_SHOT);
     }

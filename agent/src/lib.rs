@@ -74,7 +74,7 @@ pub async fn run(args: config::RunArgs) -> anyhow::Result<()> {
             },
             args.services.clone(),
         ));
-        let policy = policy::Engine::new(&cfg.name, &network.pin_dir)?;
+        let policy = policy::Engine::new(&cfg.name, ip, &network.pin_dir)?;
         tokio::spawn(policy.clone().run(client.clone()));
         std::fs::create_dir_all(&args.log_dir)?;
         let env = std::sync::Arc::new(pods::Env {

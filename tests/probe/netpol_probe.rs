@@ -3,7 +3,9 @@
 //! `connect TIMEOUT_MS PROTO:IP:PORT[@SOURCE_PORT]...` tries every target
 //! at once and prints one character per target in order, `.` where an
 //! answer came back and `X` where none did. A UDP target with a source port
-//! is the same flow every time it is probed.
+//! is the same flow every time it is probed. A `syn` target (TCP) counts a
+//! completed handshake as the answer, for servers that wait for the client
+//! to speak first.
 //!
 //! Built with std only and linked statically, so it runs from a hostPath
 //! volume in the busybox image, which has no UDP server of its own.
@@ -67,6 +69,7 @@ fn connect(args: &[String]) {
             let proto = proto.to_string();
             std::thread::spawn(move || match proto.as_str() {
                 "tcp" => tcp(addr, timeout),
+                "syn" => TcpStream::connect_timeout(&addr, timeout).is_ok(),
                 "udp" => udp(addr, sport, timeout),
                 _ => false,
             })

@@ -108,6 +108,11 @@ impl Cluster {
         }
     }
 
+    /// The directory holding `netpol-probe`, for pods to mount at /probe.
+    pub fn probe_dir(&self) -> &Path {
+        self.probe_dir.path()
+    }
+
     /// The tail of every agent's log and its `agent bpf policy`.
     pub fn logs(&self) -> String {
         let mut out = self.net.logs(40);

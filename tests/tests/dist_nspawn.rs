@@ -447,6 +447,12 @@ fn install_sh_provisions_three_control_planes_that_keep_serving_when_one_machine
     let two = wait_for(Duration::from_secs(90), || {
         (api_endpoints(survivor) == "10.88.0.2 10.88.0.3").then_some(())
     });
-    assert!(two.is_some(), "{}", api_endpoints(survivor));
+    assert!(
+        two.is_some(),
+        "{}\n--- kcp2\n{}\n--- kcp3\n{}",
+        api_endpoints(survivor),
+        survivor.run("journalctl -u kestrel-apiserver --no-pager | tail -n 30"),
+        m(&machines, 2).run("journalctl -u kestrel-apiserver --no-pager | tail -n 30")
+    );
     step("cluster serving without kcp1");
 }

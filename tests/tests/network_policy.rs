@@ -326,20 +326,125 @@ fn the_probe_matrix_follows_each_network_policy() {
     );
     c.k.run(&["delete", "netpol", "--all", "-n", "x"]).unwrap();
 
-    // Egress default-deny in x with DNS allowed: x's pods still resolve
-    // names through the cluster DNS, and reach no pod but themselves.
+    // x/a's own node: its agent's API, and the cluster DNS it answers.
+    let node_api = format!("syn:{}:10250", c.nodes[0].ip);
+    let name = "kubernetes.default.svc.cluster.local";
+    let resolves = || {
+        c.k.run(&["exec", "a", "-n", "x", "--", "nslookup", name])
+            .is_ok_and(|answer| answer.contains("10.96.0.1"))
+    };
+    assert_eq!(
+        c.probe("x", "a", &node_api),
+        ".",
+        "no policy: the node is open"
+    );
+    assert!(resolves(), "no policy: x/a resolves {name}\n{}", c.logs());
+
+    // Egress default-deny in x: no pod but themselves, and nothing of the
+    // node, DNS included, as upstream's model expects; yet the node's
+    // probes of x's pods get their answers.
     c.apply(&policy(
-        "egress-dns",
-        "{podSelector: {}, policyTypes: [Egress], egress: [{ports: [{port: 53, protocol: UDP}, {port: 53, protocol: TCP}]}]}",
+        "egress-deny",
+        "{podSelector: {}, policyTypes: [Egress]}",
     ));
     let mut egress = OPEN;
     egress[..3].copy_from_slice(&[".XX XXX XXX", "X.X XXX XXX", "XX. XXX XXX"]);
+    c.expect("egress deny", &ips, &Truth::all(&egress));
+    assert_eq!(
+        c.probe("x", "a", &node_api),
+        "X",
+        "egress deny: x/a still reaches its node's API\n{}",
+        c.logs()
+    );
+    assert!(!resolves(), "egress deny: x/a still resolves {name}");
+    let dir = c.probe_dir().display().to_string();
+    c.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: probed, namespace: x}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 0
+  volumes: [{{name: probe, hostPath: {{path: '{dir}'}}}}]
+  containers:
+  - name: main
+    image: busybox
+    volumeMounts: [{{name: probe, mountPath: /probe, readOnly: true}}]
+    command: [/probe/netpol-probe, serve, '80', '81']
+    readinessProbe: {{tcpSocket: {{port: 80}}, periodSeconds: 1, failureThreshold: 1}}
+"#,
+        node = c.nodes[0].name
+    ));
+    wait_for(Duration::from_secs(90), || {
+        let ready = c.k.run(&[
+            "get",
+            "pod",
+            "probed",
+            "-n",
+            "x",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].ready}",
+        ]);
+        (ready.ok()?.trim() == "true").then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "a probed pod under egress deny never got ready\n{}",
+            c.logs()
+        )
+    });
+    c.k.run(&["delete", "pod", "probed", "-n", "x"]).unwrap();
+    // A connection the node opens to x/a (probes run inside the pod, but
+    // a node's own client, a webhook call from a control plane on it, is
+    // one) gets x/a's answers.
+    let from_node = c.nodes[0]
+        .exec(&[
+            &format!("{dir}/netpol-probe"),
+            "connect",
+            "3000",
+            &format!("tcp:{}:80", ips[0]),
+        ])
+        .unwrap_or_default();
+    assert_eq!(
+        from_node.trim(),
+        ".",
+        "the node's connection to x/a got no answer under egress deny\n{}",
+        c.logs()
+    );
+
+    // DNS allowed as upstream manifests allow it, towards kube-system's
+    // DNS pods, whose place the node takes: names resolve again, the rest
+    // of the node stays shut.
+    c.apply(&policy(
+        "egress-dns",
+        "{podSelector: {}, policyTypes: [Egress], egress: [{to: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: kube-system}}, podSelector: {matchLabels: {k8s-app: kube-dns}}}], ports: [{port: 53, protocol: UDP}, {port: 53, protocol: TCP}]}]}",
+    ));
+    wait_for(Duration::from_secs(60), || resolves().then_some(())).unwrap_or_else(|| {
+        panic!(
+            "x/a could not resolve {name} with DNS allowed\n{}",
+            c.logs()
+        )
+    });
+    assert_eq!(
+        c.probe("x", "a", &node_api),
+        "X",
+        "only DNS of the node opened"
+    );
     c.expect("egress deny with DNS allowed", &ips, &Truth::all(&egress));
-    let name = "kubernetes.default.svc.cluster.local";
-    let answer =
-        c.k.run(&["exec", "a", "-n", "x", "--", "nslookup", name])
-            .unwrap_or_else(|e| panic!("x/a could not resolve {name}: {e}\n{}", c.logs()));
-    assert!(answer.contains("10.96.0.1"), "{answer}");
+
+    // Or allowed on port 53 towards anyone.
+    c.k.run(&["delete", "netpol", "egress-dns", "-n", "x"])
+        .unwrap();
+    c.apply(&policy(
+        "egress-53",
+        "{podSelector: {}, policyTypes: [Egress], egress: [{ports: [{port: 53, protocol: UDP}, {port: 53, protocol: TCP}]}]}",
+    ));
+    wait_for(Duration::from_secs(60), || resolves().then_some(())).unwrap_or_else(|| {
+        panic!(
+            "x/a could not resolve {name} with port 53 allowed\n{}",
+            c.logs()
+        )
+    });
 
     c.k.run(&["delete", "netpol", "--all", "-n", "x"]).unwrap();
     c.expect("every policy deleted", &ips, &Truth::all(&OPEN));

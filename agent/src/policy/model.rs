@@ -70,6 +70,28 @@ pub struct PodInfo {
 }
 
 impl PodInfo {
+    /// The node at `ip` as NetworkPolicy peers see it. The node answers
+    /// the cluster DNS (Service kube-system/kube-dns), so it takes the
+    /// place of the DNS pods elsewhere: in kube-system, labelled
+    /// `k8s-app: kube-dns`, with their named ports. The usual rules
+    /// allowing DNS then allow it here, and nothing else of the node is
+    /// open to a pod whose egress is isolated.
+    pub fn node_dns(ip: Ipv4Addr) -> Self {
+        let port = |name: &str, protocol| NamedPort {
+            name: name.to_string(),
+            protocol,
+            port: 53,
+        };
+        Self {
+            namespace: "kube-system".into(),
+            name: "node-dns".into(),
+            labels: Labels::from([("k8s-app".into(), "kube-dns".into())]),
+            ip: Some(ip),
+            ports: vec![port("dns", Protocol::Udp), port("dns-tcp", Protocol::Tcp)],
+            local: false,
+        }
+    }
+
     /// Reads a pod object; `node` is this node's name. Pods on the host's
     /// network share the node's address and are not endpoints of their own.
     pub fn from_pod(pod: &Pod, node: &str) -> Option<Self> {

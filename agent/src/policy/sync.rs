@@ -84,6 +84,8 @@ struct State {
 /// NetworkPolicy enforcement on this node.
 pub struct Engine {
     node: String,
+    /// The node's address, a peer of its own (see `PodInfo::node_dns`).
+    node_ip: Ipv4Addr,
     state: Mutex<State>,
     /// Whether every watch has listed once: before that, no rule is known.
     ready: watch::Sender<bool>,
@@ -97,10 +99,11 @@ const READY_WAIT: Duration = Duration::from_secs(60);
 impl Engine {
     /// An engine writing the maps pinned in `pin_dir` (where the datapath
     /// pinned them).
-    pub fn new(node: &str, pin_dir: &Path) -> anyhow::Result<Arc<Self>> {
+    pub fn new(node: &str, node_ip: Ipv4Addr, pin_dir: &Path) -> anyhow::Result<Arc<Self>> {
         let maps = PolicyMaps::open(pin_dir)?;
         Ok(Arc::new(Self {
             node: node.to_string(),
+            node_ip,
             state: Mutex::new(State {
                 maps: Some(maps),
                 ..Default::default()
@@ -193,7 +196,8 @@ impl Engine {
     }
 
     fn sync(&self, state: &mut State) {
-        let mut pods: Vec<PodInfo> = Vec::with_capacity(state.pods.items.len());
+        let mut pods: Vec<PodInfo> = Vec::with_capacity(state.pods.items.len() + 1);
+        pods.push(PodInfo::node_dns(self.node_ip));
         for (name, pod) in &state.pods.items {
             let mut pod = pod.clone();
             if pod.local && pod.ip.is_none() {

@@ -324,3 +324,61 @@ fn pods_elsewhere_are_peers_but_get_no_rules() {
     assert_eq!(c.endpoints.len(), 3);
     assert_eq!(c.identities.len(), 9);
 }
+
+/// What x/a's egress says of its node, which stands for the DNS pods.
+fn x_a_to_node(policies: &[NetworkPolicy], protocol: Protocol, port: u16) -> bool {
+    let node = Ipv4Addr::new(10, 99, 0, 1);
+    let mut pods = world();
+    pods.push(PodInfo::node_dns(node));
+    let mut ns = namespaces();
+    ns.insert(
+        "kube-system".into(),
+        BTreeMap::from([("kubernetes.io/metadata.name".into(), "kube-system".into())]),
+    );
+    let c = compile(
+        &mut Identities::default(),
+        &Inputs {
+            pods: &pods,
+            namespaces: &ns,
+            policies,
+        },
+    );
+    let egress = &c.endpoints[&("x".to_string(), "a".to_string())].egress;
+    egress.allows(node, c.identities[&node], protocol, port)
+}
+
+#[test]
+fn the_node_is_the_dns_pods_to_egress_rules() {
+    assert!(x_a_to_node(&[], Protocol::Tcp, 10250), "no policy");
+    let deny = policy("x", json!({"podSelector": {}, "policyTypes": ["Egress"]}));
+    assert!(!x_a_to_node(&[deny], Protocol::Udp, 53), "default deny");
+    let to_dns = |ports: Value| {
+        policy(
+            "x",
+            json!({"podSelector": {}, "policyTypes": ["Egress"], "egress": [{
+                "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                        "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+                "ports": ports}]}),
+        )
+    };
+    let numbered = to_dns(json!([{"port": 53, "protocol": "UDP"}]));
+    assert!(x_a_to_node(
+        std::slice::from_ref(&numbered),
+        Protocol::Udp,
+        53
+    ));
+    assert!(!x_a_to_node(&[numbered], Protocol::Tcp, 10250), "only DNS");
+    let named = to_dns(json!([{"port": "dns-tcp", "protocol": "TCP"}]));
+    assert!(
+        x_a_to_node(std::slice::from_ref(&named), Protocol::Tcp, 53),
+        "named port"
+    );
+    assert!(!x_a_to_node(&[named], Protocol::Udp, 53));
+    // Pods of every namespace, as many charts write it, take the node in.
+    let anywhere = policy(
+        "x",
+        json!({"podSelector": {}, "policyTypes": ["Egress"], "egress": [{
+            "to": [{"namespaceSelector": {}}], "ports": [{"port": 53, "protocol": "UDP"}]}]}),
+    );
+    assert!(x_a_to_node(&[anywhere], Protocol::Udp, 53));
+}
