@@ -104,6 +104,12 @@ pub fn inline_credentials(kubeconfig: &Value) -> Option<(String, String)> {
 }
 
 fn current_user(kubeconfig: &Value) -> Option<&Value> {
+    let i = current_user_index(kubeconfig)?;
+    kubeconfig.get("users")?.get(i)?.get("user")
+}
+
+/// Where the current context's user sits in `users`.
+fn current_user_index(kubeconfig: &Value) -> Option<usize> {
     let context = kubeconfig.get("current-context")?.as_str()?;
     let user = kubeconfig
         .get("contexts")?
@@ -116,26 +122,15 @@ fn current_user(kubeconfig: &Value) -> Option<&Value> {
         .get("users")?
         .as_array()?
         .iter()
-        .find(|u| u.get("name").and_then(Value::as_str) == Some(user))?
-        .get("user")
+        .position(|u| u.get("name").and_then(Value::as_str) == Some(user))
 }
 
 /// `kubeconfig` with the current user's certificate and key replaced.
 pub fn with_credentials(mut kubeconfig: Value, cert_pem: &str, key_pem: &str) -> Option<Value> {
-    let context = kubeconfig.get("current-context")?.as_str()?.to_string();
-    let user = kubeconfig
-        .get("contexts")?
-        .as_array()?
-        .iter()
-        .find(|c| c.get("name").and_then(Value::as_str) == Some(context.as_str()))?
-        .pointer("/context/user")?
-        .as_str()?
-        .to_string();
+    let i = current_user_index(&kubeconfig)?;
     let entry = kubeconfig
         .get_mut("users")?
-        .as_array_mut()?
-        .iter_mut()
-        .find(|u| u.get("name").and_then(Value::as_str) == Some(user.as_str()))?
+        .get_mut(i)?
         .get_mut("user")?
         .as_object_mut()?;
     let b64 = |s: &str| Value::from(base64::engine::general_purpose::STANDARD.encode(s));
