@@ -15,6 +15,7 @@ pub mod pods;
 pub mod policy;
 pub mod runtime;
 pub mod services;
+pub mod stats;
 
 /// Runs the agent: registers the Node, runs the pods bound to it and keeps
 /// both reported until SIGTERM. Containers keep running when the agent
@@ -97,6 +98,11 @@ pub async fn run(args: config::RunArgs) -> anyhow::Result<()> {
     };
     let runtime = pods.as_ref().map(|p| p.1.clone());
     let pins = pods.as_ref().map(|p| p.2.clone());
+    let stats = runtime.clone().map(|r| {
+        let sampler = stats::Sampler::new(r, args.log_dir.clone(), args.cgroup_root.clone());
+        tokio::spawn(sampler.clone().run());
+        sampler
+    });
     // Absolute: the runtime helper opens these paths from its own cwd.
     let exec_dir = cfg.state_dir.canonicalize()?.join("exec");
     let api = tokio::spawn(nodeapi::serve(
@@ -109,6 +115,7 @@ pub async fn run(args: config::RunArgs) -> anyhow::Result<()> {
         exec_dir,
         ca,
         pins,
+        stats,
     ));
     let beat = node::heartbeat(client, cfg, || true);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

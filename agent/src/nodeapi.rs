@@ -249,6 +249,7 @@ pub async fn serve(
     exec_dir: PathBuf,
     ca_der: Option<Vec<Vec<u8>>>,
     pins: Option<PathBuf>,
+    stats: Option<Arc<crate::stats::Sampler>>,
 ) -> anyhow::Result<()> {
     let exec = axum::Router::new()
         .route(
@@ -266,6 +267,21 @@ pub async fn serve(
             axum::routing::get(container_logs),
         )
         .with_state(Arc::new(Logs { log_dir }))
+        .route(
+            "/stats/resource",
+            axum::routing::get(move || {
+                let latest = stats.as_ref().and_then(|s| s.latest());
+                async move {
+                    match latest {
+                        Some(summary) => axum::Json(summary).into_response(),
+                        None => error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "no usage sampled yet".into(),
+                        ),
+                    }
+                }
+            }),
+        )
         .merge(exec);
     let public = axum::Router::new()
         .route("/healthz", axum::routing::get(|| async { "ok" }))

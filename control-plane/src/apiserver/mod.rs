@@ -20,6 +20,7 @@ mod networkpolicies;
 pub mod nodeproxy;
 pub mod openapi;
 pub mod request;
+pub mod resource_metrics;
 pub mod resources;
 pub mod satoken;
 mod statefulsets;

@@ -361,3 +361,39 @@ where
     });
     sender.send_request(req).await.map_err(|e| e.to_string())
 }
+
+/// GETs `path` from the node API of `node` (a Node object) and decodes its
+/// JSON answer.
+pub async fn node_json(state: &State, node: &Value, path: &str) -> ApiResult<Value> {
+    use http_body_util::BodyExt;
+    let name = node
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let (host, port) = endpoint(node)
+        .ok_or_else(|| ApiError::unavailable(format!("node {name} has no address")))?;
+    let at = Located {
+        name: String::new(),
+        ns: String::new(),
+        container: String::new(),
+        node: name,
+        host,
+        port,
+    };
+    let request = axum::http::Request::get(path)
+        .header("host", format!("{}:{}", at.host, at.port))
+        .body(Body::empty())
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let response = forward(state, &at, request).await?;
+    if !response.status().is_success() {
+        return Err(at.unavailable(format!("{path}: {}", response.status())));
+    }
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| at.unavailable(e))?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|e| at.unavailable(format!("{path}: {e}")))
+}

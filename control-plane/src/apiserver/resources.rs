@@ -540,7 +540,10 @@ impl Resource {
     /// Whether the resource is kept in etcd (componentstatuses and bindings are not).
     pub fn stored(&self) -> bool {
         !matches!(self.plural, "componentstatuses" | "bindings")
-            && !matches!(self.group, "authorization.k8s.io" | "authentication.k8s.io")
+            && !matches!(
+                self.group,
+                "authorization.k8s.io" | "authentication.k8s.io" | "metrics.k8s.io"
+            )
     }
 
     /// Whether `name` is a subresource of this resource.
@@ -559,6 +562,7 @@ impl Resource {
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
     RESOURCES
         .iter()
+        .chain(&super::resource_metrics::RESOURCES)
         .find(|r| r.group == group && r.version == version && r.plural == plural)
         .or_else(|| super::crd::registry().find(group, version, plural))
 }
@@ -573,6 +577,7 @@ pub fn by_kind(api_version: &str, kind: &str) -> Option<&'static Resource> {
 /// Every resource served now: the built-in ones, then the custom ones.
 pub fn all() -> Vec<&'static Resource> {
     let mut out: Vec<&'static Resource> = RESOURCES.iter().collect();
+    out.extend(&super::resource_metrics::RESOURCES);
     out.extend(super::crd::registry().resources());
     out
 }

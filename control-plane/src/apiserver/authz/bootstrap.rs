@@ -190,6 +190,22 @@ pub fn defaults() -> Vec<(String, Value)> {
     .into_iter()
     .flatten()
     .collect();
+    // What metrics-server's manifest adds, as the metrics API is built in:
+    // whoever may view a namespace may `kubectl top` it.
+    let (key, mut metrics_reader) = cluster_role(
+        "system:aggregated-metrics-reader",
+        vec![rule(
+            &["get", "list", "watch"],
+            "metrics.k8s.io",
+            &["pods", "nodes"],
+        )],
+    );
+    metrics_reader["metadata"]["labels"] = json!({
+        format!("{AGGREGATE_TO}view"): "true",
+        format!("{AGGREGATE_TO}edit"): "true",
+        format!("{AGGREGATE_TO}admin"): "true",
+    });
+    out.push((key, metrics_reader));
     out.extend([
         cluster_role(
             "cluster-admin",

@@ -53,7 +53,7 @@ pub fn storage_err(e: StorageError, target: &Target) -> ApiError {
     }
 }
 
-fn json_response(code: StatusCode, v: &Value) -> Response {
+pub(crate) fn json_response(code: StatusCode, v: &Value) -> Response {
     (
         code,
         [(axum::http::header::CONTENT_TYPE, "application/json")],
@@ -266,6 +266,9 @@ pub async fn dispatch(
                 target.res.plural
             )));
         }
+    }
+    if target.res.group == super::resource_metrics::GROUP {
+        return super::resource_metrics::serve(state, target, query).await;
     }
     match (method.clone(), target.name.is_some(), sub) {
         (Method::POST, true, Some("binding")) => {
