@@ -111,3 +111,104 @@ fn kubectl_top_shows_a_busy_containers_cpu_and_the_nodes() {
         "{missing}"
     );
 }
+
+const AUTOSCALED: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 0
+      containers:
+      - name: main
+        image: busybox
+        command: [sh, -c, "while :; do :; done"]
+        resources: {requests: {cpu: 50m}, limits: {cpu: 100m}}
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {name: web}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: web}
+  minReplicas: 1
+  maxReplicas: 3
+  metrics:
+  - type: Resource
+    resource: {name: cpu, target: {type: Utilization, averageUtilization: 50}}
+  behavior: {scaleDown: {stabilizationWindowSeconds: 0}}
+"#;
+
+/// `kubectl get hpa web`: NAME REFERENCE TARGETS MINPODS MAXPODS REPLICAS AGE,
+/// TARGETS being `cpu: 200%/50%` (with a space).
+fn hpa_row(c: &NetCluster) -> String {
+    c.k.run(&["get", "hpa", "web", "--no-headers"])
+        .unwrap_or_default()
+}
+
+/// The CPU utilization the row shows, once measured.
+fn shown_utilization(row: &str) -> Option<u64> {
+    row.split("cpu: ").nth(1)?.split('%').next()?.parse().ok()
+}
+
+fn jsonpath(c: &NetCluster, what: &str, path: &str) -> String {
+    c.k.run(&["get", what, "web", "-o", &format!("jsonpath={path}")])
+        .unwrap_or_default()
+}
+
+#[test]
+fn an_autoscaler_scales_a_busy_deployment_up_and_back_down() {
+    let c = NetCluster::start(1);
+    // A malformed autoscaler is refused, naming the field.
+    let bad = c
+        .k
+        .run_stdin(
+            &["apply", "-f", "-"],
+            "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {name: bad}\nspec: {scaleTargetRef: {kind: Deployment, name: web}, minReplicas: 5, maxReplicas: 2}\n",
+        )
+        .unwrap();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && err.contains("spec.maxReplicas"),
+        "{err}"
+    );
+
+    c.apply(AUTOSCALED);
+    // Each pod spins at its 100m limit against a 50m request: 200% of the
+    // requests against a 50% target, so it scales to its maximum.
+    let up = wait_for(Duration::from_secs(180), || {
+        (jsonpath(&c, "hpa", "{.status.currentReplicas}") == "3").then(|| hpa_row(&c))
+    })
+    .unwrap_or_else(|| panic!("never scaled up: {}\n{}", hpa_row(&c), c.logs(40)));
+    eprintln!("scaled up: {up}");
+    assert!(up.contains("Deployment/web"), "{up}");
+    let busy = shown_utilization(&up).unwrap_or_else(|| panic!("TARGETS of {up}"));
+    assert!(
+        busy > 55,
+        "the measured utilization is above the target: {up}"
+    );
+    assert_eq!(jsonpath(&c, "deploy", "{.spec.replicas}"), "3");
+
+    // The load goes: the pods now sleep, and it scales back to one.
+    c.k.run(&[
+        "patch",
+        "deploy",
+        "web",
+        "--type=json",
+        "-p",
+        r#"[{"op": "replace", "path": "/spec/template/spec/containers/0/command", "value": ["sleep", "3600"]}]"#,
+    ])
+    .unwrap();
+    let down = wait_for(Duration::from_secs(240), || {
+        (jsonpath(&c, "deploy", "{.spec.replicas}") == "1").then(|| hpa_row(&c))
+    })
+    .unwrap_or_else(|| panic!("never scaled down: {}\n{}", hpa_row(&c), c.logs(40)));
+    eprintln!("scaled down: {down}");
+    assert!(
+        shown_utilization(&down).is_some_and(|u| u < 50),
+        "scaled down below the target: {down}"
+    );
+}

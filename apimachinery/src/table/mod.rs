@@ -7,6 +7,7 @@
 //! `-o wide` is given. Like the real API server we always emit the wide
 //! cells and let the client choose.
 
+mod autoscaling;
 mod batch;
 mod cluster;
 mod events;
@@ -268,6 +269,7 @@ fn printer_for(resource: &str) -> Printer {
         "replicationcontrollers" => (workloads::RC_COLUMNS, workloads::rc_row),
         "jobs" => (batch::JOB_COLUMNS, batch::job_row),
         "cronjobs" => (batch::CRONJOB_COLUMNS, batch::cronjob_row),
+        "horizontalpodautoscalers" => (autoscaling::HPA_COLUMNS, autoscaling::hpa_row),
         "daemonsets" => (batch::DAEMONSET_COLUMNS, batch::daemonset_row),
         "statefulsets" => (stateful::STATEFULSET_COLUMNS, stateful::statefulset_row),
         "persistentvolumes" => (storage::PV_COLUMNS, storage::pv_row),

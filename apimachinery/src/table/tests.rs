@@ -19,6 +19,7 @@ const RESOURCES: &[&str] = &[
     "replicationcontrollers",
     "jobs",
     "cronjobs",
+    "horizontalpodautoscalers",
     "daemonsets",
     "statefulsets",
     "persistentvolumes",

@@ -171,6 +171,7 @@ pub fn apply(kind: &str, obj: &mut Value) {
         }
         "Job" => super::workloads::default_job(obj),
         "CronJob" => super::cronjobs::default(obj),
+        "HorizontalPodAutoscaler" => super::autoscaling::default(obj),
         "DaemonSet" => super::workloads::default_daemonset(obj),
         "StatefulSet" => super::statefulsets::default(obj),
         "PersistentVolume" => super::volumes::default_pv(obj),
@@ -203,6 +204,9 @@ pub fn initial_status(kind: &str, obj: &mut Value) {
             obj["status"] = json!({"replicas": 0})
         }
         "Job" | "CronJob" => obj["status"] = json!({}),
+        "HorizontalPodAutoscaler" => {
+            obj["status"] = json!({"currentReplicas": 0, "desiredReplicas": 0})
+        }
         "StatefulSet" => obj["status"] = json!({"replicas": 0, "availableReplicas": 0}),
         "PersistentVolume" | "PersistentVolumeClaim" => obj["status"] = json!({"phase": "Pending"}),
         "DaemonSet" => {

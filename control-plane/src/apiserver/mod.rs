@@ -6,6 +6,7 @@ pub mod admission;
 mod allocator;
 pub mod auth;
 pub mod authz;
+mod autoscaling;
 mod builtin;
 mod componentstatus;
 pub mod crd;

@@ -475,6 +475,18 @@ pub static RESOURCES: &[Resource] = &[
         verbs: ALL_VERBS,
         subresources: &[status("CronJob", "batch", "v1")],
     },
+    Resource {
+        group: "autoscaling",
+        version: "v2",
+        kind: "HorizontalPodAutoscaler",
+        plural: "horizontalpodautoscalers",
+        singular: "horizontalpodautoscaler",
+        namespaced: true,
+        short_names: &["hpa"],
+        categories: ALL,
+        verbs: ALL_VERBS,
+        subresources: &[status("HorizontalPodAutoscaler", "autoscaling", "v2")],
+    },
     // Storage: volumes, claims on them and the classes that provision them.
     Resource {
         group: "",

@@ -113,6 +113,9 @@ pub fn decode(
         "ClusterRoleBinding" => round_trip::<rbac::ClusterRoleBinding>(body),
         "Job" => round_trip::<batch::Job>(body),
         "CronJob" => round_trip::<batch::CronJob>(body),
+        "HorizontalPodAutoscaler" => round_trip::<
+            k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler,
+        >(body),
         "DaemonSet" => round_trip::<apps::DaemonSet>(body),
         "StatefulSet" => round_trip::<apps::StatefulSet>(body),
         "PersistentVolume" => round_trip::<core::PersistentVolume>(body),
@@ -255,6 +258,7 @@ pub fn validate(res: &Resource, obj: &Value) -> ApiResult<()> {
         }
         "Job" => super::workloads::validate_job(obj, &mut causes),
         "CronJob" => super::cronjobs::validate(obj, &mut causes),
+        "HorizontalPodAutoscaler" => super::autoscaling::validate(obj, &mut causes),
         "DaemonSet" => super::workloads::validate_daemonset(obj, &mut causes),
         "StatefulSet" => super::statefulsets::validate(obj, &mut causes),
         "PersistentVolume" => super::volumes::validate_pv(obj, &mut causes),

@@ -10,6 +10,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod garbagecollector;
 pub mod history;
+pub mod hpa;
 pub mod job;
 pub mod namespace;
 pub mod nodeipam;
@@ -153,6 +154,7 @@ async fn run_controllers(
     tasks.spawn(deployment::run(ctx.clone(), n));
     tasks.spawn(job::run(ctx.clone(), n));
     tasks.spawn(cronjob::run(ctx.clone(), n));
+    tasks.spawn(hpa::run(ctx.clone()));
     tasks.spawn(daemonset::run(ctx.clone(), n));
     tasks.spawn(statefulset::run(ctx.clone(), n));
     tasks.spawn(garbagecollector::run(ctx.clone()));

@@ -72,6 +72,14 @@ fn view_rules() -> Vec<Value> {
             "batch",
             &["jobs", "jobs/status", "cronjobs", "cronjobs/status"],
         ),
+        rule(
+            READ,
+            "autoscaling",
+            &[
+                "horizontalpodautoscalers",
+                "horizontalpodautoscalers/status",
+            ],
+        ),
         rule(READ, "discovery.k8s.io", &["endpointslices"]),
         rule(READ, "events.k8s.io", &["events"]),
     ]
@@ -112,6 +120,7 @@ fn edit_rules() -> Vec<Value> {
             ],
         ),
         rule(WRITE, "batch", &["jobs", "cronjobs"]),
+        rule(WRITE, "autoscaling", &["horizontalpodautoscalers"]),
         rule(WRITE, "discovery.k8s.io", &["endpointslices"]),
     ]
 }

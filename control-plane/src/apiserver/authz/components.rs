@@ -113,6 +113,28 @@ pub fn controller_manager_rules() -> Vec<Value> {
                 "statefulsets/status",
             ],
         ),
+        // HorizontalPodAutoscalers: the scale of their targets, from the
+        // pods' metrics.
+        rule(
+            &["get", "list", "watch"],
+            "autoscaling",
+            &["horizontalpodautoscalers"],
+        ),
+        rule(
+            WRITE_STATUS,
+            "autoscaling",
+            &["horizontalpodautoscalers/status"],
+        ),
+        rule(
+            &["get", "update", "patch"],
+            "apps",
+            &[
+                "deployments/scale",
+                "replicasets/scale",
+                "statefulsets/scale",
+            ],
+        ),
+        rule(&["get", "list"], "metrics.k8s.io", &["pods"]),
         // CronJobs create their Jobs.
         rule(crud, "batch", &["jobs"]),
         rule(owned, "batch", &["cronjobs"]),

@@ -62,6 +62,11 @@ pub fn builtin() -> Builtin {
     add::<apps::v1::ControllerRevision>(g, k, ("apps", "v1", "ControllerRevision"));
     add::<batch::v1::Job>(g, k, ("batch", "v1", "Job"));
     add::<batch::v1::CronJob>(g, k, ("batch", "v1", "CronJob"));
+    add::<autoscaling::v2::HorizontalPodAutoscaler>(
+        g,
+        k,
+        ("autoscaling", "v2", "HorizontalPodAutoscaler"),
+    );
     add::<coordination::v1::Lease>(g, k, ("coordination.k8s.io", "v1", "Lease"));
     add::<discovery::v1::EndpointSlice>(g, k, ("discovery.k8s.io", "v1", "EndpointSlice"));
     const RBAC: &str = "rbac.authorization.k8s.io";
