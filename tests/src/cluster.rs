@@ -389,7 +389,14 @@ impl ControlPlane {
         let url = format!("127.0.0.1:{port}");
         // An answer, not just a connection: a relay accepts before the API
         // server behind it listens.
-        let ready = wait_for(Duration::from_secs(30), || healthy(&url).then_some(()));
+        // And with TLS, its CA written: components' kubeconfigs are made
+        // from it as soon as this returns, and the plain port may answer
+        // before the secure one is set up.
+        let pki = (self.tls || self.component_tls_port.is_some()).then(|| self.pki());
+        let ready = wait_for(Duration::from_secs(30), || {
+            let written = pki.as_ref().is_none_or(|p| p.join("ca.crt").exists());
+            (written && healthy(&url)).then_some(())
+        });
         anyhow::ensure!(
             ready.is_some(),
             "apiserver did not listen on {url}:\n{}",
