@@ -274,17 +274,35 @@ async fn reconcile<K: Replicated>(owner: Arc<K>, ctx: Arc<Ctx>) -> Result<Action
             for pod in victims.into_iter().take(have - want) {
                 let pname = pod.name_any();
                 ctx.expectations.deleted(&uid, pname.clone());
-                match pods_api.delete(&pname, &DeleteParams::default()).await {
-                    Ok(_) => ctx.recorder.record(
+                // The call runs to its end in a task of its own, even when
+                // this reconcile is cut short (`context::bounded`): a
+                // delete abandoned on the way would leave an expectation
+                // that nothing ever meets, and hold this owner back until
+                // it expires.
+                let call = {
+                    let (api, ctx, uid, name) =
+                        (pods_api.clone(), ctx.clone(), uid.clone(), pname.clone());
+                    tokio::spawn(async move {
+                        let r = api.delete(&name, &DeleteParams::default()).await;
+                        if matches!(&r, Err(e) if !matches!(e, kube::Error::Api(s) if s.code == 404))
+                        {
+                            ctx.expectations.forget(&uid);
+                        }
+                        r
+                    })
+                };
+                match call.await {
+                    Ok(Ok(_)) => ctx.recorder.record(
                         reference(&*owner),
                         "Normal",
                         "SuccessfulDelete",
                         format!("Deleted pod: {pname}"),
                     ),
-                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Ok(Err(kube::Error::Api(s))) if s.code == 404 => {}
+                    Ok(Err(e)) => return Err(e.into()),
                     Err(e) => {
                         ctx.expectations.forget(&uid);
-                        return Err(e.into());
+                        return Err(Error::Other(format!("deleting pod {pname}: {e}")));
                     }
                 }
             }
