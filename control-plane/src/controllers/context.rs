@@ -159,6 +159,47 @@ impl Expectations {
     }
 }
 
+/// Deletes pod `name` of the owner whose uid is `owner`, expecting the
+/// deletion first. Returns whether it deleted it (false: already gone).
+///
+/// The call runs in a task of its own, which finishes even when the
+/// reconcile awaiting it is cut short (`bounded`): a delete abandoned on
+/// the way would leave an expectation that nothing ever meets, holding the
+/// owner back until it expires. A failed delete forgets the owner's
+/// expectations, wherever the reconcile is by then.
+pub async fn delete_expected(
+    shared: &Arc<Context>,
+    api: &Api<Pod>,
+    owner: &str,
+    name: &str,
+) -> Result<bool> {
+    shared.expectations.deleted(owner, name.to_string());
+    let call = {
+        let (shared, api, owner, name) = (
+            shared.clone(),
+            api.clone(),
+            owner.to_string(),
+            name.to_string(),
+        );
+        tokio::spawn(async move {
+            let r = api.delete(&name, &kube::api::DeleteParams::default()).await;
+            let gone = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 404);
+            if matches!(&r, Err(e) if !gone(e)) {
+                shared.expectations.forget(&owner);
+            }
+            r.map(|_| true)
+                .or_else(|e| if gone(&e) { Ok(false) } else { Err(e) })
+        })
+    };
+    match call.await {
+        Ok(r) => Ok(r?),
+        Err(e) => {
+            shared.expectations.forget(owner);
+            Err(Error::Other(format!("deleting pod {name}: {e}")))
+        }
+    }
+}
+
 /// A write's outcome with "not found" counted as done: the object is
 /// already gone, which is what a delete or a release wanted.
 pub fn ignore_404<T>(r: std::result::Result<T, kube::Error>) -> Result<()> {

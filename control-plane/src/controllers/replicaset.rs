@@ -11,7 +11,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, ReplicationController};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -273,37 +273,13 @@ async fn reconcile<K: Replicated>(owner: Arc<K>, ctx: Arc<Ctx>) -> Result<Action
             victims.sort_by_key(|p| deletion_rank(p));
             for pod in victims.into_iter().take(have - want) {
                 let pname = pod.name_any();
-                ctx.expectations.deleted(&uid, pname.clone());
-                // The call runs to its end in a task of its own, even when
-                // this reconcile is cut short (`context::bounded`): a
-                // delete abandoned on the way would leave an expectation
-                // that nothing ever meets, and hold this owner back until
-                // it expires.
-                let call = {
-                    let (api, ctx, uid, name) =
-                        (pods_api.clone(), ctx.clone(), uid.clone(), pname.clone());
-                    tokio::spawn(async move {
-                        let r = api.delete(&name, &DeleteParams::default()).await;
-                        if matches!(&r, Err(e) if !matches!(e, kube::Error::Api(s) if s.code == 404))
-                        {
-                            ctx.expectations.forget(&uid);
-                        }
-                        r
-                    })
-                };
-                match call.await {
-                    Ok(Ok(_)) => ctx.recorder.record(
+                if context::delete_expected(&ctx.shared, &pods_api, &uid, &pname).await? {
+                    ctx.recorder.record(
                         reference(&*owner),
                         "Normal",
                         "SuccessfulDelete",
                         format!("Deleted pod: {pname}"),
-                    ),
-                    Ok(Err(kube::Error::Api(s))) if s.code == 404 => {}
-                    Ok(Err(e)) => return Err(e.into()),
-                    Err(e) => {
-                        ctx.expectations.forget(&uid);
-                        return Err(Error::Other(format!("deleting pod {pname}: {e}")));
-                    }
+                    );
                 }
             }
         }

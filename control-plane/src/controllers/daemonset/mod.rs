@@ -240,19 +240,13 @@ async fn execute(
         }
     }
     for pod in &decided.delete {
-        ctx.shared.expectations.deleted(&uid, pod.clone());
-        match api.delete(pod, &DeleteParams::default()).await {
-            Ok(_) => ctx.shared.recorder.record(
+        if context::delete_expected(&ctx.shared, api, &uid, pod).await? {
+            ctx.shared.recorder.record(
                 reference(ds),
                 "Normal",
                 "SuccessfulDelete",
                 format!("Deleted pod: {pod}"),
-            ),
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => {
-                ctx.shared.expectations.forget(&uid);
-                return Err(e.into());
-            }
+            );
         }
     }
     // Slow start, as Kubernetes does: 1, 2, 4, ... at once, stopping at

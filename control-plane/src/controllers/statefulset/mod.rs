@@ -340,19 +340,13 @@ async fn execute(
     let uid = set.uid().unwrap_or_default();
     let set_name = set.name_any();
     for pod in &decided.delete {
-        ctx.shared.expectations.deleted(&uid, pod.clone());
-        match api.delete(pod, &DeleteParams::default()).await {
-            Ok(_) => ctx.shared.recorder.record(
+        if context::delete_expected(&ctx.shared, api, &uid, pod).await? {
+            ctx.shared.recorder.record(
                 reference(set),
                 "Normal",
                 "SuccessfulDelete",
                 format!("delete Pod {pod} in StatefulSet {set_name} successful"),
-            ),
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => {
-                ctx.shared.expectations.forget(&uid);
-                return Err(e.into());
-            }
+            );
         }
     }
     let mut all_made = true;
