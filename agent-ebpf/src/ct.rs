@@ -40,6 +40,14 @@ pub fn new_state(owner: u32, tcp_flags: u8) -> CtState {
     st
 }
 
+/// Whether a packet from the side that started the flow opens a new
+/// connection on the ports of one that is closing (a SYN without ACK after
+/// a FIN or RST), as a client reusing its port does.
+pub fn reopens(st: &CtState, tcp_flags: u8) -> bool {
+    let closing = abi::CT_TCP_RST | abi::CT_TCP_FIN_FORWARD | abi::CT_TCP_FIN_REPLY;
+    tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && st.flags & closing != 0
+}
+
 /// Records a packet of the flow: `forward` when it comes from the side that
 /// started it; `tcp_flags` is 0 for anything but TCP.
 pub fn touch(st: &mut CtState, forward: bool, tcp_flags: u8) {

@@ -63,13 +63,23 @@ pub fn ingress(ctx: &TcContext, cfg: &Config, dst: u32) -> Option<Ingress> {
         proto: f.proto,
         pad: [0; 3],
     };
-    let flow = match NODEPORT_FLOWS.get_ptr_mut(key) {
-        Some(flow) => {
-            // SAFETY: a map value pointer, valid for the whole run.
-            let flow = unsafe { &mut *flow };
-            ct::touch(&mut flow.ct, true, f.tcp_flags);
-            *flow
+    let existing = NODEPORT_FLOWS.get_ptr_mut(key).and_then(|flow| {
+        // SAFETY: a map value pointer, valid for the whole run.
+        let flow = unsafe { &mut *flow };
+        if ct::reopens(&flow.ct, f.tcp_flags) {
+            // A new connection on a closing flow's ports picks its backend
+            // afresh, as conntrack starts a new connection after
+            // TIME_WAIT: the old backend may have left the node port
+            // (externalTrafficPolicy turned Local, say).
+            let old = *flow;
+            forget(&key, &old, cfg);
+            return None;
         }
+        ct::touch(&mut flow.ct, true, f.tcp_flags);
+        Some(*flow)
+    });
+    let flow = match existing {
+        Some(flow) => flow,
         None => match open(&key, cfg, f.tcp_flags)? {
             Ok(flow) => flow,
             Err(refused) => return Some(refused),
@@ -98,6 +108,30 @@ pub fn ingress(ctx: &TcContext, cfg: &Config, dst: u32) -> Option<Ingress> {
         flow.nat_port,
     )?;
     Some(Ingress::Remote)
+}
+
+/// Removes the node port flow `key` (as the client sent it) and its reply
+/// entry, the forward entry first, as the agent's sweep does, so its NAT
+/// port is free only once nothing translates to it.
+fn forget(key: &NatKey, flow: &NodePortFlow, cfg: &Config) {
+    let rkey = NatKey {
+        src: flow.backend_ip,
+        dst: if flow.nat_port == 0 {
+            key.src
+        } else {
+            cfg.node_ip
+        },
+        sport: flow.backend_port,
+        dport: if flow.nat_port == 0 {
+            key.sport
+        } else {
+            flow.nat_port
+        },
+        proto: key.proto,
+        pad: [0; 3],
+    };
+    let _ = NODEPORT_FLOWS.remove(key);
+    let _ = NODEPORT_REPLIES.remove(&rkey);
 }
 
 /// The node port flow `key` names as the client sent it: its backend, and

@@ -739,3 +739,27 @@ fn a_local_backends_port_unreachable_reaches_the_node_ports_client() {
     assert_eq!(icmp_error(&out).src, POD, "left untranslated");
     assert_eq!(b.stat(Stat::NodePortIcmpError), 1);
 }
+
+#[test]
+fn a_new_connection_on_a_closed_node_port_flows_ports_picks_its_backend_again() {
+    let mut b = Bench::new();
+    b.node_port(REMOTE_POD, 8080);
+    let syn = frame(TCP, (CLIENT, 5555), (NODE, NODE_PORT));
+    let (_, out) = b.run(abi::FROM_UPLINK_PROGRAM, &syn);
+    assert_eq!(seen(&out).dst, (REMOTE_POD, 8080));
+    // The client resets the connection; the node port now has only a
+    // backend on this node (externalTrafficPolicy turned Local, say).
+    let mut rst = syn.clone();
+    rst[14 + 20 + 13] = 0x14;
+    b.run(abi::FROM_UPLINK_PROGRAM, &rst);
+    b.node_port(POD, 8080);
+    // A retransmitted segment of the old connection would keep its backend;
+    // a new connection from the same port picks again.
+    let (ret, out) = b.run(abi::FROM_UPLINK_PROGRAM, &syn);
+    assert_eq!(ret, TC_ACT_REDIRECT);
+    assert_eq!(
+        seen(&out).dst,
+        (POD, 8080),
+        "the new connection meets the current backend"
+    );
+}
