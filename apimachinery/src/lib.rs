@@ -9,6 +9,7 @@
 pub mod cron;
 #[cfg(feature = "failover")]
 pub mod failover;
+pub mod fields;
 pub mod nodeaffinity;
 pub mod patch;
 pub mod protobuf;

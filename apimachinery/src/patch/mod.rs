@@ -32,7 +32,7 @@ mod strategic;
 
 pub use json::json_patch;
 pub use merge::merge_patch;
-pub use strategic::{apply_merge, strategic_merge_patch};
+pub use strategic::{apply_merge, list_strategy, strategic_merge_patch, ListStrategy};
 
 #[cfg(test)]
 mod tests;

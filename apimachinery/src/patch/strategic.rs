@@ -55,7 +55,7 @@ pub fn apply_merge(live: &Value, applied: &Value) -> Result<Value, PatchError> {
 
 /// How a list field merges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum ListStrategy {
+pub enum ListStrategy {
     /// The patch list replaces the live one.
     Replace,
     /// Objects merged by the value of this field.
@@ -74,7 +74,7 @@ pub(super) enum ListStrategy {
 /// that holds them: `ports` is keyed by `containerPort` in a container but by
 /// `port` in a Service spec. Unknown lists are replaced, the Kubernetes
 /// default. Extend the table here.
-pub(super) fn list_strategy(path: &[&str]) -> ListStrategy {
+pub fn list_strategy(path: &[&str]) -> ListStrategy {
     use ListStrategy::{MergeKey, Replace, Set};
     let mut names = path.iter().rev().copied();
     let field = names.next().unwrap_or_default();

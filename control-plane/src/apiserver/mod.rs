@@ -14,6 +14,7 @@ mod cronjobs;
 mod defaults;
 pub mod discovery;
 pub mod errors;
+mod fieldmanager;
 mod handlers;
 mod limits;
 pub mod metrics;
@@ -250,7 +251,17 @@ async fn route(axum::extract::State(state): axum::extract::State<State>, req: Re
             };
         }
     }
-    let query = request::Query::parse(parts.uri.query());
+    let mut query = request::Query::parse(parts.uri.query());
+    if let Some(agent) = parts
+        .headers
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+    {
+        query.set(
+            fieldmanager::AGENT_MANAGER,
+            fieldmanager::agent_product(agent),
+        );
+    }
     let started = std::time::Instant::now();
     let resp = match (parts.method.clone(), path.as_str()) {
         (Method::GET, "/version") => ok_json(discovery::version()),

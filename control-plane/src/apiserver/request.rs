@@ -139,6 +139,11 @@ impl Query {
         self.0.get(k).map(String::as_str)
     }
 
+    /// Sets `k`, replacing what the client sent under that key.
+    pub fn set(&mut self, k: &str, v: String) {
+        self.0.insert(k.to_string(), v);
+    }
+
     pub fn flag(&self, k: &str) -> bool {
         matches!(self.get(k), Some("true" | "1"))
     }

@@ -12,7 +12,7 @@ use crate::apiserver::errors::{ApiError, ApiResult};
 use crate::apiserver::request::{Query, Target};
 use crate::apiserver::storage::StorageError;
 use crate::apiserver::validation::{self, FieldValidation};
-use crate::apiserver::{allocator, defaults, State};
+use crate::apiserver::{allocator, defaults, fieldmanager, State};
 
 /// Five characters that read as no word, for generated names.
 pub fn random_suffix() -> String {
@@ -31,11 +31,27 @@ pub async fn create(
     query: &Query,
     body: Value,
 ) -> ApiResult<Response> {
+    create_recorded(state, target, query, body, false).await
+}
+
+/// A create whose `managedFields` the caller has already written when
+/// `recorded` (server-side apply of a new object); otherwise the creator
+/// is recorded as owning every field it sent.
+pub(super) async fn create_recorded(
+    state: &State,
+    target: &Target,
+    query: &Query,
+    body: Value,
+    recorded: bool,
+) -> ApiResult<Response> {
     let mode = FieldValidation::parse(query.get("fieldValidation"))?;
     let mut obj = body;
     let mut t = target.clone();
     check_identity(&t, &mut obj)?;
     let (mut obj, warnings) = validation::decode(t.res, &obj, mode)?;
+    if !recorded {
+        fieldmanager::on_update(&t, query, &Value::Null, &mut obj)?;
+    }
     if obj["metadata"]
         .get("name")
         .and_then(Value::as_str)

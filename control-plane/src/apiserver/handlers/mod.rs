@@ -33,7 +33,7 @@ use patch::patch;
 pub use update::update;
 use watch::watch;
 
-fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 

@@ -4,14 +4,14 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use serde_json::Value;
 
-use super::create::create;
+use super::create::create_recorded;
 use super::scale::{scale_of, scale_replicas};
 use super::update::{prepare_update, store_update};
 use super::{check_identity, json_response, storage_err, with_warnings};
 use crate::apiserver::errors::{ApiError, ApiResult};
 use crate::apiserver::request::{self, Query, Target};
 use crate::apiserver::validation::{self, FieldValidation};
-use crate::apiserver::State;
+use crate::apiserver::{fieldmanager, State};
 
 /// PATCH in any of the four formats kubectl uses; retried on conflicts
 /// with concurrent writers since the patch does not name a version.
@@ -25,6 +25,8 @@ pub async fn patch(
     let ct = request::content_type(headers);
     let patch = request::decode_body(&ct, body)?;
     let mode = FieldValidation::parse(query.get("fieldValidation"))?;
+    let apply = ct == "application/apply-patch+yaml";
+    fieldmanager::check_options(query, apply)?;
     for _ in 0..8 {
         let current = match state
             .storage
@@ -33,9 +35,11 @@ pub async fn patch(
             .map_err(|e| storage_err(e, target))?
         {
             Some(c) => c,
-            None if ct == "application/apply-patch+yaml" && target.sub.is_none() => {
-                let resp = create(state, target, query, patch.clone()).await?;
-                return Ok(resp);
+            None if apply && target.sub.is_none() => {
+                let merged = apimachinery::patch::apply_merge(&Value::Null, &patch)
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+                let obj = fieldmanager::apply(target, query, &Value::Null, &patch, merged)?;
+                return create_recorded(state, target, query, obj, true).await;
             }
             None => {
                 return Err(ApiError::not_found(
@@ -67,14 +71,18 @@ pub async fn patch(
             super::scale::set_replicas(target, &mut new, replicas);
             let mut t = target.clone();
             t.sub = None;
-            let new = prepare_update(&t, &current.value, new)?;
+            let mut new = prepare_update(&t, &current.value, new)?;
+            fieldmanager::on_update(target, query, &current.value, &mut new)?;
             match store_update(state, &t, &current, new, query.dry_run()?).await {
                 Ok((v, code)) => return Ok(json_response(code, &scale_of(target, &v))),
                 Err(e) if e.reason == "Conflict" => continue,
                 Err(e) => return Err(e),
             }
         }
-        let mut patched = patched;
+        let mut patched = match apply {
+            true => fieldmanager::apply(target, query, &current.value, &patch, patched)?,
+            false => patched,
+        };
         check_identity(target, &mut patched)?;
         let (patched, warnings) = validation::decode(target.res, &patched, mode)?;
         if let Some(uid) = patch.pointer("/metadata/uid").and_then(Value::as_str) {
@@ -100,7 +108,10 @@ pub async fn patch(
                 ));
             }
         }
-        let new = prepare_update(target, &current.value, patched)?;
+        let mut new = prepare_update(target, &current.value, patched)?;
+        if !apply {
+            fieldmanager::on_update(target, query, &current.value, &mut new)?;
+        }
         match store_update(state, target, &current, new, query.dry_run()?).await {
             Ok((v, code)) => return Ok(with_warnings(json_response(code, &v), &warnings)),
             Err(e)

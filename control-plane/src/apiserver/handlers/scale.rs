@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::update::{prepare_update, store_update};
 use super::{json_response, read};
 use crate::apiserver::errors::{ApiError, ApiResult};
-use crate::apiserver::request::Target;
+use crate::apiserver::request::{Query, Target};
 use crate::apiserver::State;
 
 pub(super) fn scale_replicas(scale: &Value) -> ApiResult<i64> {
@@ -108,6 +108,7 @@ pub fn scale_of(target: &Target, obj: &Value) -> Value {
 pub(super) async fn update_scale(
     state: &State,
     target: &Target,
+    query: &Query,
     body: Value,
 ) -> ApiResult<Response> {
     let current = read(state, target).await?;
@@ -127,7 +128,8 @@ pub(super) async fn update_scale(
     set_replicas(target, &mut new, replicas);
     let mut t = target.clone();
     t.sub = None;
-    let new = prepare_update(&t, &current.value, new)?;
-    let (v, code) = store_update(state, &t, &current, new, false).await?;
+    let mut new = prepare_update(&t, &current.value, new)?;
+    crate::apiserver::fieldmanager::on_update(target, query, &current.value, &mut new)?;
+    let (v, code) = store_update(state, &t, &current, new, query.dry_run()?).await?;
     Ok(json_response(code, &scale_of(target, &v)))
 }

@@ -12,7 +12,7 @@ use crate::apiserver::errors::{ApiError, ApiResult};
 use crate::apiserver::request::{Query, Target};
 use crate::apiserver::storage::{StorageError, Stored};
 use crate::apiserver::validation::{self, FieldValidation};
-use crate::apiserver::{allocator, defaults, State};
+use crate::apiserver::{allocator, defaults, fieldmanager, State};
 
 /// Fields of a pod's spec that may change after creation.
 fn pod_spec_change_allowed(old: &Value, new: &Value) -> bool {
@@ -176,7 +176,7 @@ pub async fn update(
     body: Value,
 ) -> ApiResult<Response> {
     if target.sub.as_deref() == Some("scale") {
-        return update_scale(state, target, body).await;
+        return update_scale(state, target, query, body).await;
     }
     let mode = FieldValidation::parse(query.get("fieldValidation"))?;
     let mut obj = body;
@@ -210,7 +210,8 @@ pub async fn update(
             ));
         }
     }
-    let new = prepare_update(target, &current.value, obj)?;
+    let mut new = prepare_update(target, &current.value, obj)?;
+    fieldmanager::on_update(target, query, &current.value, &mut new)?;
     let (v, code) = store_update(state, target, &current, new, query.dry_run()?).await?;
     Ok(with_warnings(json_response(code, &v), &warnings))
 }

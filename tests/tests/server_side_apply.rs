@@ -1,0 +1,244 @@
+//! Server-side apply with field ownership, driven by the real kubectl: two
+//! managers conflict over a field, share one they agree on, and
+//! `--force-conflicts` moves it; fields a manager stops applying go away
+//! unless another manager also owns them; ownership follows plain updates.
+
+use std::process::Output;
+
+use harness::cluster::ControlPlane;
+use harness::kubectl::Kubectl;
+use serde_json::Value;
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "kubectl failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn failed(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "kubectl should have failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn apply(k: &Kubectl, manager: &str, yaml: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "apply",
+        "--server-side",
+        "--field-manager",
+        manager,
+        "-f",
+        "-",
+    ];
+    args.extend_from_slice(extra);
+    k.run_stdin(&args, yaml).unwrap()
+}
+
+/// The managers that own `path` (as `fieldsV1` keys) in `obj`.
+fn owners(obj: &Value, path: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in obj["metadata"]["managedFields"].as_array().unwrap() {
+        let mut node = &entry["fieldsV1"];
+        if path.iter().all(|p| {
+            node = &node[*p];
+            !node.is_null()
+        }) {
+            out.push(format!(
+                "{}/{}",
+                entry["manager"].as_str().unwrap(),
+                entry["operation"].as_str().unwrap()
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn deployment(replicas: u32, image: &str, extra_env: bool) -> String {
+    let env = if extra_env {
+        "\n        env:\n        - {name: MODE, value: fast}\n        - {name: DEBUG, value: \"1\"}"
+    } else {
+        "\n        env:\n        - {name: MODE, value: fast}"
+    };
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels: {{app: web, tier: front}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      containers:
+      - name: web
+        image: {image}{env}
+"#
+    )
+}
+
+/// A deploy tool and an autoscaler both apply a Deployment: the second
+/// conflicts on the replicas the first set, shares the image they agree
+/// on, and takes the replicas over with `--force-conflicts`; the first then
+/// conflicts in turn, and dropping the field from its manifest ends it.
+#[test]
+fn two_managers_conflict_share_and_force() {
+    let cp = ControlPlane::start().unwrap();
+    let k = cp.kubectl();
+    ok(&apply(
+        &k,
+        "deployer",
+        &deployment(2, "nginx:1.27", true),
+        &[],
+    ));
+    let obj = k.get_json(&["deployment", "web", "--show-managed-fields"]);
+    assert_eq!(
+        owners(&obj, &["f:spec", "f:replicas"]),
+        ["deployer/Apply"],
+        "{}",
+        obj["metadata"]["managedFields"]
+    );
+
+    let scaler = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 5
+  template:
+    spec:
+      containers:
+      - {name: web, image: "nginx:1.27"}
+"#;
+    let err = failed(&apply(&k, "autoscaler", scaler, &[]));
+    assert!(err.contains("conflict"), "{err}");
+    assert!(err.contains(r#"conflict with "deployer""#), "{err}");
+    assert!(err.contains(".spec.replicas"), "{err}");
+    let obj = k.get_json(&["deployment", "web"]);
+    assert_eq!(
+        obj["spec"]["replicas"], 2,
+        "a refused apply changes nothing"
+    );
+
+    ok(&apply(&k, "autoscaler", scaler, &["--force-conflicts"]));
+    let obj = k.get_json(&["deployment", "web", "--show-managed-fields"]);
+    assert_eq!(obj["spec"]["replicas"], 5);
+    assert_eq!(
+        owners(&obj, &["f:spec", "f:replicas"]),
+        ["autoscaler/Apply"]
+    );
+    let image = [
+        "f:spec",
+        "f:template",
+        "f:spec",
+        "f:containers",
+        r#"k:{"name":"web"}"#,
+        "f:image",
+    ];
+    assert_eq!(owners(&obj, &image), ["autoscaler/Apply", "deployer/Apply"]);
+
+    // The deployer re-applies its old manifest and now conflicts itself.
+    let err = failed(&apply(
+        &k,
+        "deployer",
+        &deployment(2, "nginx:1.27", true),
+        &[],
+    ));
+    assert!(err.contains(r#"conflict with "autoscaler""#), "{err}");
+    // Without replicas in its manifest it applies cleanly, and the replicas
+    // the autoscaler owns stay.
+    let without = deployment(2, "nginx:1.27", true).replace("  replicas: 2\n", "");
+    ok(&apply(&k, "deployer", &without, &[]));
+    let obj = k.get_json(&["deployment", "web"]);
+    assert_eq!(obj["spec"]["replicas"], 5);
+}
+
+/// What a manager stops applying is removed, unless someone else also owns
+/// it; `kubectl label` and `kubectl create` are recorded as updates that
+/// take the fields they set.
+#[test]
+fn dropped_fields_go_and_updates_move_ownership() {
+    let cp = ControlPlane::start().unwrap();
+    let k = cp.kubectl();
+    ok(&apply(
+        &k,
+        "deployer",
+        &deployment(1, "nginx:1.27", true),
+        &[],
+    ));
+    ok(&k
+        .output(&[
+            "label",
+            "deployment",
+            "web",
+            "owner=ops",
+            "tier=back",
+            "--overwrite",
+        ])
+        .unwrap());
+    let obj = k.get_json(&["deployment", "web", "--show-managed-fields"]);
+    assert_eq!(
+        owners(&obj, &["f:metadata", "f:labels", "f:tier"]),
+        ["kubectl-label/Update"],
+        "the label's new value belongs to who set it"
+    );
+    assert_eq!(
+        owners(&obj, &["f:metadata", "f:labels", "f:app"]),
+        ["deployer/Apply"]
+    );
+
+    // The deployer's manifest still says tier: front, which kubectl label
+    // changed: a conflict with an update is named with its API version.
+    let err = failed(&apply(
+        &k,
+        "deployer",
+        &deployment(1, "nginx:1.27", true),
+        &[],
+    ));
+    assert!(
+        err.contains(r#"conflict with "kubectl-label" using apps/v1"#),
+        "{err}"
+    );
+
+    // Dropping tier and DEBUG from the manifest: tier stays (kubectl-label
+    // owns it), DEBUG goes (nobody else owns it).
+    let next = deployment(1, "nginx:1.27", false).replace(", tier: front", "");
+    ok(&apply(&k, "deployer", &next, &[]));
+    let obj = k.get_json(&["deployment", "web"]);
+    assert_eq!(obj["metadata"]["labels"]["tier"], "back");
+    assert_eq!(obj["metadata"]["labels"]["owner"], "ops");
+    let env = &obj["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert_eq!(env.as_array().unwrap().len(), 1, "{env}");
+    assert_eq!(env[0]["name"], "MODE");
+
+    // A plain create records its manager as owning what it sent.
+    ok(&k
+        .output(&["create", "configmap", "settings", "--from-literal=a=1"])
+        .unwrap());
+    let cm = k.get_json(&["configmap", "settings", "--show-managed-fields"]);
+    assert_eq!(owners(&cm, &["f:data", "f:a"]), ["kubectl-create/Update"]);
+
+    // `[{}]` clears the record, as upstream documents.
+    ok(&k
+        .output(&[
+            "patch",
+            "configmap",
+            "settings",
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"managedFields":[{}]}}"#,
+        ])
+        .unwrap());
+    let cm = k.get_json(&["configmap", "settings", "--show-managed-fields"]);
+    assert!(cm["metadata"].get("managedFields").is_none(), "{cm}");
+}
