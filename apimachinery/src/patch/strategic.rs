@@ -43,9 +43,9 @@ pub fn strategic_merge_patch(target: &Value, patch: &Value) -> Result<Value, Pat
 /// are plain fields, and `null` means "not specified" (manifests often carry
 /// `creationTimestamp: null`), so it never deletes anything.
 ///
-/// Real server-side apply tracks field ownership in `managedFields` and so can
-/// remove fields and list items a manager stopped applying; without that
-/// record this merge only adds and changes.
+/// This merge only adds and changes; removing what a manager stopped
+/// applying needs the ownership record, which [`crate::fields::apply`]
+/// keeps.
 pub fn apply_merge(live: &Value, applied: &Value) -> Result<Value, PatchError> {
     let applied = applied
         .as_object()
