@@ -8,16 +8,16 @@
 //! is a leaf or carries the `.` marker (a keyed list item owns itself as well
 //! as its fields, so dropping it from an applied configuration removes it).
 //!
-//! Lists are classified by the same table as strategic merge patch
-//! ([`crate::patch::list_strategy`]): keyed lists have items, lists of
-//! primitives merged as sets have values, every other list is atomic and
-//! owned as one field.
+//! Lists are classified as the apply merge classifies them
+//! ([`crate::patch::Lists`]: the built-in table, or a custom resource's
+//! schema): keyed lists have items, lists of primitives merged as sets have
+//! values, every other list is atomic and owned as one field.
 
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::patch::{list_strategy, ListStrategy};
+use crate::patch::{ListStrategy, Lists};
 
 #[cfg(test)]
 mod tests;
@@ -38,31 +38,36 @@ impl Set {
     /// it would own them. `null`s are left out: in an applied configuration
     /// they mean "not specified".
     pub fn of(value: &Value) -> Set {
+        Set::of_with(value, Lists::Builtin)
+    }
+
+    /// [`Set::of`] with the lists classified by `lists`.
+    pub fn of_with(value: &Value, lists: Lists) -> Set {
         let mut set = Set::default();
         if let Some(map) = value.as_object() {
-            set.add_map(map, &mut Vec::new());
+            set.add_map(map, &mut Vec::new(), lists);
         }
         set
     }
 
-    fn add_map(&mut self, map: &Map<String, Value>, path: &mut Vec<String>) {
+    fn add_map(&mut self, map: &Map<String, Value>, path: &mut Vec<String>, lists: Lists) {
         for (key, value) in map {
             if value.is_null() {
                 continue;
             }
             let child = self.children.entry(format!("f:{key}")).or_default();
             path.push(key.clone());
-            child.add_value(value, path);
+            child.add_value(value, path, lists);
             path.pop();
         }
     }
 
-    fn add_value(&mut self, value: &Value, path: &mut Vec<String>) {
+    fn add_value(&mut self, value: &Value, path: &mut Vec<String>, lists: Lists) {
         match value {
-            Value::Object(map) if !map.is_empty() => self.add_map(map, path),
+            Value::Object(map) if !map.is_empty() => self.add_map(map, path, lists),
             Value::Array(items) => {
                 let names: Vec<&str> = path.iter().map(String::as_str).collect();
-                match list_strategy(&names) {
+                match lists.strategy(&names) {
                     ListStrategy::MergeKey(key)
                         if items.iter().all(|i| item_key(i, key).is_some()) =>
                     {
@@ -73,7 +78,7 @@ impl Set {
                             let child = self.children.entry(element).or_default();
                             child.own = true;
                             if let Some(map) = item.as_object() {
-                                child.add_map(map, path);
+                                child.add_map(map, path, lists);
                             }
                         }
                         if items.is_empty() {
@@ -419,13 +424,15 @@ pub fn write(obj: &mut Value, entries: &[Entry]) {
     }
 }
 
-/// Who writes, and how the write is recorded.
+/// Who writes, how the write is recorded, and how the object's lists are
+/// keyed.
 #[derive(Debug, Clone)]
 pub struct Writer<'a> {
     pub manager: &'a str,
     pub api_version: &'a str,
     pub subresource: &'a str,
     pub time: &'a str,
+    pub lists: Lists<'a>,
 }
 
 /// Records a non-apply write (create, update, patch) that took the object
@@ -434,8 +441,8 @@ pub struct Writer<'a> {
 /// value it changed, the other managers lose them, and every entry loses
 /// fields that are gone from the object.
 pub fn record_update(entries: &mut Vec<Entry>, writer: &Writer, old: &Value, new: &Value) {
-    let present = Set::of(new);
-    let everything = present.union(&Set::of(old));
+    let present = Set::of_with(new, writer.lists);
+    let everything = present.union(&Set::of_with(old, writer.lists));
     let changed = everything.changed(old, new).intersection(&present);
     for entry in entries.iter_mut() {
         entry.fields = entry.fields.difference(&changed).intersection(&present);
@@ -486,7 +493,7 @@ pub fn apply(
     mut merged: Value,
     force: bool,
 ) -> Result<Value, Vec<Conflict>> {
-    let applying = Set::of(applied);
+    let applying = Set::of_with(applied, writer.lists);
     let changed = applying.changed(live, &merged);
     let mine = |e: &Entry| e.is(writer.manager, "Apply", writer.subresource);
     let mut conflicts = Vec::new();
@@ -527,7 +534,7 @@ pub fn apply(
             remove(&mut merged, &path);
         }
     }
-    let present = Set::of(&merged);
+    let present = Set::of_with(&merged, writer.lists);
     for entry in entries.iter_mut() {
         entry.fields = entry.fields.intersection(&present);
     }

@@ -242,3 +242,106 @@ fn dropped_fields_go_and_updates_move_ownership() {
     let cm = k.get_json(&["configmap", "settings", "--show-managed-fields"]);
     assert!(cm["metadata"].get("managedFields").is_none(), "{cm}");
 }
+
+const ROUTES: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: routes.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: routes, singular: route, kind: Route}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            properties:
+              rules:
+                type: array
+                x-kubernetes-list-type: map
+                x-kubernetes-list-map-keys: [path]
+                items:
+                  type: object
+                  required: [path]
+                  properties:
+                    path: {type: string}
+                    backend: {type: string}
+              hosts:
+                type: array
+                items: {type: string}
+"#;
+
+/// A custom kind's schema keys its list by `path`, so two teams apply one
+/// rule each to the same object and both stay; its unkeyed list is one
+/// field, so a second value for it conflicts.
+#[test]
+fn a_custom_kinds_list_map_keys_merge_applies_by_item() {
+    let cp = ControlPlane::start().unwrap();
+    let k = cp.kubectl();
+    ok(&k.run_stdin(&["apply", "-f", "-"], ROUTES).unwrap());
+    ok(&k
+        .output(&[
+            "wait",
+            "--for",
+            "condition=Established",
+            "crd/routes.example.com",
+            "--timeout=60s",
+        ])
+        .unwrap());
+    let route = |path: &str, backend: &str, hosts: &str| {
+        format!(
+            "apiVersion: example.com/v1\nkind: Route\nmetadata: {{name: shop}}\nspec:\n  hosts: [{hosts}]\n  rules:\n  - {{path: {path}, backend: {backend}}}\n"
+        )
+    };
+    ok(&apply(
+        &k,
+        "team-a",
+        &route("/cart", "cart", "shop.example"),
+        &[],
+    ));
+    ok(&apply(
+        &k,
+        "team-b",
+        &route("/pay", "pay", "shop.example"),
+        &[],
+    ));
+    let obj = k.get_json(&["route", "shop", "--show-managed-fields"]);
+    let rules: Vec<&str> = obj["spec"]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(rules, ["/cart", "/pay"]);
+    assert_eq!(
+        owners(&obj, &["f:spec", "f:rules", r#"k:{"path":"/pay"}"#]),
+        ["team-b/Apply"]
+    );
+    assert_eq!(
+        owners(&obj, &["f:spec", "f:hosts"]),
+        ["team-a/Apply", "team-b/Apply"]
+    );
+
+    let err = failed(&apply(
+        &k,
+        "team-b",
+        &route("/pay", "pay", "pay.example"),
+        &[],
+    ));
+    assert!(err.contains(r#"conflict with "team-a""#), "{err}");
+    assert!(err.contains(".spec.hosts"), "{err}");
+
+    // Team b drops its rule: only that rule goes.
+    let none = "apiVersion: example.com/v1\nkind: Route\nmetadata: {name: shop}\nspec:\n  hosts: [shop.example]\n";
+    ok(&apply(&k, "team-b", none, &[]));
+    let obj = k.get_json(&["route", "shop"]);
+    assert_eq!(obj["spec"]["rules"].as_array().unwrap().len(), 1, "{obj}");
+    assert_eq!(obj["spec"]["rules"][0]["path"], "/cart");
+}

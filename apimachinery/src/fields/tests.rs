@@ -1,6 +1,7 @@
 use serde_json::json;
 
 use super::*;
+use crate::patch::Lists;
 
 fn writer<'a>(manager: &'a str) -> Writer<'a> {
     Writer {
@@ -8,6 +9,7 @@ fn writer<'a>(manager: &'a str) -> Writer<'a> {
         api_version: "apps/v1",
         subresource: "",
         time: "2026-01-01T00:00:00Z",
+        lists: Lists::Builtin,
     }
 }
 
@@ -275,4 +277,43 @@ fn entries_round_trip_through_metadata() {
     assert_eq!(read(&obj), entries);
     write(&mut obj, &[]);
     assert!(obj["metadata"].get("managedFields").is_none());
+}
+
+#[test]
+fn a_schema_keyed_list_lets_two_managers_own_one_item_each() {
+    let schema = json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {
+        "rules": {"type": "array", "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["name"],
+            "items": {"type": "object"}},
+        "tags": {"type": "array", "items": {"type": "string"}}
+    }}}});
+    let with = |manager| Writer {
+        lists: Lists::Schema(&schema),
+        ..writer(manager)
+    };
+    let mut entries = Vec::new();
+    let a = json!({"spec": {"rules": [{"name": "a", "port": 1}], "tags": ["x"]}});
+    let live = apply(
+        &mut entries,
+        &with("one"),
+        &Value::Null,
+        &a,
+        a.clone(),
+        false,
+    )
+    .unwrap();
+    let b = json!({"spec": {"rules": [{"name": "b", "port": 2}]}});
+    let merged = crate::patch::apply_merge_with(&live, &b, Lists::Schema(&schema)).unwrap();
+    let live = apply(&mut entries, &with("two"), &live, &b, merged, false).unwrap();
+    assert_eq!(live["spec"]["rules"].as_array().unwrap().len(), 2);
+    // The atomic list is one field: another value for it is a conflict.
+    let c = json!({"spec": {"tags": ["y"]}});
+    let merged = crate::patch::apply_merge_with(&live, &c, Lists::Schema(&schema)).unwrap();
+    let err = apply(&mut entries, &with("two"), &live, &c, merged, false).unwrap_err();
+    assert_eq!(err[0].path, ".spec.tags");
+    // Dropping its item removes only that item.
+    let none = json!({"spec": {}});
+    let merged = crate::patch::apply_merge_with(&live, &none, Lists::Schema(&schema)).unwrap();
+    let live = apply(&mut entries, &with("two"), &live, &none, merged, false).unwrap();
+    assert_eq!(live["spec"]["rules"], json!([{"name": "a", "port": 1}]));
 }

@@ -32,7 +32,9 @@ mod strategic;
 
 pub use json::json_patch;
 pub use merge::merge_patch;
-pub use strategic::{apply_merge, list_strategy, strategic_merge_patch, ListStrategy};
+pub use strategic::{
+    apply_merge, apply_merge_with, list_strategy, strategic_merge_patch, ListStrategy, Lists,
+};
 
 #[cfg(test)]
 mod tests;

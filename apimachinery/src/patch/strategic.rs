@@ -28,7 +28,11 @@ pub fn strategic_merge_patch(target: &Value, patch: &Value) -> Result<Value, Pat
     let patch = patch
         .as_object()
         .ok_or(PatchError::NotAnObject("a strategic merge patch"))?;
-    merge_map(Mode::Strategic, Some(target), patch, &mut Vec::new()).map(Value::Object)
+    let cx = Cx {
+        mode: Mode::Strategic,
+        lists: Lists::Builtin,
+    };
+    merge_map(cx, Some(target), patch, &mut Vec::new()).map(Value::Object)
 }
 
 /// Server-side apply with create-or-update semantics: merges the applied
@@ -47,19 +51,29 @@ pub fn strategic_merge_patch(target: &Value, patch: &Value) -> Result<Value, Pat
 /// applying needs the ownership record, which [`crate::fields::apply`]
 /// keeps.
 pub fn apply_merge(live: &Value, applied: &Value) -> Result<Value, PatchError> {
+    apply_merge_with(live, applied, Lists::Builtin)
+}
+
+/// [`apply_merge`] with the lists classified by `lists`, the schema of a
+/// custom resource for instance.
+pub fn apply_merge_with(live: &Value, applied: &Value, lists: Lists) -> Result<Value, PatchError> {
     let applied = applied
         .as_object()
         .ok_or(PatchError::NotAnObject("an applied configuration"))?;
-    merge_map(Mode::Apply, live.as_object(), applied, &mut Vec::new()).map(Value::Object)
+    let cx = Cx {
+        mode: Mode::Apply,
+        lists,
+    };
+    merge_map(cx, live.as_object(), applied, &mut Vec::new()).map(Value::Object)
 }
 
 /// How a list field merges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ListStrategy {
+pub enum ListStrategy<'s> {
     /// The patch list replaces the live one.
     Replace,
     /// Objects merged by the value of this field.
-    MergeKey(&'static str),
+    MergeKey(&'s str),
     /// Primitive values merged as a set union.
     Set,
 }
@@ -74,7 +88,7 @@ pub enum ListStrategy {
 /// that holds them: `ports` is keyed by `containerPort` in a container but by
 /// `port` in a Service spec. Unknown lists are replaced, the Kubernetes
 /// default. Extend the table here.
-pub fn list_strategy(path: &[&str]) -> ListStrategy {
+pub fn list_strategy(path: &[&str]) -> ListStrategy<'static> {
     use ListStrategy::{MergeKey, Replace, Set};
     let mut names = path.iter().rev().copied();
     let field = names.next().unwrap_or_default();
@@ -111,6 +125,68 @@ pub fn list_strategy(path: &[&str]) -> ListStrategy {
     }
 }
 
+/// Where the merge strategies of an object's lists come from.
+#[derive(Debug, Clone, Copy)]
+pub enum Lists<'s> {
+    /// The table of built-in kinds' list fields ([`list_strategy`]).
+    Builtin,
+    /// A custom resource's structural schema (`openAPIV3Schema`): lists
+    /// are merged as its `x-kubernetes-list-type` says (`map` by its one
+    /// `x-kubernetes-list-map-keys` key, `set`), and otherwise atomic, as
+    /// upstream treats them. `metadata` keeps the built-in table.
+    Schema(&'s Value),
+}
+
+impl<'s> Lists<'s> {
+    /// The merge strategy of the list at `path` (object keys from the
+    /// root, list positions left out).
+    pub fn strategy(&self, path: &[&str]) -> ListStrategy<'s> {
+        let root = match self {
+            Lists::Builtin => return list_strategy(path),
+            Lists::Schema(_) if path.first() == Some(&"metadata") => return list_strategy(path),
+            Lists::Schema(root) => *root,
+        };
+        let mut node = root;
+        for name in path {
+            // The path leaves list positions out: step into items.
+            while node.get("type").and_then(Value::as_str) == Some("array") {
+                match node.get("items") {
+                    Some(items) => node = items,
+                    None => return ListStrategy::Replace,
+                }
+            }
+            node = match node.get("properties").and_then(|p| p.get(*name)) {
+                Some(field) => field,
+                None => match node.get("additionalProperties") {
+                    Some(values) if values.is_object() => values,
+                    _ => return ListStrategy::Replace,
+                },
+            };
+        }
+        match node.get("x-kubernetes-list-type").and_then(Value::as_str) {
+            Some("set") => ListStrategy::Set,
+            Some("map") => match node
+                .get("x-kubernetes-list-map-keys")
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+            {
+                Some([key]) => key
+                    .as_str()
+                    .map_or(ListStrategy::Replace, ListStrategy::MergeKey),
+                _ => ListStrategy::Replace,
+            },
+            _ => ListStrategy::Replace,
+        }
+    }
+}
+
+/// How a merge runs: its kind and where its list strategies come from.
+#[derive(Debug, Clone, Copy)]
+struct Cx<'s> {
+    mode: Mode,
+    lists: Lists<'s>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     /// Strategic merge patch: directives are interpreted, `null` deletes.
@@ -143,12 +219,12 @@ fn strategic_error(message: String, path: &[&str]) -> PatchError {
 /// Merges the patch map into the live map (`None` when there is none, or it
 /// is not a map). `path` locates the map and is restored on success.
 fn merge_map<'p>(
-    mode: Mode,
+    cx: Cx<'_>,
     live: Option<&Map<String, Value>>,
     patch: &'p Map<String, Value>,
     path: &mut Vec<&'p str>,
 ) -> Result<Map<String, Value>, PatchError> {
-    let strategic = mode == Mode::Strategic;
+    let strategic = cx.mode == Mode::Strategic;
     let mut out = live.cloned().unwrap_or_default();
     if strategic {
         match patch.get(PATCH).map(Value::as_str) {
@@ -199,7 +275,7 @@ fn merge_map<'p>(
             None
         };
         path.push(key);
-        let merged = merge_value(mode, out.get(key), value, order, path)?;
+        let merged = merge_value(cx, out.get(key), value, order, path)?;
         path.pop();
         out.insert(key.clone(), merged);
     }
@@ -217,8 +293,10 @@ fn merge_map<'p>(
                 }
                 path.push(field);
                 let reordered = match out.get(field) {
-                    Some(Value::Array(items)) if list_strategy(path) != ListStrategy::Replace => {
-                        Some(merge_list(mode, Some(items), &[], Some(value), path)?)
+                    Some(Value::Array(items))
+                        if cx.lists.strategy(path) != ListStrategy::Replace =>
+                    {
+                        Some(merge_list(cx, Some(items), &[], Some(value), path)?)
                     }
                     _ => None,
                 };
@@ -246,7 +324,7 @@ fn merge_map<'p>(
 /// Merges one patch value into the live value at `path`. A live value of a
 /// different type than the patch is ignored, so the patch replaces it.
 fn merge_value<'p>(
-    mode: Mode,
+    cx: Cx<'_>,
     live: Option<&Value>,
     patch: &'p Value,
     order: Option<&'p Value>,
@@ -254,10 +332,10 @@ fn merge_value<'p>(
 ) -> Result<Value, PatchError> {
     Ok(match patch {
         Value::Object(map) => {
-            Value::Object(merge_map(mode, live.and_then(Value::as_object), map, path)?)
+            Value::Object(merge_map(cx, live.and_then(Value::as_object), map, path)?)
         }
         Value::Array(items) => Value::Array(merge_list(
-            mode,
+            cx,
             live.and_then(Value::as_array),
             items,
             order,
@@ -270,7 +348,7 @@ fn merge_value<'p>(
 /// Merges the patch list into the live list at `path`; `order` is the value
 /// of the `$setElementOrder` directive for it, if any.
 fn merge_list<'p>(
-    mode: Mode,
+    cx: Cx<'_>,
     live: Option<&Vec<Value>>,
     patch: &'p [Value],
     order: Option<&'p Value>,
@@ -288,10 +366,10 @@ fn merge_list<'p>(
             ));
         }
     };
-    match list_strategy(path) {
-        ListStrategy::Replace => replace_list(mode, patch, path),
+    match cx.lists.strategy(path) {
+        ListStrategy::Replace => replace_list(cx, patch, path),
         ListStrategy::Set => {
-            let added = replace_list(mode, patch, path)?;
+            let added = replace_list(cx, patch, path)?;
             let mut seen = HashSet::new();
             let merged = live
                 .iter()
@@ -302,36 +380,36 @@ fn merge_list<'p>(
             let named: Vec<&Value> = order.unwrap_or(patch).iter().collect();
             Ok(reorder(merged, &named, live, None))
         }
-        ListStrategy::MergeKey(key) => merge_keyed(mode, live, patch, key, order, path),
+        ListStrategy::MergeKey(key) => merge_keyed(cx, live, patch, key, order, path),
     }
 }
 
 /// A replaced list: the patch items, minus directive items, with directives
 /// stripped from the objects in them.
 fn replace_list<'p>(
-    mode: Mode,
+    cx: Cx<'_>,
     patch: &'p [Value],
     path: &mut Vec<&'p str>,
 ) -> Result<Vec<Value>, PatchError> {
     let mut out = Vec::with_capacity(patch.len());
     for item in patch {
-        if mode == Mode::Strategic && item.get(PATCH).is_some() {
+        if cx.mode == Mode::Strategic && item.get(PATCH).is_some() {
             continue;
         }
-        out.push(merge_value(mode, None, item, None, path)?);
+        out.push(merge_value(cx, None, item, None, path)?);
     }
     Ok(out)
 }
 
 fn merge_keyed<'p>(
-    mode: Mode,
+    cx: Cx<'_>,
     live: &[Value],
     patch: &'p [Value],
-    key: &'static str,
+    key: &str,
     order: Option<&'p [Value]>,
     path: &mut Vec<&'p str>,
 ) -> Result<Vec<Value>, PatchError> {
-    let strategic = mode == Mode::Strategic;
+    let strategic = cx.mode == Mode::Strategic;
     let mut items: Vec<(&Value, &Map<String, Value>)> = Vec::new();
     let mut deleted = HashSet::new();
     let mut replace = false;
@@ -343,10 +421,10 @@ fn merge_keyed<'p>(
             continue;
         }
         let (Some(object), Some(id)) = (item.as_object(), item.get(key)) else {
-            // Server-side apply has no schema for custom resources, where a
-            // list of that name may mean something else: treat it as atomic.
+            // An apply whose items lack the key cannot merge them by it:
+            // the list is treated as atomic, which is what such a list is.
             if !strategic {
-                return replace_list(mode, patch, path);
+                return replace_list(cx, patch, path);
             }
             let message =
                 format!("every item of this list must be an object with the merge key {key:?}");
@@ -369,7 +447,7 @@ fn merge_keyed<'p>(
     if replace {
         let mut out = Vec::with_capacity(items.len());
         for (_, object) in items {
-            out.push(Value::Object(merge_map(mode, None, object, path)?));
+            out.push(Value::Object(merge_map(cx, None, object, path)?));
         }
         return Ok(out);
     }
@@ -393,10 +471,10 @@ fn merge_keyed<'p>(
             .get(&identity(id))
             .and_then(|&i| merged.get_mut(i))
         {
-            Some(slot) => *slot = Value::Object(merge_map(mode, slot.as_object(), object, path)?),
+            Some(slot) => *slot = Value::Object(merge_map(cx, slot.as_object(), object, path)?),
             None => {
                 positions.insert(identity(id), merged.len());
-                merged.push(Value::Object(merge_map(mode, None, object, path)?));
+                merged.push(Value::Object(merge_map(cx, None, object, path)?));
             }
         }
     }

@@ -488,3 +488,61 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_custom_resource_schema_says_how_lists_merge() {
+    use super::{apply_merge_with, Lists};
+    let schema = json!({
+        "type": "object",
+        "properties": {"spec": {"type": "object", "properties": {
+            "rules": {"type": "array", "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["name"],
+                "items": {"type": "object", "properties": {
+                    "name": {"type": "string"},
+                    "hosts": {"type": "array", "x-kubernetes-list-type": "set",
+                        "items": {"type": "string"}}
+                }}},
+            "containers": {"type": "array", "items": {"type": "object"}},
+            "labels": {"type": "object", "additionalProperties": {
+                "type": "array", "x-kubernetes-list-type": "set", "items": {"type": "string"}}}
+        }}}
+    });
+    let lists = Lists::Schema(&schema);
+    assert_eq!(
+        lists.strategy(&["spec", "rules"]),
+        ListStrategy::MergeKey("name")
+    );
+    assert_eq!(
+        lists.strategy(&["spec", "rules", "hosts"]),
+        ListStrategy::Set
+    );
+    assert_eq!(
+        lists.strategy(&["spec", "labels", "any"]),
+        ListStrategy::Set
+    );
+    // Not what the built-in table says of `containers`: no list type is atomic.
+    assert_eq!(
+        lists.strategy(&["spec", "containers"]),
+        ListStrategy::Replace
+    );
+    assert_eq!(lists.strategy(&["spec", "missing"]), ListStrategy::Replace);
+    assert_eq!(
+        lists.strategy(&["metadata", "finalizers"]),
+        ListStrategy::Set
+    );
+
+    let live = json!({"spec": {
+        "rules": [{"name": "a", "hosts": ["x"]}],
+        "containers": [{"name": "c", "image": "1"}]
+    }});
+    let applied = json!({"spec": {
+        "rules": [{"name": "a", "hosts": ["y"]}, {"name": "b"}],
+        "containers": [{"name": "c"}]
+    }});
+    let merged = apply_merge_with(&live, &applied, lists).unwrap();
+    assert_eq!(
+        merged["spec"]["rules"],
+        json!([{"name": "a", "hosts": ["x", "y"]}, {"name": "b"}])
+    );
+    assert_eq!(merged["spec"]["containers"], json!([{"name": "c"}]));
+}

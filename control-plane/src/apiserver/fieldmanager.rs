@@ -2,6 +2,9 @@
 //! conflicts: which manager wrote what, from the request's `fieldManager`
 //! (or its user agent) and the fields its write changed.
 
+use std::sync::Arc;
+
+use apimachinery::patch::Lists;
 use serde_json::{json, Value};
 
 use super::errors::{ApiError, ApiResult, Cause};
@@ -27,6 +30,24 @@ const SERVER_METADATA: &[&str] = &[
     "selfLink",
     "managedFields",
 ];
+
+/// How the lists of a target's objects merge: by the built-in table, or by
+/// a custom resource's schema.
+pub struct ListSchema(Option<Arc<super::crd::Version>>);
+
+impl ListSchema {
+    pub fn of(target: &Target) -> Self {
+        Self(super::crd::registry().version(target.res))
+    }
+
+    pub fn lists(&self) -> Lists<'_> {
+        static NONE: Value = Value::Null;
+        match &self.0 {
+            None => Lists::Builtin,
+            Some(version) => Lists::Schema(version.schema.as_ref().unwrap_or(&NONE)),
+        }
+    }
+}
 
 /// The product of a `User-Agent` header, the default manager's name.
 pub fn agent_product(user_agent: &str) -> String {
@@ -148,11 +169,13 @@ pub fn on_update(target: &Target, query: &Query, old: &Value, new: &mut Value) -
     };
     let api_version = target.res.api_version();
     let time = now_rfc3339();
+    let schema = ListSchema::of(target);
     let writer = Writer {
         manager: &manager,
         api_version: &api_version,
         subresource: subresource(target),
         time: &time,
+        lists: schema.lists(),
     };
     fields::record_update(
         &mut entries,
@@ -180,11 +203,13 @@ pub fn apply(
     let mut entries = fields::read(live);
     let api_version = target.res.api_version();
     let time = now_rfc3339();
+    let schema = ListSchema::of(target);
     let writer = Writer {
         manager: &manager,
         api_version: &api_version,
         subresource: subresource(target),
         time: &time,
+        lists: schema.lists(),
     };
     let applied = scope(target, applied);
     match fields::apply(&mut entries, &writer, live, &applied, merged, force) {

@@ -36,8 +36,10 @@ pub async fn patch(
         {
             Some(c) => c,
             None if apply && target.sub.is_none() => {
-                let merged = apimachinery::patch::apply_merge(&Value::Null, &patch)
-                    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+                let schema = fieldmanager::ListSchema::of(target);
+                let merged =
+                    apimachinery::patch::apply_merge_with(&Value::Null, &patch, schema.lists())
+                        .map_err(|e| ApiError::bad_request(e.to_string()))?;
                 let obj = fieldmanager::apply(target, query, &Value::Null, &patch, merged)?;
                 return create_recorded(state, target, query, obj, true).await;
             }
@@ -61,7 +63,10 @@ pub async fn patch(
             "application/strategic-merge-patch+json" => {
                 apimachinery::patch::strategic_merge_patch(&base, &patch)
             }
-            "application/apply-patch+yaml" => apimachinery::patch::apply_merge(&base, &patch),
+            "application/apply-patch+yaml" => {
+                let schema = fieldmanager::ListSchema::of(target);
+                apimachinery::patch::apply_merge_with(&base, &patch, schema.lists())
+            }
             other => return Err(ApiError::unsupported_media_type(other)),
         }
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
