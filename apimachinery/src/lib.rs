@@ -6,6 +6,7 @@
 //! the relay API clients use to move between the API servers of a highly
 //! available control plane.
 
+pub mod cidr;
 pub mod cron;
 #[cfg(feature = "failover")]
 pub mod failover;

@@ -2,6 +2,7 @@
 //! fields NetworkPolicy looks at) and what it produces (allow rules per
 //! local pod).
 
+pub use apimachinery::cidr::Cidr;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
@@ -161,48 +162,6 @@ pub const HOST_IDENTITY: Identity = 1;
 pub const WORLD_IDENTITY: Identity = 2;
 /// The first identity given to a label set.
 pub const FIRST_POD_IDENTITY: Identity = 256;
-
-/// An IPv4 network.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Cidr {
-    pub addr: Ipv4Addr,
-    pub len: u8,
-}
-
-impl Cidr {
-    /// `a.b.c.d/n`, IPv4 only (the datapath is IPv4).
-    pub fn parse(s: &str) -> Option<Self> {
-        let (a, l) = s.split_once('/')?;
-        let len: u8 = l.parse().ok()?;
-        let addr: Ipv4Addr = a.parse().ok()?;
-        (len <= 32).then(|| Self::new(addr, len))
-    }
-
-    /// The network of `addr` with `len` bits of prefix.
-    pub fn new(addr: Ipv4Addr, len: u8) -> Self {
-        let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-        Self {
-            addr: Ipv4Addr::from(u32::from(addr) & mask),
-            len,
-        }
-    }
-
-    /// Whether `other` lies inside this network.
-    pub fn contains(&self, other: &Cidr) -> bool {
-        other.len >= self.len && Cidr::new(other.addr, self.len) == *self
-    }
-
-    /// Whether `ip` lies inside this network.
-    pub fn contains_ip(&self, ip: Ipv4Addr) -> bool {
-        self.contains(&Cidr::new(ip, 32))
-    }
-}
-
-impl std::fmt::Display for Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.addr, self.len)
-    }
-}
 
 /// Whom a rule lets through.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

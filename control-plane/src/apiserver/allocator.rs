@@ -16,44 +16,16 @@ const PORT_CLAIMS: &str = "/claims/nodeports/";
 /// The NodePort range Kubernetes uses by default.
 pub const NODE_PORTS: std::ops::RangeInclusive<i64> = 30000..=32767;
 
-/// An IPv4 CIDR such as the service range.
-#[derive(Clone, Copy, Debug)]
-pub struct Cidr {
-    pub base: u32,
-    pub prefix: u8,
-}
+pub use apimachinery::cidr::Cidr;
 
-impl std::str::FromStr for Cidr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (ip, len) = s
-            .split_once('/')
-            .ok_or_else(|| format!("{s}: not a CIDR"))?;
-        let ip: Ipv4Addr = ip.parse().map_err(|e| format!("{s}: {e}"))?;
-        let prefix: u8 = len.parse().map_err(|e| format!("{s}: {e}"))?;
-        if !(1..=30).contains(&prefix) {
-            return Err(format!("{s}: prefix length must be 1 to 30"));
-        }
-        let mask = u32::MAX << (32 - prefix);
-        Ok(Self {
-            base: u32::from(ip) & mask,
-            prefix,
-        })
+/// The service range from `--service-cluster-ip-range`: a network with room
+/// for the `kubernetes` and DNS Services' addresses.
+pub fn service_range(flag: &str) -> Result<Cidr, String> {
+    let range: Cidr = flag.parse()?;
+    if !(1..=30).contains(&range.len) {
+        return Err(format!("{flag}: prefix length must be 1 to 30"));
     }
-}
-
-impl Cidr {
-    fn size(&self) -> u32 {
-        1u32 << (32 - self.prefix)
-    }
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = u32::MAX << (32 - self.prefix);
-        u32::from(ip) & mask == self.base
-    }
-    /// The n-th address of the range (1 is the first usable).
-    pub fn nth(&self, n: u32) -> Ipv4Addr {
-        Ipv4Addr::from(self.base + n)
-    }
+    Ok(range)
 }
 
 fn port_claim(proto: &str, port: i64) -> String {
@@ -151,7 +123,8 @@ pub async fn allocate(
             ("", None) => {
                 let used = taken(state, IP_CLAIMS).await?;
                 // Start at a random offset so concurrent creates rarely race.
-                let size = range.size();
+                // At most 2^31: `service_range` keeps the prefix at 1 or more.
+                let size = range.size() as u32;
                 let start = (uuid::Uuid::new_v4().as_u128() % u128::from(size - 2)) as u32 + 1;
                 let free = (0..size - 2)
                     .map(|i| range.nth((start - 1 + i) % (size - 2) + 1))
@@ -172,8 +145,8 @@ pub async fn allocate(
                         "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
                     )
                 })?;
-                if !range.contains(ip) {
-                    return Err(invalid(obj, "spec.clusterIPs[0]", json!(r), &format!("failed to allocate IP {r}: the provided IP ({r}) is not in the valid range. The range of valid IPs is {}/{}", Ipv4Addr::from(range.base), range.prefix)));
+                if !range.contains_ip(ip) {
+                    return Err(invalid(obj, "spec.clusterIPs[0]", json!(r), &format!("failed to allocate IP {r}: the provided IP ({r}) is not in the valid range. The range of valid IPs is {range}")));
                 }
                 r.to_string()
             }

@@ -70,7 +70,7 @@ pub async fn run(state: State, endpoint: Option<(Ipv4Addr, u16)>, target_port: u
     // The range's tenth address unless told otherwise, as kubeadm does;
     // the allocator never hands it out.
     let dns = state.config.cluster_dns.unwrap_or(cidr.nth(10));
-    if cidr.contains(dns) {
+    if cidr.contains_ip(dns) {
         services.push(("kube-system", dns_service(dns)));
     } else {
         tracing::warn!(%dns, "--cluster-dns is outside --service-cluster-ip-range: no Service kube-system/kube-dns");

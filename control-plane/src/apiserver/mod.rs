@@ -128,7 +128,7 @@ pub struct Config {
     /// request names others.
     #[arg(long, default_value = "https://kubernetes.default.svc.cluster.local")]
     pub service_account_issuer: String,
-    #[arg(skip = allocator::Cidr { base: 0, prefix: 32 })]
+    #[arg(skip = allocator::Cidr::new(std::net::Ipv4Addr::UNSPECIFIED, 32))]
     pub service_cidr: allocator::Cidr,
 }
 
@@ -149,9 +149,7 @@ pub type State = Arc<Inner>;
 /// Connects to etcd, seeds the built-in namespaces and starts the watch cache.
 pub async fn build(mut config: Config) -> anyhow::Result<State> {
     admission::check_flags(&config)?;
-    config.service_cidr = config
-        .service_cluster_ip_range
-        .parse()
+    config.service_cidr = allocator::service_range(&config.service_cluster_ip_range)
         .map_err(|e| anyhow::anyhow!("--service-cluster-ip-range: {e}"))?;
     let tls = storage::EtcdTls::load(&config)?;
     let storage = Storage::connect(&config.etcd_servers, tls.as_ref())

@@ -96,7 +96,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Flags are checked before anything starts.
     anyhow::ensure!(
         !config.allocate_node_cidrs
-            || (config.node_cidr_mask_size >= config.cluster_cidr.prefix
+            || (config.node_cidr_mask_size >= config.cluster_cidr.len
                 && config.node_cidr_mask_size <= 30),
         "--node-cidr-mask-size {} does not fit in --cluster-cidr {}",
         config.node_cidr_mask_size,

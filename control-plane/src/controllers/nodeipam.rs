@@ -3,7 +3,6 @@
 //! and a deleted node's range is free again.
 
 use std::collections::{HashMap, HashSet};
-use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,61 +16,7 @@ use kube::ResourceExt;
 use serde_json::json;
 
 use super::context::{Error, Result};
-
-/// An IPv4 range `base/prefix`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cidr {
-    pub base: u32,
-    pub prefix: u8,
-}
-
-impl std::str::FromStr for Cidr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (ip, prefix) = s
-            .split_once('/')
-            .ok_or_else(|| format!("{s:?} is not a CIDR (want a.b.c.d/n)"))?;
-        let ip: Ipv4Addr = ip.parse().map_err(|_| format!("{s:?}: bad address"))?;
-        let prefix: u8 = prefix
-            .parse()
-            .ok()
-            .filter(|p| *p <= 32)
-            .ok_or_else(|| format!("{s:?}: bad prefix length"))?;
-        let mask = if prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - prefix)
-        };
-        Ok(Cidr {
-            base: u32::from(ip) & mask,
-            prefix,
-        })
-    }
-}
-
-impl std::fmt::Display for Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", Ipv4Addr::from(self.base), self.prefix)
-    }
-}
-
-impl Cidr {
-    /// The `index`th subnet of length `len`, if it fits.
-    pub fn subnet(&self, len: u8, index: u32) -> Option<Cidr> {
-        if len < self.prefix || len > 32 {
-            return None;
-        }
-        let count = 1u64 << (len - self.prefix);
-        if u64::from(index) >= count {
-            return None;
-        }
-        let step = if len == 32 { 1 } else { 1u32 << (32 - len) };
-        Some(Cidr {
-            base: self.base + index * step,
-            prefix: len,
-        })
-    }
-}
+pub use apimachinery::cidr::Cidr;
 
 struct Ctx {
     client: kube::Client,
@@ -169,20 +114,4 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action> {
         .unwrap_or_else(|e| e.into_inner())
         .insert(name, cidr);
     Ok(Action::await_change())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn subnets_of_the_cluster_range() {
-        let c: Cidr = "10.244.0.0/16".parse().unwrap();
-        assert_eq!(c.subnet(24, 0).unwrap().to_string(), "10.244.0.0/24");
-        assert_eq!(c.subnet(24, 255).unwrap().to_string(), "10.244.255.0/24");
-        assert!(c.subnet(24, 256).is_none());
-        assert!(c.subnet(8, 0).is_none());
-        assert!("10.0.0.0".parse::<Cidr>().is_err());
-        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
-    }
 }
