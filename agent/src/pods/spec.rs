@@ -72,6 +72,9 @@ pub struct ContainerSpec {
     pub netns: Option<PathBuf>,
     pub ipcns: Option<PathBuf>,
     pub utsns: Option<PathBuf>,
+    /// A PID namespace to join (an ephemeral container's target's); a new
+    /// one when unset.
+    pub pidns: Option<PathBuf>,
     /// Relative to each cgroup hierarchy's root.
     pub cgroups_path: String,
     pub cpu_shares: Option<u64>,
@@ -355,7 +358,11 @@ pub fn config_json(s: &ContainerSpec) -> Value {
         options.push(if b.read_only { "ro" } else { "rw" });
         mounts.push(json!({"destination": b.destination, "type": "bind", "source": b.source, "options": options}));
     }
-    let mut namespaces = vec![json!({"type": "pid"}), json!({"type": "mount"})];
+    let pid = match &s.pidns {
+        Some(p) => json!({"type": "pid", "path": p}),
+        None => json!({"type": "pid"}),
+    };
+    let mut namespaces = vec![pid, json!({"type": "mount"})];
     for (ty, path) in [("network", &s.netns), ("ipc", &s.ipcns), ("uts", &s.utsns)] {
         match path {
             Some(p) => namespaces.push(json!({"type": ty, "path": p})),

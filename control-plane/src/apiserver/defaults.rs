@@ -27,7 +27,7 @@ pub fn pod_spec(spec: &mut Value) {
     set_default(s, "schedulerName", json!("default-scheduler"));
     set_default(s, "securityContext", json!({}));
     set_default(s, "enableServiceLinks", json!(true));
-    for list in ["initContainers", "containers"] {
+    for list in ["initContainers", "containers", "ephemeralContainers"] {
         let Some(cs) = s.get_mut(list).and_then(Value::as_array_mut) else {
             continue;
         };

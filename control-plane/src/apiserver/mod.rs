@@ -304,7 +304,9 @@ async fn route(axum::extract::State(state): axum::extract::State<State>, req: Re
                         return e.into_response();
                     }
                 }
-                if target.sub.as_deref() == Some("exec") && target.res.plural == "pods" {
+                if matches!(target.sub.as_deref(), Some("exec" | "attach"))
+                    && target.res.plural == "pods"
+                {
                     let raw = parts.uri.query().unwrap_or("").to_string();
                     return match nodeproxy::exec(&state, &target, &query, &raw, &mut parts).await {
                         Ok(r) => r,

@@ -133,8 +133,16 @@ async fn locate(state: &State, target: &Target, query: &Query) -> ApiResult<Loca
         )
         .filter_map(|c| c["name"].as_str().map(str::to_string))
         .collect();
+    // Ephemeral containers are reached by name, never by default.
+    let ephemeral: Vec<String> = pod
+        .pointer("/spec/ephemeralContainers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str().map(str::to_string))
+        .collect();
     let container = match query.get("container") {
-        Some(c) if names.iter().any(|n| n == c) => c.to_string(),
+        Some(c) if names.iter().chain(&ephemeral).any(|n| n == c) => c.to_string(),
         Some(c) => {
             return Err(ApiError::bad_request(format!(
                 "container {c} is not valid for pod {name}"
@@ -268,8 +276,9 @@ pub async fn logs(state: &State, target: &Target, query: &Query) -> ApiResult<Re
         .map_err(|e| ApiError::internal(e.to_string()))
 }
 
-/// `pods/<name>/exec` as a WebSocket: the upgrade is passed to the node
-/// agent and, once it agrees, the two connections are spliced together.
+/// `pods/<name>/exec` or `pods/<name>/attach` (`sub`) as a WebSocket:
+/// the upgrade is passed to the node agent and, once it agrees, the two
+/// connections are spliced together.
 pub async fn exec(
     state: &State,
     target: &Target,
@@ -277,6 +286,10 @@ pub async fn exec(
     raw_query: &str,
     parts: &mut axum::http::request::Parts,
 ) -> ApiResult<Response> {
+    let sub = match target.sub.as_deref() {
+        Some("attach") => "attach",
+        _ => "exec",
+    };
     let websocket = parts
         .headers
         .get("upgrade")
@@ -284,12 +297,12 @@ pub async fn exec(
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     if !websocket {
         // kubectl falls back to SPDY when it sees this.
-        return Err(ApiError::bad_request(
-            "exec needs a WebSocket upgrade (v5.channel.k8s.io); SPDY is not supported",
-        ));
+        return Err(ApiError::bad_request(format!(
+            "{sub} needs a WebSocket upgrade (v5.channel.k8s.io); SPDY is not supported"
+        )));
     }
     let at = locate(state, target, query).await?;
-    let path = format!("/exec/{}/{}/{}?{raw_query}", at.ns, at.name, at.container);
+    let path = format!("/{sub}/{}/{}/{}?{raw_query}", at.ns, at.name, at.container);
     let mut request =
         axum::http::Request::get(&path).header("host", format!("{}:{}", at.host, at.port));
     for h in [
@@ -330,7 +343,7 @@ pub async fn exec(
             (Ok(u), Ok(d)) => (u, d),
             (u, d) => {
                 tracing::warn!(
-                    "exec upgrade failed: node side {:?}, client side {:?}",
+                    "{sub} upgrade failed: node side {:?}, client side {:?}",
                     u.err(),
                     d.err()
                 );

@@ -90,6 +90,20 @@ pub static RESOURCES: &[Resource] = &[
                 version: "v1",
                 verbs: &["create", "get"],
             },
+            Subresource {
+                name: "attach",
+                kind: "PodAttachOptions",
+                group: "",
+                version: "v1",
+                verbs: &["create", "get"],
+            },
+            Subresource {
+                name: "ephemeralcontainers",
+                kind: "Pod",
+                group: "",
+                version: "v1",
+                verbs: &["get", "patch", "update"],
+            },
         ],
     },
     Resource {

@@ -308,7 +308,8 @@ pub(super) fn validate_pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause
         Some(_) => {}
     }
     let mut seen = std::collections::HashSet::new();
-    for list in ["initContainers", "containers"] {
+    // Names are unique across every kind of container, ephemeral ones too.
+    for list in ["initContainers", "containers", "ephemeralContainers"] {
         for (i, c) in spec
             .get(list)
             .and_then(Value::as_array)
@@ -366,6 +367,94 @@ pub(super) fn validate_pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause
             ));
         }
     }
+}
+
+/// What an update through `pods/ephemeralcontainers` may do: add
+/// ephemeral containers, never change or remove one, and give the new ones
+/// none of what only regular containers have (ports, probes, lifecycle,
+/// resources). `old` and `new` are whole pods.
+pub fn validate_ephemeral_update(old: &Value, new: &Value) -> ApiResult<()> {
+    let list = |v: &Value| -> Vec<Value> {
+        v.pointer("/spec/ephemeralContainers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (before, after) = (list(old), list(new));
+    let name_of = |c: &Value| {
+        c.get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let mut causes = Vec::new();
+    for c in &before {
+        let name = name_of(c);
+        match after.iter().find(|n| name_of(n) == name) {
+            None => causes.push(Cause::forbidden(
+                "spec.ephemeralContainers",
+                format!("existing ephemeral containers {name:?} may not be removed"),
+            )),
+            Some(n) if n != c => causes.push(Cause::forbidden(
+                "spec.ephemeralContainers",
+                format!("existing ephemeral containers {name:?} may not be changed"),
+            )),
+            Some(_) => {}
+        }
+    }
+    let regular: Vec<String> = ["initContainers", "containers"]
+        .iter()
+        .filter_map(|l| new.pointer(&format!("/spec/{l}")).and_then(Value::as_array))
+        .flatten()
+        .map(name_of)
+        .collect();
+    let set = |v: Option<&Value>| match v {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(o)) => !o.is_empty(),
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(_) => true,
+    };
+    for (i, c) in after.iter().enumerate() {
+        if before.iter().any(|b| name_of(b) == name_of(c)) {
+            continue;
+        }
+        let p = format!("spec.ephemeralContainers[{i}]");
+        for field in [
+            "ports",
+            "livenessProbe",
+            "readinessProbe",
+            "startupProbe",
+            "lifecycle",
+            "resources",
+            "resizePolicy",
+            "restartPolicy",
+        ] {
+            if set(c.get(field)) {
+                causes.push(Cause::forbidden(
+                    format!("{p}.{field}"),
+                    "cannot be set for an Ephemeral Container",
+                ));
+            }
+        }
+        if let Some(t) = c.get("targetContainerName").and_then(Value::as_str) {
+            if !t.is_empty() && !regular.iter().any(|n| n == t) {
+                causes.push(Cause {
+                    reason: "FieldValueNotFound",
+                    field: format!("{p}.targetContainerName"),
+                    message: format!("Not found: {t:?}"),
+                });
+            }
+        }
+    }
+    if causes.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::invalid(
+        "Pod",
+        "",
+        str_at(new, &["metadata", "name"]).unwrap_or(""),
+        causes,
+    ))
 }
 
 fn validate_service(obj: &Value, causes: &mut Vec<Cause>) {

@@ -16,7 +16,26 @@ use crate::pods::spec::{config_json, Bind, ContainerSpec};
 impl Worker {
     pub(super) async fn start(&mut self, i: usize) {
         let pod_spec = self.pod.spec.clone().unwrap_or_default();
-        let c: Container = if self.runs[i].init {
+        let mut target_pid = None;
+        let c: Container = if self.runs[i].ephemeral {
+            let Some(e) = pod_spec
+                .ephemeral_containers
+                .iter()
+                .flatten()
+                .find(|e| e.name == self.runs[i].name)
+            else {
+                self.runs[i].next_start = None;
+                return;
+            };
+            // It shares the target's processes when the target runs.
+            target_pid = e.target_container_name.as_ref().and_then(|t| {
+                self.runs
+                    .iter()
+                    .find(|r| &r.name == t && !r.ephemeral)
+                    .and_then(|r| r.pid)
+            });
+            super::ephemeral_as_container(e)
+        } else if self.runs[i].init {
             pod_spec.init_containers.clone().unwrap_or_default()[i].clone()
         } else {
             let n = pod_spec.init_containers.as_ref().map_or(0, Vec::len);
@@ -63,7 +82,9 @@ impl Worker {
             .pod_dir()
             .join("containers")
             .join(format!("{}-{attempt}", c.name));
-        let result = self.create(&c, &image, &bundle, &id, attempt).await;
+        let result = self
+            .create(&c, &image, &bundle, &id, attempt, target_pid)
+            .await;
         let run = &mut self.runs[i];
         match result {
             Ok((pid, tasks)) => {
@@ -180,6 +201,7 @@ impl Worker {
         bundle: &std::path::Path,
         id: &str,
         attempt: u32,
+        target_pid: Option<i32>,
     ) -> Result<(i32, Vec<tokio::task::JoinHandle<()>>), String> {
         let rootfs = bundle.join("rootfs");
         crate::pods::private_dir(&self.pod_dir()).map_err(|e| e.to_string())?;
@@ -313,6 +335,7 @@ impl Worker {
             netns: Some(self.sandbox.ns_path("net")),
             ipcns: Some(self.sandbox.ns_path("ipc")),
             utsns: Some(self.sandbox.ns_path("uts")),
+            pidns: target_pid.map(|p| std::path::PathBuf::from(format!("/proc/{p}/ns/pid"))),
             cgroups_path: format!("{}/pod{}/{id}", self.env.cgroup_root, self.uid),
             cpu_shares: cpu(&requests).map(|m| (m * 1024 / 1000).max(2) as u64),
             cpu_quota: cpu(&limits).map(|m| m * 100),

@@ -25,6 +25,22 @@ mod volumes;
 
 pub use termination::{cleanup_orphan, remove_cgroup};
 
+/// An ephemeral container as the container it runs as: the same fields,
+/// less the target.
+fn ephemeral_as_container(c: &k8s_openapi::api::core::v1::EphemeralContainer) -> Container {
+    let mut v = serde_json::to_value(c).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("targetContainerName");
+    }
+    serde_json::from_value(v).unwrap_or_else(|_| Container {
+        name: c.name.clone(),
+        image: c.image.clone(),
+        command: c.command.clone(),
+        args: c.args.clone(),
+        ..Default::default()
+    })
+}
+
 const INITIAL_BACKOFF: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -51,6 +67,9 @@ struct Run {
     image: String,
     image_id: String,
     init: bool,
+    /// An ephemeral container: started once, never restarted, not part of
+    /// the pod's phase or readiness.
+    ephemeral: bool,
     attempt: u32,
     restarts: u32,
     id: Option<String>,
@@ -114,6 +133,7 @@ impl Worker {
             image: c.image.clone().unwrap_or_default(),
             image_id: String::new(),
             init,
+            ephemeral: false,
             attempt: statuses.get(&c.name).copied().unwrap_or(0).max(0) as u32,
             restarts: statuses.get(&c.name).copied().unwrap_or(0).max(0) as u32,
             id: None,
@@ -137,6 +157,33 @@ impl Worker {
             .map(|c| mk(c, true))
             .collect();
         runs.extend(spec.containers.iter().map(|c| mk(c, false)));
+        for c in spec.ephemeral_containers.iter().flatten() {
+            let mut r = mk(&ephemeral_as_container(c), false);
+            r.ephemeral = true;
+            // One that already ran (before an agent restart) is not run
+            // again; `adopt` finds it if it still runs.
+            let seen = pod
+                .status
+                .iter()
+                .flat_map(|s| s.ephemeral_container_statuses.iter().flatten())
+                .find(|s| s.name == c.name)
+                .and_then(|s| s.state.as_ref())
+                .filter(|s| s.waiting.is_none());
+            if let Some(st) = seen {
+                let t = st.terminated.as_ref();
+                r.next_start = None;
+                r.state = State::Terminated {
+                    code: t.map_or(137, |t| t.exit_code),
+                    signal: t.and_then(|t| t.signal),
+                    reason: t
+                        .and_then(|t| t.reason.clone())
+                        .unwrap_or_else(|| "Error".into()),
+                    started: now(),
+                    finished: now(),
+                };
+            }
+            runs.push(r);
+        }
         Self {
             sandbox: Sandbox::new(env.pods_dir.join(&uid).join("sandbox")),
             start_time: pod
@@ -358,7 +405,10 @@ impl Worker {
                 changed = updates.changed() => {
                     let latest = updates.borrow().clone();
                     match (changed, latest) {
-                        (Ok(()), Some(p)) => self.pod = p,
+                        (Ok(()), Some(p)) => {
+                            self.pod = p;
+                            self.add_ephemeral();
+                        }
                         _ => {
                             // Gone from the API: stop everything without
                             // telling anyone.
@@ -375,6 +425,39 @@ impl Worker {
                 }
                 _ = tokio::time::sleep_until(wake.into()) => {}
             }
+        }
+    }
+
+    /// Ephemeral containers added to the pod since the worker last looked:
+    /// each is started once.
+    fn add_ephemeral(&mut self) {
+        let spec = self.pod.spec.clone().unwrap_or_default();
+        for c in spec.ephemeral_containers.iter().flatten() {
+            if self.runs.iter().any(|r| r.name == c.name) {
+                continue;
+            }
+            self.runs.push(Run {
+                name: c.name.clone(),
+                image: c.image.clone().unwrap_or_default(),
+                image_id: String::new(),
+                init: false,
+                ephemeral: true,
+                attempt: 0,
+                restarts: 0,
+                id: None,
+                pid: None,
+                state: State::Waiting {
+                    reason: "ContainerCreating".into(),
+                    message: String::new(),
+                },
+                last: None,
+                started_at: None,
+                backoff: Duration::ZERO,
+                next_start: Some(Instant::now()),
+                logs: Vec::new(),
+                probes: Vec::new(),
+                ready: false,
+            });
         }
     }
 

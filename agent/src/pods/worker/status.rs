@@ -13,7 +13,11 @@ use super::{now, Run, State, Worker};
 impl Worker {
     pub(super) fn status(&self) -> Value {
         let policy = self.restart_policy();
-        let apps: Vec<&Run> = self.runs.iter().filter(|r| !r.init).collect();
+        let apps: Vec<&Run> = self
+            .runs
+            .iter()
+            .filter(|r| !r.init && !r.ephemeral)
+            .collect();
         let inits_done = self
             .runs
             .iter()
@@ -120,6 +124,19 @@ impl Worker {
                 .iter()
                 .filter(|r| r.init)
                 .map(container_status)
+                .collect::<Vec<_>>());
+        }
+        if self.runs.iter().any(|r| r.ephemeral) {
+            status["ephemeralContainerStatuses"] = json!(self
+                .runs
+                .iter()
+                .filter(|r| r.ephemeral)
+                .map(|r| {
+                    let mut v = container_status(r);
+                    // Ephemeral containers are never ready.
+                    v["ready"] = json!(false);
+                    v
+                })
                 .collect::<Vec<_>>());
         }
         if let Some(why) = &self.refused {

@@ -59,7 +59,7 @@ impl Worker {
             "OnFailure" => e.code != 0,
             _ => !r.init || e.code != 0,
         };
-        let restart = restart && !(r.init && e.code == 0);
+        let restart = restart && !(r.init && e.code == 0) && !r.ephemeral;
         if restart {
             // Ten minutes of running resets the backoff, as in kubelet.
             if r.started_at

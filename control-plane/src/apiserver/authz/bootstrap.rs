@@ -95,6 +95,8 @@ fn edit_rules() -> Vec<Value> {
             &[
                 "pods",
                 "pods/exec",
+                "pods/attach",
+                "pods/ephemeralcontainers",
                 "pods/binding",
                 "services",
                 "endpoints",
@@ -106,7 +108,7 @@ fn edit_rules() -> Vec<Value> {
                 "persistentvolumeclaims",
             ],
         ),
-        rule(&["get", "create"], "", &["pods/exec"]),
+        rule(&["get", "create"], "", &["pods/exec", "pods/attach"]),
         rule(
             WRITE,
             "apps",

@@ -252,7 +252,7 @@ pub async fn dispatch(
     if let Some(s) = sub {
         let allowed = target.res.subresource(s).map(|s| s.verbs).unwrap_or(&[]);
         let verb = request::verb(method, target, query);
-        if !(allowed.contains(&verb) || s == "exec" && verb == "get") {
+        if !(allowed.contains(&verb) || matches!(s, "exec" | "attach") && verb == "get") {
             return Err(ApiError::method_not_allowed(format!(
                 "{verb} is not supported on {}/{s}",
                 target.res.plural
@@ -298,9 +298,9 @@ pub async fn dispatch(
         (Method::GET, true, Some("log")) => super::nodeproxy::logs(state, target, query).await,
         // Served as a connection upgrade before requests reach dispatch;
         // this only keeps exec from falling through to `get`.
-        (_, true, Some("exec")) => Err(ApiError::bad_request(
-            "exec needs a WebSocket upgrade (v5.channel.k8s.io)",
-        )),
+        (_, true, Some(sub @ ("exec" | "attach"))) => Err(ApiError::bad_request(format!(
+            "{sub} needs a WebSocket upgrade (v5.channel.k8s.io)"
+        ))),
         (Method::GET, true, _) => get(state, target, wants, query).await,
         (Method::GET, false, _) if query.flag("watch") => watch(state, target, wants, query).await,
         (Method::GET, false, _) => list(state, target, wants, query).await,

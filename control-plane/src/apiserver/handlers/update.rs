@@ -42,6 +42,28 @@ fn pod_spec_change_allowed(old: &Value, new: &Value) -> bool {
 pub(super) fn prepare_update(target: &Target, old: &Value, mut new: Value) -> ApiResult<Value> {
     let res = target.res;
     let status_only = target.sub.as_deref() == Some("status");
+    if target.sub.as_deref() == Some("ephemeralcontainers") {
+        // Only spec.ephemeralContainers moves, and only by additions.
+        let mut merged = old.clone();
+        let ephemeral = new
+            .pointer("/spec/ephemeralContainers")
+            .cloned()
+            .unwrap_or(Value::Null);
+        match merged.get_mut("spec").and_then(Value::as_object_mut) {
+            Some(spec) if !ephemeral.is_null() => {
+                spec.insert("ephemeralContainers".into(), ephemeral);
+            }
+            Some(spec) => {
+                spec.remove("ephemeralContainers");
+            }
+            None => {}
+        }
+        defaults::apply(res.kind, &mut merged);
+        validation::validate_ephemeral_update(old, &merged)?;
+        crate::apiserver::admission::admit_update(target, old, &merged)?;
+        validation::validate(res, &merged)?;
+        return Ok(merged);
+    }
     if status_only {
         // Only the status moves; everything else is the stored object's.
         let mut merged = old.clone();
