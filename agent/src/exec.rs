@@ -58,7 +58,7 @@ impl ExecQuery {
 }
 
 /// The runtime id of the running container `container` of pod `ns/pod`.
-async fn find(ctx: &Ctx, ns: &str, pod: &str, container: &str) -> Option<String> {
+pub(crate) async fn find(ctx: &Ctx, ns: &str, pod: &str, container: &str) -> Option<String> {
     let prefix = format!("{ns}_{pod}_");
     let uid = std::fs::read_dir(&ctx.log_dir)
         .ok()?
@@ -110,7 +110,7 @@ pub async fn handle(
         })
 }
 
-fn frame(channel: u8, data: &[u8]) -> Message {
+pub(crate) fn frame(channel: u8, data: &[u8]) -> Message {
     let mut v = Vec::with_capacity(data.len() + 1);
     v.push(channel);
     v.extend_from_slice(data);

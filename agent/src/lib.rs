@@ -1,6 +1,7 @@
 //! The node agent: kubelet, kube-proxy and the CNI in one process.
 use anyhow::Context;
 
+pub mod attach;
 pub mod config;
 pub mod dns;
 pub mod ebpf;

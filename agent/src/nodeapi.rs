@@ -256,6 +256,10 @@ pub async fn serve(
             "/exec/{ns}/{pod}/{container}",
             axum::routing::get(crate::exec::handle),
         )
+        .route(
+            "/attach/{ns}/{pod}/{container}",
+            axum::routing::get(crate::attach::handle),
+        )
         .with_state(Arc::new(crate::exec::Ctx {
             log_dir: log_dir.clone(),
             runtime,

@@ -246,3 +246,209 @@ fn kubectl_debug_adds_an_ephemeral_container() {
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("spec: Forbidden"), "{err}");
 }
+
+/// Runs kubectl `args` for at most `secs` seconds; returns its stdout and
+/// stderr.
+fn run_for(k: &harness::kubectl::Kubectl, args: &[&str], secs: u64) -> (String, String) {
+    let inner = k.command(args);
+    let mut cmd = std::process::Command::new("timeout");
+    cmd.arg(secs.to_string()).arg(inner.get_program());
+    cmd.args(inner.get_args());
+    let out = cmd.output().unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// `kubectl attach -i` writes to a container's stdin and reads its output
+/// (stdinOnce: the end of the user's input is the end of the
+/// container's); attach to a container without stdin shows its output;
+/// `kubectl debug -i` runs an interactive ephemeral container.
+#[test]
+fn kubectl_attach_and_interactive_debug() {
+    let cp = ControlPlane::start_networked(&[]).unwrap();
+    let k = cp.kubectl();
+    let agent = Agent::start(&cp);
+    let node = agent.name.clone();
+    k.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: echo}}
+spec:
+  nodeName: {node}
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: echo
+    image: busybox
+    stdin: true
+    stdinOnce: true
+    command: [sh, -c, 'while read l; do echo "got $l"; done; echo bye']
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: ticker}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: ticker
+    image: busybox
+    command: [sh, -c, 'i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.2; done']
+"#
+    ));
+    for name in ["echo", "ticker"] {
+        agent.wait(60, "the pods running", || {
+            let p = k.get_json(&["pod", name]);
+            (p["status"]["containerStatuses"][0]["state"]["running"].is_object()).then_some(())
+        });
+    }
+
+    let out = k
+        .run_stdin(&["attach", "-i", "echo"], "hello\nworld\n")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout, "got hello\ngot world\nbye\n");
+    let done = agent.wait(30, "the echo container to end", || {
+        let p = k.get_json(&["pod", "echo"]);
+        p["status"]["containerStatuses"][0]["state"]["terminated"]
+            .is_object()
+            .then_some(p)
+    });
+    assert_eq!(done["status"]["phase"], "Succeeded");
+
+    // Output only, from the moment of attaching.
+    let (stdout, stderr) = run_for(&k, &["attach", "ticker"], 3);
+    let ticks: Vec<&str> = stdout.lines().filter(|l| l.starts_with("tick ")).collect();
+    assert!(ticks.len() >= 3, "{stdout}\n{stderr}");
+    assert_ne!(ticks[0], "tick 1", "history was replayed: {stdout}");
+
+    // An interactive ephemeral container: the piped commands run in it,
+    // in the pod's network.
+    let out = k
+        .run_stdin(
+            &[
+                "debug",
+                "-i",
+                "--tty=false",
+                "pod/ticker",
+                "--image=busybox",
+                "--container=shell",
+                "--",
+                "sh",
+            ],
+            "echo in-debug; hostname; wget -qO- http://127.0.0.1:1 2>&1 | head -c 0; exit 4\n",
+        )
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("in-debug\nticker\n"), "{stdout}\n{stderr}");
+    let p = agent.wait(30, "the debug shell to end", || {
+        let p = k.get_json(&["pod", "ticker"]);
+        ephemeral_status(&p, "shell")?["state"]["terminated"]
+            .is_object()
+            .then_some(p)
+    });
+    let shell = ephemeral_status(&p, "shell").unwrap();
+    assert_eq!(shell["state"]["terminated"]["exitCode"], 4, "{shell}");
+    assert_eq!(p["spec"]["ephemeralContainers"][0]["stdin"], true);
+}
+
+/// Attach and debug are authorized like exec: a user who may read pods
+/// but not `pods/attach` or `pods/ephemeralcontainers` is refused with
+/// 403, and `edit` grants both.
+#[test]
+fn attach_and_debug_need_their_subresources() {
+    let cp = ControlPlane::start_networked(&[]).unwrap();
+    let k = cp.kubectl();
+    let agent = Agent::start(&cp);
+    web_pod(&k, &agent, "web");
+    k.apply(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: pod-reader, namespace: default}
+rules:
+- apiGroups: [""]
+  resources: [pods, pods/log]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: alice-reads, namespace: default}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-reader}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: bob-edits, namespace: default}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: edit}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}]
+"#,
+    );
+    let (_, err) = run_for(&k, &["--as", "alice", "attach", "web"], 20);
+    assert!(
+        err.contains("forbidden") && err.contains("pods/attach"),
+        "{err}"
+    );
+    let out = k
+        .output(&[
+            "--as",
+            "alice",
+            "debug",
+            "pod/web",
+            "--image=busybox",
+            "--container=x",
+            "--",
+            "true",
+        ])
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("forbidden") && err.contains("pods/ephemeralcontainers"),
+        "{err}"
+    );
+    assert!(k.get_json(&["pod", "web"])["spec"]["ephemeralContainers"].is_null());
+    for (verb, res) in [
+        ("create", "pods/attach"),
+        ("patch", "pods/ephemeralcontainers"),
+    ] {
+        let alice = k
+            .output(&["auth", "can-i", verb, res, "--as", "alice"])
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&alice.stdout).trim(), "no");
+        let bob = k
+            .output(&["auth", "can-i", verb, res, "--as", "bob"])
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&bob.stdout).trim(),
+            "yes",
+            "{verb} {res}"
+        );
+    }
+    let out = k
+        .output(&[
+            "--as",
+            "bob",
+            "debug",
+            "pod/web",
+            "--image=busybox",
+            "--container=x",
+            "--",
+            "true",
+        ])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

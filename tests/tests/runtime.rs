@@ -105,6 +105,7 @@ fn runtime_helper_runs_containers_and_reports_exits() {
                 &bundle,
                 Some(fifo.clone()),
                 Some(fifo.clone()),
+                None,
             )
             .await
             .unwrap_or_else(|e| {
@@ -161,7 +162,7 @@ fn runtime_helper_runs_containers_and_reports_exits() {
         std::fs::write(bundle.join("config.json"), config_json(&spec).to_string()).unwrap();
         let id = format!("{prefix}-c2");
         let pid = runtime
-            .create(&id, &bundle, None, None)
+            .create(&id, &bundle, None, None, None)
             .await
             .unwrap()
             .pid

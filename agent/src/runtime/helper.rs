@@ -91,8 +91,9 @@ fn handle(
             bundle,
             stdout,
             stderr,
+            stdin,
         } => {
-            let [i, o, e] = stdio(None, stdout, stderr)?;
+            let [i, o, e] = stdio(stdin, stdout, stderr)?;
             let c = ContainerBuilder::new(id.clone(), SyscallType::Linux)
                 .with_root_path(root)
                 .map_err(|e| e.to_string())?

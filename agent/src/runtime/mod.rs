@@ -218,6 +218,7 @@ impl Runtime {
         bundle: &Path,
         stdout: Option<PathBuf>,
         stderr: Option<PathBuf>,
+        stdin: Option<PathBuf>,
     ) -> Result<ContainerState, RuntimeError> {
         let (s, _) = self
             .call(Request::Create {
@@ -225,6 +226,7 @@ impl Runtime {
                 bundle: bundle.into(),
                 stdout,
                 stderr,
+                stdin,
             })
             .await?;
         s.ok_or(RuntimeError::Gone)

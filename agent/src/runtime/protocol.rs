@@ -17,6 +17,10 @@ pub enum Request {
         bundle: PathBuf,
         stdout: Option<PathBuf>,
         stderr: Option<PathBuf>,
+        /// A FIFO the agent writes the container's stdin to (its spec has
+        /// `stdin: true`); /dev/null when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stdin: Option<PathBuf>,
     },
     Start {
         id: String,

@@ -206,7 +206,7 @@ async fn baseline(
         std::fs::write(bundle.join("config.json"), config_json(&spec).to_string())?;
         let id = format!("baseline-{i}");
         let t = Instant::now();
-        let c = runtime.create(&id, &bundle, None, None).await?;
+        let c = runtime.create(&id, &bundle, None, None, None).await?;
         runtime.start(&id).await?;
         started.push(t.elapsed().as_secs_f64() * 1e3);
         runtime.kill(&id, libc::SIGKILL).await?;

@@ -388,6 +388,18 @@ impl Worker {
                 .map_err(|e| e.to_string())?,
             );
         }
+        // A container that asks for stdin reads a FIFO that attach writes.
+        let stdin = match c.stdin == Some(true) {
+            true => {
+                let fifo = bundle.join("stdin");
+                let _ = std::fs::remove_file(&fifo);
+                logs::mkfifo(&fifo).map_err(|e| e.to_string())?;
+                crate::attach::open_stdin(id, &fifo, c.stdin_once == Some(true))
+                    .map_err(|e| format!("opening the stdin of {}: {e}", c.name))?;
+                Some(fifo)
+            }
+            false => None,
+        };
         let created = self
             .env
             .runtime
@@ -396,9 +408,13 @@ impl Worker {
                 bundle,
                 Some(bundle.join("stdout")),
                 Some(bundle.join("stderr")),
+                stdin,
             )
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| {
+                crate::attach::close_stdin(id);
+                e.to_string()
+            })?;
         self.event("Normal", "Created", format!("Created container {}", c.name))
             .await;
         self.env

@@ -309,6 +309,10 @@ impl Worker {
                     .iter()
                     .any(|p| p.kind == super::probes::Kind::Readiness);
                 let bundle = c.bundle.clone();
+                // A restarted agent holds the stdin FIFO again.
+                if bundle.join("stdin").exists() {
+                    let _ = crate::attach::open_stdin(&c.id, &bundle.join("stdin"), false);
+                }
                 let log = self
                     .env
                     .log_dir

@@ -17,6 +17,7 @@ impl Worker {
             return;
         };
         let id = self.runs[i].id.clone().unwrap_or_default();
+        crate::attach::close_stdin(&id);
         let oom = oom_killed(&self.env.cgroup_root, &self.uid, &id);
         let _ = self.env.runtime.delete(&id, true).await;
         let bundle = self
@@ -199,6 +200,7 @@ impl Worker {
         if let Some(r) = self.runs.iter_mut().find(|r| r.pid == Some(e.pid)) {
             r.pid = None;
             if let Some(id) = r.id.take() {
+                crate::attach::close_stdin(&id);
                 let _ = self.env.runtime.delete(&id, true).await;
             }
         }
@@ -211,6 +213,7 @@ impl Worker {
                 .iter()
                 .filter(|c| c.id.starts_with(&format!("{}_", self.uid)))
             {
+                crate::attach::close_stdin(&c.id);
                 let _ = self.env.runtime.delete(&c.id, true).await;
             }
         }
