@@ -369,6 +369,27 @@ pub(super) fn validate_pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause
     }
 }
 
+/// Ephemeral containers only come through `pods/ephemeralcontainers`,
+/// into a pod that exists.
+pub fn no_ephemeral_on_create(pod: &Value) -> ApiResult<()> {
+    let set = pod
+        .pointer("/spec/ephemeralContainers")
+        .and_then(Value::as_array)
+        .is_some_and(|a| !a.is_empty());
+    if !set {
+        return Ok(());
+    }
+    Err(ApiError::invalid(
+        "Pod",
+        "",
+        str_at(pod, &["metadata", "name"]).unwrap_or(""),
+        vec![Cause::forbidden(
+            "spec.ephemeralContainers",
+            "cannot be set on create",
+        )],
+    ))
+}
+
 /// What an update through `pods/ephemeralcontainers` may do: add
 /// ephemeral containers, never change or remove one, and give the new ones
 /// none of what only regular containers have (ports, probes, lifecycle,
@@ -613,5 +634,81 @@ fn validate_workload(res: &Resource, obj: &Value, causes: &mut Vec<Cause>) {
                 &["Recreate", "RollingUpdate"],
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod ephemeral_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(ephemeral: Value) -> Value {
+        json!({"metadata": {"name": "p"}, "spec": {
+            "containers": [{"name": "main", "image": "busybox"}],
+            "ephemeralContainers": ephemeral,
+        }})
+    }
+
+    fn fields(r: ApiResult<()>) -> String {
+        let e = r.expect_err("refused");
+        assert_eq!(e.code, 422);
+        e.message
+    }
+
+    #[test]
+    fn ephemeral_containers_are_only_added() {
+        let one = json!([{"name": "dbg", "image": "busybox"}]);
+        let two = json!([{"name": "dbg", "image": "busybox"}, {"name": "b", "image": "busybox", "targetContainerName": "main"}]);
+        assert!(validate_ephemeral_update(&pod(json!(null)), &pod(one.clone())).is_ok());
+        assert!(validate_ephemeral_update(&pod(one.clone()), &pod(two.clone())).is_ok());
+        let m = fields(validate_ephemeral_update(
+            &pod(two.clone()),
+            &pod(one.clone()),
+        ));
+        assert!(m.contains("spec.ephemeralContainers: Forbidden: existing ephemeral containers \"b\" may not be removed"), "{m}");
+        let changed = json!([{"name": "dbg", "image": "alpine"}]);
+        let m = fields(validate_ephemeral_update(&pod(one.clone()), &pod(changed)));
+        assert!(m.contains("may not be changed"), "{m}");
+    }
+
+    #[test]
+    fn new_ephemeral_containers_have_no_ports_probes_or_resources() {
+        let bad = json!([{"name": "dbg", "image": "busybox", "ports": [{"containerPort": 80}],
+            "readinessProbe": {"exec": {"command": ["true"]}}, "resources": {"limits": {"cpu": "1"}},
+            "targetContainerName": "nope"}]);
+        let m = fields(validate_ephemeral_update(&pod(json!(null)), &pod(bad)));
+        for f in [
+            "[0].ports",
+            "[0].readinessProbe",
+            "[0].resources",
+            "[0].targetContainerName: Not found",
+        ] {
+            assert!(
+                m.contains(&format!("spec.ephemeralContainers{f}")),
+                "{f}: {m}"
+            );
+        }
+        // What kubectl sends and defaulting adds is not "set".
+        let ok = json!([{"name": "dbg", "image": "busybox", "resources": {}, "ports": []}]);
+        assert!(validate_ephemeral_update(&pod(json!(null)), &pod(ok)).is_ok());
+    }
+
+    #[test]
+    fn names_are_unique_across_all_containers_and_none_on_create() {
+        let mut causes = Vec::new();
+        let p = pod(json!([{"name": "main", "image": "busybox"}]));
+        validate_pod_spec(&p["spec"], "spec", &mut causes);
+        assert!(
+            causes
+                .iter()
+                .any(|c| c.field == "spec.ephemeralContainers[0].name"
+                    && c.reason == "FieldValueDuplicate"),
+            "{causes:?}"
+        );
+        let m = fields(no_ephemeral_on_create(&pod(
+            json!([{"name": "x", "image": "busybox"}]),
+        )));
+        assert!(m.contains("cannot be set on create"), "{m}");
+        assert!(no_ephemeral_on_create(&pod(json!(null))).is_ok());
     }
 }

@@ -102,6 +102,9 @@ pub(super) async fn create_recorded(
     }
     crate::apiserver::admission::mutate_create(state, &t, &mut obj).await?;
     validation::validate(t.res, &obj)?;
+    if t.res.kind == "Pod" && crate::apiserver::resources::is_builtin(t.res) {
+        validation::no_ephemeral_on_create(&obj)?;
+    }
     crate::apiserver::admission::admit_create(state, &t, &obj).await?;
     // Two creates can pick the same free address between reading the
     // claims and writing theirs; etcd lets one win, and the other picks
