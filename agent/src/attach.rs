@@ -23,6 +23,8 @@ use crate::exec::{frame, Ctx, ExecQuery};
 struct Stdin {
     file: std::fs::File,
     once: bool,
+    /// The file is a PTY master: resizes apply to it.
+    terminal: bool,
 }
 
 /// The held write ends of containers' stdin FIFOs, by container id.
@@ -39,8 +41,27 @@ pub fn open_stdin(id: &str, fifo: &Path, once: bool) -> std::io::Result<()> {
         .read(true)
         .write(true)
         .open(fifo)?;
-    registry().insert(id.to_string(), Stdin { file, once });
+    registry().insert(
+        id.to_string(),
+        Stdin {
+            file,
+            once,
+            terminal: false,
+        },
+    );
     Ok(())
+}
+
+/// Keeps the PTY master of container `id` (its `tty: true`) for attach.
+pub fn open_terminal(id: &str, master: std::fs::File, once: bool) {
+    registry().insert(
+        id.to_string(),
+        Stdin {
+            file: master,
+            once,
+            terminal: true,
+        },
+    );
 }
 
 /// Closes the held stdin of container `id`: its process reads end-of-file
@@ -49,10 +70,36 @@ pub fn close_stdin(id: &str) {
     registry().remove(id);
 }
 
-fn stdin_of(id: &str) -> Option<(std::fs::File, bool)> {
+/// A handle on the container's stdin (or terminal), whether the first
+/// session's end closes it, and whether it is a terminal.
+fn stdin_of(id: &str) -> Option<(std::fs::File, bool, bool)> {
     let reg = registry();
     let s = reg.get(id)?;
-    Some((s.file.try_clone().ok()?, s.once))
+    Some((s.file.try_clone().ok()?, s.once, s.terminal))
+}
+
+/// A terminal size from a channel-4 message, `{"Width":W,"Height":H}`.
+fn resize(master: &std::fs::File, data: &[u8]) {
+    use std::os::fd::AsRawFd;
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return;
+    };
+    let dim = |k: &str| {
+        v.get(k)
+            .and_then(serde_json::Value::as_u64)
+            .map(|n| n.min(u64::from(u16::MAX)) as u16)
+    };
+    let (Some(w), Some(h)) = (dim("Width"), dim("Height")) else {
+        return;
+    };
+    let ws = libc::winsize {
+        ws_row: h,
+        ws_col: w,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: an ioctl on a PTY master we hold, with a valid winsize.
+    unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
 }
 
 /// `GET /attach/{ns}/{pod}/{container}` with a WebSocket upgrade.
@@ -125,7 +172,16 @@ async fn session(
         .and_then(|c| c.pid);
     let mut file = tokio::fs::File::open(&log).await?;
     let mut offset = file.seek(std::io::SeekFrom::End(0)).await?;
-    let mut stdin = if q.stdin { stdin_of(&id) } else { None };
+    let held = stdin_of(&id);
+    let terminal = held
+        .as_ref()
+        .map(|(f, _, t)| (*t).then(|| f.try_clone().ok()).flatten())
+        .unwrap_or(None);
+    let mut stdin = if q.stdin {
+        held.map(|(f, once, _)| (f, once))
+    } else {
+        None
+    };
     let mut pending = Vec::new();
     let mut ended: Option<tokio::time::Instant> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(50));
@@ -139,6 +195,11 @@ async fn session(
                             let mut f = f.try_clone()?;
                             let data = b[1..].to_vec();
                             tokio::task::spawn_blocking(move || f.write_all(&data)).await??;
+                        }
+                    }
+                    4 => {
+                        if let Some(m) = &terminal {
+                            resize(m, &b[1..]);
                         }
                     }
                     // v5: the client closed its stdin.

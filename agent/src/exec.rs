@@ -328,7 +328,7 @@ fn recv_fd(sock: RawFd) -> std::io::Result<OwnedFd> {
     })
 }
 
-async fn recv_master(listener: &tokio::net::UnixListener) -> anyhow::Result<OwnedFd> {
+pub(crate) async fn recv_master(listener: &tokio::net::UnixListener) -> anyhow::Result<OwnedFd> {
     let (conn, _) = listener.accept().await?;
     loop {
         conn.readable().await?;

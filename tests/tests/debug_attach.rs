@@ -452,3 +452,78 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}]
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A container with `tty: true` runs on a terminal the agent keeps:
+/// attach types into it (the terminal echoes) and reads what it prints;
+/// `kubectl debug` with `--tty` gives an ephemeral container one too.
+#[test]
+fn attach_to_a_container_on_a_terminal() {
+    let cp = ControlPlane::start_networked(&[]).unwrap();
+    let k = cp.kubectl();
+    let agent = Agent::start(&cp);
+    let node = agent.name.clone();
+    k.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: term}}
+spec:
+  nodeName: {node}
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: term
+    image: busybox
+    stdin: true
+    tty: true
+    command: [sh]
+"#
+    ));
+    agent.wait(60, "the terminal pod running", || {
+        let p = k.get_json(&["pod", "term"]);
+        (p["status"]["containerStatuses"][0]["state"]["running"].is_object()).then_some(())
+    });
+    let out = k
+        .run_stdin(
+            &["attach", "-i", "term"],
+            "tty; echo answer=$((6*7)); exit 0\n",
+        )
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("/dev/pts/0"), "{stdout}\n{stderr}");
+    assert!(stdout.contains("answer=42"), "{stdout}\n{stderr}");
+    let done = agent.wait(30, "the shell to end", || {
+        let p = k.get_json(&["pod", "term"]);
+        p["status"]["containerStatuses"][0]["state"]["terminated"]
+            .is_object()
+            .then_some(p)
+    });
+    assert_eq!(done["status"]["phase"], "Succeeded");
+
+    // kubectl debug -it: the ephemeral container gets a terminal (kubectl
+    // itself has none here, so it says so and streams without one).
+    web_pod(&k, &agent, "web");
+    let out = k
+        .run_stdin(
+            &[
+                "debug",
+                "-i",
+                "--tty",
+                "pod/web",
+                "--image=busybox",
+                "--container=term",
+                "--",
+                "sh",
+            ],
+            "tty; wget -qO- http://127.0.0.1:8080/; exit 0\n",
+        )
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("/dev/pts/0"), "{stdout}\n{stderr}");
+    assert!(stdout.contains("hello-from-web"), "{stdout}\n{stderr}");
+    let p = k.get_json(&["pod", "web"]);
+    assert_eq!(p["spec"]["ephemeralContainers"][0]["tty"], true);
+}

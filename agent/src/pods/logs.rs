@@ -68,6 +68,43 @@ pub fn copy(
     }))
 }
 
+/// Copies what a container writes to its terminal into its log (as
+/// stdout; a terminal has no stderr), without waiting for a newline, until
+/// the terminal is closed. Blocking: runs on a thread of its own.
+pub fn copy_terminal(mut master: std::fs::File, log: &Path) {
+    use std::io::{Read, Write};
+    if let Some(dir) = log.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let mut buf = vec![0u8; 16384];
+    loop {
+        let n = match master.read(&mut buf) {
+            // EIO once no process holds the terminal any more.
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let mut out = Vec::new();
+        let ts = k8s_openapi::jiff::Timestamp::now();
+        for piece in buf[..n].split_inclusive(|b| *b == b'\n') {
+            let (text, tag) = match piece.strip_suffix(b"\n") {
+                Some(t) => (t, "F"),
+                None => (piece, "P"),
+            };
+            out.extend_from_slice(format!("{ts:.9} stdout {tag} ").as_bytes());
+            out.extend_from_slice(text);
+            out.push(b'\n');
+        }
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .and_then(|mut f| f.write_all(&out));
+        if let Err(e) = written {
+            tracing::warn!("writing {}: {e}", log.display());
+        }
+    }
+}
+
 async fn append(log: &Path, line: &[u8]) -> std::io::Result<()> {
     if tokio::fs::metadata(log)
         .await

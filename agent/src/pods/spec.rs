@@ -75,6 +75,8 @@ pub struct ContainerSpec {
     /// A PID namespace to join (an ephemeral container's target's); a new
     /// one when unset.
     pub pidns: Option<PathBuf>,
+    /// Run the process on a terminal (the container's `tty: true`).
+    pub terminal: bool,
     /// Relative to each cgroup hierarchy's root.
     pub cgroups_path: String,
     pub cpu_shares: Option<u64>,
@@ -402,7 +404,7 @@ pub fn config_json(s: &ContainerSpec) -> Value {
     json!({
         "ociVersion": "1.0.2",
         "process": {
-            "terminal": false,
+            "terminal": s.terminal,
             "user": {"uid": s.uid, "gid": s.gid, "additionalGids": additional_gids(s)},
             "args": s.args,
             "env": s.env,

@@ -92,16 +92,21 @@ fn handle(
             stdout,
             stderr,
             stdin,
+            console_socket,
         } => {
-            let [i, o, e] = stdio(stdin, stdout, stderr)?;
-            let c = ContainerBuilder::new(id.clone(), SyscallType::Linux)
+            let mut b = ContainerBuilder::new(id.clone(), SyscallType::Linux)
                 .with_root_path(root)
                 .map_err(|e| e.to_string())?
                 .validate_id()
-                .map_err(|e| e.to_string())?
-                .with_stdin(i)
-                .with_stdout(o)
-                .with_stderr(e)
+                .map_err(|e| e.to_string())?;
+            match console_socket {
+                Some(sock) => b = b.with_console_socket(Some(sock)),
+                None => {
+                    let [i, o, e] = stdio(stdin, stdout, stderr)?;
+                    b = b.with_stdin(i).with_stdout(o).with_stderr(e);
+                }
+            }
+            let c = b
                 .as_init(&bundle)
                 .with_systemd(false)
                 .with_detach(true)

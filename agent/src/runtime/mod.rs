@@ -227,6 +227,28 @@ impl Runtime {
                 stdout,
                 stderr,
                 stdin,
+                console_socket: None,
+            })
+            .await?;
+        s.ok_or(RuntimeError::Gone)
+    }
+
+    /// Creates a container whose process runs on a PTY; libcontainer sends
+    /// the master to `console_socket`, which must be listening.
+    pub async fn create_tty(
+        &self,
+        id: &str,
+        bundle: &Path,
+        console_socket: PathBuf,
+    ) -> Result<ContainerState, RuntimeError> {
+        let (s, _) = self
+            .call(Request::Create {
+                id: id.into(),
+                bundle: bundle.into(),
+                stdout: None,
+                stderr: None,
+                stdin: None,
+                console_socket: Some(console_socket),
             })
             .await?;
         s.ok_or(RuntimeError::Gone)

@@ -21,6 +21,11 @@ pub enum Request {
         /// `stdin: true`); /dev/null when absent.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         stdin: Option<PathBuf>,
+        /// Run the container's process on a PTY (its `tty: true`) whose
+        /// master goes to this listening unix socket of the agent; the
+        /// stdio paths are then unused.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        console_socket: Option<PathBuf>,
     },
     Start {
         id: String,

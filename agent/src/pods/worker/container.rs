@@ -336,6 +336,7 @@ impl Worker {
             ipcns: Some(self.sandbox.ns_path("ipc")),
             utsns: Some(self.sandbox.ns_path("uts")),
             pidns: target_pid.map(|p| std::path::PathBuf::from(format!("/proc/{p}/ns/pid"))),
+            terminal: c.tty == Some(true),
             cgroups_path: format!("{}/pod{}/{id}", self.env.cgroup_root, self.uid),
             cpu_shares: cpu(&requests).map(|m| (m * 1024 / 1000).max(2) as u64),
             cpu_quota: cpu(&limits).map(|m| m * 100),
@@ -388,6 +389,11 @@ impl Worker {
                 .map_err(|e| e.to_string())?,
             );
         }
+        if c.tty == Some(true) {
+            let (pid, task) = self.create_tty(c, bundle, id, &log).await?;
+            tasks.push(task);
+            return self.started(c, id, tasks, pid).await;
+        }
         // A container that asks for stdin reads a FIFO that attach writes.
         let stdin = match c.stdin == Some(true) {
             true => {
@@ -415,14 +421,69 @@ impl Worker {
                 crate::attach::close_stdin(id);
                 e.to_string()
             })?;
+        self.started(c, id, tasks, created.pid).await
+    }
+
+    /// Starts a created container; its pid and log copiers.
+    async fn started(
+        &self,
+        c: &Container,
+        id: &str,
+        tasks: Vec<tokio::task::JoinHandle<()>>,
+        created_pid: Option<i32>,
+    ) -> Result<(i32, Vec<tokio::task::JoinHandle<()>>), String> {
         self.event("Normal", "Created", format!("Created container {}", c.name))
             .await;
-        self.env
+        let started = self
+            .env
             .runtime
             .start(id)
             .await
             .map_err(|e| e.to_string())?;
-        Ok((created.pid.unwrap_or(0), tasks))
+        Ok((created_pid.or(started.pid).unwrap_or(0), tasks))
+    }
+
+    /// Creates a container whose process runs on a PTY (`tty: true`): the
+    /// agent keeps the master, copies what the process writes to its log
+    /// and lets attach write to it.
+    async fn create_tty(
+        &self,
+        c: &Container,
+        bundle: &std::path::Path,
+        id: &str,
+        log: &std::path::Path,
+    ) -> Result<(Option<i32>, tokio::task::JoinHandle<()>), String> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        // A unix socket's path must fit in 108 bytes: a short name.
+        let console = self.env.pods_dir.join(format!("tty-{nanos:x}.sock"));
+        let _ = std::fs::remove_file(&console);
+        let listener = tokio::net::UnixListener::bind(&console)
+            .map_err(|e| format!("console socket {}: {e}", console.display()))?;
+        let created = self
+            .env
+            .runtime
+            .create_tty(id, bundle, console.clone())
+            .await;
+        let _ = std::fs::remove_file(&console);
+        let created = created.map_err(|e| e.to_string())?;
+        let master = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            crate::exec::recv_master(&listener),
+        )
+        .await
+        .map_err(|_| "the container sent no terminal".to_string())?
+        .map_err(|e| format!("the container's terminal: {e}"))?;
+        let master = std::fs::File::from(master);
+        let reader = master.try_clone().map_err(|e| e.to_string())?;
+        crate::attach::open_terminal(id, master, c.stdin_once == Some(true));
+        let log = log.to_path_buf();
+        Ok((
+            created.pid,
+            tokio::task::spawn_blocking(move || logs::copy_terminal(reader, &log)),
+        ))
     }
 }
 
