@@ -37,9 +37,12 @@ fn registry() -> std::sync::MutexGuard<'static, HashMap<String, Stdin>> {
 /// Opens (read-write, so it never blocks and the container never sees
 /// end-of-file while it is held) the stdin FIFO of container `id`.
 pub fn open_stdin(id: &str, fifo: &Path, once: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking: a container that reads nothing must not hold a thread.
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
+        .custom_flags(libc::O_NONBLOCK)
         .open(fifo)?;
     registry().insert(
         id.to_string(),
@@ -54,6 +57,13 @@ pub fn open_stdin(id: &str, fifo: &Path, once: bool) -> std::io::Result<()> {
 
 /// Keeps the PTY master of container `id` (its `tty: true`) for attach.
 pub fn open_terminal(id: &str, master: std::fs::File, once: bool) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe {
+        let fd = master.as_raw_fd();
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
     registry().insert(
         id.to_string(),
         Stdin {
@@ -76,6 +86,29 @@ fn stdin_of(id: &str) -> Option<(std::fs::File, bool, bool)> {
     let reg = registry();
     let s = reg.get(id)?;
     Some((s.file.try_clone().ok()?, s.once, s.terminal))
+}
+
+/// Writes `data` to a non-blocking stdin, waiting while it is full (the
+/// container reads slowly), but not forever.
+async fn write_all(mut f: &std::fs::File, mut data: &[u8]) -> std::io::Result<()> {
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !data.is_empty() {
+        match f.write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if tokio::time::Instant::now() >= give_up {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the container does not read its stdin",
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// A terminal size from a channel-4 message, `{"Width":W,"Height":H}`.
@@ -192,9 +225,7 @@ async fn session(
                 Some(Ok(Message::Binary(b))) if !b.is_empty() => match b[0] {
                     0 => {
                         if let Some((f, _)) = &stdin {
-                            let mut f = f.try_clone()?;
-                            let data = b[1..].to_vec();
-                            tokio::task::spawn_blocking(move || f.write_all(&data)).await??;
+                            write_all(f, &b[1..]).await?;
                         }
                     }
                     4 => {

@@ -80,8 +80,22 @@ pub fn copy_terminal(mut master: std::fs::File, log: &Path) {
     loop {
         let n = match master.read(&mut buf) {
             // EIO once no process holds the terminal any more.
-            Ok(0) | Err(_) => return,
+            Ok(0) => return,
             Ok(n) => n,
+            // The master is non-blocking (attach writes to it): wait.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                use std::os::fd::AsRawFd;
+                let mut pfd = libc::pollfd {
+                    fd: master.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: poll on one descriptor we hold.
+                unsafe { libc::poll(&mut pfd, 1, 1000) };
+                continue;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
         };
         let mut out = Vec::new();
         let ts = k8s_openapi::jiff::Timestamp::now();
