@@ -47,7 +47,7 @@ fn ephemeral_status(pod: &Value, name: &str) -> Option<Value> {
 fn kubectl_debug_adds_an_ephemeral_container() {
     let cp = ControlPlane::start_networked(&[]).unwrap();
     let k = cp.kubectl();
-    let agent = Agent::start(&cp);
+    let mut agent = Agent::start(&cp);
     web_pod(&k, &agent, "web");
 
     let out = k
@@ -175,6 +175,26 @@ fn kubectl_debug_adds_an_ephemeral_container() {
     let later = ephemeral_status(&k.get_json(&["pod", "web"]), "once").unwrap();
     assert_eq!(later["restartCount"], 0, "{later}");
     assert!(later["state"]["terminated"].is_object(), "{later}");
+
+    // A restarted agent adopts the running ephemeral container and does
+    // not run the ended one again.
+    let dbg_id =
+        ephemeral_status(&k.get_json(&["pod", "web"]), "dbg").unwrap()["containerID"].clone();
+    agent.proc.as_mut().unwrap().kill();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    agent.launch();
+    agent.wait(30, "the restarted agent to adopt the containers", || {
+        (agent.log().matches("adopted running container").count() >= 3).then_some(())
+    });
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let after = k.get_json(&["pod", "web"]);
+    let dbg = ephemeral_status(&after, "dbg").unwrap();
+    assert_eq!(dbg["containerID"], dbg_id, "{dbg}");
+    assert!(dbg["state"]["running"].is_object(), "{dbg}");
+    let once = ephemeral_status(&after, "once").unwrap();
+    assert!(once["state"]["terminated"].is_object(), "{once}");
+    assert_eq!(once["restartCount"], 0, "{once}");
+    assert_eq!(after["status"]["phase"], "Running");
 
     // Changing an existing ephemeral container through the subresource is
     // refused, naming the field.
