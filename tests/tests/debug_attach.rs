@@ -2,13 +2,17 @@
 //! containers join a running pod's sandbox, are reported in its status and
 //! may only be added; attach reaches a container's stdin and output.
 
+use std::time::Duration;
+
 use harness::cluster::ControlPlane;
+use harness::kubectl::Kubectl;
+use harness::process::wait_for;
 use serde_json::Value;
 
 type Agent = harness::node::Node;
 
 /// A pod whose main container serves a page on localhost:8080.
-fn web_pod(k: &harness::kubectl::Kubectl, agent: &Agent, name: &str) {
+fn web_pod(k: &Kubectl, agent: &Agent, name: &str) {
     let node = agent.name.clone();
     k.apply(&format!(
         r#"
@@ -269,7 +273,7 @@ fn kubectl_debug_adds_an_ephemeral_container() {
 
 /// Runs kubectl `args` for at most `secs` seconds; returns its stdout and
 /// stderr.
-fn run_for(k: &harness::kubectl::Kubectl, args: &[&str], secs: u64) -> (String, String) {
+fn run_for(k: &Kubectl, args: &[&str], secs: u64) -> (String, String) {
     let inner = k.command(args);
     let mut cmd = std::process::Command::new("timeout");
     cmd.arg(secs.to_string()).arg(inner.get_program());
@@ -546,4 +550,211 @@ spec:
     assert!(stdout.contains("hello-from-web"), "{stdout}\n{stderr}");
     let p = k.get_json(&["pod", "web"]);
     assert_eq!(p["spec"]["ephemeralContainers"][0]["tty"], true);
+}
+
+/// kubectl on a pseudo-terminal of the test's own, as a user's shell would
+/// run it: `-t` needs a terminal on stdin, and takes its size from stdout.
+struct Terminal {
+    master: std::fs::File,
+    child: std::process::Child,
+    output: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    stderr: tempfile::NamedTempFile,
+}
+
+impl Terminal {
+    fn winsize(rows: u16, cols: u16) -> libc::winsize {
+        libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        }
+    }
+
+    /// Starts `kubectl args` with a `rows`x`cols` terminal as its
+    /// controlling terminal, stdin and stdout.
+    fn spawn(k: &Kubectl, args: &[&str], rows: u16, cols: u16) -> Self {
+        use std::io::Read;
+        use std::os::fd::FromRawFd;
+        use std::os::unix::process::CommandExt;
+        let (mut master, mut slave) = (-1, -1);
+        let ws = Self::winsize(rows, cols);
+        // SAFETY: openpty fills in two descriptors we then own.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                &ws,
+            )
+        };
+        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+        // SAFETY: fresh descriptors from openpty, owned from here on.
+        let (master, slave) = unsafe {
+            (
+                std::fs::File::from_raw_fd(master),
+                std::fs::File::from_raw_fd(slave),
+            )
+        };
+        // kubectl must hold only the slave, or the master would never
+        // report the hang-up when it exits.
+        // SAFETY: fcntl on our own descriptor.
+        unsafe {
+            libc::fcntl(
+                std::os::fd::AsRawFd::as_raw_fd(&master),
+                libc::F_SETFD,
+                libc::FD_CLOEXEC,
+            )
+        };
+        let stderr = tempfile::NamedTempFile::new().unwrap();
+        let child = {
+            let mut cmd = k.command(args);
+            cmd.stdin(slave.try_clone().unwrap())
+                .stdout(slave)
+                .stderr(stderr.reopen().unwrap());
+            // A session of its own with the PTY as controlling terminal, so
+            // that a size change reaches kubectl as SIGWINCH.
+            // SAFETY: setsid and ioctl are async-signal-safe.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            cmd.spawn().unwrap()
+            // cmd, and with it our copy of the slave, is dropped here.
+        };
+        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (mut r, out) = (master.try_clone().unwrap(), output.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // Ends with EIO once kubectl, the last holder of the slave, exits.
+            while let Ok(n) = r.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                out.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Terminal {
+            master,
+            child,
+            output,
+            stderr,
+        }
+    }
+
+    fn output(&self) -> String {
+        String::from_utf8_lossy(&self.output.lock().unwrap()).into_owned()
+    }
+
+    /// What the user sees, and what kubectl said on stderr.
+    fn screen(&self) -> String {
+        format!(
+            "--- terminal\n{}\n--- kubectl stderr\n{}",
+            self.output(),
+            std::fs::read_to_string(self.stderr.path()).unwrap_or_default()
+        )
+    }
+
+    fn type_in(&mut self, keys: &str) {
+        use std::io::Write;
+        self.master.write_all(keys.as_bytes()).unwrap();
+    }
+
+    /// Waits until the output after byte `from` contains `text`.
+    fn expect(&self, from: usize, text: &str, secs: u64) -> bool {
+        wait_for(Duration::from_secs(secs), || {
+            self.output().get(from..)?.contains(text).then_some(())
+        })
+        .is_some()
+    }
+
+    fn resize(&self, rows: u16, cols: u16) {
+        let ws = Self::winsize(rows, cols);
+        // SAFETY: TIOCSWINSZ on our own PTY master with a valid winsize.
+        let rc = unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(&self.master),
+                libc::TIOCSWINSZ,
+                &ws,
+            )
+        };
+        assert_eq!(rc, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
+    }
+
+    /// kubectl's exit status; kills it after `secs`.
+    fn wait(&mut self, secs: u64) -> Option<i32> {
+        let status = wait_for(Duration::from_secs(secs), || self.child.try_wait().unwrap());
+        match status {
+            Some(s) => s.code(),
+            None => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("kubectl did not exit in {secs} s\n{}", self.screen());
+            }
+        }
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `kubectl debug -it` from a user's terminal: keystrokes reach the shell
+/// in the ephemeral container, its answers come back, and a resize of the
+/// user's terminal reaches the container's.
+#[test]
+fn kubectl_debug_on_a_users_terminal() {
+    let cp = ControlPlane::start_networked(&[]).unwrap();
+    let k = cp.kubectl();
+    let agent = Agent::start(&cp);
+    web_pod(&k, &agent, "web");
+    let mut t = Terminal::spawn(
+        &k,
+        &[
+            "debug",
+            "-it",
+            "pod/web",
+            "--image=busybox",
+            "--container=shell",
+            "--",
+            "sh",
+        ],
+        24,
+        80,
+    );
+    // The shell's prompt reaches the user's terminal once kubectl attaches.
+    assert!(
+        t.expect(0, "# ", 60),
+        "kubectl did not attach\n{}",
+        t.screen()
+    );
+    let answered = wait_for(Duration::from_secs(20), || {
+        let mark = t.output().len();
+        t.type_in("echo hi-$((1+1))\n");
+        t.expect(mark, "hi-2", 2).then_some(())
+    });
+    assert!(answered.is_some(), "no answer\n{}", t.screen());
+    let mark = t.output().len();
+    t.type_in("wget -qO- http://127.0.0.1:8080/\n");
+    assert!(t.expect(mark, "hello-from-web", 10), "{}", t.screen());
+    t.resize(50, 132);
+    let resized = wait_for(Duration::from_secs(10), || {
+        let mark = t.output().len();
+        t.type_in("stty size\n");
+        t.expect(mark, "50 132", 1).then_some(())
+    });
+    assert!(resized.is_some(), "resize not seen\n{}", t.screen());
+    t.type_in("exit\n");
+    assert_eq!(t.wait(30), Some(0), "{}", t.screen());
+    let p = k.get_json(&["pod", "web"]);
+    let shell = ephemeral_status(&p, "shell").unwrap();
+    assert_eq!(p["spec"]["ephemeralContainers"][0]["tty"], true, "{shell}");
 }
