@@ -13,6 +13,7 @@ pub mod node;
 pub mod nodeapi;
 pub mod pods;
 pub mod policy;
+pub mod portforward;
 pub mod runtime;
 pub mod services;
 pub mod stats;
@@ -105,14 +106,18 @@ pub async fn run(args: config::RunArgs) -> anyhow::Result<()> {
     });
     // Absolute: the runtime helper opens these paths from its own cwd.
     let exec_dir = cfg.state_dir.canonicalize()?.join("exec");
+    let pods_dir = (!args.no_pods).then(|| exec_dir.with_file_name("pods"));
     let api = tokio::spawn(nodeapi::serve(
         nodeapi::Listen {
             address: args.node_api_address,
             insecure: args.node_api_insecure_address,
         },
-        args.log_dir.clone(),
+        nodeapi::Dirs {
+            log_dir: args.log_dir.clone(),
+            exec_dir,
+            pods_dir,
+        },
         runtime,
-        exec_dir,
         ca,
         pins,
         stats,
