@@ -90,6 +90,13 @@ pub static RESOURCES: &[Resource] = &[
                 version: "v1",
                 verbs: &["create", "get"],
             },
+            Subresource {
+                name: "portforward",
+                kind: "PodPortForwardOptions",
+                group: "",
+                version: "v1",
+                verbs: &["create", "get"],
+            },
         ],
     },
     Resource {

@@ -95,6 +95,7 @@ fn edit_rules() -> Vec<Value> {
             &[
                 "pods",
                 "pods/exec",
+                "pods/portforward",
                 "pods/binding",
                 "services",
                 "endpoints",
@@ -106,7 +107,7 @@ fn edit_rules() -> Vec<Value> {
                 "persistentvolumeclaims",
             ],
         ),
-        rule(&["get", "create"], "", &["pods/exec"]),
+        rule(&["get", "create"], "", &["pods/exec", "pods/portforward"]),
         rule(
             WRITE,
             "apps",
