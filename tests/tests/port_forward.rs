@@ -129,10 +129,19 @@ fn echo_through(local: u16, port: u16, bytes: u64, seed: u64) -> f64 {
 
 /// `kubectl port-forward ARGS`, running until dropped, once it says it
 /// forwards every local port in `locals`.
-fn port_forward(k: &Kubectl, dir: &Path, name: &str, args: &[&str], locals: &[u16]) -> Guarded {
+/// With `websocket` false, kubectl goes straight to its SPDY fallback.
+fn port_forward(
+    k: &Kubectl,
+    dir: &Path,
+    name: &str,
+    args: &[&str],
+    locals: &[u16],
+    websocket: bool,
+) -> Guarded {
     let log = dir.join(format!("{name}.log"));
     let out = std::fs::File::create(&log).unwrap();
     let mut cmd = k.command(&[&["port-forward"], args].concat());
+    cmd.env("KUBECTL_PORT_FORWARD_WEBSOCKETS", websocket.to_string());
     cmd.stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out);
@@ -176,6 +185,7 @@ fn kubectl_port_forward_carries_100_mb_to_a_pods_ports_and_through_a_service() {
         "port-forward-pod",
         &["pod/echo", &format!("{l1}:8080"), &format!("{l2}:9090")],
         &[l1, l2],
+        true,
     );
     let started = Instant::now();
     let small = std::thread::spawn(move || echo_through(l2, 9090, 20 * MB, 7));
@@ -188,9 +198,18 @@ fn kubectl_port_forward_carries_100_mb_to_a_pods_ports_and_through_a_service() {
     // A second connection on the same forward, after the first closed.
     echo_through(l1, 8080, MB, 3);
     drop(pf);
+    let agent = &c.nodes[0];
+    assert!(
+        agent
+            .log()
+            .contains("port-forward to default/echo over a WebSocket"),
+        "kubectl 1.32 tunnels SPDY through a WebSocket first:\n{}",
+        agent.log()
+    );
 
     // By Service: kubectl picks a pod of its selector and maps the
-    // Service's port to the pod's target port.
+    // Service's port to the pod's target port. This time over plain SPDY,
+    // kubectl's fallback.
     let l3 = harness::ports::free_port();
     let _svc = port_forward(
         &c.k,
@@ -198,9 +217,19 @@ fn kubectl_port_forward_carries_100_mb_to_a_pods_ports_and_through_a_service() {
         "port-forward-svc",
         &["svc/echo", &format!("{l3}:81")],
         &[l3],
+        false,
     );
-    let secs = echo_through(l3, 9090, 10 * MB, 5);
-    eprintln!("port-forward svc/echo: 10 MB echoed through {l3}->81->9090 in {secs:.1} s");
+    let secs = echo_through(l3, 9090, 100 * MB, 5);
+    eprintln!(
+        "port-forward svc/echo over SPDY: 100 MB echoed through {l3}->81->9090 in {secs:.1} s"
+    );
+    assert!(
+        agent
+            .log()
+            .contains("port-forward to default/echo over SPDY"),
+        "{}",
+        agent.log()
+    );
 
     // A port nothing listens on: kubectl reports the agent's error and
     // the connection closes without a greeting.
@@ -211,6 +240,7 @@ fn kubectl_port_forward_carries_100_mb_to_a_pods_ports_and_through_a_service() {
         "port-forward-closed",
         &["pod/echo", &format!("{l4}:7777")],
         &[l4],
+        true,
     );
     let mut conn = TcpStream::connect(("127.0.0.1", l4)).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(30)))

@@ -111,6 +111,7 @@ pub async fn handle(
             )
                 .into_response();
         }
+        tracing::info!("port-forward to {ns}/{pod} over a WebSocket");
         return ws
             .protocols([WEBSOCKET_PROTOCOL])
             .on_upgrade(move |socket| tunnel(socket, dial));
@@ -136,6 +137,7 @@ pub async fn handle(
         )
             .into_response();
     };
+    tracing::info!("port-forward to {ns}/{pod} over SPDY");
     tokio::spawn(async move {
         let io = match upgrade.await {
             Ok(io) => hyper_util::rt::TokioIo::new(io),

@@ -28,6 +28,9 @@ const CHUNK: usize = 32 * 1024;
 /// Data frames queued towards one pod socket before reading the
 /// connection waits for it.
 const QUEUE: usize = 16;
+/// Forwarded connections, open or half-open, one client connection may
+/// have at once; streams beyond are refused.
+const MAX_FORWARDS: usize = 1024;
 
 /// The send windows, shared by the tasks that send data.
 #[derive(Default)]
@@ -266,7 +269,7 @@ impl Conn {
             return Ok(());
         }
         self.last_id = stream_id;
-        if self.going_away {
+        if self.going_away || self.pending.len() + self.tasks.len() / 2 >= MAX_FORWARDS {
             self.reset(stream_id, spdy::rst::REFUSED_STREAM).await;
             return Ok(());
         }
