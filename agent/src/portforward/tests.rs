@@ -44,6 +44,11 @@ impl Client {
         }
     }
 
+    /// The next frame if one comes within `wait`.
+    async fn within(&mut self, wait: Duration) -> Option<Frame> {
+        tokio::time::timeout(wait, self.next()).await.ok().flatten()
+    }
+
     async fn open(&mut self, id: u32, kind: &str, port: u16, request: &str) {
         self.send(Frame::SynStream {
             stream_id: id,
@@ -231,4 +236,65 @@ async fn bad_streams_are_reset_and_bad_frames_end_the_connection() {
     };
     assert_eq!(status, super::spdy::goaway::PROTOCOL_ERROR);
     assert_eq!(c.next().await, None);
+}
+
+#[tokio::test]
+async fn a_peer_that_keeps_windows_gets_no_more_than_it_allows() {
+    let port = echo_server().await;
+    let mut c = start();
+    // SETTINGS of the initial window: this client keeps windows.
+    c.send(Frame::Settings {
+        clear: false,
+        entries: vec![(0, super::spdy::SETTINGS_INITIAL_WINDOW, 65536)],
+    })
+    .await;
+    c.open(1, "error", port, "0").await;
+    c.open(3, "data", port, "0").await;
+    let payload = vec![42u8; 200_000];
+    c.send(Frame::Data {
+        stream_id: 3,
+        fin: true,
+        data: payload.clone(),
+    })
+    .await;
+    let mut back = Vec::new();
+    // Until the window is spent.
+    while back.len() < 65536 {
+        match c.next().await.unwrap() {
+            Frame::Data {
+                stream_id: 3, data, ..
+            } => back.extend_from_slice(&data),
+            Frame::SynReply { .. } | Frame::WindowUpdate { .. } => {}
+            f => panic!("unexpected {f:?}"),
+        }
+    }
+    assert_eq!(back.len(), 65536, "exactly the window");
+    // Nothing more until the client gives window back.
+    while let Some(f) = c.within(Duration::from_millis(300)).await {
+        assert!(
+            !matches!(f, Frame::Data { stream_id: 3, .. }),
+            "data past the window: {f:?}"
+        );
+    }
+    for stream_id in [0, 3] {
+        c.send(Frame::WindowUpdate {
+            stream_id,
+            delta: 1 << 20,
+        })
+        .await;
+    }
+    let mut fin = false;
+    while !fin {
+        if let Frame::Data {
+            stream_id: 3,
+            data,
+            fin: f,
+        } = c.next().await.unwrap()
+        {
+            back.extend_from_slice(&data);
+            fin = f;
+        }
+    }
+    let greeting = format!("port {port}\n");
+    assert_eq!(back.len(), greeting.len() + payload.len());
 }
