@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -31,6 +32,9 @@ const QUEUE: usize = 16;
 /// Forwarded connections, open or half-open, one client connection may
 /// have at once; streams beyond are refused.
 const MAX_FORWARDS: usize = 1024;
+/// How long the first stream of a forwarded connection waits for the
+/// second, as kubelet's stream creation timeout.
+const PAIR_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The send windows, shared by the tasks that send data.
 #[derive(Default)]
@@ -68,11 +72,11 @@ impl Flow {
 }
 
 /// A forwarded connection whose two streams have not both arrived.
-#[derive(Default)]
 struct Pending {
     port: u16,
     error: Option<u32>,
     data: Option<(u32, mpsc::Receiver<Vec<u8>>)>,
+    since: Instant,
 }
 
 struct Conn {
@@ -87,6 +91,8 @@ struct Conn {
     inbound: HashMap<u32, mpsc::Sender<Vec<u8>>>,
     /// The task serving each stream, by both of its stream ids.
     tasks: HashMap<u32, AbortHandle>,
+    /// The two stream ids of each task.
+    streams_of: HashMap<tokio::task::Id, [u32; 2]>,
     running: JoinSet<()>,
 }
 
@@ -109,6 +115,7 @@ where
         pending: HashMap::new(),
         inbound: HashMap::new(),
         tasks: HashMap::new(),
+        streams_of: HashMap::new(),
         running: JoinSet::new(),
     };
     let mut decoder = Decoder::new();
@@ -133,8 +140,7 @@ where
             Ok(0) | Err(_) => break Ok(()),
             Ok(_) => {}
         }
-        // Reap finished forwarders so the set does not grow.
-        while conn.running.try_join_next().is_some() {}
+        conn.reap();
     };
     if let Err(e) = &result {
         let _ = conn
@@ -188,6 +194,40 @@ impl Conn {
         self.send(Frame::RstStream { stream_id, status }).await;
     }
 
+    /// Forgets the forwarders that have finished.
+    fn reap(&mut self) {
+        while let Some(done) = self.running.try_join_next_with_id() {
+            let id = match done {
+                Ok((id, ())) => id,
+                Err(e) => e.id(),
+            };
+            for stream_id in self.streams_of.remove(&id).into_iter().flatten() {
+                self.tasks.remove(&stream_id);
+                self.inbound.remove(&stream_id);
+            }
+        }
+    }
+
+    /// Refuses the streams of forwarded connections whose other half did
+    /// not come in time.
+    async fn expire(&mut self) {
+        let stale: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.since.elapsed() > PAIR_TIMEOUT)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in stale {
+            let Some(p) = self.pending.remove(&key) else {
+                continue;
+            };
+            for stream_id in p.error.into_iter().chain(p.data.map(|d| d.0)) {
+                self.reset(stream_id, spdy::rst::REFUSED_STREAM).await;
+                self.forget(stream_id);
+            }
+        }
+    }
+
     /// Ends a stream's forwarder, if it has one, and forgets the stream.
     fn forget(&mut self, stream_id: u32) {
         self.inbound.remove(&stream_id);
@@ -208,7 +248,19 @@ impl Conn {
                 data,
             } => {
                 let len = data.len();
+                let paired = self.tasks.contains_key(&stream_id);
                 match self.inbound.get(&stream_id) {
+                    // Before its error stream comes, a data stream may
+                    // queue only so much: reading waits for no one then.
+                    Some(tx) if !paired && !data.is_empty() => {
+                        if tx.try_send(data).is_err() {
+                            self.reset(stream_id, spdy::rst::FLOW_CONTROL_ERROR).await;
+                            self.forget(stream_id);
+                            self.pending
+                                .retain(|_, p| p.data.as_ref().map(|d| d.0) != Some(stream_id));
+                            self.give_back(0, len).await;
+                        }
+                    }
                     Some(tx) if !data.is_empty() => {
                         if tx.send(data).await.is_err() {
                             // The pod side is gone; what follows is dropped.
@@ -269,6 +321,8 @@ impl Conn {
             return Ok(());
         }
         self.last_id = stream_id;
+        self.reap();
+        self.expire().await;
         if self.going_away || self.pending.len() + self.tasks.len() / 2 >= MAX_FORWARDS {
             self.reset(stream_id, spdy::rst::REFUSED_STREAM).await;
             return Ok(());
@@ -289,7 +343,15 @@ impl Conn {
             self.reset(stream_id, spdy::rst::PROTOCOL_ERROR).await;
             return Ok(());
         };
-        let pending = self.pending.entry(request.clone()).or_default();
+        let pending = self
+            .pending
+            .entry(request.clone())
+            .or_insert_with(|| Pending {
+                port: 0,
+                error: None,
+                data: None,
+                since: Instant::now(),
+            });
         let taken = match kind {
             "error" => pending.error.is_some(),
             _ => pending.data.is_some(),
@@ -324,6 +386,7 @@ impl Conn {
             port,
             error: Some(error),
             data: Some((data, rx)),
+            ..
         }) = self.pending.remove(&request)
         {
             let job = Forward {
@@ -336,6 +399,7 @@ impl Conn {
                 dial: self.dial.clone(),
             };
             let handle = self.running.spawn(job.run(rx));
+            self.streams_of.insert(handle.id(), [data, error]);
             self.tasks.insert(data, handle.clone());
             self.tasks.insert(error, handle);
         }

@@ -298,3 +298,62 @@ async fn a_peer_that_keeps_windows_gets_no_more_than_it_allows() {
     let greeting = format!("port {port}\n");
     assert_eq!(back.len(), greeting.len() + payload.len());
 }
+
+#[tokio::test]
+async fn finished_forwards_make_room_for_new_ones() {
+    let port = echo_server().await;
+    let mut c = start();
+    // More forwarded connections, one after the other, than one client
+    // connection may hold at once.
+    for i in 0..1100u32 {
+        let (error, data) = (4 * i + 1, 4 * i + 3);
+        let request = i.to_string();
+        c.open(error, "error", port, &request).await;
+        c.open(data, "data", port, &request).await;
+        c.send(Frame::Data {
+            stream_id: data,
+            fin: true,
+            data: b"x".to_vec(),
+        })
+        .await;
+        let mut fins = 0;
+        while fins < 2 {
+            match c.next().await.unwrap() {
+                Frame::Data { fin, .. } => fins += fin as u32,
+                Frame::SynReply { .. } | Frame::WindowUpdate { .. } => {}
+                f => panic!("connection {i}: unexpected {f:?}"),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_data_stream_without_its_error_stream_queues_only_so_much() {
+    let port = echo_server().await;
+    let mut c = start();
+    c.open(1, "data", port, "0").await;
+    for _ in 0..100 {
+        c.send(Frame::Data {
+            stream_id: 1,
+            fin: false,
+            data: vec![0; 1024],
+        })
+        .await;
+    }
+    loop {
+        match c.next().await.unwrap() {
+            Frame::RstStream { stream_id: 1, .. } => break,
+            Frame::SynReply { .. } | Frame::WindowUpdate { .. } => {}
+            f => panic!("unexpected {f:?}"),
+        }
+    }
+    // The connection still serves.
+    c.send(Frame::Ping { id: 5 }).await;
+    loop {
+        match c.next().await.unwrap() {
+            Frame::Ping { id: 5 } => break,
+            Frame::WindowUpdate { .. } => {}
+            f => panic!("unexpected {f:?}"),
+        }
+    }
+}
