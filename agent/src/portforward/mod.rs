@@ -47,8 +47,11 @@ impl Ctx {
                 name.strip_prefix(&prefix).map(str::to_string)
             })
             .filter(|uid| !uid.is_empty() && !uid.contains('/') && !uid.starts_with('.'))
-            .map(|uid| pods_dir.join(uid).join("sandbox/ns/net"))
-            .find(|p| p.exists())
+            .map(|uid| pods_dir.join(uid))
+            .filter(|dir| dir.join("sandbox/ns/net").exists())
+            // A pod deleted and made again under the same name: the newest.
+            .max_by_key(|dir| dir.metadata().and_then(|m| m.modified()).ok())
+            .map(|dir| dir.join("sandbox/ns/net"))
     }
 }
 

@@ -154,7 +154,14 @@ where
     }
     // Aborts every forwarder: the client is gone.
     drop(conn);
-    let _ = writer.await;
+    // A client that stopped reading does not hold the writer for ever.
+    let abort = writer.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(10), writer)
+        .await
+        .is_err()
+    {
+        abort.abort();
+    }
     result
 }
 
