@@ -836,6 +836,69 @@ mod tests {
     }
 
     #[test]
+    fn mutated_streams_of_frames_never_panic() {
+        let mut enc = Encoder::new().unwrap();
+        let mut valid = Vec::new();
+        for f in [
+            Frame::SynStream {
+                stream_id: 1,
+                associated: 0,
+                priority: 0,
+                fin: false,
+                unidirectional: false,
+                headers: h(&[("streamtype", "error"), ("port", "80"), ("requestid", "0")]),
+            },
+            Frame::SynStream {
+                stream_id: 3,
+                associated: 0,
+                priority: 0,
+                fin: false,
+                unidirectional: false,
+                headers: h(&[("streamtype", "data"), ("port", "80"), ("requestid", "0")]),
+            },
+            Frame::Data {
+                stream_id: 3,
+                fin: false,
+                data: b"hello".to_vec(),
+            },
+            Frame::Settings {
+                clear: false,
+                entries: vec![(0, SETTINGS_INITIAL_WINDOW, 1000)],
+            },
+            Frame::WindowUpdate {
+                stream_id: 3,
+                delta: 9,
+            },
+            Frame::Ping { id: 1 },
+        ] {
+            enc.encode(&f, &mut valid).unwrap();
+        }
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..20_000 {
+            let mut bytes = valid.clone();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() % bytes.len() as u64) as usize;
+                match next() % 3 {
+                    0 => bytes[at] ^= 1 << (next() % 8),
+                    1 => bytes[at] = next() as u8,
+                    _ => bytes.truncate(at.max(1)),
+                }
+            }
+            let mut dec = Decoder::new();
+            let mut at = 0;
+            while let Ok(Some((_, n))) = dec.decode(&bytes[at..]) {
+                at += n;
+            }
+        }
+    }
+
+    #[test]
     fn header_blocks_that_lie_about_lengths_are_errors() {
         assert!(parse_headers(&[0, 0, 0, 1, 0, 0, 0, 9, b'a']).is_err());
         assert!(parse_headers(&[0xff, 0xff, 0xff, 0xff]).is_err());
