@@ -294,9 +294,7 @@ impl Conn {
             Frame::WindowUpdate { stream_id, delta } => {
                 if let Err(e) = self.flow.with(|w| w.update(stream_id, delta)) {
                     if stream_id == 0 {
-                        return Err(FrameError::Malformed("WINDOW_UPDATE")).inspect_err(|_| {
-                            tracing::debug!("port-forward: {e}");
-                        });
+                        return Err(e.into());
                     }
                     self.reset(stream_id, spdy::rst::FLOW_CONTROL_ERROR).await;
                     self.forget(stream_id);

@@ -133,6 +133,8 @@ pub enum FrameError {
     Malformed(&'static str),
     #[error("header block: {0}")]
     HeaderBlock(String),
+    #[error(transparent)]
+    FlowControl(#[from] WindowOverflow),
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {

@@ -357,3 +357,15 @@ async fn a_data_stream_without_its_error_stream_queues_only_so_much() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_session_window_past_its_limit_ends_the_connection() {
+    let mut c = start();
+    c.send(Frame::WindowUpdate {
+        stream_id: 0,
+        delta: 0x7fff_ffff,
+    })
+    .await;
+    assert!(matches!(c.next().await, Some(Frame::GoAway { .. })));
+    assert_eq!(c.next().await, None);
+}
