@@ -60,10 +60,14 @@ pub async fn run(args: config::RunArgs) -> anyhow::Result<()> {
             .context("--node-ip is not an IPv4 address")?;
         let network =
             network::Network::start(&client, &cfg.name, ip, &args.network, &state).await?;
+        let recorder =
+            kit::events::Recorder::new(client.clone(), "kubelet", metrics::EVENTS_DROPPED.clone())
+                .on_node(&cfg.name);
         tokio::spawn(network::sync_routes(
             client.clone(),
             cfg.name.clone(),
             network.clone(),
+            recorder.clone(),
         ));
         tokio::spawn(services::run(
             client.clone(),
@@ -81,6 +85,7 @@ pub async fn run(args: config::RunArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(&args.log_dir)?;
         let env = std::sync::Arc::new(pods::Env {
             client: client.clone(),
+            recorder,
             runtime,
             images,
             node_name: cfg.name.clone(),
