@@ -14,6 +14,7 @@ pub mod node;
 pub mod nodeapi;
 pub mod pods;
 pub mod policy;
+pub mod portforward;
 pub mod runtime;
 pub mod services;
 pub mod stats;
@@ -60,10 +61,14 @@ pub async fn run(args: config::RunArgs) -> anyhow::Result<()> {
             .context("--node-ip is not an IPv4 address")?;
         let network =
             network::Network::start(&client, &cfg.name, ip, &args.network, &state).await?;
+        let recorder =
+            kit::events::Recorder::new(client.clone(), "kubelet", metrics::EVENTS_DROPPED.clone())
+                .on_node(&cfg.name);
         tokio::spawn(network::sync_routes(
             client.clone(),
             cfg.name.clone(),
             network.clone(),
+            recorder.clone(),
         ));
         tokio::spawn(services::run(
             client.clone(),
@@ -81,6 +86,7 @@ pub async fn run(args: config::RunArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(&args.log_dir)?;
         let env = std::sync::Arc::new(pods::Env {
             client: client.clone(),
+            recorder,
             runtime,
             images,
             node_name: cfg.name.clone(),
@@ -106,14 +112,18 @@ pub async fn run(args: config::RunArgs) -> anyhow::Result<()> {
     });
     // Absolute: the runtime helper opens these paths from its own cwd.
     let exec_dir = cfg.state_dir.canonicalize()?.join("exec");
+    let pods_dir = (!args.no_pods).then(|| exec_dir.with_file_name("pods"));
     let api = tokio::spawn(nodeapi::serve(
         nodeapi::Listen {
             address: args.node_api_address,
             insecure: args.node_api_insecure_address,
         },
-        args.log_dir.clone(),
+        nodeapi::Dirs {
+            log_dir: args.log_dir.clone(),
+            exec_dir,
+            pods_dir,
+        },
         runtime,
-        exec_dir,
         ca,
         pins,
         stats,

@@ -61,6 +61,9 @@ pub static POD_START: Histogram = Histogram::new();
 pub static IMAGE_PULL: Histogram = Histogram::new();
 /// Pods this agent runs right now.
 pub static PODS: AtomicU64 = AtomicU64::new(0);
+/// Events the recorder's queue had no room for.
+pub static EVENTS_DROPPED: std::sync::LazyLock<std::sync::Arc<kit::metrics::Counter>> =
+    std::sync::LazyLock::new(Default::default);
 
 /// The text of `/metrics`; `pins` is the datapath's bpffs directory, whose
 /// maps are counted when present.
@@ -80,6 +83,11 @@ pub fn render(pins: Option<&std::path::Path>) -> String {
         out,
         "# HELP kestrel_agent_pods Pods this agent runs.\n# TYPE kestrel_agent_pods gauge\nkestrel_agent_pods {}",
         PODS.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP kestrel_agent_events_dropped_total Events dropped because the recorder's queue was full.\n# TYPE kestrel_agent_events_dropped_total counter\nkestrel_agent_events_dropped_total {}",
+        EVENTS_DROPPED.get()
     );
     if let Some(pins) = pins {
         if let Ok(eps) = crate::network::datapath::read_endpoints(pins) {

@@ -1,7 +1,7 @@
 //! The node API the API server proxies `kubectl logs` to:
 //! `GET /containerLogs/{namespace}/{pod}/{container}` with kubelet's query
 //! parameters (follow, tailLines, timestamps, sinceSeconds, previous,
-//! limitBytes), and exec. Over HTTPS, only clients with a certificate from
+//! limitBytes), exec and port-forward. Over HTTPS, only clients with a certificate from
 //! the cluster CA that are not nodes (the API server, admins) get in;
 //! without a cluster CA there is no one to let in, and logs and exec are
 //! not served unless asked for on an address of their own (see `serve`).
@@ -211,6 +211,17 @@ async fn container_logs(
         .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "response".into()))
 }
 
+/// Where the node API finds what it serves.
+#[derive(Clone, Debug)]
+pub struct Dirs {
+    /// Containers' logs, `{ns}_{pod}_{uid}/{container}/{n}.log`.
+    pub log_dir: PathBuf,
+    /// Where exec sessions keep their FIFOs.
+    pub exec_dir: PathBuf,
+    /// Pods' state (their sandboxes); absent when the agent runs no pods.
+    pub pods_dir: Option<PathBuf>,
+}
+
 /// Where the node API listens.
 #[derive(Clone, Copy, Debug)]
 pub struct Listen {
@@ -244,13 +255,17 @@ pub fn local_only(addr: SocketAddr) -> SocketAddr {
 /// whose API server has no TLS either, such as tests).
 pub async fn serve(
     listen: Listen,
-    log_dir: PathBuf,
+    dirs: Dirs,
     runtime: Option<crate::runtime::Runtime>,
-    exec_dir: PathBuf,
     ca_der: Option<Vec<Vec<u8>>>,
     pins: Option<PathBuf>,
     stats: Option<Arc<crate::stats::Sampler>>,
 ) -> anyhow::Result<()> {
+    let Dirs {
+        log_dir,
+        exec_dir,
+        pods_dir,
+    } = dirs;
     let exec = axum::Router::new()
         .route(
             "/exec/{ns}/{pod}/{container}",
@@ -264,6 +279,14 @@ pub async fn serve(
             log_dir: log_dir.clone(),
             runtime,
             exec_dir,
+        }))
+        .route(
+            "/portForward/{ns}/{pod}",
+            axum::routing::get(crate::portforward::handle).post(crate::portforward::handle),
+        )
+        .with_state(Arc::new(crate::portforward::Ctx {
+            log_dir: log_dir.clone(),
+            pods_dir,
         }));
     let private = axum::Router::new()
         .route(

@@ -41,3 +41,26 @@ pub fn workspace_root() -> std::path::PathBuf {
         .expect("tests/ has a parent")
         .to_path_buf()
 }
+
+/// Compiles `tests/probe/<source>` into `out` with rustc, statically
+/// linked, so it runs from a hostPath volume in any image.
+pub fn build_probe(source: &str, out: &std::path::Path) {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("probe")
+        .join(source);
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let status = std::process::Command::new(rustc)
+        .args([
+            "--edition",
+            "2021",
+            "-O",
+            "-C",
+            "target-feature=+crt-static",
+            "-o",
+        ])
+        .arg(out)
+        .arg(&src)
+        .status()
+        .expect("running rustc");
+    assert!(status.success(), "building {}", src.display());
+}

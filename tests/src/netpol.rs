@@ -8,8 +8,7 @@
 //! image has no UDP server.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
 use crate::networked::NetCluster;
@@ -278,22 +277,7 @@ pub fn bpf_policy(node: &Node) -> String {
 /// Compiles the probe into `out`, statically linked so it needs nothing
 /// from the image it runs in.
 fn build_probe(out: &Path) {
-    let src: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("probe/netpol_probe.rs");
-    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
-    let status = Command::new(rustc)
-        .args([
-            "--edition",
-            "2021",
-            "-O",
-            "-C",
-            "target-feature=+crt-static",
-            "-o",
-        ])
-        .arg(out)
-        .arg(&src)
-        .status()
-        .expect("running rustc");
-    assert!(status.success(), "building {}", src.display());
+    crate::build_probe("netpol_probe.rs", out);
 }
 
 /// Why SCTP cannot be probed here, if it cannot: the kernel refuses SCTP

@@ -15,9 +15,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use ipnet::Ipv4Net;
-use k8s_openapi::api::core::v1::{Event, Node, ObjectReference};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::Api;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
 
@@ -133,7 +132,7 @@ pub fn plan(own: &Own<'_>, nodes: &[Arc<Node>]) -> Plan {
 /// Tells of each Node's routing problem once, and again only when it
 /// changes.
 struct Reporter {
-    client: kube::Client,
+    recorder: kit::events::Recorder,
     own: String,
     /// Node name -> the problem last told.
     told: HashMap<String, String>,
@@ -149,58 +148,28 @@ impl Reporter {
                 continue;
             }
             tracing::warn!(node = %name, reason, "not routing to node {name}: {message}");
-            self.event(&node, reason, &message).await;
+            self.event(&node, reason, &message);
             self.told.insert(name, message);
         }
     }
 
-    async fn event(&self, node: &Node, reason: &str, message: &str) {
-        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            k8s_openapi::jiff::Timestamp::now(),
-        );
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        // Nodes have no namespace; their Events live in default, as
-        // kubelet's do.
-        let ev = Event {
-            metadata: ObjectMeta {
-                name: Some(format!("{}.{nanos:x}", node.name_any())),
-                namespace: Some("default".into()),
-                ..Default::default()
-            },
-            involved_object: ObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Node".into()),
-                name: Some(node.name_any()),
-                uid: node.uid(),
-                ..Default::default()
-            },
-            reason: Some(reason.into()),
-            message: Some(format!("node {}: {message}", self.own)),
-            type_: Some("Warning".into()),
-            count: Some(1),
-            first_timestamp: Some(now.clone()),
-            last_timestamp: Some(now),
-            source: Some(k8s_openapi::api::core::v1::EventSource {
-                component: Some("kestrel-agent".into()),
-                host: Some(self.own.clone()),
-            }),
-            reporting_component: Some("kestrel-agent".into()),
-            reporting_instance: Some(self.own.clone()),
-            ..Default::default()
-        };
-        let api: Api<Event> = Api::namespaced(self.client.clone(), "default");
-        if let Err(e) = api.create(&PostParams::default(), &ev).await {
-            tracing::debug!("recording event {reason}: {e}");
-        }
+    fn event(&self, node: &Node, reason: &str, message: &str) {
+        // Nodes have no namespace; the recorder puts their Events in
+        // default, as kubelet's are.
+        let reference = kit::events::reference(node);
+        let message = format!("node {}: {message}", self.own);
+        self.recorder.record(reference, "Warning", reason, message);
     }
 }
 
 /// Keeps the routes to other nodes' pod CIDRs equal to the Node objects,
 /// until dropped.
-pub async fn sync_routes(client: kube::Client, self_name: String, network: Arc<Network>) {
+pub async fn sync_routes(
+    client: kube::Client,
+    self_name: String,
+    network: Arc<Network>,
+    recorder: kit::events::Recorder,
+) {
     let routes = match Routes::new() {
         Ok(r) => r,
         Err(e) => {
@@ -215,7 +184,7 @@ pub async fn sync_routes(client: kube::Client, self_name: String, network: Arc<N
         tunnel: network.tunnel,
     };
     let mut reporter = Reporter {
-        client: client.clone(),
+        recorder,
         own: self_name.clone(),
         told: HashMap::new(),
     };

@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Event, Pod};
-use kube::api::{Api, ObjectMeta, PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
 use tokio::sync::watch;
@@ -25,6 +25,8 @@ use crate::runtime::Runtime;
 /// What every pod worker shares.
 pub struct Env {
     pub client: kube::Client,
+    /// Events about pods, written in the background.
+    pub recorder: kit::events::Recorder,
     pub runtime: Runtime,
     pub images: ImageStore,
     pub node_name: String,
@@ -52,47 +54,11 @@ pub fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
-/// Records a core/v1 Event about `pod` from this agent.
-pub async fn event(env: &Env, pod: &Pod, type_: &str, reason: &str, message: String) {
-    let now =
-        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let ns = pod.namespace().unwrap_or_default();
-    let ev = Event {
-        metadata: ObjectMeta {
-            name: Some(format!("{}.{nanos:x}", pod.name_any())),
-            namespace: Some(ns.clone()),
-            ..Default::default()
-        },
-        involved_object: k8s_openapi::api::core::v1::ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Pod".into()),
-            name: Some(pod.name_any()),
-            namespace: Some(ns.clone()),
-            uid: pod.uid(),
-            ..Default::default()
-        },
-        reason: Some(reason.into()),
-        message: Some(message),
-        type_: Some(type_.into()),
-        count: Some(1),
-        first_timestamp: Some(now.clone()),
-        last_timestamp: Some(now),
-        source: Some(k8s_openapi::api::core::v1::EventSource {
-            component: Some("kubelet".into()),
-            host: Some(env.node_name.clone()),
-        }),
-        reporting_component: Some("kestrel-agent".into()),
-        reporting_instance: Some(env.node_name.clone()),
-        ..Default::default()
-    };
-    let api: Api<Event> = Api::namespaced(env.client.clone(), &ns);
-    if let Err(e) = api.create(&PostParams::default(), &ev).await {
-        tracing::debug!("recording event {reason}: {e}");
-    }
+/// Records a core/v1 Event about `pod` from this agent; queued, so the
+/// pod's worker never waits on the API server for it.
+pub fn event(env: &Env, pod: &Pod, type_: &str, reason: &str, message: String) {
+    let reference = kit::events::reference(pod);
+    env.recorder.record(reference, type_, reason, message);
 }
 
 /// Watches the pods bound to this node and keeps a worker per pod until

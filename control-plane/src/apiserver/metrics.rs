@@ -31,9 +31,9 @@ pub fn verb(method: &Method, target: &Target, query: &Query) -> &'static str {
     match *method {
         Method::GET if query.flag("watch") => "WATCH",
         Method::GET if collection => "LIST",
-        Method::GET if target.sub.as_deref() == Some("exec") => "CONNECT",
+        Method::GET if matches!(target.sub.as_deref(), Some("exec" | "portforward")) => "CONNECT",
         Method::GET => "GET",
-        Method::POST if target.sub.as_deref() == Some("exec") => "CONNECT",
+        Method::POST if matches!(target.sub.as_deref(), Some("exec" | "portforward")) => "CONNECT",
         Method::POST => "POST",
         Method::PUT => "PUT",
         Method::PATCH => "PATCH",

@@ -296,13 +296,32 @@ async fn route(axum::extract::State(state): axum::extract::State<State>, req: Re
             None => ApiError::path_not_found(p).into_response(),
             Some(Err(e)) => e.into_response(),
             Some(Ok(target)) => {
-                if let Err(e) = authz::authorize(&state, &user, &method, &target, &query).await {
+                // Forwarding ports is a `create` of pods/portforward
+                // whichever way the client upgrades, as upstream asks of
+                // WebSocket upgrades.
+                let portforward =
+                    target.sub.as_deref() == Some("portforward") && target.res.plural == "pods";
+                let authz_method = if portforward {
+                    Method::POST
+                } else {
+                    method.clone()
+                };
+                if let Err(e) =
+                    authz::authorize(&state, &user, &authz_method, &target, &query).await
+                {
                     return e.into_response();
                 }
                 if target.sub.as_deref() == Some("log") {
                     if let Err(e) = limits::log_options(&query) {
                         return e.into_response();
                     }
+                }
+                if portforward && target.name.is_some() {
+                    let raw = parts.uri.query().unwrap_or("").to_string();
+                    return match nodeproxy::portforward(&state, &target, &raw, &mut parts).await {
+                        Ok(r) => r,
+                        Err(e) => e.into_response(),
+                    };
                 }
                 if matches!(target.sub.as_deref(), Some("exec" | "attach"))
                     && target.res.plural == "pods"

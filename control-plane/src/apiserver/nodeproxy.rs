@@ -1,5 +1,6 @@
-//! `pods/<name>/log`, proxied to the node agent that runs the pod (its
-//! node API, at the node's InternalIP and `daemonEndpoints` port). Over
+//! `pods/<name>/log`, `exec` and `portforward`, proxied to the node agent
+//! that runs the pod (its node API, at the node's InternalIP and
+//! `daemonEndpoints` port). Over
 //! HTTPS the API server presents its kubelet-client certificate; like
 //! Kubernetes without `--kubelet-certificate-authority`, it does not verify
 //! the agent's self-signed serving certificate.
@@ -111,15 +112,8 @@ struct Located {
 }
 
 async fn locate(state: &State, target: &Target, query: &Query) -> ApiResult<Located> {
-    let name = target.name.clone().unwrap_or_default();
-    let ns = target.namespace.clone().unwrap_or_else(|| "default".into());
-    let pod = state
-        .storage
-        .get(&target.key())
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .ok_or_else(|| ApiError::not_found("pods", &name))?
-        .value;
+    let (pod, mut at) = find_pod(state, target).await?;
+    let name = &at.name;
     let names: Vec<String> = pod
         .pointer("/spec/containers")
         .and_then(Value::as_array)
@@ -141,7 +135,7 @@ async fn locate(state: &State, target: &Target, query: &Query) -> ApiResult<Loca
         .flatten()
         .filter_map(|c| c["name"].as_str().map(str::to_string))
         .collect();
-    let container = match query.get("container") {
+    at.container = match query.get("container") {
         Some(c) if names.iter().chain(&ephemeral).any(|n| n == c) => c.to_string(),
         Some(c) => {
             return Err(ApiError::bad_request(format!(
@@ -156,6 +150,24 @@ async fn locate(state: &State, target: &Target, query: &Query) -> ApiResult<Loca
             )))
         }
     };
+    Ok(at)
+}
+
+/// The pod and node API address a request for the whole pod is for.
+async fn locate_pod(state: &State, target: &Target) -> ApiResult<Located> {
+    Ok(find_pod(state, target).await?.1)
+}
+
+async fn find_pod(state: &State, target: &Target) -> ApiResult<(Value, Located)> {
+    let name = target.name.clone().unwrap_or_default();
+    let ns = target.namespace.clone().unwrap_or_else(|| "default".into());
+    let pod = state
+        .storage
+        .get(&target.key())
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .ok_or_else(|| ApiError::not_found("pods", &name))?
+        .value;
     let node_name = pod
         .pointer("/spec/nodeName")
         .and_then(Value::as_str)
@@ -171,14 +183,15 @@ async fn locate(state: &State, target: &Target, query: &Query) -> ApiResult<Loca
         .value;
     let (host, port) = endpoint(&node)
         .ok_or_else(|| ApiError::unavailable(format!("node {node_name} has no address")))?;
-    Ok(Located {
+    let at = Located {
         name,
         ns,
-        container,
+        container: String::new(),
         node: node_name,
         host,
         port,
-    })
+    };
+    Ok((pod, at))
 }
 
 impl Located {
@@ -276,9 +289,9 @@ pub async fn logs(state: &State, target: &Target, query: &Query) -> ApiResult<Re
         .map_err(|e| ApiError::internal(e.to_string()))
 }
 
-/// `pods/<name>/exec` or `pods/<name>/attach` (`sub`) as a WebSocket:
-/// the upgrade is passed to the node agent and, once it agrees, the two
-/// connections are spliced together.
+/// `pods/<name>/exec` or `pods/<name>/attach` as a WebSocket: the upgrade
+/// is passed to the node agent and, once it agrees, the two connections
+/// are spliced together.
 pub async fn exec(
     state: &State,
     target: &Target,
@@ -290,12 +303,7 @@ pub async fn exec(
         Some("attach") => "attach",
         _ => "exec",
     };
-    let websocket = parts
-        .headers
-        .get("upgrade")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    if !websocket {
+    if !upgrades_to(&parts.headers, "websocket") {
         // kubectl falls back to SPDY when it sees this.
         return Err(ApiError::bad_request(format!(
             "{sub} needs a WebSocket upgrade (v5.channel.k8s.io); SPDY is not supported"
@@ -303,17 +311,102 @@ pub async fn exec(
     }
     let at = locate(state, target, query).await?;
     let path = format!("/{sub}/{}/{}/{}?{raw_query}", at.ns, at.name, at.container);
-    let mut request =
-        axum::http::Request::get(&path).header("host", format!("{}:{}", at.host, at.port));
-    for h in [
-        "connection",
-        "upgrade",
-        "sec-websocket-key",
-        "sec-websocket-version",
-        "sec-websocket-protocol",
-    ] {
-        if let Some(v) = parts.headers.get(h) {
-            request = request.header(h, v.clone());
+    splice(
+        state,
+        &at,
+        axum::http::Method::GET,
+        &path,
+        parts,
+        &[
+            "connection",
+            "upgrade",
+            "sec-websocket-key",
+            "sec-websocket-version",
+            "sec-websocket-protocol",
+        ],
+        &[
+            "connection",
+            "upgrade",
+            "sec-websocket-accept",
+            "sec-websocket-protocol",
+        ],
+    )
+    .await
+}
+
+/// `pods/<name>/portforward`: a WebSocket carrying SPDY (kubectl's first
+/// try) or a plain SPDY/3.1 upgrade (its fallback), both served by the
+/// node agent, to which the connection is spliced as for exec.
+pub async fn portforward(
+    state: &State,
+    target: &Target,
+    raw_query: &str,
+    parts: &mut axum::http::request::Parts,
+) -> ApiResult<Response> {
+    let method = if upgrades_to(&parts.headers, "websocket") {
+        axum::http::Method::GET
+    } else if upgrades_to(&parts.headers, "SPDY/3.1") {
+        axum::http::Method::POST
+    } else {
+        return Err(ApiError::bad_request(
+            "Upgrade request required: port-forward needs a WebSocket or SPDY/3.1 upgrade",
+        ));
+    };
+    let at = locate_pod(state, target).await?;
+    let path = format!("/portForward/{}/{}?{raw_query}", at.ns, at.name);
+    splice(
+        state,
+        &at,
+        method,
+        &path,
+        parts,
+        &[
+            "connection",
+            "upgrade",
+            "sec-websocket-key",
+            "sec-websocket-version",
+            "sec-websocket-protocol",
+            "x-stream-protocol-version",
+        ],
+        &[
+            "connection",
+            "upgrade",
+            "sec-websocket-accept",
+            "sec-websocket-protocol",
+            "x-stream-protocol-version",
+        ],
+    )
+    .await
+}
+
+fn upgrades_to(headers: &axum::http::HeaderMap, protocol: &str) -> bool {
+    headers
+        .get_all("upgrade")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case(protocol))
+}
+
+/// Passes an upgrade request to the node agent with the `ask` headers
+/// and, once the agent agrees, answers with its `answer` headers and
+/// copies bytes between the client's connection and the agent's.
+async fn splice(
+    state: &State,
+    at: &Located,
+    method: axum::http::Method,
+    path: &str,
+    parts: &mut axum::http::request::Parts,
+    ask: &[&str],
+    answer: &[&str],
+) -> ApiResult<Response> {
+    let mut request = axum::http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", format!("{}:{}", at.host, at.port));
+    for h in ask {
+        for v in parts.headers.get_all(*h) {
+            request = request.header(*h, v.clone());
         }
     }
     let request = request
@@ -323,27 +416,23 @@ pub async fn exec(
         .extensions
         .remove::<hyper::upgrade::OnUpgrade>()
         .ok_or_else(|| ApiError::bad_request("this connection cannot be upgraded"))?;
-    let response = forward(state, &at, request).await?;
+    let response = forward(state, at, request).await?;
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return Err(error_from(&at, response).await);
+        return Err(error_from(at, response).await);
     }
     let mut reply = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
-    for h in [
-        "connection",
-        "upgrade",
-        "sec-websocket-accept",
-        "sec-websocket-protocol",
-    ] {
-        if let Some(v) = response.headers().get(h) {
-            reply = reply.header(h, v.clone());
+    for h in answer {
+        for v in response.headers().get_all(*h) {
+            reply = reply.header(*h, v.clone());
         }
     }
+    let what = path.split('/').nth(1).unwrap_or_default().to_string();
     tokio::spawn(async move {
         let (upstream, downstream) = match (hyper::upgrade::on(response).await, client.await) {
             (Ok(u), Ok(d)) => (u, d),
             (u, d) => {
                 tracing::warn!(
-                    "{sub} upgrade failed: node side {:?}, client side {:?}",
+                    "{what} upgrade failed: node side {:?}, client side {:?}",
                     u.err(),
                     d.err()
                 );

@@ -91,6 +91,13 @@ pub static RESOURCES: &[Resource] = &[
                 verbs: &["create", "get"],
             },
             Subresource {
+                name: "portforward",
+                kind: "PodPortForwardOptions",
+                group: "",
+                version: "v1",
+                verbs: &["create", "get"],
+            },
+            Subresource {
                 name: "attach",
                 kind: "PodAttachOptions",
                 group: "",

@@ -69,6 +69,63 @@ where
     (reader, stream)
 }
 
+/// The controller-manager's one watch of every pod: the store all its
+/// controllers read, and for each controller that subscribes, every pod
+/// the watch changes (deleted ones included), sent after the store has it.
+/// One watch instead of one per controller keeps the API server's load and
+/// our memory from growing with the number of controllers.
+#[derive(Clone)]
+pub struct PodFeed {
+    store: Store<Pod>,
+    subscribers: Arc<Mutex<Vec<tokio::sync::mpsc::UnboundedSender<Pod>>>>,
+}
+
+impl PodFeed {
+    /// Starts the watch.
+    pub fn start(api: Api<Pod>) -> Self {
+        let (store, writer) = reflector::store();
+        let subscribers: Arc<Mutex<Vec<tokio::sync::mpsc::UnboundedSender<Pod>>>> = Arc::default();
+        let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+            .default_backoff()
+            .touched_objects();
+        let fan_out = subscribers.clone();
+        tokio::spawn(async move {
+            let mut s = std::pin::pin!(stream);
+            while let Some(r) = s.next().await {
+                match r {
+                    // Unbounded, so a busy controller never stalls the
+                    // others or the store; controllers drain their trigger
+                    // streams into their own queues at once.
+                    Ok(pod) => fan_out
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .retain(|tx| tx.send(pod.clone()).is_ok()),
+                    Err(e) => tracing::warn!("pod watch: {e}"),
+                }
+            }
+        });
+        Self { store, subscribers }
+    }
+
+    pub fn store(&self) -> Store<Pod> {
+        self.store.clone()
+    }
+
+    /// The pods the watch changes from now on, as a controller trigger.
+    pub fn subscribe(
+        &self,
+    ) -> impl futures::Stream<Item = Result<Pod, watcher::Error>> + Send + 'static {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(tx);
+        futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|pod| (Ok(pod), rx))
+        })
+    }
+}
+
 /// Longest a reconcile may take. A call that never returns (a connection
 /// that died mid-request) would otherwise hold the object forever: the
 /// controller runs one reconcile per object at a time.
@@ -93,6 +150,8 @@ where
 pub struct Context {
     pub client: kube::Client,
     pub pods: Store<Pod>,
+    /// Where `pods` comes from; controllers subscribe to its changes.
+    pub pod_feed: PodFeed,
     pub recorder: Recorder,
     pub expectations: Expectations,
     pub metrics: Arc<Registry>,

@@ -42,7 +42,7 @@ impl std::ops::Deref for Ctx {
 
 /// Runs the endpoints controller until the process ends.
 pub async fn run(shared: Arc<Context>, concurrency: u16) {
-    let (pods, pod_events) = context::reflected(Api::<Pod>::all(shared.client.clone()));
+    let (pods, pod_events) = (shared.pods.clone(), shared.pod_feed.subscribe());
     let ctx = Arc::new(Ctx { shared, pods });
     let controller = Controller::new(
         Api::<Service>::all(ctx.client.clone()),

@@ -128,7 +128,8 @@ async fn run_controllers(
     health: Health,
     root_ca: Option<String>,
 ) -> anyhow::Result<()> {
-    let pods = context::cache(Api::<Pod>::all(client.clone()));
+    let pod_feed = context::PodFeed::start(Api::<Pod>::all(client.clone()));
+    let pods = pod_feed.store();
     let dropped = health.metrics.counter(
         "controller_events_dropped_total",
         "Events dropped under load.",
@@ -137,6 +138,7 @@ async fn run_controllers(
         recorder: Recorder::new(client.clone(), "controller-manager", dropped),
         client: client.clone(),
         pods: pods.clone(),
+        pod_feed,
         expectations: Expectations::default(),
         metrics: health.metrics.clone(),
     });

@@ -131,7 +131,7 @@ impl std::ops::Deref for Ctx {
 
 /// Runs the controller for kind `K` until the process ends.
 pub async fn run<K: Replicated>(shared: Arc<Context>, concurrency: u16) {
-    let (pods, pod_events) = context::reflected(Api::<Pod>::all(shared.client.clone()));
+    let (pods, pod_events) = (shared.pods.clone(), shared.pod_feed.subscribe());
     let ctx = Arc::new(Ctx { shared, pods });
     let api: Api<K> = Api::all(ctx.client.clone());
     let controller = Controller::new(api, watcher::Config::default())

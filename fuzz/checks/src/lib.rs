@@ -50,6 +50,11 @@ pub const TARGETS: &[Target] = &[
         name: "unpack",
         check: check_unpack,
     },
+    #[cfg(feature = "agent")]
+    Target {
+        name: "spdy",
+        check: check_spdy,
+    },
     #[cfg(feature = "apiserver")]
     Target {
         name: "api_request",
@@ -250,4 +255,30 @@ pub fn check_api_request(data: &[u8]) {
         };
     assert!(warnings.is_empty(), "{warnings:?}");
     assert_eq!(again, obj, "decoding is not a fixed point");
+}
+
+/// Bytes from a port-forward client: the SPDY decoder returns frames or
+/// an error, never panics, and every frame it returns encodes and decodes
+/// back to itself (header blocks through fresh zlib streams).
+#[cfg(feature = "agent")]
+pub fn check_spdy(data: &[u8]) {
+    use kestrel_agent::portforward::spdy::{Decoder, Encoder};
+    let mut decoder = Decoder::new();
+    let mut encoder = Encoder::new().expect("an encoder");
+    let mut again = Decoder::new();
+    let mut at = 0;
+    while let Ok(Some((frame, n))) = decoder.decode(&data[at..]) {
+        assert!(n >= 8 && at + n <= data.len());
+        at += n;
+        let mut wire = Vec::new();
+        encoder
+            .encode(&frame, &mut wire)
+            .expect("a decoded frame encodes");
+        let (back, m) = again
+            .decode(&wire)
+            .expect("an encoded frame decodes")
+            .expect("whole");
+        assert_eq!(m, wire.len());
+        assert_eq!(back, frame);
+    }
 }

@@ -260,7 +260,7 @@ impl Worker {
     }
 
     async fn event(&self, type_: &str, reason: &str, message: String) {
-        super::event(&self.env, &self.pod, type_, reason, message).await;
+        super::event(&self.env, &self.pod, type_, reason, message);
     }
 
     /// Finds containers a previous agent started for this pod.

@@ -97,6 +97,7 @@ fn edit_rules() -> Vec<Value> {
                 "pods/exec",
                 "pods/attach",
                 "pods/ephemeralcontainers",
+                "pods/portforward",
                 "pods/binding",
                 "services",
                 "endpoints",
@@ -108,7 +109,11 @@ fn edit_rules() -> Vec<Value> {
                 "persistentvolumeclaims",
             ],
         ),
-        rule(&["get", "create"], "", &["pods/exec", "pods/attach"]),
+        rule(
+            &["get", "create"],
+            "",
+            &["pods/exec", "pods/attach", "pods/portforward"],
+        ),
         rule(
             WRITE,
             "apps",

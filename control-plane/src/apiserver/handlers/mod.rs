@@ -301,6 +301,9 @@ pub async fn dispatch(
         (_, true, Some(sub @ ("exec" | "attach"))) => Err(ApiError::bad_request(format!(
             "{sub} needs a WebSocket upgrade (v5.channel.k8s.io)"
         ))),
+        (_, true, Some("portforward")) => Err(ApiError::bad_request(
+            "port-forward needs a WebSocket or SPDY/3.1 upgrade",
+        )),
         (Method::GET, true, _) => get(state, target, wants, query).await,
         (Method::GET, false, _) if query.flag("watch") => watch(state, target, wants, query).await,
         (Method::GET, false, _) => list(state, target, wants, query).await,

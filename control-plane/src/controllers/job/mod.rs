@@ -52,7 +52,7 @@ struct Ctx {
 
 /// Runs the Job controller until the process ends.
 pub async fn run(shared: Arc<Context>, concurrency: u16) {
-    let (pods, pod_events) = context::reflected(Api::<Pod>::all(shared.client.clone()));
+    let (pods, pod_events) = (shared.pods.clone(), shared.pod_feed.subscribe());
     let ctx = Arc::new(Ctx { shared, pods });
     let api: Api<Job> = Api::all(ctx.shared.client.clone());
     let controller = Controller::new(api, watcher::Config::default())

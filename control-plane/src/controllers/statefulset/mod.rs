@@ -44,7 +44,7 @@ struct Ctx {
 /// Runs the StatefulSet controller until the process ends.
 pub async fn run(shared: Arc<Context>, concurrency: u16) {
     let client = shared.client.clone();
-    let (pods, pod_events) = context::reflected(Api::<Pod>::all(client.clone()));
+    let (pods, pod_events) = (shared.pods.clone(), shared.pod_feed.subscribe());
     let (revisions, revision_events) =
         context::reflected(Api::<ControllerRevision>::all(client.clone()));
     let (claims, claim_events) =

@@ -1,6 +1,8 @@
-//! What the scheduler and the controller-manager share: an API client made
-//! from flags, leader election through a Lease, a health and metrics
-//! endpoint, and an event recorder. Both are ordinary API clients.
+//! What every component shares (the scheduler, the controller-manager and
+//! the node agent): an API client made from flags, with failover between
+//! API servers; leader election through a Lease; a health and metrics
+//! endpoint; an event recorder behind a bounded queue; and shutdown on
+//! SIGTERM. They are all ordinary API clients.
 
 pub mod events;
 pub mod health;

@@ -16,6 +16,8 @@ pub struct Recorder {
     tx: tokio::sync::mpsc::Sender<Event>,
     component: String,
     host: String,
+    /// The node a node agent speaks for, named as the events' source.
+    node: Option<String>,
     dropped: Arc<Counter>,
 }
 
@@ -47,8 +49,17 @@ impl Recorder {
             tx,
             component: component.into(),
             host,
+            node: None,
             dropped,
         }
+    }
+
+    /// The recorder of the agent of `node`: its events name the node as
+    /// their source and reporting instance, as kubelet's do.
+    pub fn on_node(mut self, node: &str) -> Self {
+        self.host = node.to_string();
+        self.node = Some(node.to_string());
+        self
     }
 
     /// Records `reason`/`message` about `object` (`type_` Normal or Warning).
@@ -82,7 +93,7 @@ impl Recorder {
             last_timestamp: Some(now),
             source: Some(EventSource {
                 component: Some(self.component.clone()),
-                host: None,
+                host: self.node.clone(),
             }),
             reporting_component: Some(self.component.clone()),
             reporting_instance: Some(self.host.clone()),
