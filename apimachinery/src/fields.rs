@@ -483,8 +483,9 @@ pub struct Conflict {
 /// applied configuration merged in. On success returns `merged` with the
 /// fields the writer applied before and no longer applies removed (unless
 /// another manager also owns them), and updates `entries`. Fields owned by
-/// other managers whose value the apply changes are conflicts; with `force`
-/// they move to the writer instead.
+/// other managers whose value the apply changes are conflicts, except
+/// those in `forgiven`; when only forgiven ones are left, or with `force`,
+/// they all move to the writer instead.
 pub fn apply(
     entries: &mut Vec<Entry>,
     writer: &Writer,
@@ -492,29 +493,28 @@ pub fn apply(
     applied: &Value,
     mut merged: Value,
     force: bool,
+    forgiven: &Set,
 ) -> Result<Value, Vec<Conflict>> {
     let applying = Set::of_with(applied, writer.lists);
     let changed = applying.changed(live, &merged);
     let mine = |e: &Entry| e.is(writer.manager, "Apply", writer.subresource);
     let mut conflicts = Vec::new();
-    for entry in entries.iter_mut().filter(|e| !mine(e)) {
-        let theirs = entry.fields.intersection(&changed);
-        if theirs.is_empty() {
-            continue;
-        }
-        if force {
-            entry.fields = entry.fields.difference(&theirs);
-        } else {
-            for path in theirs.paths() {
-                conflicts.push(Conflict {
-                    manager: describe(entry),
-                    path: display(&path),
-                });
-            }
+    for entry in entries.iter().filter(|e| !force && !mine(e)) {
+        let theirs = entry.fields.intersection(&changed).difference(forgiven);
+        for path in theirs.paths() {
+            conflicts.push(Conflict {
+                manager: describe(entry),
+                path: display(&path),
+            });
         }
     }
     if !conflicts.is_empty() {
         return Err(conflicts);
+    }
+    // Forced, forgiven or nobody else's: what the apply changed is the
+    // applier's alone from now on.
+    for entry in entries.iter_mut().filter(|e| !mine(e)) {
+        entry.fields = entry.fields.difference(&changed);
     }
     let others = entries
         .iter()
@@ -556,6 +556,13 @@ pub fn apply(
     }
     entries.retain(|e| !e.fields.is_empty());
     Ok(merged)
+}
+
+/// The fields of `earlier` (an object as some writer once wrote it) that
+/// still hold the values it gave them in `live`.
+pub fn still_as_written(live: &Value, earlier: &Value, lists: Lists) -> Set {
+    let set = Set::of_with(earlier, lists);
+    set.difference(&set.changed(earlier, live))
 }
 
 /// How a conflicting manager is named: `"kubectl-edit" using apps/v1` for

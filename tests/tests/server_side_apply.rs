@@ -345,3 +345,56 @@ fn a_custom_kinds_list_map_keys_merge_applies_by_item() {
     assert_eq!(obj["spec"]["rules"].as_array().unwrap().len(), 1, "{obj}");
     assert_eq!(obj["spec"]["rules"][0]["path"], "/cart");
 }
+
+/// A Deployment first applied client-side moves to server-side apply as
+/// kubectl does it: kubectl hands the client-side manager's fields to its
+/// own apply manager first, so the switch brings no conflict, and the
+/// fields the new manifest drops go.
+#[test]
+fn client_side_apply_moves_to_server_side_without_conflicts() {
+    let cp = ControlPlane::start().unwrap();
+    let k = cp.kubectl();
+    ok(&k
+        .run_stdin(&["apply", "-f", "-"], &deployment(2, "nginx:1.27", true))
+        .unwrap());
+    let obj = k.get_json(&["deployment", "web", "--show-managed-fields"]);
+    assert_eq!(
+        owners(&obj, &["f:spec", "f:replicas"]),
+        ["kubectl-client-side-apply/Update"]
+    );
+    let next = deployment(3, "nginx:1.27", false);
+    ok(&k
+        .run_stdin(&["apply", "--server-side", "-f", "-"], &next)
+        .unwrap());
+    let obj = k.get_json(&["deployment", "web", "--show-managed-fields"]);
+    assert_eq!(obj["spec"]["replicas"], 3);
+    assert_eq!(owners(&obj, &["f:spec", "f:replicas"]), ["kubectl/Apply"]);
+    // kubectl then moved the client-side manager's other fields to its
+    // apply manager, so the next apply removes what the manifest dropped.
+    let managers: Vec<&str> = obj["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["manager"].as_str())
+        .collect();
+    assert!(
+        !managers.contains(&"kubectl-client-side-apply"),
+        "{managers:?}"
+    );
+    ok(&k
+        .run_stdin(&["apply", "--server-side", "-f", "-"], &next)
+        .unwrap());
+    let obj = k.get_json(&["deployment", "web"]);
+    let env = &obj["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert_eq!(env.as_array().map(Vec::len), Some(1), "{env}");
+
+    // A field changed since the client-side apply is not forgiven.
+    ok(&k
+        .output(&["scale", "deployment", "web", "--replicas=5"])
+        .unwrap());
+    let err = failed(
+        &k.run_stdin(&["apply", "--server-side", "-f", "-"], &next)
+            .unwrap(),
+    );
+    assert!(err.contains(".spec.replicas"), "{err}");
+}

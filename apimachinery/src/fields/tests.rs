@@ -108,6 +108,7 @@ fn apply_conflicts_with_another_owner_unless_forced() {
         &applied,
         merged.clone(),
         false,
+        &Set::default(),
     )
     .unwrap_err();
     assert_eq!(
@@ -121,7 +122,16 @@ fn apply_conflicts_with_another_owner_unless_forced() {
         conflict_message(&err),
         "Apply failed with 1 conflict: conflict with \"kubectl-create\" using apps/v1: .spec.replicas"
     );
-    let out = apply(&mut entries, &writer("tool"), &live, &applied, merged, true).unwrap();
+    let out = apply(
+        &mut entries,
+        &writer("tool"),
+        &live,
+        &applied,
+        merged,
+        true,
+        &Set::default(),
+    )
+    .unwrap();
     assert_eq!(out["spec"]["replicas"], 5);
     let creator = entries
         .iter()
@@ -149,6 +159,7 @@ fn applying_the_same_value_shares_ownership() {
         &applied,
         merged,
         false,
+        &Set::default(),
     )
     .unwrap();
     let path = ["f:spec".to_string(), "f:replicas".to_string()];
@@ -171,6 +182,7 @@ fn fields_no_longer_applied_are_removed_unless_someone_else_owns_them() {
         &first,
         merge(&Value::Null, &first),
         false,
+        &Set::default(),
     )
     .unwrap();
     // Someone else labels the object with `b` too (same value: shared).
@@ -190,6 +202,7 @@ fn fields_no_longer_applied_are_removed_unless_someone_else_owns_them() {
         &second,
         merge(&labelled, &second),
         false,
+        &Set::default(),
     )
     .unwrap();
     assert_eq!(out["metadata"]["labels"], json!({"a": "1", "c": "3"}));
@@ -212,6 +225,7 @@ fn a_dropped_item_stays_when_another_manager_owns_part_of_it() {
         &first,
         merge(&Value::Null, &first),
         false,
+        &Set::default(),
     )
     .unwrap();
     let mut edited = live.clone();
@@ -225,6 +239,7 @@ fn a_dropped_item_stays_when_another_manager_owns_part_of_it() {
         &second,
         merge(&edited, &second),
         false,
+        &Set::default(),
     )
     .unwrap();
     let names: Vec<&str> = out["spec"]["template"]["spec"]["containers"]
@@ -300,20 +315,48 @@ fn a_schema_keyed_list_lets_two_managers_own_one_item_each() {
         &a,
         a.clone(),
         false,
+        &Set::default(),
     )
     .unwrap();
     let b = json!({"spec": {"rules": [{"name": "b", "port": 2}]}});
     let merged = crate::patch::apply_merge_with(&live, &b, Lists::Schema(&schema)).unwrap();
-    let live = apply(&mut entries, &with("two"), &live, &b, merged, false).unwrap();
+    let live = apply(
+        &mut entries,
+        &with("two"),
+        &live,
+        &b,
+        merged,
+        false,
+        &Set::default(),
+    )
+    .unwrap();
     assert_eq!(live["spec"]["rules"].as_array().unwrap().len(), 2);
     // The atomic list is one field: another value for it is a conflict.
     let c = json!({"spec": {"tags": ["y"]}});
     let merged = crate::patch::apply_merge_with(&live, &c, Lists::Schema(&schema)).unwrap();
-    let err = apply(&mut entries, &with("two"), &live, &c, merged, false).unwrap_err();
+    let err = apply(
+        &mut entries,
+        &with("two"),
+        &live,
+        &c,
+        merged,
+        false,
+        &Set::default(),
+    )
+    .unwrap_err();
     assert_eq!(err[0].path, ".spec.tags");
     // Dropping its item removes only that item.
     let none = json!({"spec": {}});
     let merged = crate::patch::apply_merge_with(&live, &none, Lists::Schema(&schema)).unwrap();
-    let live = apply(&mut entries, &with("two"), &live, &none, merged, false).unwrap();
+    let live = apply(
+        &mut entries,
+        &with("two"),
+        &live,
+        &none,
+        merged,
+        false,
+        &Set::default(),
+    )
+    .unwrap();
     assert_eq!(live["spec"]["rules"], json!([{"name": "a", "port": 1}]));
 }

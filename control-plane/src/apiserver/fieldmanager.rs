@@ -142,6 +142,24 @@ fn scope(target: &Target, obj: &Value) -> Value {
     cut
 }
 
+/// The fields `kubectl apply` (client-side) last set and nobody changed
+/// since, from its last-applied annotation. kubectl's server-side apply
+/// may take these over without a conflict, as upstream lets it, so that
+/// moving a manifest from one to the other needs no `--force-conflicts`.
+fn client_side_applied(target: &Target, live: &Value, lists: Lists) -> fields::Set {
+    let Some(text) = live
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get("kubectl.kubernetes.io/last-applied-configuration"))
+        .and_then(Value::as_str)
+    else {
+        return fields::Set::default();
+    };
+    match serde_json::from_str::<Value>(text) {
+        Ok(last) => fields::still_as_written(live, &scope(target, &last), lists),
+        Err(_) => fields::Set::default(),
+    }
+}
+
 fn subresource(target: &Target) -> &str {
     target.sub.as_deref().unwrap_or_default()
 }
@@ -212,7 +230,19 @@ pub fn apply(
         lists: schema.lists(),
     };
     let applied = scope(target, applied);
-    match fields::apply(&mut entries, &writer, live, &applied, merged, force) {
+    let forgiven = match manager.as_str() {
+        "kubectl" => client_side_applied(target, live, writer.lists),
+        _ => fields::Set::default(),
+    };
+    match fields::apply(
+        &mut entries,
+        &writer,
+        live,
+        &applied,
+        merged,
+        force,
+        &forgiven,
+    ) {
         Ok(mut out) => {
             fields::write(&mut out, &entries);
             Ok(out)
