@@ -23,6 +23,7 @@ pub mod nspawn;
 pub mod ports;
 pub mod process;
 pub mod secured;
+pub mod terminal;
 
 /// Fails the test with a clear message unless it runs as root.
 pub fn require_root(what: &str) {
