@@ -18,7 +18,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use crate::exec::{frame, Ctx, ExecQuery};
+use crate::exec::{frame, parse_size, resize, Ctx, ExecQuery};
 
 struct Stdin {
     file: std::fs::File,
@@ -109,30 +109,6 @@ async fn write_all(mut f: &std::fs::File, mut data: &[u8]) -> std::io::Result<()
         }
     }
     Ok(())
-}
-
-/// A terminal size from a channel-4 message, `{"Width":W,"Height":H}`.
-fn resize(master: &std::fs::File, data: &[u8]) {
-    use std::os::fd::AsRawFd;
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else {
-        return;
-    };
-    let dim = |k: &str| {
-        v.get(k)
-            .and_then(serde_json::Value::as_u64)
-            .map(|n| n.min(u64::from(u16::MAX)) as u16)
-    };
-    let (Some(w), Some(h)) = (dim("Width"), dim("Height")) else {
-        return;
-    };
-    let ws = libc::winsize {
-        ws_row: h,
-        ws_col: w,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: an ioctl on a PTY master we hold, with a valid winsize.
-    unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
 }
 
 /// `GET /attach/{ns}/{pod}/{container}` with a WebSocket upgrade.
@@ -229,8 +205,8 @@ async fn session(
                         }
                     }
                     4 => {
-                        if let Some(m) = &terminal {
-                            resize(m, &b[1..]);
+                        if let (Some(m), Some(size)) = (&terminal, parse_size(&b[1..])) {
+                            resize(m, size);
                         }
                     }
                     // v5: the client closed its stdin.

@@ -258,7 +258,7 @@ async fn run(
 }
 
 /// A terminal size from a channel-4 message, `{"Width":W,"Height":H}`.
-fn parse_size(data: &[u8]) -> Option<(u16, u16)> {
+pub(crate) fn parse_size(data: &[u8]) -> Option<(u16, u16)> {
     let v: serde_json::Value = serde_json::from_slice(data).ok()?;
     let dim = |k: &str| {
         v.get(k)
@@ -270,7 +270,7 @@ fn parse_size(data: &[u8]) -> Option<(u16, u16)> {
 
 /// Gives the PTY behind `master` a new size; the kernel tells the
 /// terminal's foreground process group with SIGWINCH.
-fn resize(master: &impl AsRawFd, (width, height): (u16, u16)) {
+pub(crate) fn resize(master: &impl AsRawFd, (width, height): (u16, u16)) {
     let ws = libc::winsize {
         ws_row: height,
         ws_col: width,

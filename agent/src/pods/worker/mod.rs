@@ -85,6 +85,34 @@ struct Run {
     ready: bool,
 }
 
+impl Run {
+    /// A container not yet created, due to start at once.
+    fn waiting(c: &Container, init: bool, ephemeral: bool, restarts: u32) -> Self {
+        Run {
+            name: c.name.clone(),
+            image: c.image.clone().unwrap_or_default(),
+            image_id: String::new(),
+            init,
+            ephemeral,
+            attempt: restarts,
+            restarts,
+            id: None,
+            pid: None,
+            state: State::Waiting {
+                reason: "ContainerCreating".into(),
+                message: String::new(),
+            },
+            last: None,
+            started_at: None,
+            backoff: Duration::ZERO,
+            next_start: Some(Instant::now()),
+            logs: Vec::new(),
+            probes: Vec::new(),
+            ready: false,
+        }
+    }
+}
+
 fn now() -> String {
     k8s_openapi::jiff::Timestamp::now()
         .round(k8s_openapi::jiff::Unit::Second)
@@ -128,27 +156,9 @@ impl Worker {
             })
             .map(|c| (c.name.clone(), c.restart_count))
             .collect();
-        let mk = |c: &Container, init: bool| Run {
-            name: c.name.clone(),
-            image: c.image.clone().unwrap_or_default(),
-            image_id: String::new(),
-            init,
-            ephemeral: false,
-            attempt: statuses.get(&c.name).copied().unwrap_or(0).max(0) as u32,
-            restarts: statuses.get(&c.name).copied().unwrap_or(0).max(0) as u32,
-            id: None,
-            pid: None,
-            state: State::Waiting {
-                reason: "ContainerCreating".into(),
-                message: String::new(),
-            },
-            last: None,
-            started_at: None,
-            backoff: Duration::ZERO,
-            next_start: Some(Instant::now()),
-            logs: Vec::new(),
-            probes: Vec::new(),
-            ready: false,
+        let mk = |c: &Container, init: bool| {
+            let restarts = statuses.get(&c.name).copied().unwrap_or(0).max(0) as u32;
+            Run::waiting(c, init, false, restarts)
         };
         let mut runs: Vec<Run> = spec
             .init_containers
@@ -158,8 +168,7 @@ impl Worker {
             .collect();
         runs.extend(spec.containers.iter().map(|c| mk(c, false)));
         for c in spec.ephemeral_containers.iter().flatten() {
-            let mut r = mk(&ephemeral_as_container(c), false);
-            r.ephemeral = true;
+            let mut r = Run::waiting(&ephemeral_as_container(c), false, true, 0);
             // One that already ran (before an agent restart) is not run
             // again; `adopt` finds it if it still runs.
             let seen = pod
@@ -440,28 +449,8 @@ impl Worker {
             if self.runs.iter().any(|r| r.name == c.name) {
                 continue;
             }
-            self.runs.push(Run {
-                name: c.name.clone(),
-                image: c.image.clone().unwrap_or_default(),
-                image_id: String::new(),
-                init: false,
-                ephemeral: true,
-                attempt: 0,
-                restarts: 0,
-                id: None,
-                pid: None,
-                state: State::Waiting {
-                    reason: "ContainerCreating".into(),
-                    message: String::new(),
-                },
-                last: None,
-                started_at: None,
-                backoff: Duration::ZERO,
-                next_start: Some(Instant::now()),
-                logs: Vec::new(),
-                probes: Vec::new(),
-                ready: false,
-            });
+            self.runs
+                .push(Run::waiting(&ephemeral_as_container(c), false, true, 0));
         }
     }
 
