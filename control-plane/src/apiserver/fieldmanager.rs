@@ -33,7 +33,7 @@ const SERVER_METADATA: &[&str] = &[
 
 /// How the lists of a target's objects merge: by the built-in table, or by
 /// a custom resource's schema.
-pub struct ListSchema(Option<Arc<super::crd::Version>>);
+struct ListSchema(Option<Arc<super::crd::Version>>);
 
 impl ListSchema {
     pub fn of(target: &Target) -> Self {
@@ -47,6 +47,16 @@ impl ListSchema {
             Some(version) => Lists::Schema(version.schema.as_ref().unwrap_or(&NONE)),
         }
     }
+}
+
+/// The applied configuration `applied` merged into `live` (`Value::Null`
+/// for none), lists keyed as `target`'s kind keys them.
+pub fn merge(
+    target: &Target,
+    live: &Value,
+    applied: &Value,
+) -> Result<Value, apimachinery::patch::PatchError> {
+    apimachinery::patch::apply_merge_with(live, applied, ListSchema::of(target).lists())
 }
 
 /// The product of a `User-Agent` header, the default manager's name.
@@ -177,24 +187,47 @@ fn starting_entries(old: &Value, new: &Value) -> Option<Vec<Entry>> {
     }
 }
 
+/// Who writes to `target`, when, and how its lists are keyed: what a
+/// [`Writer`] borrows.
+struct Write {
+    manager: String,
+    api_version: String,
+    subresource: String,
+    time: String,
+    schema: ListSchema,
+}
+
+impl Write {
+    fn of(target: &Target, query: &Query) -> ApiResult<Self> {
+        Ok(Self {
+            manager: manager(query)?,
+            api_version: target.res.api_version(),
+            subresource: subresource(target).to_string(),
+            time: now_rfc3339(),
+            schema: ListSchema::of(target),
+        })
+    }
+
+    fn writer(&self) -> Writer<'_> {
+        Writer {
+            manager: &self.manager,
+            api_version: &self.api_version,
+            subresource: &self.subresource,
+            time: &self.time,
+            lists: self.schema.lists(),
+        }
+    }
+}
+
 /// Records a create, an update or a non-apply patch of `target` that takes
 /// the object from `old` (`Value::Null` on create) to `new`.
 pub fn on_update(target: &Target, query: &Query, old: &Value, new: &mut Value) -> ApiResult<()> {
-    let manager = manager(query)?;
+    let write = Write::of(target, query)?;
     let Some(mut entries) = starting_entries(old, new) else {
         fields::write(new, &[]);
         return Ok(());
     };
-    let api_version = target.res.api_version();
-    let time = now_rfc3339();
-    let schema = ListSchema::of(target);
-    let writer = Writer {
-        manager: &manager,
-        api_version: &api_version,
-        subresource: subresource(target),
-        time: &time,
-        lists: schema.lists(),
-    };
+    let writer = write.writer();
     fields::record_update(
         &mut entries,
         &writer,
@@ -216,21 +249,12 @@ pub fn apply(
     applied: &Value,
     merged: Value,
 ) -> ApiResult<Value> {
-    let manager = manager(query)?;
+    let write = Write::of(target, query)?;
     let force = query.flag("force");
     let mut entries = fields::read(live);
-    let api_version = target.res.api_version();
-    let time = now_rfc3339();
-    let schema = ListSchema::of(target);
-    let writer = Writer {
-        manager: &manager,
-        api_version: &api_version,
-        subresource: subresource(target),
-        time: &time,
-        lists: schema.lists(),
-    };
+    let writer = write.writer();
     let applied = scope(target, applied);
-    let forgiven = match manager.as_str() {
+    let forgiven = match writer.manager {
         "kubectl" => client_side_applied(target, live, writer.lists),
         _ => fields::Set::default(),
     };

@@ -311,27 +311,7 @@ pub async fn exec(
     }
     let at = locate(state, target, query).await?;
     let path = format!("/{sub}/{}/{}/{}?{raw_query}", at.ns, at.name, at.container);
-    splice(
-        state,
-        &at,
-        axum::http::Method::GET,
-        &path,
-        parts,
-        &[
-            "connection",
-            "upgrade",
-            "sec-websocket-key",
-            "sec-websocket-version",
-            "sec-websocket-protocol",
-        ],
-        &[
-            "connection",
-            "upgrade",
-            "sec-websocket-accept",
-            "sec-websocket-protocol",
-        ],
-    )
-    .await
+    splice(state, &at, axum::http::Method::GET, &path, parts).await
 }
 
 /// `pods/<name>/portforward`: a WebSocket carrying SPDY (kubectl's first
@@ -354,29 +334,7 @@ pub async fn portforward(
     };
     let at = locate_pod(state, target).await?;
     let path = format!("/portForward/{}/{}?{raw_query}", at.ns, at.name);
-    splice(
-        state,
-        &at,
-        method,
-        &path,
-        parts,
-        &[
-            "connection",
-            "upgrade",
-            "sec-websocket-key",
-            "sec-websocket-version",
-            "sec-websocket-protocol",
-            "x-stream-protocol-version",
-        ],
-        &[
-            "connection",
-            "upgrade",
-            "sec-websocket-accept",
-            "sec-websocket-protocol",
-            "x-stream-protocol-version",
-        ],
-    )
-    .await
+    splice(state, &at, method, &path, parts).await
 }
 
 fn upgrades_to(headers: &axum::http::HeaderMap, protocol: &str) -> bool {
@@ -388,23 +346,40 @@ fn upgrades_to(headers: &axum::http::HeaderMap, protocol: &str) -> bool {
         .any(|p| p.trim().eq_ignore_ascii_case(protocol))
 }
 
-/// Passes an upgrade request to the node agent with the `ask` headers
-/// and, once the agent agrees, answers with its `answer` headers and
-/// copies bytes between the client's connection and the agent's.
+/// The headers of an upgrade the agent is asked with, WebSocket's and
+/// SPDY's: a header a request does not carry is simply not passed.
+const ASK: &[&str] = &[
+    "connection",
+    "upgrade",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-protocol",
+    "x-stream-protocol-version",
+];
+/// The headers of the agent's agreement passed back to the client.
+const ANSWER: &[&str] = &[
+    "connection",
+    "upgrade",
+    "sec-websocket-accept",
+    "sec-websocket-protocol",
+    "x-stream-protocol-version",
+];
+
+/// Passes an upgrade request to the node agent and, once the agent
+/// agrees, answers with its agreement and copies bytes between the
+/// client's connection and the agent's.
 async fn splice(
     state: &State,
     at: &Located,
     method: axum::http::Method,
     path: &str,
     parts: &mut axum::http::request::Parts,
-    ask: &[&str],
-    answer: &[&str],
 ) -> ApiResult<Response> {
     let mut request = axum::http::Request::builder()
         .method(method)
         .uri(path)
         .header("host", format!("{}:{}", at.host, at.port));
-    for h in ask {
+    for h in ASK {
         for v in parts.headers.get_all(*h) {
             request = request.header(*h, v.clone());
         }
@@ -421,7 +396,7 @@ async fn splice(
         return Err(error_from(at, response).await);
     }
     let mut reply = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
-    for h in answer {
+    for h in ANSWER {
         for v in response.headers().get_all(*h) {
             reply = reply.header(*h, v.clone());
         }

@@ -36,10 +36,8 @@ pub async fn patch(
         {
             Some(c) => c,
             None if apply && target.sub.is_none() => {
-                let schema = fieldmanager::ListSchema::of(target);
-                let merged =
-                    apimachinery::patch::apply_merge_with(&Value::Null, &patch, schema.lists())
-                        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+                let merged = fieldmanager::merge(target, &Value::Null, &patch)
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?;
                 let obj = fieldmanager::apply(target, query, &Value::Null, &patch, merged)?;
                 return create_recorded(state, target, query, obj, true).await;
             }
@@ -63,10 +61,7 @@ pub async fn patch(
             "application/strategic-merge-patch+json" => {
                 apimachinery::patch::strategic_merge_patch(&base, &patch)
             }
-            "application/apply-patch+yaml" => {
-                let schema = fieldmanager::ListSchema::of(target);
-                apimachinery::patch::apply_merge_with(&base, &patch, schema.lists())
-            }
+            "application/apply-patch+yaml" => fieldmanager::merge(target, &base, &patch),
             other => return Err(ApiError::unsupported_media_type(other)),
         }
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
