@@ -116,3 +116,24 @@ impl Kubectl {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("kubectl get -o json: {e}: {out}"))
     }
 }
+
+/// kubectl's stdout; panics with what it said when it failed.
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "kubectl failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// kubectl's stderr; panics when it succeeded.
+pub fn failed(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "kubectl should have failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}

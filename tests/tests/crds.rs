@@ -2,33 +2,13 @@
 //! an operator's CRD is installed, its kind is served like a built-in one,
 //! and removing the CRD removes its objects.
 
-use std::process::Output;
-
 use harness::cluster::ControlPlane;
 use harness::kubectl::Kubectl;
+use harness::kubectl::{failed, ok};
 use serde_json::Value;
 
 fn json(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "kubectl failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn failed(out: &Output) -> String {
-    assert!(
-        !out.status.success(),
-        "kubectl should have failed: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 const WIDGETS: &str = r#"

@@ -4,23 +4,14 @@
 //! same discovery and schemas.
 
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use harness::cluster::ControlPlane;
+use harness::kubectl::ok;
 use harness::kubectl::Kubectl;
 use harness::process::{wait_for, Guarded};
 use serde_json::Value;
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "kubectl failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn explain(k: &Kubectl, field: &str) -> String {
     ok(&k.output(&["explain", field]).unwrap())

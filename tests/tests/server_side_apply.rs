@@ -7,26 +7,8 @@ use std::process::Output;
 
 use harness::cluster::ControlPlane;
 use harness::kubectl::Kubectl;
+use harness::kubectl::{failed, ok};
 use serde_json::Value;
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "kubectl failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn failed(out: &Output) -> String {
-    assert!(
-        !out.status.success(),
-        "kubectl should have failed: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 fn apply(k: &Kubectl, manager: &str, yaml: &str, extra: &[&str]) -> Output {
     let mut args = vec![
