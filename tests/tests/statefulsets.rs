@@ -68,6 +68,13 @@ impl Cluster {
         self.k.get_json(&["pod", name])
     }
 
+    /// The member by that name, if there is one now: between a deleted
+    /// member's removal and its replacement there is none.
+    fn member(&self, name: &str) -> Option<Value> {
+        let out = self.k.run(&["get", "pod", name, "-o", "json"]).ok()?;
+        serde_json::from_str(&out).ok()
+    }
+
     fn wait(&self, what: &str, secs: u64, mut check: impl FnMut() -> bool) {
         let ok = wait_for(Duration::from_secs(secs), || check().then_some(()));
         assert!(ok.is_some(), "{what}\n{}", self.explain());
@@ -369,10 +376,11 @@ fn a_statefulset_keeps_its_members_names_and_claims_in_order() {
     c.k.run(&["delete", "pod", "web-0", "--wait=false"])
         .unwrap_or_else(|e| panic!("{e}"));
     c.wait("web-0 should come back", 60, || {
-        let p = c.pod("web-0");
-        p["metadata"]["uid"] != held_uid
-            && running_and_ready(&p)
-            && c.live() == ["web-0", "web-1", "web-2"]
+        c.member("web-0").is_some_and(|p| {
+            p["metadata"]["uid"] != held_uid
+                && running_and_ready(&p)
+                && c.live() == ["web-0", "web-1", "web-2"]
+        })
     });
     assert_eq!(
         c.images(),
@@ -477,8 +485,8 @@ fn a_parallel_on_delete_statefulset_starts_members_at_once_waits_for_deletions_a
     c.k.run(&["delete", "pod", "web-1", "--wait=false"])
         .unwrap_or_else(|e| panic!("{e}"));
     c.wait("web-1 should come back on the new template", 60, || {
-        let p = c.pod("web-1");
-        p["metadata"]["uid"] != before[1] && running_and_ready(&p)
+        c.member("web-1")
+            .is_some_and(|p| p["metadata"]["uid"] != before[1] && running_and_ready(&p))
     });
     assert_eq!(
         c.images(),
