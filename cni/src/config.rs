@@ -120,6 +120,15 @@ pub fn parse_config(stdin: &[u8]) -> Result<Config, (Option<String>, Error)> {
                 .and_then(|m| u32::try_from(m).ok())
                 .ok_or_else(|| invalid("mtu", format!("{v} is not a whole number of bytes")))?,
         };
+        let gso_max_size = match obj.get("gsoMaxSize") {
+            None | Some(Value::Null) => crate::LEGACY_GSO_MAX_SIZE,
+            Some(v) => v
+                .as_u64()
+                .and_then(|m| u32::try_from(m).ok())
+                .ok_or_else(|| {
+                    invalid("gsoMaxSize", format!("{v} is not a whole number of bytes"))
+                })?,
+        };
         let data_dir = string_field(&obj, "dataDir")?.unwrap_or_else(|| DEFAULT_DATA_DIR.into());
         let prev_result = match obj.get("prevResult") {
             None | Some(Value::Null) => None,
@@ -152,6 +161,7 @@ pub fn parse_config(stdin: &[u8]) -> Result<Config, (Option<String>, Error)> {
                 name,
                 subnet,
                 mtu,
+                gso_max_size,
                 data_dir: data_dir.into(),
             },
             prev_result,

@@ -279,6 +279,7 @@ mod tests {
             name: "t".into(),
             subnet: subnet.parse().unwrap(),
             mtu: 1500,
+            gso_max_size: crate::LEGACY_GSO_MAX_SIZE,
             data_dir: dir.to_path_buf(),
         }
     }

@@ -50,8 +50,20 @@ pub struct NetConf {
     /// The node's pod CIDR. `.1` is left to the node.
     pub subnet: Ipv4Net,
     pub mtu: u32,
+    /// The largest TCP aggregate the pod's veth sends and receives whole.
+    /// Above [`LEGACY_GSO_MAX_SIZE`] this is BIG TCP: the same bytes cross
+    /// the datapath as fewer, larger frames, each paying the per-frame
+    /// cost of the programs and the veth once.
+    pub gso_max_size: u32,
     pub data_dir: PathBuf,
 }
+
+/// The aggregate size every interface starts with, and the most an IPv4
+/// packet can say in its length field.
+pub const LEGACY_GSO_MAX_SIZE: u32 = 65_536;
+
+/// The largest aggregate the kernel builds (its `GSO_MAX_SIZE`).
+pub const MAX_GSO_MAX_SIZE: u32 = 524_280;
 
 /// Where a pod's interface goes.
 #[derive(Clone, Debug)]
@@ -124,6 +136,15 @@ fn validate_conf(conf: &NetConf) -> Result<(), Error> {
             format!(
                 "{} is too small: a pod CIDR needs at least a /30",
                 conf.subnet
+            ),
+        ));
+    }
+    if !(LEGACY_GSO_MAX_SIZE..=MAX_GSO_MAX_SIZE).contains(&conf.gso_max_size) {
+        return Err(invalid(
+            "gsoMaxSize",
+            format!(
+                "{} is outside {LEGACY_GSO_MAX_SIZE}..={MAX_GSO_MAX_SIZE}",
+                conf.gso_max_size
             ),
         ));
     }
@@ -332,7 +353,7 @@ async fn build(
         ));
     }
     node_nl
-        .add_veth(&host_name, &att.ifname, pod, conf.mtu)
+        .add_veth(&host_name, &att.ifname, pod, conf.mtu, conf.gso_max_size)
         .await
         .map_err(io_err(format!(
             "creating the veth pair {host_name} / {} in {pod_path}",
@@ -538,6 +559,7 @@ mod tests {
             name: "kestrel".into(),
             subnet: "10.244.1.0/24".parse().unwrap(),
             mtu: 1500,
+            gso_max_size: LEGACY_GSO_MAX_SIZE,
             data_dir: "/var/lib/cni/kestrel".into(),
         }
     }
@@ -568,6 +590,13 @@ mod tests {
                 "subnet",
             ),
             (NetConf { mtu: 10, ..conf() }, "mtu"),
+            (
+                NetConf {
+                    gso_max_size: 1_000_000,
+                    ..conf()
+                },
+                "gsoMaxSize",
+            ),
             (
                 NetConf {
                     data_dir: "rel".into(),

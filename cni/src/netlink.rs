@@ -121,14 +121,17 @@ impl Netlink {
         peer_name: &str,
         peer_ns: &NetnsFd,
         mtu: u32,
+        gso_max_size: u32,
     ) -> io::Result<()> {
-        let peer = LinkMessageBuilder::<LinkUnspec>::default()
-            .name(peer_name)
-            .mtu(mtu)
-            .setns_by_fd(peer_ns.raw())
-            .build();
-        let msg = LinkVeth::new(name, peer_name)
-            .mtu(mtu)
+        let peer = big_tcp(
+            LinkMessageBuilder::<LinkUnspec>::default()
+                .name(peer_name)
+                .mtu(mtu)
+                .setns_by_fd(peer_ns.raw()),
+            gso_max_size,
+        )
+        .build();
+        let msg = big_tcp(LinkVeth::new(name, peer_name).mtu(mtu), gso_max_size)
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
             .build();
         self.handle
@@ -334,4 +337,15 @@ fn parse_main_route(msg: &RouteMessage) -> Option<Route> {
         }
     }
     (table == u32::from(RouteHeader::RT_TABLE_MAIN)).then_some(route)
+}
+
+/// Sets the IPv4 aggregate sizes at creation, so no frame ever crosses the
+/// pair at another size. At the legacy size nothing is sent: kernels before
+/// 6.3 know no such attribute, and that size is every link's default.
+fn big_tcp<T>(b: LinkMessageBuilder<T>, gso_max_size: u32) -> LinkMessageBuilder<T> {
+    if gso_max_size <= crate::LEGACY_GSO_MAX_SIZE {
+        return b;
+    }
+    b.append_extra_attribute(LinkAttribute::GsoIpv4MaxSize(gso_max_size))
+        .append_extra_attribute(LinkAttribute::GroIpv4MaxSize(gso_max_size))
 }

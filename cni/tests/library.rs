@@ -116,6 +116,7 @@ fn conf(data: &tempfile::TempDir, subnet: &str) -> NetConf {
         name: "kestrel".into(),
         subnet: subnet.parse().unwrap(),
         mtu: 1450,
+        gso_max_size: kestrel_cni::LEGACY_GSO_MAX_SIZE,
         data_dir: data.path().to_path_buf(),
     }
 }
@@ -290,5 +291,72 @@ fn a_failed_add_releases_its_lease() {
     assert_eq!(e.code(), 4, "{e}");
     assert!(e.to_string().contains("eth0 already exists"), "{e}");
     assert!(leases(&conf).unwrap().is_empty());
+    assert_eq!(node.links(), vec!["lo"]);
+}
+
+/// The IPv4 aggregate sizes the kernel holds for `name` in the namespace
+/// the calling runtime's threads are in.
+async fn ipv4_aggregate_sizes(name: &str) -> (u32, u32) {
+    use futures::TryStreamExt;
+    use netlink_packet_route::link::LinkAttribute;
+    let (conn, handle, _) = rtnetlink::new_connection().unwrap();
+    let task = tokio::spawn(conn);
+    let links: Vec<_> = handle
+        .link()
+        .get()
+        .match_name(name.to_string())
+        .execute()
+        .try_collect()
+        .await
+        .unwrap();
+    task.abort();
+    let (mut gso, mut gro) = (0, 0);
+    for a in &links[0].attributes {
+        match a {
+            LinkAttribute::GsoIpv4MaxSize(n) => gso = *n,
+            LinkAttribute::GroIpv4MaxSize(n) => gro = *n,
+            _ => {}
+        }
+    }
+    (gso, gro)
+}
+
+/// BIG TCP: both ends of the pair take the asked aggregate size, and the
+/// legacy size leaves the kernel's default in place.
+#[test]
+fn both_ends_of_a_pod_veth_take_the_aggregate_size() {
+    require_root();
+    let node = Ns::new("n");
+    let big = Ns::new("p");
+    let legacy = Ns::new("p");
+    let data = tempfile::tempdir().unwrap();
+    let mut conf = conf(&data, "10.244.6.0/24");
+    conf.gso_max_size = 196_608;
+    let att = |id: &str, ns: &Ns| Attachment {
+        container_id: id.into(),
+        netns: ns.path(),
+        ifname: "eth0".into(),
+    };
+    let (c, a) = (conf.clone(), att("big", &big));
+    let host = in_node(&node, async move {
+        let ep = add(&c, &a).await.unwrap();
+        ipv4_aggregate_sizes(&ep.host_ifname).await
+    });
+    assert_eq!(host, (196_608, 196_608), "host end");
+    let pod = in_node(&big, ipv4_aggregate_sizes("eth0"));
+    assert_eq!(pod, (196_608, 196_608), "pod end");
+
+    let mut c = conf.clone();
+    c.gso_max_size = kestrel_cni::LEGACY_GSO_MAX_SIZE;
+    let a = att("legacy", &legacy);
+    in_node(&node, async move { add(&c, &a).await.unwrap() });
+    let pod = in_node(&legacy, ipv4_aggregate_sizes("eth0"));
+    assert_eq!(pod, (65_536, 65_536), "legacy pod end");
+
+    let (c, a, b) = (conf.clone(), att("big", &big), att("legacy", &legacy));
+    in_node(&node, async move {
+        del(&c, &a).await.unwrap();
+        del(&c, &b).await.unwrap();
+    });
     assert_eq!(node.links(), vec!["lo"]);
 }

@@ -45,6 +45,14 @@ pub struct NetworkArgs {
     /// MTU of pod interfaces (default: the uplink's).
     #[arg(long)]
     pub mtu: Option<u32>,
+    /// The largest TCP aggregate a pod's veth carries whole, in bytes.
+    /// Above 65536 this is BIG TCP. Default: 196608 when the uplink takes
+    /// aggregates that large and traffic is routed natively, else 65536.
+    /// Every interface pod traffic leaves by must take this size.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(
+        kestrel_cni::LEGACY_GSO_MAX_SIZE as i64..=kestrel_cni::MAX_GSO_MAX_SIZE as i64
+    ))]
+    pub gso_max_size: Option<u32>,
     /// Where this agent pins its eBPF maps and links (default:
     /// /sys/fs/bpf/kestrel/NODE-NAME).
     #[arg(long)]
@@ -104,13 +112,17 @@ impl Network {
         tracing::info!(%pod_cidr, "pod CIDR");
         // Netlink answers in microseconds; a dump that never ends must not
         // leave the agent silently stuck.
-        let (uplink, uplink_index, uplink_mtu) = tokio::time::timeout(
+        let up = tokio::time::timeout(
             Duration::from_secs(15),
             uplink(node_ip, args.uplink.as_deref()),
         )
         .await
         .context("no answer from netlink about the uplink in 15 s")??;
-        tracing::info!(%uplink, mtu = uplink_mtu, "uplink");
+        let (uplink, uplink_index, uplink_mtu) = (up.name, up.index, up.mtu);
+        tracing::info!(%uplink, mtu = uplink_mtu, tso_max_size = up.tso_max_size, "uplink");
+        let gso_max_size = args
+            .gso_max_size
+            .unwrap_or_else(|| big_tcp(args.tunnel, up.tso_max_size));
         let pod_mtu = match args.tunnel {
             Tunnel::None => uplink_mtu,
             Tunnel::Vxlan => uplink_mtu - vxlan::OVERHEAD,
@@ -147,12 +159,13 @@ impl Network {
             dp.attach_uplink(vxlan::DEVICE)
                 .context("attaching to the VXLAN device")?;
         }
-        tracing::info!(%pod_cidr, %uplink, tunnel = ?args.tunnel, mtu = pod_mtu, "pod network ready");
+        tracing::info!(%pod_cidr, %uplink, tunnel = ?args.tunnel, mtu = pod_mtu, gso_max_size, "pod network ready");
         Ok(Arc::new(Self {
             conf: kestrel_cni::NetConf {
                 name: "kestrel".into(),
                 subnet: pod_cidr,
                 mtu: args.mtu.unwrap_or(pod_mtu),
+                gso_max_size,
                 data_dir: state_dir.join("cni"),
             },
             datapath: Mutex::new(dp),
@@ -276,9 +289,31 @@ async fn pod_cidr(
     }
 }
 
+/// The interface other nodes are reached through.
+struct Uplink {
+    name: String,
+    index: u32,
+    mtu: u32,
+    /// The largest aggregate the device segments itself.
+    tso_max_size: u32,
+}
+
+/// The BIG TCP size Cilium and the kernel's own tests settle on.
+const BIG_TCP_SIZE: u32 = 196_608;
+
+/// The pod veths' aggregate size when none is asked for: BIG TCP when every
+/// aggregate a pod sends can leave the node as it is. An encapsulating
+/// device takes no more than the legacy size, so tunnels keep it.
+fn big_tcp(tunnel: Tunnel, uplink_tso_max_size: u32) -> u32 {
+    match tunnel {
+        Tunnel::Vxlan => kestrel_cni::LEGACY_GSO_MAX_SIZE,
+        Tunnel::None => uplink_tso_max_size.clamp(kestrel_cni::LEGACY_GSO_MAX_SIZE, BIG_TCP_SIZE),
+    }
+}
+
 /// The uplink's name and MTU: `name` when given, else the interface that
 /// holds `node_ip`.
-async fn uplink(node_ip: Ipv4Addr, name: Option<&str>) -> anyhow::Result<(String, u32, u32)> {
+async fn uplink(node_ip: Ipv4Addr, name: Option<&str>) -> anyhow::Result<Uplink> {
     let (conn, handle, _) = rtnetlink::new_connection()?;
     let task = tokio::spawn(conn);
     let result = async {
@@ -322,14 +357,22 @@ async fn uplink(node_ip: Ipv4Addr, name: Option<&str>) -> anyhow::Result<(String
         let link = links.first().context("the uplink vanished")?;
         let mut ifname = None;
         let mut mtu = 1500;
+        // Kernels before 5.18 do not say; they take no more than this.
+        let mut tso_max_size = kestrel_cni::LEGACY_GSO_MAX_SIZE;
         for a in &link.attributes {
             match a {
                 LinkAttribute::IfName(n) => ifname = Some(n.clone()),
                 LinkAttribute::Mtu(m) => mtu = *m,
+                LinkAttribute::TsoMaxSize(t) => tso_max_size = *t,
                 _ => {}
             }
         }
-        Ok((ifname.context("the uplink has no name")?, index, mtu))
+        Ok(Uplink {
+            name: ifname.context("the uplink has no name")?,
+            index,
+            mtu,
+            tso_max_size,
+        })
     }
     .await;
     task.abort();
@@ -428,4 +471,20 @@ fn mac(m: &[u8; 6]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn big_tcp_only_where_every_aggregate_leaves_whole() {
+        // A veth or a NIC with BIG TCP support takes 512 KiB aggregates.
+        assert_eq!(big_tcp(Tunnel::None, 524_280), BIG_TCP_SIZE);
+        assert_eq!(big_tcp(Tunnel::None, 262_144), BIG_TCP_SIZE);
+        // A NIC without it, or a kernel that does not say.
+        assert_eq!(big_tcp(Tunnel::None, 65_536), 65_536);
+        assert_eq!(big_tcp(Tunnel::None, 16_384), 65_536);
+        assert_eq!(big_tcp(Tunnel::Vxlan, 524_280), 65_536);
+    }
 }

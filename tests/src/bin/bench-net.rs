@@ -29,8 +29,8 @@ use clap::Parser;
 
 use harness::netbench::chart::{self, Bar, Panel};
 use harness::netbench::testbed::{
-    self, counters, Case, BRIDGE_CROSS, BRIDGE_SAME, COUNTERS, NODE_TO_NODE, OURS_CROSS, OURS_SAME,
-    VETH,
+    self, counters, Case, BRIDGE_CROSS, BRIDGE_SAME, COUNTERS, LEGACY_CROSS, LEGACY_SAME,
+    NODE_TO_NODE, OURS_CROSS, OURS_SAME, VETH,
 };
 use harness::netbench::{
     background_busy, catch_interrupts, check_interrupted, median, reachable, rr_cpu, tune_client,
@@ -193,11 +193,19 @@ const COSTS: [Quantity; 3] = [
 ];
 
 /// The pairs of paths the ratio table compares, numerator first.
-const COMPARED: [(&str, usize, usize); 4] = [
+const COMPARED: [(&str, usize, usize); 8] = [
     ("same node ÷ plain veth", OURS_SAME, VETH),
     ("two nodes ÷ node to node", OURS_CROSS, NODE_TO_NODE),
     ("same node ÷ bridge plugin", OURS_SAME, BRIDGE_SAME),
     ("two nodes ÷ bridge plugin", OURS_CROSS, BRIDGE_CROSS),
+    ("64 KiB, same node ÷ plain veth", LEGACY_SAME, VETH),
+    (
+        "64 KiB, two nodes ÷ node to node",
+        LEGACY_CROSS,
+        NODE_TO_NODE,
+    ),
+    ("same node ÷ same node at 64 KiB", OURS_SAME, LEGACY_SAME),
+    ("two nodes ÷ two nodes at 64 KiB", OURS_CROSS, LEGACY_CROSS),
 ];
 
 /// Targets: (what, quantity, numerator, denominator, at least).

@@ -24,6 +24,12 @@ pub const OURS_SAME: usize = 2;
 pub const OURS_CROSS: usize = 3;
 pub const BRIDGE_SAME: usize = 4;
 pub const BRIDGE_CROSS: usize = 5;
+pub const LEGACY_SAME: usize = 6;
+pub const LEGACY_CROSS: usize = 7;
+
+/// What the agents of the 64 KiB rows are told: the aggregate size every
+/// interface starts with, so those rows show what BIG TCP brings.
+const LEGACY_AGGREGATES: &[&str] = &["--gso-max-size", "65536"];
 
 /// One measured path.
 pub struct Case {
@@ -142,26 +148,33 @@ pub fn pod_endpoint(k: &Kubectl, name: &str, node: &Node) -> Result<(PathBuf, Ip
     }
 }
 
-/// The real control plane and two agents; pods a1 and a2 on the first
-/// node, b1 on the second. Returns (cp, nodes, same-node, cross-node).
-fn ebpf_datapath() -> Result<(ControlPlane, Vec<Node>, Pair, Pair)> {
-    let cp = ControlPlane::start_networked(&[])?;
-    let n1 = Node::start(&cp);
-    let n2 = Node::start(&cp);
+/// Two agents started with `agent_args`; pods `{tag}1` and `{tag}2` on the
+/// first node, `{tag}3` on the second. Returns (nodes, same-node,
+/// cross-node).
+fn ebpf_datapath(
+    cp: &ControlPlane,
+    tag: &str,
+    agent_args: &[&str],
+) -> Result<(Vec<Node>, Pair, Pair)> {
+    let n1 = Node::start_with(cp, agent_args);
+    let n2 = Node::start_with(cp, agent_args);
     let k = cp.kubectl();
-    let yaml = pod_yaml("a1", &n1.name) + &pod_yaml("a2", &n1.name) + &pod_yaml("b1", &n2.name);
+    let names = [1, 2, 3].map(|i| format!("{tag}{i}"));
+    let yaml = pod_yaml(&names[0], &n1.name)
+        + &pod_yaml(&names[1], &n1.name)
+        + &pod_yaml(&names[2], &n2.name);
     let out = k.run_stdin(&["apply", "-f", "-"], &yaml)?;
     ensure!(
         out.status.success(),
         "kubectl apply: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (a1, _) = pod_endpoint(&k, "a1", &n1)?;
-    let (a2, a2_ip) = pod_endpoint(&k, "a2", &n1)?;
-    let (b1, b1_ip) = pod_endpoint(&k, "b1", &n2)?;
+    let (a1, _) = pod_endpoint(&k, &names[0], &n1)?;
+    let (a2, a2_ip) = pod_endpoint(&k, &names[1], &n1)?;
+    let (b1, b1_ip) = pod_endpoint(&k, &names[2], &n2)?;
     let same = Pair::new(a1.clone(), a2, a2_ip);
     let cross = Pair::new(a1, b1, b1_ip);
-    Ok((cp, vec![n1, n2], same, cross))
+    Ok((vec![n1, n2], same, cross))
 }
 
 /// Builds every path; the agents' pods are running and addressed when it
@@ -172,7 +185,11 @@ pub fn build() -> Result<Testbed> {
     eprintln!("  bridge plugin: two nodes, three pods");
     let (cni_segment, cni_nodes, node_to_node, bridge_same, bridge_cross) = bridge_plugin()?;
     eprintln!("  control plane and two agents, three pods");
-    let (cp, nodes, ours_same, ours_cross) = ebpf_datapath()?;
+    let cp = ControlPlane::start_networked(&[])?;
+    let (mut nodes, ours_same, ours_cross) = ebpf_datapath(&cp, "a", &[])?;
+    eprintln!("  two more agents at 64 KiB aggregates, three pods");
+    let (legacy_nodes, legacy_same, legacy_cross) = ebpf_datapath(&cp, "l", LEGACY_AGGREGATES)?;
+    nodes.extend(legacy_nodes);
     let cases = vec![
         Case {
             title: "plain veth pair (the limit)",
@@ -209,6 +226,18 @@ pub fn build() -> Result<Testbed> {
             short: "bridge, 2 nodes",
             family: Family::Bridge,
             pair: bridge_cross,
+        },
+        Case {
+            title: "eBPF datapath at 64 KiB aggregates, same node",
+            short: "ours 64K, 1 node",
+            family: Family::Ours,
+            pair: legacy_same,
+        },
+        Case {
+            title: "eBPF datapath at 64 KiB aggregates, two nodes",
+            short: "ours 64K, 2 nodes",
+            family: Family::Ours,
+            pair: legacy_cross,
         },
     ];
     Ok(Testbed {
