@@ -1,4 +1,4 @@
-//! What the bare-metal install tests (`tests/tests/dist_*.rs`) share: the
+//! What the bare-metal install tests (`tests/tests/dist_*`) share: the
 //! release `xtask dist` lays out once per test process, `install.sh`, and
 //! daemons started as the installed systemd units would start them.
 //!
