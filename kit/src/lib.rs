@@ -1,13 +1,14 @@
 //! What every component shares (the scheduler, the controller-manager and
 //! the node agent): an API client made from flags, with failover between
 //! API servers; leader election through a Lease; a health and metrics
-//! endpoint; an event recorder behind a bounded queue; and shutdown on
-//! SIGTERM. They are all ordinary API clients.
+//! endpoint; an event recorder behind a bounded queue; a store fed by a
+//! watch; and shutdown on SIGTERM. They are all ordinary API clients.
 
 pub mod events;
 pub mod health;
 pub mod leader;
 pub mod metrics;
+pub mod watch;
 
 use std::path::PathBuf;
 

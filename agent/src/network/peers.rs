@@ -8,7 +8,7 @@
 //! are told once, as a Warning Event on that Node and a log line, and told
 //! again only when they change.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,8 +16,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
+use kit::watch::Store;
 use kube::api::Api;
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::watcher;
 use kube::ResourceExt;
 
 use super::routes::{NodeRoute, Routes};
@@ -189,11 +190,12 @@ pub async fn sync_routes(
         told: HashMap::new(),
     };
     let api: Api<Node> = Api::all(client);
-    let stream = watcher(api, watcher::Config::default()).default_backoff();
+    let stream = kit::watch::events(api, watcher::Config::default());
     futures::pin_mut!(stream);
-    let mut nodes: BTreeMap<String, Arc<Node>> = Default::default();
-    let mut relisting: Option<BTreeMap<String, Arc<Node>>> = None;
-    let mut listed = false;
+    let mut nodes: Store<Arc<Node>> = Store::default();
+    // Nodes have no namespace.
+    let node =
+        |nodes: &Store<Arc<Node>>, name: &str| nodes.get(&(String::new(), name.into())).cloned();
     let mut last: Option<Vec<NodeRoute>> = None;
     loop {
         // Resync every 30 s even when nothing happens, in case someone
@@ -204,28 +206,14 @@ pub async fn sync_routes(
                 tracing::debug!("watching nodes: {e}");
                 continue;
             }
-            Ok(Some(Ok(ev))) => match ev {
-                watcher::Event::Init => relisting = Some(Default::default()),
-                watcher::Event::InitApply(n) => {
-                    if let Some(r) = relisting.as_mut() {
-                        r.insert(n.name_any(), Arc::new(n));
-                    }
-                }
-                watcher::Event::InitDone => {
-                    nodes = relisting.take().unwrap_or_default();
-                    listed = true;
-                }
-                watcher::Event::Apply(n) => {
-                    nodes.insert(n.name_any(), Arc::new(n));
-                }
-                watcher::Event::Delete(n) => {
-                    nodes.remove(&n.name_any());
-                }
-            },
+            Ok(Some(Ok(ev))) => {
+                // The plan is made from every Node each time.
+                nodes.apply(ev, |n| Some(Arc::new(n)));
+            }
             Err(_) => {}
         }
         // Until the first complete list, a missing node may just be unseen.
-        if !listed || relisting.is_some() {
+        if !nodes.listed() || nodes.relisting() {
             continue;
         }
         let all: Vec<Arc<Node>> = nodes.values().cloned().collect();
@@ -241,15 +229,15 @@ pub async fn sync_routes(
         let mut problems: Vec<(Arc<Node>, &'static str, String)> = plan
             .refused
             .iter()
-            .filter_map(|(n, why)| Some((nodes.get(n)?.clone(), REASON_REFUSED, why.clone())))
+            .filter_map(|(n, why)| Some((node(&nodes, n)?, REASON_REFUSED, why.clone())))
             .collect();
         match routes.sync(&want).await {
             Ok(done) => {
                 for (route, e) in &done.failed {
                     let owner = plan.routes.iter().find(|(_, r)| r == route);
-                    match owner.and_then(|(n, _)| nodes.get(n)) {
+                    match owner.and_then(|(n, _)| node(&nodes, n)) {
                         Some(node) => problems.push((
-                            node.clone(),
+                            node,
                             REASON_FAILED,
                             format!("route {} via {}: {e}", route.pod_cidr, route.via),
                         )),

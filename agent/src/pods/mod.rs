@@ -8,14 +8,15 @@ pub mod sandbox;
 pub mod spec;
 pub mod worker;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
+use kit::watch::{Change, Store};
 use kube::api::Api;
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::watcher;
 use kube::ResourceExt;
 use tokio::sync::watch;
 
@@ -69,9 +70,12 @@ pub async fn run(env: Arc<Env>) {
     }
     let api: Api<Pod> = Api::all(env.client.clone());
     let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", env.node_name));
-    let mut stream = std::pin::pin!(watcher(api, cfg).default_backoff());
+    let mut stream = std::pin::pin!(kit::watch::events(api, cfg));
+    let mut pods: Store<Arc<Pod>> = Store::default();
+    // A worker runs one pod, not one name: a pod deleted and created again
+    // under its name gets a new worker.
     let mut workers: HashMap<String, watch::Sender<Option<Arc<Pod>>>> = HashMap::new();
-    let mut seen_in_relist: Option<std::collections::HashSet<String>> = None;
+    let uid = |p: &Pod| p.uid().unwrap_or_default();
     while let Some(ev) = stream.next().await {
         let ev = match ev {
             Ok(ev) => ev,
@@ -80,58 +84,42 @@ pub async fn run(env: Arc<Env>) {
                 continue;
             }
         };
-        let (pod, deleted) = match ev {
-            watcher::Event::Init => {
-                seen_in_relist = Some(Default::default());
-                continue;
-            }
-            watcher::Event::InitDone => {
-                if let Some(seen) = seen_in_relist.take() {
-                    workers.retain(|uid, tx| {
-                        let keep = seen.contains(uid);
-                        if !keep {
-                            let _ = tx.send(None);
-                        }
-                        keep
-                    });
-                    // Pods deleted while no agent ran left their sandboxes.
-                    if let Ok(entries) = std::fs::read_dir(&env.pods_dir) {
-                        for e in entries.flatten() {
-                            let uid = e.file_name().to_string_lossy().to_string();
-                            if !seen.contains(&uid) && !workers.contains_key(&uid) {
-                                worker::cleanup_orphan(&env, &uid).await;
-                            }
-                        }
+        let relisted = matches!(ev, watcher::Event::InitDone);
+        for Change { key, old } in pods.apply(ev, |p| Some(Arc::new(p))) {
+            let pod = pods.get(&key).cloned();
+            if let Some(old) = old.map(|p| uid(&p)) {
+                if pod.as_deref().map(uid) != Some(old.clone()) {
+                    if let Some(tx) = workers.remove(&old) {
+                        let _ = tx.send(None);
                     }
                 }
+            }
+            let Some(pod) = pod else {
                 continue;
-            }
-            watcher::Event::InitApply(p) => {
-                if let Some(s) = seen_in_relist.as_mut() {
-                    s.insert(p.uid().unwrap_or_default());
+            };
+            match workers.get(&uid(&pod)) {
+                Some(tx) if !tx.is_closed() => {
+                    let _ = tx.send(Some(pod));
                 }
-                (p, false)
+                _ => {
+                    let (tx, rx) = watch::channel(Some(pod.clone()));
+                    let id = uid(&pod);
+                    let w = worker::Worker::new(env.clone(), pod);
+                    tokio::spawn(w.run(rx));
+                    workers.insert(id, tx);
+                }
             }
-            watcher::Event::Apply(p) => (p, false),
-            watcher::Event::Delete(p) => (p, true),
-        };
-        let uid = pod.uid().unwrap_or_default();
-        if deleted {
-            if let Some(tx) = workers.remove(&uid) {
-                let _ = tx.send(None);
-            }
-            continue;
         }
-        let pod = Arc::new(pod);
-        match workers.get(&uid) {
-            Some(tx) if !tx.is_closed() => {
-                let _ = tx.send(Some(pod));
-            }
-            _ => {
-                let (tx, rx) = watch::channel(Some(pod.clone()));
-                let w = worker::Worker::new(env.clone(), pod);
-                tokio::spawn(w.run(rx));
-                workers.insert(uid, tx);
+        if relisted {
+            // Pods deleted while no agent ran left their sandboxes.
+            let seen: HashSet<String> = pods.values().map(|p| uid(p)).collect();
+            if let Ok(entries) = std::fs::read_dir(&env.pods_dir) {
+                for e in entries.flatten() {
+                    let id = e.file_name().to_string_lossy().to_string();
+                    if !seen.contains(&id) && !workers.contains_key(&id) {
+                        worker::cleanup_orphan(&env, &id).await;
+                    }
+                }
             }
         }
     }

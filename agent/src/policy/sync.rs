@@ -12,7 +12,8 @@ use std::time::Duration;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::runtime::{watcher, WatchStreamExt};
+use kit::watch::Store;
+use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tokio::sync::{watch, Mutex};
 
@@ -23,57 +24,11 @@ use super::model::{namespace_labels, Labels, PodInfo};
 
 type Name = (String, String);
 
-/// One kind's objects, with a relist in progress kept apart until done.
-struct Cache<T> {
-    items: BTreeMap<Name, T>,
-    relist: Option<BTreeMap<Name, T>>,
-    listed: bool,
-}
-
-impl<T> Default for Cache<T> {
-    fn default() -> Self {
-        Self {
-            items: BTreeMap::new(),
-            relist: None,
-            listed: false,
-        }
-    }
-}
-
-impl<T> Cache<T> {
-    fn event<K: kube::Resource>(&mut self, ev: watcher::Event<K>, read: impl Fn(&K) -> Option<T>) {
-        let name = |k: &K| (k.namespace().unwrap_or_default(), k.name_any());
-        match ev {
-            watcher::Event::Init => self.relist = Some(BTreeMap::new()),
-            watcher::Event::InitApply(k) => {
-                if let (Some(r), Some(v)) = (self.relist.as_mut(), read(&k)) {
-                    r.insert(name(&k), v);
-                }
-            }
-            watcher::Event::InitDone => {
-                self.items = self.relist.take().unwrap_or_default();
-                self.listed = true;
-            }
-            watcher::Event::Apply(k) => match read(&k) {
-                Some(v) => {
-                    self.items.insert(name(&k), v);
-                }
-                None => {
-                    self.items.remove(&name(&k));
-                }
-            },
-            watcher::Event::Delete(k) => {
-                self.items.remove(&name(&k));
-            }
-        }
-    }
-}
-
 #[derive(Default)]
 struct State {
-    pods: Cache<PodInfo>,
-    namespaces: Cache<Labels>,
-    policies: Cache<NetworkPolicy>,
+    pods: Store<PodInfo>,
+    namespaces: Store<Labels>,
+    policies: Store<NetworkPolicy>,
     /// Addresses of local pods the API does not show yet: their worker
     /// reported them before it writes the pod's status.
     local_ips: BTreeMap<Name, Ipv4Addr>,
@@ -121,27 +76,30 @@ impl Engine {
             Policy(Box<Result<watcher::Event<NetworkPolicy>, watcher::Error>>),
         }
         let cfg = watcher::Config::default;
-        let pods = watcher(Api::<Pod>::all(client.clone()), cfg())
-            .default_backoff()
+        let pods = kit::watch::events(Api::<Pod>::all(client.clone()), cfg())
             .map(|e| Ev::Pod(Box::new(e)));
-        let nss = watcher(Api::<Namespace>::all(client.clone()), cfg())
-            .default_backoff()
+        let nss = kit::watch::events(Api::<Namespace>::all(client.clone()), cfg())
             .map(|e| Ev::Ns(Box::new(e)));
-        let pols = watcher(Api::<NetworkPolicy>::all(client), cfg())
-            .default_backoff()
+        let pols = kit::watch::events(Api::<NetworkPolicy>::all(client), cfg())
             .map(|e| Ev::Policy(Box::new(e)));
         let events = futures::stream::select(pods, futures::stream::select(nss, pols));
         let mut events = std::pin::pin!(events);
         let node = self.node.clone();
         let handle = |state: &mut State, ev: Ev| {
+            // Every sync compiles from the whole stores, so what changed
+            // is not needed.
             let failed = match ev {
-                Ev::Pod(e) => (*e).map(|e| state.pods.event(e, |p| PodInfo::from_pod(p, &node))),
+                Ev::Pod(e) => (*e).map(|e| {
+                    state.pods.apply(e, |p| PodInfo::from_pod(&p, &node));
+                }),
                 Ev::Ns(e) => (*e).map(|e| {
                     state
                         .namespaces
-                        .event(e, |n| namespace_labels(n).map(|x| x.1))
+                        .apply(e, |n| namespace_labels(&n).map(|x| x.1));
                 }),
-                Ev::Policy(e) => (*e).map(|e| state.policies.event(e, |p| Some(p.clone()))),
+                Ev::Policy(e) => (*e).map(|e| {
+                    state.policies.apply(e, Some);
+                }),
             };
             if let Err(e) = failed {
                 tracing::debug!("watching for NetworkPolicy: {e}");
@@ -157,7 +115,8 @@ impl Engine {
                     _ => break,
                 }
             }
-            let listed = state.pods.listed && state.namespaces.listed && state.policies.listed;
+            let listed =
+                state.pods.listed() && state.namespaces.listed() && state.policies.listed();
             if listed {
                 self.sync(&mut state);
                 self.ready.send_replace(true);
@@ -181,7 +140,7 @@ impl Engine {
         state.local_ips.insert(name.clone(), ip);
         // The worker's copy of the pod may be newer than the watch's.
         if let Some(info) = PodInfo::from_pod(pod, &self.node) {
-            state.pods.items.entry(name).or_insert(info);
+            state.pods.entry(name).or_insert(info);
         }
         self.sync(&mut state);
     }
@@ -196,19 +155,18 @@ impl Engine {
     }
 
     fn sync(&self, state: &mut State) {
-        let mut pods: Vec<PodInfo> = Vec::with_capacity(state.pods.items.len() + 1);
+        let mut pods: Vec<PodInfo> = Vec::with_capacity(state.pods.len() + 1);
         pods.push(PodInfo::node_dns(self.node_ip));
-        for (name, pod) in &state.pods.items {
+        for (name, pod) in state.pods.iter() {
             let mut pod = pod.clone();
             if pod.local && pod.ip.is_none() {
                 pod.ip = state.local_ips.get(name).copied();
             }
             pods.push(pod);
         }
-        let policies: Vec<NetworkPolicy> = state.policies.items.values().cloned().collect();
+        let policies: Vec<NetworkPolicy> = state.policies.values().cloned().collect();
         let namespaces: BTreeMap<String, Labels> = state
             .namespaces
-            .items
             .iter()
             .map(|((_, n), l)| (n.clone(), l.clone()))
             .collect();

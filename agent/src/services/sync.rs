@@ -11,8 +11,9 @@ use std::time::Duration;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kit::watch::{Change, Store};
 use kube::api::Api;
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::watcher;
 use kube::ResourceExt;
 
 use super::model::{self, Desired, Frontend};
@@ -39,21 +40,16 @@ struct State<M: Maps> {
     /// The node's address, where node ports are served.
     node_ip: Ipv4Addr,
     table: Table<M>,
-    services: BTreeMap<Ref, Service>,
-    /// EndpointSlices by the Service they belong to, then by name.
-    slices: BTreeMap<Ref, BTreeMap<String, EndpointSlice>>,
-    /// The Service each slice belongs to, by the slice's own name.
-    slice_owner: BTreeMap<Ref, Ref>,
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    /// The names of the EndpointSlices of each Service.
+    slices_of: BTreeMap<Ref, BTreeSet<String>>,
     /// The frontends each Service has programmed.
     owned: BTreeMap<Ref, Vec<Frontend>>,
     owner: HashMap<Frontend, Ref>,
     dirty: BTreeSet<Ref>,
     /// Services whose last write failed, tried again shortly.
     retry: BTreeSet<Ref>,
-    service_relist: Option<BTreeMap<Ref, Service>>,
-    slice_relist: Option<Vec<EndpointSlice>>,
-    services_listed: bool,
-    slices_listed: bool,
     /// A complete list arrived since the last prune of unknown frontends.
     prune: bool,
     /// Frontends the agent serves itself (the cluster DNS), whatever a
@@ -66,10 +62,6 @@ struct State<M: Maps> {
 /// The owner recorded for the agent's own frontends.
 fn local_owner() -> Ref {
     (String::new(), "(agent)".into())
-}
-
-fn name_of<K: kube::Resource>(o: &K) -> Ref {
-    (o.namespace().unwrap_or_default(), o.name_any())
 }
 
 fn owner_of(slice: &EndpointSlice) -> Option<Ref> {
@@ -88,34 +80,28 @@ pub async fn run<M: Maps>(
     local: Vec<(Frontend, Desired)>,
     zone: Option<dns::SharedZone>,
 ) {
-    let services = watcher(
+    let services = kit::watch::events(
         Api::<Service>::all(client.clone()),
         watcher::Config::default(),
     )
-    .default_backoff()
     .map(Event::Service);
-    let slices = watcher(
+    let slices = kit::watch::events(
         Api::<EndpointSlice>::all(client),
         watcher::Config::default(),
     )
-    .default_backoff()
     .map(Event::Slice);
     let mut events = std::pin::pin!(futures::stream::select(services, slices));
     let mut state = State {
         node,
         node_ip,
         table,
-        services: BTreeMap::new(),
-        slices: BTreeMap::new(),
-        slice_owner: BTreeMap::new(),
+        services: Store::default(),
+        slices: Store::default(),
+        slices_of: BTreeMap::new(),
         owned: BTreeMap::new(),
         owner: HashMap::new(),
         dirty: BTreeSet::new(),
         retry: BTreeSet::new(),
-        service_relist: None,
-        slice_relist: None,
-        services_listed: false,
-        slices_listed: false,
         prune: false,
         local: local.into_iter().collect(),
         zone,
@@ -160,88 +146,38 @@ impl<M: Maps> State<M> {
     }
 
     fn service_event(&mut self, ev: watcher::Event<Service>) {
-        match ev {
-            watcher::Event::Init => self.service_relist = Some(BTreeMap::new()),
-            watcher::Event::InitApply(s) => {
-                if let Some(r) = self.service_relist.as_mut() {
-                    r.insert(name_of(&s), s);
-                }
-            }
-            watcher::Event::InitDone => {
-                let fresh = self.service_relist.take().unwrap_or_default();
-                let old = std::mem::replace(&mut self.services, fresh);
-                self.dirty.extend(old.into_keys());
-                self.dirty.extend(self.services.keys().cloned());
-                self.services_listed = true;
-                self.prune = true;
-            }
-            watcher::Event::Apply(s) => {
-                let r = name_of(&s);
-                self.services.insert(r.clone(), s);
-                self.dirty.insert(r);
-            }
-            watcher::Event::Delete(s) => {
-                let r = name_of(&s);
-                self.services.remove(&r);
-                self.dirty.insert(r);
-            }
+        self.prune |= matches!(ev, watcher::Event::InitDone);
+        for Change { key, .. } in self.services.apply(ev, Some) {
+            self.dirty.insert(key);
         }
     }
 
     fn slice_event(&mut self, ev: watcher::Event<EndpointSlice>) {
-        match ev {
-            watcher::Event::Init => self.slice_relist = Some(Vec::new()),
-            watcher::Event::InitApply(s) => {
-                if let Some(r) = self.slice_relist.as_mut() {
-                    r.push(s);
-                }
-            }
-            watcher::Event::InitDone => {
-                let fresh = self.slice_relist.take().unwrap_or_default();
-                self.dirty.extend(self.slices.keys().cloned());
-                self.slices.clear();
-                self.slice_owner.clear();
-                for s in fresh {
-                    self.put_slice(s);
-                }
-                self.slices_listed = true;
-                self.prune = true;
-            }
-            watcher::Event::Apply(s) => self.put_slice(s),
-            watcher::Event::Delete(s) => {
-                self.drop_slice(&name_of(&s));
-            }
+        self.prune |= matches!(ev, watcher::Event::InitDone);
+        for change in self.slices.apply(ev, Some) {
+            self.slice_changed(change);
         }
     }
 
-    fn put_slice(&mut self, slice: EndpointSlice) {
-        let key = name_of(&slice);
-        let owner = owner_of(&slice);
-        if self.slice_owner.get(&key) != owner.as_ref() {
-            self.drop_slice(&key);
-        }
-        let Some(owner) = owner else {
-            return;
-        };
-        self.slice_owner.insert(key.clone(), owner.clone());
-        self.slices
-            .entry(owner.clone())
-            .or_default()
-            .insert(key.1, slice);
-        self.dirty.insert(owner);
-    }
-
-    fn drop_slice(&mut self, key: &Ref) {
-        let Some(owner) = self.slice_owner.remove(key) else {
-            return;
-        };
-        if let Some(by_name) = self.slices.get_mut(&owner) {
-            by_name.remove(&key.1);
-            if by_name.is_empty() {
-                self.slices.remove(&owner);
+    /// Moves a changed slice to the Service it belongs to now, and marks
+    /// both the Service it left and the one it joined.
+    fn slice_changed(&mut self, Change { key, old }: Change<EndpointSlice>) {
+        if let Some(owner) = old.as_ref().and_then(owner_of) {
+            if let Some(names) = self.slices_of.get_mut(&owner) {
+                names.remove(&key.1);
+                if names.is_empty() {
+                    self.slices_of.remove(&owner);
+                }
             }
+            self.dirty.insert(owner);
         }
-        self.dirty.insert(owner);
+        if let Some(owner) = self.slices.get(&key).and_then(owner_of) {
+            self.slices_of
+                .entry(owner.clone())
+                .or_default()
+                .insert(key.1);
+            self.dirty.insert(owner);
+        }
     }
 
     /// Programs the agent's own frontends: they need no API object, so
@@ -259,7 +195,7 @@ impl<M: Maps> State<M> {
 
     /// Programs every dirty Service, once both lists are complete.
     fn sync(&mut self) {
-        if !self.services_listed || !self.slices_listed {
+        if !self.services.listed() || !self.slices.listed() {
             return;
         }
         let dirty = std::mem::take(&mut self.dirty);
@@ -302,10 +238,12 @@ impl<M: Maps> State<M> {
     /// has. Returns how many frontends changed.
     fn reconcile(&mut self, r: &Ref) -> usize {
         let slices: Vec<&EndpointSlice> = self
-            .slices
+            .slices_of
             .get(r)
-            .map(|m| m.values().collect())
-            .unwrap_or_default();
+            .into_iter()
+            .flatten()
+            .filter_map(|name| self.slices.get(&(r.0.clone(), name.clone())))
+            .collect();
         let want = match self.services.get(r) {
             Some(svc) => model::frontends(
                 svc,
