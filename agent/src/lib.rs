@@ -61,9 +61,12 @@ pub async fn run(args: config::RunArgs) -> anyhow::Result<()> {
             .context("--node-ip is not an IPv4 address")?;
         let network =
             network::Network::start(&client, &cfg.name, ip, &args.network, &state).await?;
-        let recorder =
-            kit::events::Recorder::new(client.clone(), "kubelet", metrics::EVENTS_DROPPED.clone())
-                .on_node(&cfg.name);
+        let recorder = kit::events::Recorder::new(
+            client.clone(),
+            "kubelet",
+            metrics::METRICS.events_dropped.clone(),
+        )
+        .on_node(&cfg.name);
         tokio::spawn(network::sync_routes(
             client.clone(),
             cfg.name.clone(),
@@ -104,7 +107,9 @@ pub async fn run(args: config::RunArgs) -> anyhow::Result<()> {
         Some((tokio::spawn(pods::run(env)), runtime, pins))
     };
     let runtime = pods.as_ref().map(|p| p.1.clone());
-    let pins = pods.as_ref().map(|p| p.2.clone());
+    if let Some((_, _, pins)) = &pods {
+        metrics::read_datapath(pins.clone());
+    }
     let stats = runtime.clone().map(|r| {
         let sampler = stats::Sampler::new(r, args.log_dir.clone(), args.cgroup_root.clone());
         tokio::spawn(sampler.clone().run());
@@ -125,7 +130,6 @@ pub async fn run(args: config::RunArgs) -> anyhow::Result<()> {
         },
         runtime,
         ca,
-        pins,
         stats,
     ));
     let beat = node::heartbeat(client, cfg, || true);

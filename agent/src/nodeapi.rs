@@ -258,7 +258,6 @@ pub async fn serve(
     dirs: Dirs,
     runtime: Option<crate::runtime::Runtime>,
     ca_der: Option<Vec<Vec<u8>>>,
-    pins: Option<PathBuf>,
     stats: Option<Arc<crate::stats::Sampler>>,
 ) -> anyhow::Result<()> {
     let Dirs {
@@ -314,14 +313,11 @@ pub async fn serve(
         .route("/healthz", axum::routing::get(|| async { "ok" }))
         .route(
             "/metrics",
-            axum::routing::get(move || {
-                let pins = pins.clone();
-                async move {
-                    (
-                        [("content-type", "text/plain; version=0.0.4")],
-                        crate::metrics::render(pins.as_deref()),
-                    )
-                }
+            axum::routing::get(|| async {
+                (
+                    [("content-type", "text/plain; version=0.0.4")],
+                    crate::metrics::render(),
+                )
             }),
         );
     let app = private.merge(public.clone());

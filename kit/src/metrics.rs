@@ -1,5 +1,6 @@
 //! A small Prometheus text registry: counters, gauges and histograms kept
-//! in atomics, rendered on `/metrics`.
+//! in atomics, and families read from elsewhere at each scrape, rendered
+//! on `/metrics`.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +29,12 @@ pub struct Gauge(AtomicU64);
 impl Gauge {
     pub fn set(&self, v: u64) {
         self.0.store(v, Ordering::Relaxed);
+    }
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn dec(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
@@ -66,13 +73,37 @@ impl Histogram {
     }
 }
 
+/// The type of a collected family.
+#[derive(Clone, Copy, Debug)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// Labels of one sample, in the order written.
+pub type Labels = Vec<(&'static str, String)>;
+
+/// A metric family read at scrape time: counts kept outside the process's
+/// own atomics (a kernel map, say).
+pub struct Family {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: Kind,
+    /// Written in order; a sample without labels is written bare.
+    pub samples: Vec<(Labels, u64)>,
+}
+
+type Collect = Box<dyn Fn() -> Vec<Family> + Send + Sync>;
+
 enum Metric {
     Counter(Arc<Counter>),
     Gauge(Arc<Gauge>),
     Histogram(Arc<Histogram>),
+    /// Families of any names, given by a function at each scrape.
+    Collected(Collect),
 }
 
-/// Every metric of one process.
+/// Every metric of one process, rendered in the order registered.
 #[derive(Default)]
 pub struct Registry {
     metrics: Mutex<Vec<(String, String, Metric)>>,
@@ -102,6 +133,14 @@ impl Registry {
         h
     }
 
+    /// Families `collect` gives at each scrape, written where it was
+    /// registered; it gives none of those it cannot read, and those are
+    /// left out. It runs with the registry locked, so it must not use the
+    /// registry itself.
+    pub fn collector(&self, collect: impl Fn() -> Vec<Family> + Send + Sync + 'static) {
+        self.push("", "", Metric::Collected(Box::new(collect)));
+    }
+
     fn push(&self, name: &str, help: &str, m: Metric) {
         self.metrics
             .lock()
@@ -114,8 +153,15 @@ impl Registry {
         let mut out = String::new();
         let metrics = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
         for (name, help, m) in metrics.iter() {
+            if let Metric::Collected(collect) = m {
+                for family in collect() {
+                    render_family(&mut out, &family);
+                }
+                continue;
+            }
             let _ = writeln!(out, "# HELP {name} {help}");
             match m {
+                Metric::Collected(_) => {}
                 Metric::Counter(c) => {
                     let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", c.get());
                 }
@@ -146,6 +192,33 @@ impl Registry {
     }
 }
 
+fn render_family(out: &mut String, f: &Family) {
+    let name = f.name;
+    let kind = match f.kind {
+        Kind::Counter => "counter",
+        Kind::Gauge => "gauge",
+    };
+    let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} {kind}", f.help);
+    for (labels, v) in &f.samples {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {v}");
+            continue;
+        }
+        let labels: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+            .collect();
+        let _ = writeln!(out, "{name}{{{}}} {v}", labels.join(","));
+    }
+}
+
+/// A label value in the text format: backslash, quote and newline escaped.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,5 +235,40 @@ mod tests {
         assert!(text.contains("latency_seconds_bucket{le=\"0.01\"} 1\n"));
         assert!(text.contains("latency_seconds_bucket{le=\"0.1\"} 2\n"));
         assert!(text.contains("latency_seconds_count 2\n"));
+    }
+
+    #[test]
+    fn collected_families_render_where_registered() {
+        let r = Registry::default();
+        r.gauge("first", "First.").set(1);
+        r.collector(|| {
+            vec![
+                Family {
+                    name: "bare",
+                    help: "Bare.",
+                    kind: Kind::Gauge,
+                    samples: vec![(vec![], 7)],
+                },
+                Family {
+                    name: "flows_total",
+                    help: "Flows.",
+                    kind: Kind::Counter,
+                    samples: vec![(
+                        vec![("pod", "a\"b\\c\nd".into()), ("direction", "in".into())],
+                        2,
+                    )],
+                },
+            ]
+        });
+        r.collector(Vec::new);
+        r.counter("last_total", "Last.").inc();
+        assert_eq!(
+            r.render(),
+            "# HELP first First.\n# TYPE first gauge\nfirst 1\n\
+             # HELP bare Bare.\n# TYPE bare gauge\nbare 7\n\
+             # HELP flows_total Flows.\n# TYPE flows_total counter\n\
+             flows_total{pod=\"a\\\"b\\\\c\\nd\",direction=\"in\"} 2\n\
+             # HELP last_total Last.\n# TYPE last_total counter\nlast_total 1\n"
+        );
     }
 }

@@ -2,12 +2,12 @@
 //! per local pod and direction, read from the datapath's per-slot counters.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::path::Path;
 use std::sync::Mutex;
 
 use agent_ebpf_common::{self as abi, PolicyCounters};
 use aya::maps::{Map, MapData, PerCpuArray};
+use kit::metrics::{Family, Kind};
 
 /// The local pods with a counter slot, as (namespace, name) by slot; the
 /// engine republishes it whenever slots change.
@@ -21,19 +21,19 @@ pub fn publish(slots: &BTreeMap<(String, String), u32>) {
     }
 }
 
-/// Appends the per-pod counters to `out`, when the maps in `pins` can be
-/// read (they cannot before the datapath is loaded).
-pub fn render(out: &mut String, pins: &Path) {
+/// The per-pod counters, when the maps in `pins` can be read (they cannot
+/// before the datapath is loaded).
+pub fn families(pins: &Path) -> Vec<Family> {
     let Ok(data) = MapData::from_pin(pins.join(abi::POLICY_COUNTERS_MAP)) else {
-        return;
+        return Vec::new();
     };
     let Ok(counters) = PerCpuArray::<MapData, PolicyCounters>::try_from(Map::PerCpuArray(data))
     else {
-        return;
+        return Vec::new();
     };
     let slots = match SLOTS.lock() {
         Ok(s) => s.clone(),
-        Err(_) => return,
+        Err(_) => return Vec::new(),
     };
     let mut rows = Vec::with_capacity(slots.len());
     for (slot, pod) in slots {
@@ -49,7 +49,7 @@ pub fn render(out: &mut String, pins: &Path) {
         }
         rows.push((pod, sum));
     }
-    for (name, help, pick) in [
+    [
         (
             "kestrel_policy_denied_flows_total",
             "New flows a NetworkPolicy denied, by local pod and direction.",
@@ -60,25 +60,28 @@ pub fn render(out: &mut String, pins: &Path) {
             "New flows to or from an isolated local pod that a NetworkPolicy allowed.",
             |c: &PolicyCounters| (c.ingress_allowed, c.egress_allowed),
         ),
-    ] {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for ((ns, pod), c) in &rows {
-            let (ingress, egress) = pick(c);
-            for (direction, n) in [("ingress", ingress), ("egress", egress)] {
-                let _ = writeln!(
-                    out,
-                    "{name}{{namespace=\"{}\",pod=\"{}\",direction=\"{direction}\"}} {n}",
-                    escape(ns),
-                    escape(pod)
-                );
-            }
-        }
-    }
-}
-
-/// A label value in the text format: backslash, quote and newline escaped.
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    ]
+    .into_iter()
+    .map(|(name, help, pick)| Family {
+        name,
+        help,
+        kind: Kind::Counter,
+        samples: rows
+            .iter()
+            .flat_map(|((ns, pod), c)| {
+                let (ingress, egress) = pick(c);
+                [("ingress", ingress), ("egress", egress)].map(|(direction, n)| {
+                    (
+                        vec![
+                            ("namespace", ns.clone()),
+                            ("pod", pod.clone()),
+                            ("direction", direction.to_string()),
+                        ],
+                        n,
+                    )
+                })
+            })
+            .collect(),
+    })
+    .collect()
 }

@@ -178,7 +178,7 @@ impl Worker {
         .await
         {
             Ok(img) => {
-                crate::metrics::IMAGE_PULL.observe(t.elapsed());
+                crate::metrics::METRICS.image_pull.observe(t.elapsed());
                 self.event(
                     "Normal",
                     "Pulled",

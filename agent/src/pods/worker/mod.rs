@@ -368,10 +368,10 @@ impl Worker {
         struct Running;
         impl Drop for Running {
             fn drop(&mut self) {
-                crate::metrics::PODS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                crate::metrics::METRICS.pods.dec();
             }
         }
-        crate::metrics::PODS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        crate::metrics::METRICS.pods.inc();
         let _running = Running;
         let mut exits = self.env.runtime.exits();
         self.adopt().await;

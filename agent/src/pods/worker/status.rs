@@ -171,7 +171,7 @@ impl Worker {
             if let Some(created) = &self.pod.metadata.creation_timestamp {
                 let age = k8s_openapi::jiff::Timestamp::now().duration_since(created.0);
                 if let Ok(d) = std::time::Duration::try_from(age) {
-                    crate::metrics::POD_START.observe(d);
+                    crate::metrics::METRICS.pod_start.observe(d);
                 }
             }
         }
