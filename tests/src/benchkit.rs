@@ -1,6 +1,12 @@
-//! What the benchmark programs share: etcd and the API server as child
-//! processes in a temporary directory, a plain HTTP/1 client, and CPU
-//! accounting from /proc.
+//! What the benchmark programs share: etcd, the API server, hollow nodes
+//! and control-plane components as child processes in a temporary
+//! directory, a plain HTTP/1 client, CPU accounting from /proc, and the
+//! way a program ends (its table written, its error printed).
+//!
+//! These are the release binaries with their own etcd and no TLS, started
+//! from async code that reports errors instead of panicking; the
+//! end-to-end tests' [`HollowCluster`](crate::hollow::HollowCluster) is
+//! the debug-build, kubectl-driven counterpart.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -70,6 +76,11 @@ impl Proc {
 
     pub fn exited(&mut self) -> bool {
         !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// utime + stime of the process so far, in seconds.
+    pub fn cpu(&self) -> f64 {
+        process_cpu(&self.child.id().to_string())
     }
 
     /// The last `n` lines of the log, for error messages.
@@ -207,11 +218,70 @@ impl Env {
         Err(last)
     }
 
+    /// A new directory with etcd and the API server of `control_plane` running.
+    pub async fn started(etcd: &Path, control_plane: &Path, http: &Http) -> Result<Self> {
+        let mut env = Self::new()?;
+        env.start_etcd(etcd).await?;
+        env.start_apiserver(control_plane, http).await?;
+        Ok(env)
+    }
+
+    /// Starts `count` hollow nodes (`control-plane hollow-nodes`, 64
+    /// registering at once, with `extra` flags) and waits until all have
+    /// registered.
+    pub async fn start_hollow_nodes(
+        &self,
+        control_plane: &Path,
+        count: usize,
+        extra: &[&str],
+    ) -> Result<Proc> {
+        let log = self.dir.path().join("hollow.log");
+        let mut hollow = Proc::spawn(
+            "hollow-nodes",
+            Command::new(control_plane)
+                .args(["hollow-nodes", "--master", &self.api_url])
+                .args(["--count", &count.to_string(), "--parallelism", "64"])
+                .args(extra),
+            &log,
+        )?;
+        // It prints this line once the last node is registered.
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("ready:")
+        {
+            if hollow.exited() {
+                bail!("hollow-nodes exited\n{}", hollow.log_tail(20));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(hollow)
+    }
+
+    /// Starts the component `name` of `control_plane` (`scheduler`,
+    /// `controller-manager`) against the API server, without leader
+    /// election, serving health on a free loopback port; returns it and
+    /// that port's URL without waiting for it (see [`wait_ok`]).
+    pub fn spawn_component(
+        &self,
+        control_plane: &Path,
+        name: &'static str,
+        extra: &[&str],
+    ) -> Result<(Proc, String)> {
+        let port = free_port()?;
+        let p = Proc::spawn(
+            name,
+            Command::new(control_plane)
+                .args([name, "--master", &self.api_url, "--leader-elect=false"])
+                .arg(format!("--bind-address=127.0.0.1:{port}"))
+                .args(extra)
+                .env("RUST_LOG", "warn"),
+            &self.dir.path().join(format!("{name}.log")),
+        )?;
+        Ok((p, format!("http://127.0.0.1:{port}")))
+    }
+
     pub fn cpu(&self, since: Instant) -> CpuUse {
-        let of = |p: &Option<Proc>| {
-            p.as_ref()
-                .map_or(0.0, |p| process_cpu(&p.child.id().to_string()))
-        };
+        let of = |p: &Option<Proc>| p.as_ref().map_or(0.0, Proc::cpu);
         CpuUse {
             etcd: of(&self.etcd),
             apiserver: of(&self.apiserver),
@@ -232,6 +302,36 @@ impl Env {
             }
         }
         Ok(())
+    }
+}
+
+/// Polls `GET <url><path>` every `poll` until it answers 200 OK; fails
+/// when `proc` exits first or `timeout` passes, with the end of its log.
+pub async fn wait_ok(
+    http: &Http,
+    url: &str,
+    path: &str,
+    proc: &mut Proc,
+    timeout: Duration,
+    poll: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok((StatusCode::OK, _)) = call(http, Method::GET, url, path, None).await {
+            return Ok(());
+        }
+        if proc.exited() {
+            bail!("{} exited\n{}", proc.name, proc.log_tail(20));
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} not answering {path} after {} s\n{}",
+                proc.name,
+                timeout.as_secs(),
+                proc.log_tail(20)
+            );
+        }
+        tokio::time::sleep(poll).await;
     }
 }
 
@@ -314,6 +414,28 @@ pub async fn expect(
         );
     }
     Ok(body)
+}
+
+/// The body of `GET <base><path>` as JSON, whatever the status.
+pub async fn get_json(http: &Http, base: &str, path: &str) -> Result<serde_json::Value> {
+    let (_, body) = call(http, Method::GET, base, path, None).await?;
+    Ok(serde_json::from_slice(&body)?)
+}
+
+/// Creates the namespace `name`.
+pub async fn create_namespace(http: &Http, base: &str, name: &str) -> Result<()> {
+    let ns =
+        serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+    expect(
+        http,
+        Method::POST,
+        base,
+        "/api/v1/namespaces",
+        Some(Bytes::from(ns.to_string())),
+        StatusCode::CREATED,
+    )
+    .await
+    .map(|_| ())
 }
 
 /// CPU seconds used during a phase, and its wall time.
@@ -408,4 +530,42 @@ pub fn goals_table(goals: &[Goal]) -> String {
         ));
     }
     s
+}
+
+/// `given`, or the release control-plane binary of the target directory;
+/// fails when it is missing, naming the `cargo xtask bench <bench>` that
+/// builds it.
+pub fn control_plane_bin(given: Option<&Path>, bench: &str) -> Result<PathBuf> {
+    let bin = given.map_or_else(
+        || target_dir().join("release").join("control-plane"),
+        Path::to_path_buf,
+    );
+    ensure!(
+        bin.exists(),
+        "{} is missing: run `cargo xtask bench {bench}`, which builds it",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+/// Prints `table` on stdout and writes it to `<target>/bench/<name>.md`,
+/// where `cargo xtask bench` collects it.
+pub fn write_table(name: &str, table: &str) -> Result<()> {
+    println!("{table}");
+    let out = target_dir().join("bench");
+    std::fs::create_dir_all(&out)?;
+    let file = out.join(format!("{name}.md"));
+    std::fs::write(&file, table)?;
+    eprintln!("written to {}", file.display());
+    Ok(())
+}
+
+/// Runs a program's `main` on a new tokio runtime; an error is printed
+/// after the program's name and ends the process with status 1.
+pub fn run_main(program: &str, main: impl std::future::Future<Output = Result<()>>) {
+    let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    if let Err(e) = rt.block_on(main) {
+        eprintln!("{program}: {e:#}");
+        std::process::exit(1);
+    }
 }

@@ -16,7 +16,6 @@
 //! this; `--help` lists the options.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -26,7 +25,8 @@ use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use harness::benchkit::{
-    call, expect, free_port, http_client, process_cpu, target_dir, Env, Http, Proc,
+    call, control_plane_bin, create_namespace, expect, get_json, http_client, run_main, wait_ok,
+    write_table, Env, Http, Proc,
 };
 
 #[derive(Parser, Debug)]
@@ -123,91 +123,32 @@ fn finished(what: Workload, obj: &Value, pods: usize) -> Result<bool> {
 }
 
 fn cpu_of(p: Option<&Proc>) -> f64 {
-    p.map_or(0.0, |p| process_cpu(&p.child.id().to_string()))
+    p.map_or(0.0, Proc::cpu)
 }
 
-async fn wait_healthy(http: &Http, url: &str, proc: &mut Proc) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok((StatusCode::OK, _)) = call(http, Method::GET, url, "/healthz", None).await {
-            return Ok(());
-        }
-        if proc.exited() {
-            bail!("{} exited\n{}", proc.name, proc.log_tail(20));
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "{} not healthy after 60 s\n{}",
-                proc.name,
-                proc.log_tail(20)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Starts a component of the control-plane binary serving health on a free loopback port.
-async fn component(
-    env: &Env,
-    http: &Http,
-    bin: &Path,
-    name: &'static str,
-    extra: &[&str],
-) -> Result<Proc> {
-    let port = free_port()?;
-    let mut p = Proc::spawn(
-        name,
-        Command::new(bin)
-            .args([name, "--master", &env.api_url, "--leader-elect=false"])
-            .arg(format!("--bind-address=127.0.0.1:{port}"))
-            .args(extra)
-            .env("RUST_LOG", "warn"),
-        &env.dir.path().join(format!("{name}.log")),
-    )?;
-    wait_healthy(http, &format!("http://127.0.0.1:{port}"), &mut p).await?;
+/// Starts a component of the control-plane binary and waits until it is healthy.
+async fn component(env: &Env, http: &Http, bin: &Path, name: &'static str) -> Result<Proc> {
+    let (mut p, url) = env.spawn_component(bin, name, &[])?;
+    wait_ok(
+        http,
+        &url,
+        "/healthz",
+        &mut p,
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+    )
+    .await?;
     Ok(p)
 }
 
 async fn run_one(a: &Args, what: Workload, bin: &Path) -> Result<Outcome> {
     let http = http_client();
-    let mut env = Env::new()?;
-    env.start_etcd(&a.etcd_bin).await?;
-    env.start_apiserver(bin, &http).await?;
+    let mut env = Env::started(&a.etcd_bin, bin, &http).await?;
     let base = env.api_url.clone();
-    let log = env.dir.path().join("hollow.log");
-    let mut hollow = Proc::spawn(
-        "hollow-nodes",
-        Command::new(bin)
-            .args(["hollow-nodes", "--master", &base])
-            .args(["--count", &a.nodes.to_string(), "--parallelism", "64"]),
-        &log,
-    )?;
-    loop {
-        if std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("ready:")
-        {
-            break;
-        }
-        if hollow.exited() {
-            bail!("hollow-nodes exited\n{}", hollow.log_tail(20));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut sched = component(&env, &http, bin, "scheduler", &[]).await?;
-    let mut cm = component(&env, &http, bin, "controller-manager", &[]).await?;
-    expect(
-        &http,
-        Method::POST,
-        &base,
-        "/api/v1/namespaces",
-        Some(Bytes::from(
-            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bench"}})
-                .to_string(),
-        )),
-        StatusCode::CREATED,
-    )
-    .await?;
+    let mut hollow = env.start_hollow_nodes(bin, a.nodes, &[]).await?;
+    let mut sched = component(&env, &http, bin, "scheduler").await?;
+    let mut cm = component(&env, &http, bin, "controller-manager").await?;
+    create_namespace(&http, &base, "bench").await?;
 
     let (path, body) = manifest(what, a);
     let cpu_before = [
@@ -253,15 +194,7 @@ async fn run_one(a: &Args, what: Workload, bin: &Path) -> Result<Outcome> {
         cpu_of(env.apiserver.as_ref()),
         cpu_of(env.etcd.as_ref()),
     ];
-    let (_, list) = call(
-        &http,
-        Method::GET,
-        &base,
-        "/api/v1/namespaces/bench/pods",
-        None,
-    )
-    .await?;
-    let list: Value = serde_json::from_slice(&list)?;
+    let list = get_json(&http, &base, "/api/v1/namespaces/bench/pods").await?;
     let pods_created = list["items"].as_array().map_or(0, Vec::len);
     env.check_alive()?;
     let per_pod = |i: usize| (cpu_after[i] - cpu_before[i]) / a.pods as f64 * 1e3;
@@ -314,15 +247,7 @@ fn render(a: &Args, rows: &[Outcome]) -> String {
 }
 
 async fn main_inner(a: Args) -> Result<()> {
-    let bin = a
-        .control_plane_bin
-        .clone()
-        .unwrap_or_else(|| target_dir().join("release").join("control-plane"));
-    anyhow::ensure!(
-        bin.exists(),
-        "{} is missing: run `cargo xtask bench jobs`, which builds it",
-        bin.display()
-    );
+    let bin = control_plane_bin(a.control_plane_bin.as_deref(), "jobs")?;
     let mut rows = Vec::new();
     for what in [Workload::Job, Workload::Deployment] {
         let name = match what {
@@ -332,20 +257,9 @@ async fn main_inner(a: Args) -> Result<()> {
         eprintln!("  {name}: {} pods on {} hollow nodes", a.pods, a.nodes);
         rows.push(run_one(&a, what, &bin).await.context(name)?);
     }
-    let table = render(&a, &rows);
-    println!("{table}");
-    let out = target_dir().join("bench");
-    std::fs::create_dir_all(&out)?;
-    std::fs::write(out.join("jobs.md"), &table)?;
-    eprintln!("written to {}", out.join("jobs.md").display());
-    Ok(())
+    write_table("jobs", &render(&a, &rows))
 }
 
 fn main() {
-    let a = Args::parse();
-    let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
-    if let Err(e) = rt.block_on(main_inner(a)) {
-        eprintln!("bench-jobs: {e:#}");
-        std::process::exit(1);
-    }
+    run_main("bench-jobs", main_inner(Args::parse()));
 }

@@ -14,8 +14,7 @@
 //! runs this; `--help` lists the options.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,8 +26,8 @@ use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use harness::benchkit::{
-    build_request, call, expect, free_port, goals_table, http_client, process_cpu, target_dir, Env,
-    Goal, Http, Proc,
+    build_request, call, control_plane_bin, create_namespace, expect, get_json, goals_table,
+    http_client, run_main, wait_ok, write_table, Env, Goal, Http, Proc,
 };
 
 #[derive(Parser, Debug)]
@@ -184,40 +183,10 @@ async fn create_pods(
     Ok(n as f64 / t0.elapsed().as_secs_f64())
 }
 
-async fn wait_ready(http: &Http, base: &str, proc: &mut Proc, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok((StatusCode::OK, _)) = call(http, Method::GET, base, "/readyz", None).await {
-            return Ok(());
-        }
-        if proc.exited() {
-            bail!("{} exited\n{}", proc.name, proc.log_tail(20));
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "{} not ready after {timeout:?}\n{}",
-                proc.name,
-                proc.log_tail(20)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Creates `n` pods at `rate`/s and returns each one's create-to-bound time.
 async fn latency_phase(http: &Http, base: &str, n: usize, rate: f64) -> Result<(Vec<f64>, usize)> {
     let ns = "bench-latency";
-    expect(
-        http,
-        Method::POST,
-        base,
-        "/api/v1/namespaces",
-        Some(Bytes::from(
-            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}).to_string(),
-        )),
-        StatusCode::CREATED,
-    )
-    .await?;
+    create_namespace(http, base, ns).await?;
     let (_, list) = call(
         http,
         Method::GET,
@@ -315,87 +284,49 @@ async fn latency_phase(http: &Http, base: &str, n: usize, rate: f64) -> Result<(
     Ok((lat, n - done.len()))
 }
 
-async fn run_one(a: &Args, nodes: usize, bin: &PathBuf) -> Result<Outcome> {
+async fn run_one(a: &Args, nodes: usize, bin: &Path) -> Result<Outcome> {
     let http = http_client();
-    let mut env = Env::new()?;
-    env.start_etcd(&a.etcd_bin).await?;
-    env.start_apiserver(bin, &http).await?;
+    let mut env = Env::started(&a.etcd_bin, bin, &http).await?;
     let base = env.api_url.clone();
     eprintln!("  {nodes} nodes: registering");
     let t = Instant::now();
-    let log = env.dir.path().join("hollow.log");
-    let mut hollow = Proc::spawn(
-        "hollow-nodes",
-        Command::new(bin)
-            .args([
-                "hollow-nodes",
-                "--master",
-                &base,
-                "--count",
-                &nodes.to_string(),
-            ])
-            .args([
+    let hollow = env
+        .start_hollow_nodes(
+            bin,
+            nodes,
+            &[
                 "--lease-interval-seconds",
                 "0",
                 "--run-pods",
                 "false",
-                "--parallelism",
-                "64",
-            ])
-            .args(["--zones", "3"]),
-        &log,
-    )?;
-    loop {
-        if std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("ready:")
-        {
-            break;
-        }
-        if hollow.exited() {
-            bail!("hollow-nodes exited\n{}", hollow.log_tail(20));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+                "--zones",
+                "3",
+            ],
+        )
+        .await?;
     drop(hollow);
     let register_s = t.elapsed().as_secs_f64();
 
     eprintln!("  {nodes} nodes: creating {} pods", a.pods);
-    expect(
-        &http,
-        Method::POST,
-        &base,
-        "/api/v1/namespaces",
-        Some(Bytes::from(
-            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bench"}})
-                .to_string(),
-        )),
-        StatusCode::CREATED,
-    )
-    .await?;
+    create_namespace(&http, &base, "bench").await?;
     let create_rate = create_pods(&http, &base, "bench", "p-", a.pods, a.concurrency).await?;
 
     eprintln!("  {nodes} nodes: scheduling");
-    let port = free_port()?;
-    let sched_url = format!("http://127.0.0.1:{port}");
     let t0 = Instant::now();
     let cpu_before = [
-        env.etcd
-            .as_ref()
-            .map_or(0.0, |p| process_cpu(&p.child.id().to_string())),
-        env.apiserver
-            .as_ref()
-            .map_or(0.0, |p| process_cpu(&p.child.id().to_string())),
+        env.etcd.as_ref().map_or(0.0, Proc::cpu),
+        env.apiserver.as_ref().map_or(0.0, Proc::cpu),
     ];
-    let mut sched = Proc::spawn(
-        "scheduler",
-        Command::new(bin)
-            .args(["scheduler", "--master", &base, "--leader-elect=false"])
-            .arg(format!("--bind-address=127.0.0.1:{port}"))
-            .env("RUST_LOG", "warn"),
-        &env.dir.path().join("scheduler.log"),
-    )?;
-    wait_ready(&http, &sched_url, &mut sched, Duration::from_secs(120)).await?;
+    let (mut sched, sched_url) = env.spawn_component(bin, "scheduler", &[])?;
+    wait_ok(
+        &http,
+        &sched_url,
+        "/readyz",
+        &mut sched,
+        Duration::from_secs(120),
+        Duration::from_millis(20),
+    )
+    .await?;
     let synced = Instant::now();
     let deadline = synced + Duration::from_secs(a.timeout);
     let metrics = loop {
@@ -417,29 +348,14 @@ async fn run_one(a: &Args, nodes: usize, bin: &PathBuf) -> Result<Outcome> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let bound = Instant::now();
-    let sched_pid = sched.child.id().to_string();
     let cpu = [
-        env.etcd
-            .as_ref()
-            .map_or(0.0, |p| process_cpu(&p.child.id().to_string()))
-            - cpu_before[0],
-        env.apiserver
-            .as_ref()
-            .map_or(0.0, |p| process_cpu(&p.child.id().to_string()))
-            - cpu_before[1],
-        process_cpu(&sched_pid),
+        env.etcd.as_ref().map_or(0.0, Proc::cpu) - cpu_before[0],
+        env.apiserver.as_ref().map_or(0.0, Proc::cpu) - cpu_before[1],
+        sched.cpu(),
     ];
     let bind_s = bound.duration_since(synced).as_secs_f64();
     // Check the API agrees: every pod has a node.
-    let (_, list) = call(
-        &http,
-        Method::GET,
-        &base,
-        "/api/v1/namespaces/bench/pods",
-        None,
-    )
-    .await?;
-    let list: Value = serde_json::from_slice(&list)?;
+    let list = get_json(&http, &base, "/api/v1/namespaces/bench/pods").await?;
     let unbound = list["items"].as_array().map_or(0, |i| {
         i.iter()
             .filter(|p| p["spec"]["nodeName"].as_str().is_none())
@@ -530,15 +446,7 @@ fn render(a: &Args, rows: &[Outcome]) -> String {
 }
 
 async fn main_inner(a: Args) -> Result<()> {
-    let bin = a
-        .control_plane_bin
-        .clone()
-        .unwrap_or_else(|| target_dir().join("release").join("control-plane"));
-    anyhow::ensure!(
-        bin.exists(),
-        "{} is missing: run `cargo xtask bench scheduler`, which builds it",
-        bin.display()
-    );
+    let bin = control_plane_bin(a.control_plane_bin.as_deref(), "scheduler")?;
     let mut rows = Vec::new();
     for n in &a.nodes {
         rows.push(
@@ -547,20 +455,9 @@ async fn main_inner(a: Args) -> Result<()> {
                 .with_context(|| format!("{n} nodes"))?,
         );
     }
-    let table = render(&a, &rows);
-    println!("{table}");
-    let out = target_dir().join("bench");
-    std::fs::create_dir_all(&out)?;
-    std::fs::write(out.join("scheduler.md"), &table)?;
-    eprintln!("written to {}", out.join("scheduler.md").display());
-    Ok(())
+    write_table("scheduler", &render(&a, &rows))
 }
 
 fn main() {
-    let a = Args::parse();
-    let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
-    if let Err(e) = rt.block_on(main_inner(a)) {
-        eprintln!("bench-scheduler: {e:#}");
-        std::process::exit(1);
-    }
+    run_main("bench-scheduler", main_inner(Args::parse()));
 }
