@@ -1,3 +1,4 @@
+use super::decode::parse_headers;
 use super::*;
 
 fn roundtrip(frames: &[Frame]) -> Vec<Frame> {

@@ -1,16 +1,8 @@
-//! TLS and authentication (what each identity may do is in `authz`).
-//!
-//! On first start the API server makes a CA, a serving certificate and an
-//! admin client certificate in `--cert-dir` and writes an admin
-//! kubeconfig; later starts reuse them. Clients authenticate with a
-//! certificate signed by that CA (CN = user, O = groups) or a bearer token
-//! from `--token-auth-file`. Anonymous requests are refused. Node
-//! certificates last [`NODE_CERT_DAYS`]; a node renews its own through
-//! [`renew_node_certificate`].
+//! The cluster CA and what it signs: the serving, admin, node and
+//! kubelet-client certificates, and the kubeconfigs that carry them.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::Context;
 use base64::Engine;
@@ -18,38 +10,6 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose, SanType,
 };
-
-/// Who is making a request.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct User {
-    pub name: String,
-    pub groups: Vec<String>,
-}
-
-impl User {
-    /// The identity of the unauthenticated plain-HTTP test port.
-    pub fn admin() -> Self {
-        Self {
-            name: "kubernetes-admin".into(),
-            groups: vec!["system:masters".into(), "system:authenticated".into()],
-        }
-    }
-
-    /// For `system:node:NAME` users in `system:nodes`, the node's name.
-    pub fn node_name(&self) -> Option<&str> {
-        if self.groups.iter().any(|g| g == "system:nodes") {
-            self.name
-                .strip_prefix("system:node:")
-                .filter(|n| !n.is_empty())
-        } else {
-            None
-        }
-    }
-}
-
-/// The identity a connection's client certificate proved, if any.
-#[derive(Clone, Debug)]
-pub struct ConnUser(pub Option<User>);
 
 /// Files in the certificate directory.
 pub struct Pki {
@@ -66,7 +26,7 @@ impl Pki {
     pub fn serving_cert(&self) -> PathBuf {
         self.dir.join("apiserver.crt")
     }
-    fn serving_key(&self) -> PathBuf {
+    pub(super) fn serving_key(&self) -> PathBuf {
         self.dir.join("apiserver.key")
     }
     fn admin_cert(&self) -> PathBuf {
@@ -387,138 +347,9 @@ pub fn admin_kubeconfig(pki: &Pki, server: &str) -> anyhow::Result<String> {
     ))
 }
 
-/// The rustls server configuration: our serving certificate, and client
-/// certificates verified against our CA but not required (tokens work too).
-pub fn server_config(pki: &Pki) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let read_certs =
-        |p: PathBuf| -> anyhow::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
-            let data = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
-            Ok(rustls_pemfile::certs(&mut data.as_slice()).collect::<Result<_, _>>()?)
-        };
-    let mut roots = rustls::RootCertStore::empty();
-    for c in read_certs(pki.ca_cert())? {
-        roots.add(c)?;
-    }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .allow_unauthenticated()
-    .build()?;
-    let key_data = std::fs::read(pki.serving_key())?;
-    let key = rustls_pemfile::private_key(&mut key_data.as_slice())?
-        .ok_or_else(|| anyhow::anyhow!("no private key in {}", pki.serving_key().display()))?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(read_certs(pki.serving_cert())?, key)?;
-    // HTTP/1.1 only: exec and port-forward upgrade the connection.
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
-}
-
-/// The user a verified client certificate names (CN = user, O = groups).
-pub fn user_from_cert(der: &[u8]) -> Option<User> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let subject = cert.subject();
-    let name = subject
-        .iter_common_name()
-        .next()?
-        .as_str()
-        .ok()?
-        .to_string();
-    let mut groups: Vec<String> = subject
-        .iter_organization()
-        .filter_map(|o| o.as_str().ok().map(str::to_string))
-        .collect();
-    groups.push("system:authenticated".into());
-    Some(User { name, groups })
-}
-
-/// Bearer tokens from a CSV file: `token,user,uid[,"group1,group2"]`.
-#[derive(Default)]
-pub struct Tokens(Vec<(String, User)>);
-
-impl Tokens {
-    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
-        let Some(path) = path else {
-            return Ok(Self::default());
-        };
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let mut out = Vec::new();
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let (head, groups) = match line.split_once(",\"") {
-                Some((h, g)) => (h, g.trim_end_matches('"')),
-                None => (line, ""),
-            };
-            let fields: Vec<&str> = head.split(',').collect();
-            anyhow::ensure!(
-                fields.len() >= 2,
-                "{}:{}: expected token,user,uid[,\"groups\"]",
-                path.display(),
-                n + 1
-            );
-            let mut groups: Vec<String> = groups
-                .split(',')
-                .map(str::trim)
-                .filter(|g| !g.is_empty())
-                .map(str::to_string)
-                .collect();
-            groups.push("system:authenticated".into());
-            out.push((
-                fields[0].to_string(),
-                User {
-                    name: fields[1].to_string(),
-                    groups,
-                },
-            ));
-        }
-        Ok(Self(out))
-    }
-
-    /// The user whose token this is. Every token is compared in full and
-    /// in constant time, so the time an answer takes tells nothing about
-    /// how much of a guess was right.
-    pub fn user(&self, token: &str) -> Option<User> {
-        use subtle::ConstantTimeEq;
-        let mut found = None;
-        for (t, u) in &self.0 {
-            if bool::from(t.as_bytes().ct_eq(token.as_bytes())) {
-                found = Some(u);
-            }
-        }
-        found.cloned()
-    }
-}
-
-/// The token of an `Authorization: Bearer TOKEN` header. The scheme is
-/// matched without regard to case (RFC 7235), as kube-apiserver does.
-pub fn bearer_token(header: &str) -> Option<&str> {
-    let mut fields = header.split_whitespace();
-    let scheme = fields.next()?;
-    let token = fields.next()?;
-    scheme.eq_ignore_ascii_case("bearer").then_some(token)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_bearer_scheme_is_matched_in_any_case() {
-        for h in ["Bearer abc", "bearer abc", "BEARER  abc ", " Bearer\tabc"] {
-            assert_eq!(bearer_token(h), Some("abc"), "{h:?}");
-        }
-        for h in ["Basic abc", "Bearer", "Bearer ", "Bearerabc", ""] {
-            assert_eq!(bearer_token(h), None, "{h:?}");
-        }
-    }
 
     #[test]
     fn a_copied_in_ca_is_kept_and_completed() {
