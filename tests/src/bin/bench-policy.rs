@@ -39,8 +39,9 @@ use harness::net::{veth_between, Netns};
 use harness::netbench::kube_router::{self, Policy};
 use harness::netbench::testbed::pod_endpoint;
 use harness::netbench::{
-    background_busy, catch_interrupts, check_interrupted, median, on_ns_thread, reachable, rr_cpu,
-    run_bounded, tune_client, Pair, Runner, StdoutToStderr, IPERF_PORT, RR_PORT,
+    background_busy, catch_interrupts, check_interrupted, kube_client, median, median_of,
+    median_ratio, on_ns_thread, reachable, rr_cpu, run_bounded, tune_client, use_bin_dir, Pair,
+    Runner, StdoutToStderr, IPERF_PORT, RR_PORT,
 };
 use harness::node::Node;
 
@@ -195,14 +196,8 @@ fn build() -> Result<Testbed> {
     })
 }
 
-fn client(cp: &ControlPlane) -> Result<kube::Client> {
-    Ok(kube::Client::try_from(kube::Config::new(
-        cp.url().parse()?,
-    ))?)
-}
-
 fn policies(cp: &ControlPlane) -> Result<Api<NetworkPolicy>> {
-    Ok(Api::namespaced(client(cp)?, "default"))
+    Ok(Api::namespaced(kube_client(cp)?, "default"))
 }
 
 /// A policy selecting the servers that lets pods matching `from` reach
@@ -427,20 +422,6 @@ fn measure_size(a: &Args, runner: &Runner, bed: &Testbed) -> Result<Vec<Vec<Samp
     Ok(out)
 }
 
-fn med(v: &[Sample], f: impl Fn(&Sample) -> f64) -> f64 {
-    median(&v.iter().map(f).collect::<Vec<_>>())
-}
-
-/// The median over rounds of `num ÷ den` within each round.
-fn ratio(num: &[Sample], den: &[Sample], f: impl Fn(&Sample) -> f64) -> f64 {
-    median(
-        &num.iter()
-            .zip(den)
-            .map(|(n, d)| f(n) / f(d))
-            .collect::<Vec<_>>(),
-    )
-}
-
 fn render(a: &Args, s: &[Vec<Vec<Sample>>], costs: &[Cost], busy: (f64, f64)) -> String {
     let mut out = String::from("# NetworkPolicy: cost by policy count\n\n");
     out.push_str(&format!(
@@ -462,9 +443,9 @@ fn render(a: &Args, s: &[Vec<Vec<Sample>>], costs: &[Cost], busy: (f64, f64)) ->
             let v = &s[z][p];
             out.push_str(&format!(
                 "| {n} | {title} | {:.1} | {:.1} | {:.0} |\n",
-                med(v, |x| x.connect_p50_us),
-                med(v, |x| x.connect_p99_us),
-                med(v, |x| x.crr),
+                median_of(v, |x| x.connect_p50_us),
+                median_of(v, |x| x.connect_p99_us),
+                median_of(v, |x| x.crr),
             ));
         }
     }
@@ -472,11 +453,11 @@ fn render(a: &Args, s: &[Vec<Vec<Sample>>], costs: &[Cost], busy: (f64, f64)) ->
     for (z, n) in a.sizes.iter().enumerate() {
         out.push_str(&format!(
             "| TCP_CRR at {n} policies: eBPF ÷ kube-router iptables | {:.3} |\n",
-            ratio(&s[z][OURS], &s[z][IPTABLES], |x| x.crr)
+            median_ratio(&s[z][OURS], &s[z][IPTABLES], |x| x.crr)
         ));
         out.push_str(&format!(
             "| TCP_CRR at {n} policies: eBPF ÷ plain veth | {:.3} |\n",
-            ratio(&s[z][OURS], &s[z][VETH], |x| x.crr)
+            median_ratio(&s[z][OURS], &s[z][VETH], |x| x.crr)
         ));
     }
     let (first, last) = (0, a.sizes.len() - 1);
@@ -485,7 +466,8 @@ fn render(a: &Args, s: &[Vec<Vec<Sample>>], costs: &[Cost], busy: (f64, f64)) ->
             "| connect p50, {} ÷ {} policies: {what} | {:.3} |\n",
             a.sizes[last],
             a.sizes[first],
-            med(&s[last][p], |x| x.connect_p50_us) / med(&s[first][p], |x| x.connect_p50_us)
+            median_of(&s[last][p], |x| x.connect_p50_us)
+                / median_of(&s[first][p], |x| x.connect_p50_us)
         ));
     }
     out.push_str(&format!(
@@ -555,16 +537,7 @@ fn main_inner(a: Args) -> Result<()> {
         a.rounds >= 1 && a.duration >= 1,
         "--rounds and --duration must be at least 1"
     );
-    let bin_dir = match &a.bin_dir {
-        Some(d) => d.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .map(Path::to_path_buf)
-            .context("the program's directory")?,
-    };
-    // The harness starts agents and the control plane from here. Set
-    // before any thread exists.
-    std::env::set_var("KESTREL_BIN_DIR", &bin_dir);
+    let bin_dir = use_bin_dir(a.bin_dir.as_deref())?;
     let rt = tokio::runtime::Runtime::new()?;
     let _entered = rt.enter();
 

@@ -20,10 +20,10 @@ mod session;
 pub mod testbed;
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 pub use cpu::{background_busy, cpu_hz};
 pub use exec::{in_ns, on_ns_thread, rr_cpu, run_bounded, tune_client, wait_listening};
@@ -152,4 +152,42 @@ pub fn median(v: &[f64]) -> f64 {
     } else {
         (s[m - 1] + s[m]) / 2.0
     }
+}
+
+/// The median over samples of one of their numbers.
+pub fn median_of<T>(v: &[T], f: impl Fn(&T) -> f64) -> f64 {
+    median(&v.iter().map(f).collect::<Vec<_>>())
+}
+
+/// The median over rounds of `num ÷ den` within each round.
+pub fn median_ratio<T>(num: &[T], den: &[T], f: impl Fn(&T) -> f64) -> f64 {
+    median(
+        &num.iter()
+            .zip(den)
+            .map(|(n, d)| f(n) / f(d))
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// A kube-rs client of the control plane's API server.
+pub fn kube_client(cp: &crate::cluster::ControlPlane) -> Result<kube::Client> {
+    Ok(kube::Client::try_from(kube::Config::new(
+        cp.url().parse()?,
+    ))?)
+}
+
+/// `given`, or else the directory of this program (where `cargo xtask
+/// bench` builds the release binaries), made the directory the harness
+/// starts agents and the control plane from. It sets an environment
+/// variable, so call it before any thread exists.
+pub fn use_bin_dir(given: Option<&Path>) -> Result<PathBuf> {
+    let dir = match given {
+        Some(d) => d.to_path_buf(),
+        None => std::env::current_exe()?
+            .parent()
+            .map(Path::to_path_buf)
+            .context("the program's directory")?,
+    };
+    std::env::set_var("KESTREL_BIN_DIR", &dir);
+    Ok(dir)
 }
