@@ -134,8 +134,83 @@ impl Segment {
         self.ns
             .exec(&["ip", "link", "set", &in_seg, "master", &self.bridge])?;
         self.ns.exec(&["ip", "link", "set", &in_seg, "up"])?;
+        // A wire passes what the node's NIC segments in hardware; a veth
+        // port would segment in software any aggregate above its GSO size.
+        take_aggregates(&self.ns, &in_seg, MAX_AGGREGATE)?;
         Ok(in_node)
     }
+}
+
+/// The kernel's largest aggregate (`GSO_MAX_SIZE`), what a veth takes.
+pub const MAX_AGGREGATE: u32 = 524_280;
+
+/// Raises the IPv4 aggregate sizes of `link` in `ns` to `size`.
+pub fn take_aggregates(ns: &Netns, link: &str, size: u32) -> anyhow::Result<()> {
+    use netlink_packet_route::link::LinkAttribute;
+    let link = link.to_string();
+    netlink_in(ns, move |handle| async move {
+        let msg = rtnetlink::LinkUnspec::new_with_name(&link)
+            .append_extra_attribute(LinkAttribute::GsoIpv4MaxSize(size))
+            .append_extra_attribute(LinkAttribute::GroIpv4MaxSize(size))
+            .build();
+        let result = handle.link().set(msg).execute().await;
+        result.map_err(|e| anyhow::anyhow!("{link}: {e}"))
+    })
+}
+
+/// The largest IPv4 aggregate `link` in `ns` is sent whole (what newer
+/// `ip -d link` shows as `gso_ipv4_max_size`).
+pub fn aggregate_size(ns: &Netns, link: &str) -> anyhow::Result<u32> {
+    use futures::TryStreamExt;
+    use netlink_packet_route::link::LinkAttribute;
+    let link = link.to_string();
+    netlink_in(ns, move |handle| async move {
+        let links: Vec<_> = handle
+            .link()
+            .get()
+            .match_name(link.clone())
+            .execute()
+            .try_collect()
+            .await?;
+        let attrs = links.first().map(|l| &l.attributes[..]).unwrap_or(&[]);
+        attrs
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::GsoIpv4MaxSize(n) => Some(*n),
+                _ => None,
+            })
+            .ok_or_else(|| anyhow::anyhow!("{link}: no gso_ipv4_max_size"))
+    })
+}
+
+/// Runs `f` with a netlink handle opened inside `ns`, on a thread of its
+/// own so the test's threads stay where they are.
+fn netlink_in<T, F, Fut>(ns: &Netns, f: F) -> anyhow::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(rtnetlink::Handle) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(ns.path())?;
+    std::thread::spawn(move || -> anyhow::Result<T> {
+        // SAFETY: an open namespace fd; only this new thread moves.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let (conn, handle, _) = rtnetlink::new_connection()?;
+            let task = tokio::spawn(conn);
+            let result = f(handle).await;
+            task.abort();
+            result
+        })
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the netlink thread panicked"))?
 }
 
 /// Makes `cmd` run inside `ns`'s network namespace (and only that: unlike

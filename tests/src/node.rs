@@ -27,6 +27,8 @@ pub struct Node {
     pub ip: String,
     /// The node's pod CIDR.
     pub pod_cidr: String,
+    /// Its link to the segment, inside its namespace.
+    pub uplink: String,
     pub bpffs_dir: PathBuf,
     master: String,
     /// This node's own credentials, on a TLS control plane.
@@ -61,6 +63,7 @@ impl Node {
             logs: tempfile::tempdir().unwrap(),
             cgroup_root: format!("/{name}"),
             pod_cidr: format!("10.244.{host}.0/24"),
+            uplink: link,
             bpffs_dir: Path::new("/sys/fs/bpf/kestrel").join(&name),
             name,
             ip,

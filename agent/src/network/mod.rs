@@ -123,6 +123,20 @@ impl Network {
         let gso_max_size = args
             .gso_max_size
             .unwrap_or_else(|| big_tcp(args.tunnel, up.tso_max_size));
+        if gso_max_size > up.gso_max_size {
+            // The kernel segments in software whatever a device is sent
+            // above its own GSO size: a pod's aggregate must leave as it is
+            // or BIG TCP costs more than it saves.
+            tokio::time::timeout(
+                Duration::from_secs(15),
+                take_aggregates(up.index, gso_max_size),
+            )
+            .await
+            .context("no answer from netlink about the uplink in 15 s")?
+            .with_context(|| {
+                format!("letting {uplink} send {gso_max_size}-byte aggregates (--gso-max-size)")
+            })?;
+        }
         let pod_mtu = match args.tunnel {
             Tunnel::None => uplink_mtu,
             Tunnel::Vxlan => uplink_mtu - vxlan::OVERHEAD,
@@ -296,6 +310,21 @@ struct Uplink {
     mtu: u32,
     /// The largest aggregate the device segments itself.
     tso_max_size: u32,
+    /// The largest IPv4 aggregate it is sent whole now.
+    gso_max_size: u32,
+}
+
+/// Raises the IPv4 aggregate sizes of link `index` to `size`.
+async fn take_aggregates(index: u32, size: u32) -> anyhow::Result<()> {
+    let (conn, handle, _) = rtnetlink::new_connection()?;
+    let task = tokio::spawn(conn);
+    let msg = rtnetlink::LinkUnspec::new_with_index(index)
+        .append_extra_attribute(LinkAttribute::GsoIpv4MaxSize(size))
+        .append_extra_attribute(LinkAttribute::GroIpv4MaxSize(size))
+        .build();
+    let result = handle.link().set(msg).execute().await;
+    task.abort();
+    Ok(result?)
 }
 
 /// The BIG TCP size Cilium and the kernel's own tests settle on.
@@ -359,11 +388,13 @@ async fn uplink(node_ip: Ipv4Addr, name: Option<&str>) -> anyhow::Result<Uplink>
         let mut mtu = 1500;
         // Kernels before 5.18 do not say; they take no more than this.
         let mut tso_max_size = kestrel_cni::LEGACY_GSO_MAX_SIZE;
+        let mut gso_max_size = kestrel_cni::LEGACY_GSO_MAX_SIZE;
         for a in &link.attributes {
             match a {
                 LinkAttribute::IfName(n) => ifname = Some(n.clone()),
                 LinkAttribute::Mtu(m) => mtu = *m,
                 LinkAttribute::TsoMaxSize(t) => tso_max_size = *t,
+                LinkAttribute::GsoIpv4MaxSize(g) => gso_max_size = *g,
                 _ => {}
             }
         }
@@ -372,6 +403,7 @@ async fn uplink(node_ip: Ipv4Addr, name: Option<&str>) -> anyhow::Result<Uplink>
             index,
             mtu,
             tso_max_size,
+            gso_max_size,
         })
     }
     .await;

@@ -2,7 +2,7 @@
 //! VXLAN, and reach their nodes.
 
 use harness::cluster::ControlPlane;
-use harness::net::{on_host, packet_filter_rules};
+use harness::net::{aggregate_size, on_host, packet_filter_rules};
 use harness::node::Node;
 
 use crate::common::{counter, exec, http, in_cidr, ping, running_ip, server_pod};
@@ -68,6 +68,11 @@ fn pods_reach_each_other_on_one_node_and_across_nodes() {
         ])
         .unwrap();
     assert_eq!(page.trim(), "hello from a2");
+
+    // BIG TCP: the uplink (a veth here) segments 192 KiB aggregates, so
+    // the agent lets it be sent them whole.
+    let size = aggregate_size(&n1.netns, &n1.uplink).unwrap();
+    assert_eq!(size, 196_608, "the uplink's gso_ipv4_max_size");
 
     // Each node routes the other's pod CIDR via its address, and says so.
     let routes = n1.exec(&["ip", "route"]).unwrap();
@@ -140,6 +145,10 @@ fn pods_reach_each_other_across_nodes_over_vxlan() {
     let b1 = running_ip(&k, "b1", &nodes);
     let mtu = exec(&k, "a1", &["cat", "/sys/class/net/eth0/mtu"]).unwrap();
     assert_eq!(mtu.trim(), "1450", "pod MTU leaves 50 bytes for VXLAN");
+    // The VXLAN device takes 64 KiB aggregates at most: no BIG TCP, and
+    // the uplink is left as it was.
+    let size = aggregate_size(&n1.netns, &n1.uplink).unwrap();
+    assert_eq!(size, 65_536, "the uplink's gso_ipv4_max_size");
     let routes = n1.exec(&["ip", "route"]).unwrap();
     let net2 = n2.pod_cidr.trim_end_matches("/24");
     assert!(
