@@ -340,8 +340,8 @@ fn big_tcp(tunnel: Tunnel, uplink_tso_max_size: u32) -> u32 {
     }
 }
 
-/// The uplink's name and MTU: `name` when given, else the interface that
-/// holds `node_ip`.
+/// The uplink and what it takes: `name` when given, else the interface
+/// that holds `node_ip`.
 async fn uplink(node_ip: Ipv4Addr, name: Option<&str>) -> anyhow::Result<Uplink> {
     let (conn, handle, _) = rtnetlink::new_connection()?;
     let task = tokio::spawn(conn);
