@@ -57,6 +57,9 @@ pub async fn ensure_device(
         .port(PORT)
         .local(node_ip)
         .learning(false)
+        // RFC 7348: the outer UDP checksum SHOULD be zero over IPv4; the
+        // inner packet carries its own. Linux computes one unless told.
+        .udp_csum(false)
         .mtu(mtu)
         .address(endpoint_mac(node_ip).to_vec())
         .up()

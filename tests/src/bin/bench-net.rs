@@ -1,14 +1,16 @@
 //! `bench-net`: throughput and request/response rates of the pod network,
 //! against the machine's limit and against the reference bridge plugin.
 //!
-//! It builds six paths, each between network namespaces of its own:
+//! It builds nine paths, each between network namespaces of its own:
 //! a plain veth pair (nothing but the link: the limit), node to node over
 //! the segment bridge the nodes share (the limit of any path across
 //! nodes), pod to pod on one node and across two nodes with the real agent
 //! and its eBPF datapath (nodes as namespaces on a segment bridge, as in
-//! the end-to-end tests), and the same two with Debian's CNI `bridge`
-//! plugin (`host-local` IPAM, a bridge per node, routes between the
-//! nodes). On each it measures one
+//! the end-to-end tests), the same two with agents held to 64 KiB
+//! aggregates (what BIG TCP brings), two nodes whose agents tunnel with
+//! VXLAN, and pod to pod on one node and across two with Debian's CNI
+//! `bridge` plugin (`host-local` IPAM, a bridge per node, routes between
+//! the nodes). On each it measures one
 //! iperf3 TCP stream, eight parallel streams, one UDP stream, TCP_RR (with
 //! its 99th percentile) and TCP_CRR (`netperf-rr`), and the CPU cycles
 //! each gigabit of the bulk transfers cost; it repeats that in rounds that
@@ -30,7 +32,7 @@ use clap::Parser;
 use harness::netbench::chart::{self, Bar, Panel};
 use harness::netbench::testbed::{
     self, counters, Case, BRIDGE_CROSS, BRIDGE_SAME, COUNTERS, LEGACY_CROSS, LEGACY_SAME,
-    NODE_TO_NODE, OURS_CROSS, OURS_SAME, VETH,
+    NODE_TO_NODE, OURS_CROSS, OURS_SAME, VETH, VXLAN_CROSS,
 };
 use harness::netbench::{
     background_busy, catch_interrupts, check_interrupted, median, reachable, rr_cpu, tune_client,
@@ -193,7 +195,7 @@ const COSTS: [Quantity; 3] = [
 ];
 
 /// The pairs of paths the ratio table compares, numerator first.
-const COMPARED: [(&str, usize, usize); 8] = [
+const COMPARED: [(&str, usize, usize); 9] = [
     ("same node ÷ plain veth", OURS_SAME, VETH),
     ("two nodes ÷ node to node", OURS_CROSS, NODE_TO_NODE),
     ("same node ÷ bridge plugin", OURS_SAME, BRIDGE_SAME),
@@ -206,10 +208,11 @@ const COMPARED: [(&str, usize, usize); 8] = [
     ),
     ("same node ÷ same node at 64 KiB", OURS_SAME, LEGACY_SAME),
     ("two nodes ÷ two nodes at 64 KiB", OURS_CROSS, LEGACY_CROSS),
+    ("VXLAN, two nodes ÷ node to node", VXLAN_CROSS, NODE_TO_NODE),
 ];
 
 /// Targets: (what, quantity, numerator, denominator, at least).
-const TARGETS: [(&str, Quantity, usize, usize, f64); 5] = [
+const TARGETS: [(&str, Quantity, usize, usize, f64); 6] = [
     (
         "TCP: eBPF same node ÷ plain veth",
         RATES[0],
@@ -223,6 +226,13 @@ const TARGETS: [(&str, Quantity, usize, usize, f64); 5] = [
         OURS_CROSS,
         NODE_TO_NODE,
         0.97,
+    ),
+    (
+        "TCP: eBPF two nodes over VXLAN ÷ node to node",
+        RATES[0],
+        VXLAN_CROSS,
+        NODE_TO_NODE,
+        0.90,
     ),
     (
         "TCP_RR: eBPF same node ÷ bridge plugin same node",

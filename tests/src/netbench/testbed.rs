@@ -26,10 +26,15 @@ pub const BRIDGE_SAME: usize = 4;
 pub const BRIDGE_CROSS: usize = 5;
 pub const LEGACY_SAME: usize = 6;
 pub const LEGACY_CROSS: usize = 7;
+pub const VXLAN_CROSS: usize = 8;
 
 /// What the agents of the 64 KiB rows are told: the aggregate size every
 /// interface starts with, so those rows show what BIG TCP brings.
 const LEGACY_AGGREGATES: &[&str] = &["--gso-max-size", "65536"];
+
+/// What the agents of the VXLAN row are told: pods reach the other node
+/// through the tunnel instead of native routes.
+const VXLAN: &[&str] = &["--tunnel", "vxlan"];
 
 /// One measured path.
 pub struct Case {
@@ -190,6 +195,10 @@ pub fn build() -> Result<Testbed> {
     eprintln!("  two more agents at 64 KiB aggregates, three pods");
     let (legacy_nodes, legacy_same, legacy_cross) = ebpf_datapath(&cp, "l", LEGACY_AGGREGATES)?;
     nodes.extend(legacy_nodes);
+    eprintln!("  two more agents with VXLAN between them, three pods");
+    // Their same-node pair is the native one's: only the tunnel is new.
+    let (vxlan_nodes, _, vxlan_cross) = ebpf_datapath(&cp, "x", VXLAN)?;
+    nodes.extend(vxlan_nodes);
     let cases = vec![
         Case {
             title: "plain veth pair (the limit)",
@@ -238,6 +247,12 @@ pub fn build() -> Result<Testbed> {
             short: "ours 64K, 2 nodes",
             family: Family::Ours,
             pair: legacy_cross,
+        },
+        Case {
+            title: "eBPF datapath, pod to pod, two nodes over VXLAN",
+            short: "ours VXLAN, 2 nodes",
+            family: Family::Ours,
+            pair: vxlan_cross,
         },
     ];
     Ok(Testbed {

@@ -149,6 +149,9 @@ fn pods_reach_each_other_across_nodes_over_vxlan() {
     // the uplink is left as it was.
     let size = aggregate_size(&n1.netns, &n1.uplink).unwrap();
     assert_eq!(size, 65_536, "the uplink's gso_ipv4_max_size");
+    // The outer UDP checksum is left zero, as RFC 7348 asks over IPv4.
+    let device = n1.exec(&["ip", "-d", "link", "show", "kst-vxlan"]).unwrap();
+    assert!(device.contains(" noudpcsum "), "{device}");
     let routes = n1.exec(&["ip", "route"]).unwrap();
     let net2 = n2.pod_cidr.trim_end_matches("/24");
     assert!(
