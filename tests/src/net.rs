@@ -217,9 +217,17 @@ where
 /// `ip netns exec`, the mounts stay the test's, so what the child mounts is
 /// visible to the next process, as on a real node).
 pub fn in_netns(cmd: &mut Command, ns: &Netns) -> anyhow::Result<()> {
+    in_netns_at(cmd, &ns.path())
+}
+
+/// [`in_netns`] for the namespace mounted at `path` (a pod's, say).
+pub fn in_netns_at(cmd: &mut Command, path: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
     use std::os::fd::{AsRawFd, OwnedFd};
     use std::os::unix::process::CommandExt;
-    let fd: OwnedFd = std::fs::File::open(ns.path())?.into();
+    let fd: OwnedFd = std::fs::File::open(path)
+        .with_context(|| format!("open the network namespace {}", path.display()))?
+        .into();
     // SAFETY: setns is async-signal-safe; the fd lives in the closure, which
     // the Command keeps until it is dropped.
     unsafe {

@@ -10,25 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 
-/// Makes `cmd` run in the network namespace at `ns` (a /run/netns entry or
-/// a bind-mounted nsfs file); the mount namespace stays ours, so such bind
-/// mounts stay reachable.
-pub fn in_ns(cmd: &mut Command, ns: &Path) -> Result<()> {
-    let fd: OwnedFd = std::fs::File::open(ns)
-        .with_context(|| format!("open the network namespace {}", ns.display()))?
-        .into();
-    // SAFETY: setns is async-signal-safe; the Command keeps the fd alive in
-    // the closure until it is dropped.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    Ok(())
-}
+pub use crate::net::in_netns_at as in_ns;
 
 /// The CPU request/response runs pin both their ends to: the last one
 /// this process may run on, or None with fewer than two (nothing else
