@@ -147,8 +147,9 @@ pub async fn run(args: config::RunArgs) -> anyhow::Result<()> {
 }
 
 /// Stops every container this node runs, ends the runtime helper, unmounts
-/// what pods left mounted under `state_dir` and removes the cgroup root:
-/// the node is as before the agent ran (images stay).
+/// what pods left mounted under `state_dir`, removes the cgroup root, the
+/// routes, the tunnel and the pins, and gives the uplink back its aggregate
+/// size: the node is as before the agent ran (images stay).
 /// `agent` is the agent binary, which serves as the runtime helper.
 pub async fn reset(
     agent: &std::path::Path,
@@ -206,6 +207,9 @@ pub async fn reset(
     // Pods are gone, and with their namespaces their veths: what is left of
     // the network is the address leases, the routes and the pins.
     let _ = std::fs::remove_dir_all(state.join("cni"));
+    if let Err(e) = network::restore_uplink(&state).await {
+        tracing::warn!("restoring the uplink: {e:#}");
+    }
     if let Ok(routes) = network::routes::Routes::new() {
         if let Err(e) = routes.sync(&[]).await {
             tracing::warn!("removing node routes: {e}");

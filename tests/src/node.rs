@@ -197,6 +197,28 @@ impl Node {
         )
     }
 
+    /// Stops the agent and runs `agent reset`, which leaves the node as it
+    /// was before the agent ran.
+    pub fn reset(&mut self) -> anyhow::Result<()> {
+        self.proc = None;
+        let mut cmd = Command::new(binary("agent"));
+        cmd.args(["reset", "--cgroup-root", &self.cgroup_root])
+            .arg("--state-dir")
+            .arg(self.state.path())
+            .arg("--bpffs-dir")
+            .arg(&self.bpffs_dir)
+            .stdout(Stdio::null());
+        net::in_netns(&mut cmd, &self.netns)?;
+        let o = cmd.output()?;
+        anyhow::ensure!(
+            o.status.success(),
+            "resetting node {}: {}",
+            self.name,
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Ok(())
+    }
+
     /// Runs a command in the node's namespace (the node's own view).
     pub fn exec(&self, cmd: &[&str]) -> anyhow::Result<String> {
         self.netns.exec(cmd)
@@ -221,24 +243,8 @@ impl Drop for Node {
                 ]);
             }
         }
-        self.proc = None;
-        let mut cmd = Command::new(binary("agent"));
-        cmd.args(["reset", "--cgroup-root", &self.cgroup_root])
-            .arg("--state-dir")
-            .arg(self.state.path())
-            .arg("--bpffs-dir")
-            .arg(&self.bpffs_dir)
-            .stdout(Stdio::null());
-        if net::in_netns(&mut cmd, &self.netns).is_ok() {
-            match cmd.output() {
-                Ok(o) if !o.status.success() => eprintln!(
-                    "resetting node {}: {}",
-                    self.name,
-                    String::from_utf8_lossy(&o.stderr)
-                ),
-                Err(e) => eprintln!("resetting node {}: {e}", self.name),
-                _ => {}
-            }
+        if let Err(e) = self.reset() {
+            eprintln!("{e:#}");
         }
         let _ = std::fs::remove_dir_all(&self.bpffs_dir);
         // The shared parent goes with its last child; while other nodes

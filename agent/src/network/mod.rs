@@ -126,7 +126,9 @@ impl Network {
         if gso_max_size > up.gso_max_size {
             // The kernel segments in software whatever a device is sent
             // above its own GSO size: a pod's aggregate must leave as it is
-            // or BIG TCP costs more than it saves.
+            // or BIG TCP costs more than it saves. What it was is kept for
+            // `agent reset`.
+            remember_uplink(state_dir, &uplink, up.index, up.gso_max_size)?;
             tokio::time::timeout(
                 Duration::from_secs(15),
                 take_aggregates(up.index, gso_max_size),
@@ -325,6 +327,68 @@ async fn take_aggregates(index: u32, size: u32) -> anyhow::Result<()> {
     let result = handle.link().set(msg).execute().await;
     task.abort();
     Ok(result?)
+}
+
+/// Where the agent keeps the uplink's aggregate size from before it raised
+/// it: "INDEX NAME SIZE".
+const UPLINK_FILE: &str = "uplink-aggregates";
+
+/// Notes the uplink's aggregate size before the first raise; a restarted
+/// agent finds it raised already and keeps the first note.
+fn remember_uplink(state_dir: &Path, name: &str, index: u32, size: u32) -> anyhow::Result<()> {
+    let path = state_dir.join(UPLINK_FILE);
+    if path.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(state_dir)?;
+    std::fs::write(&path, format!("{index} {name} {size}\n"))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Gives the uplink back the aggregate size it had before the agent first
+/// raised it (for `agent reset`). An uplink that went, or whose index now
+/// names another interface, is left alone.
+pub async fn restore_uplink(state_dir: &Path) -> anyhow::Result<()> {
+    let path = state_dir.join(UPLINK_FILE);
+    let Ok(note) = std::fs::read_to_string(&path) else {
+        return Ok(());
+    };
+    let mut f = note.split_whitespace();
+    let (Some(index), Some(name), Some(size)) = (
+        f.next().and_then(|i| i.parse::<u32>().ok()),
+        f.next(),
+        f.next().and_then(|s| s.parse::<u32>().ok()),
+    ) else {
+        anyhow::bail!("{}: not \"INDEX NAME SIZE\": {note:?}", path.display());
+    };
+    let (conn, handle, _) = rtnetlink::new_connection()?;
+    let task = tokio::spawn(conn);
+    let same = async {
+        let links: Vec<_> = handle
+            .link()
+            .get()
+            .match_index(index)
+            .execute()
+            .try_collect()
+            .await
+            .ok()?;
+        links.first().map(|l| {
+            l.attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::IfName(n) if n == name))
+        })
+    }
+    .await
+    .unwrap_or(false);
+    task.abort();
+    if same {
+        tokio::time::timeout(Duration::from_secs(15), take_aggregates(index, size))
+            .await
+            .context("no answer from netlink about the uplink in 15 s")?
+            .with_context(|| format!("giving {name} back its {size}-byte aggregates"))?;
+    }
+    std::fs::remove_file(&path)?;
+    Ok(())
 }
 
 /// The BIG TCP size Cilium and the kernel's own tests settle on.

@@ -15,7 +15,7 @@ use crate::common::{counter, exec, http, in_cidr, ping, running_ip, server_pod};
 fn pods_reach_each_other_on_one_node_and_across_nodes() {
     let cp = ControlPlane::start_networked(&[]).unwrap();
     let k = cp.kubectl();
-    let n1 = Node::start(&cp);
+    let mut n1 = Node::start(&cp);
     let n2 = Node::start(&cp);
     let nodes = [&n1, &n2];
     k.apply(
@@ -107,6 +107,11 @@ fn pods_reach_each_other_on_one_node_and_across_nodes() {
     }
     let rules = packet_filter_rules(on_host).unwrap();
     assert!(rules.is_empty(), "on the host: {rules:?}");
+
+    // `agent reset` gives the uplink back the aggregate size it had.
+    n1.reset().unwrap();
+    let size = aggregate_size(&n1.netns, &n1.uplink).unwrap();
+    assert_eq!(size, 65_536, "the uplink's gso_ipv4_max_size after reset");
 }
 
 /// Packets through the kernel's VXLAN device `kst-vxlan` of `node`,
