@@ -1,10 +1,11 @@
 //! `bench-net`: throughput and request/response rates of the pod network,
 //! against the machine's limit and against the reference bridge plugin.
 //!
-//! It builds nine paths, each between network namespaces of its own:
+//! It builds ten paths, each between network namespaces of its own:
 //! a plain veth pair (nothing but the link: the limit), node to node over
 //! the segment bridge the nodes share (the limit of any path across
-//! nodes), pod to pod on one node and across two nodes with the real agent
+//! nodes) and through a VXLAN tunnel between them (the limit of any
+//! tunnelled path), pod to pod on one node and across two nodes with the real agent
 //! and its eBPF datapath (nodes as namespaces on a segment bridge, as in
 //! the end-to-end tests), the same two with agents held to 64 KiB
 //! aggregates (what BIG TCP brings), two nodes whose agents tunnel with
@@ -32,7 +33,7 @@ use clap::Parser;
 use harness::netbench::chart::{self, Bar, Panel};
 use harness::netbench::testbed::{
     self, counters, Case, BRIDGE_CROSS, BRIDGE_SAME, COUNTERS, LEGACY_CROSS, LEGACY_SAME,
-    NODE_TO_NODE, OURS_CROSS, OURS_SAME, VETH, VXLAN_CROSS,
+    NODE_TO_NODE, NODE_TO_NODE_VXLAN, OURS_CROSS, OURS_SAME, VETH, VXLAN_CROSS,
 };
 use harness::netbench::{
     background_busy, catch_interrupts, check_interrupted, median, reachable, rr_cpu, tune_client,
@@ -195,7 +196,7 @@ const COSTS: [Quantity; 3] = [
 ];
 
 /// The pairs of paths the ratio table compares, numerator first.
-const COMPARED: [(&str, usize, usize); 9] = [
+const COMPARED: [(&str, usize, usize); 10] = [
     ("same node ÷ plain veth", OURS_SAME, VETH),
     ("two nodes ÷ node to node", OURS_CROSS, NODE_TO_NODE),
     ("same node ÷ bridge plugin", OURS_SAME, BRIDGE_SAME),
@@ -209,6 +210,11 @@ const COMPARED: [(&str, usize, usize); 9] = [
     ("same node ÷ same node at 64 KiB", OURS_SAME, LEGACY_SAME),
     ("two nodes ÷ two nodes at 64 KiB", OURS_CROSS, LEGACY_CROSS),
     ("VXLAN, two nodes ÷ node to node", VXLAN_CROSS, NODE_TO_NODE),
+    (
+        "VXLAN, two nodes ÷ node to node over VXLAN",
+        VXLAN_CROSS,
+        NODE_TO_NODE_VXLAN,
+    ),
 ];
 
 /// Targets: (what, quantity, numerator, denominator, at least).

@@ -137,6 +137,31 @@ impl CniNode {
             .exec(&["ip", "route", "add", &other.subnet, "via", &other.ip])?;
         Ok(())
     }
+
+    /// A VXLAN device `kvx` to `other` (static remote, the ports and outer
+    /// checksum the agent uses), addressed `overlay`/24: the tunnel's own
+    /// cost between two nodes, without pods.
+    pub fn tunnel_to(&self, other: &CniNode, overlay: &str) -> Result<()> {
+        self.netns.exec(&[
+            "ip",
+            "link",
+            "add",
+            "kvx",
+            "type",
+            "vxlan",
+            "id",
+            "2",
+            "dstport",
+            "8472",
+            "local",
+            &self.ip,
+            "remote",
+            &other.ip,
+            "noudpcsum",
+        ])?;
+        self.netns.addr_up("kvx", &format!("{overlay}/24"))?;
+        Ok(())
+    }
 }
 
 impl Drop for CniNode {

@@ -27,6 +27,7 @@ pub const BRIDGE_CROSS: usize = 5;
 pub const LEGACY_SAME: usize = 6;
 pub const LEGACY_CROSS: usize = 7;
 pub const VXLAN_CROSS: usize = 8;
+pub const NODE_TO_NODE_VXLAN: usize = 9;
 
 /// What the agents of the 64 KiB rows are told: the aggregate size every
 /// interface starts with, so those rows show what BIG TCP brings.
@@ -82,15 +83,29 @@ fn plain_veth() -> Result<((Netns, Netns), Pair)> {
     Ok(((a, b), pair))
 }
 
+/// What [`bridge_plugin`] builds.
+struct BridgeBed {
+    segment: Segment,
+    nodes: Vec<CniNode>,
+    /// The nodes themselves, over the segment.
+    node_to_node: Pair,
+    /// The nodes through a VXLAN tunnel between them.
+    node_to_node_vxlan: Pair,
+    same: Pair,
+    cross: Pair,
+}
+
 /// Two nodes with the bridge plugin: pods 0 and 1 on the first, pod 0 on
-/// the second. Returns (segment, nodes, node-to-node pair, same-node pair,
-/// cross-node pair).
-fn bridge_plugin() -> Result<(Segment, Vec<CniNode>, Pair, Pair, Pair)> {
+/// the second, and a VXLAN tunnel between the nodes.
+fn bridge_plugin() -> Result<BridgeBed> {
     let segment = Segment::new()?;
     let mut n1 = CniNode::new(&segment, 1)?;
     let mut n2 = CniNode::new(&segment, 2)?;
     n1.route_to(&n2)?;
     n2.route_to(&n1)?;
+    n1.tunnel_to(&n2, "10.97.0.1")?;
+    n2.tunnel_to(&n1, "10.97.0.2")?;
+    let node_to_node_vxlan = Pair::new(n1.netns.path(), n2.netns.path(), "10.97.0.2".parse()?);
     n1.add_pod()?;
     n1.add_pod()?;
     n2.add_pod()?;
@@ -106,7 +121,14 @@ fn bridge_plugin() -> Result<(Segment, Vec<CniNode>, Pair, Pair, Pair)> {
         n2.pods[0].netns.path(),
         n2.pods[0].ip,
     );
-    Ok((segment, vec![n1, n2], nodes, same, cross))
+    Ok(BridgeBed {
+        segment,
+        nodes: vec![n1, n2],
+        node_to_node: nodes,
+        node_to_node_vxlan,
+        same,
+        cross,
+    })
 }
 
 /// A pod that only holds its sandbox: the measuring processes join its
@@ -188,7 +210,7 @@ pub fn build() -> Result<Testbed> {
     eprintln!("  plain veth pair");
     let (veth, veth_pair) = plain_veth()?;
     eprintln!("  bridge plugin: two nodes, three pods");
-    let (cni_segment, cni_nodes, node_to_node, bridge_same, bridge_cross) = bridge_plugin()?;
+    let bridge = bridge_plugin()?;
     eprintln!("  control plane and two agents, three pods");
     let cp = ControlPlane::start_networked(&[])?;
     let (mut nodes, ours_same, ours_cross) = ebpf_datapath(&cp, "a", &[])?;
@@ -210,7 +232,7 @@ pub fn build() -> Result<Testbed> {
             title: "node to node over the segment bridge (the limit across nodes)",
             short: "node to node",
             family: Family::Veth,
-            pair: node_to_node,
+            pair: bridge.node_to_node,
         },
         Case {
             title: "eBPF datapath, pod to pod, same node",
@@ -228,13 +250,13 @@ pub fn build() -> Result<Testbed> {
             title: "bridge plugin, pod to pod, same node",
             short: "bridge, 1 node",
             family: Family::Bridge,
-            pair: bridge_same,
+            pair: bridge.same,
         },
         Case {
             title: "bridge plugin, pod to pod, two nodes",
             short: "bridge, 2 nodes",
             family: Family::Bridge,
-            pair: bridge_cross,
+            pair: bridge.cross,
         },
         Case {
             title: "eBPF datapath at 64 KiB aggregates, same node",
@@ -254,12 +276,18 @@ pub fn build() -> Result<Testbed> {
             family: Family::Ours,
             pair: vxlan_cross,
         },
+        Case {
+            title: "node to node over VXLAN (the limit through a tunnel)",
+            short: "node to node VXLAN",
+            family: Family::Veth,
+            pair: bridge.node_to_node_vxlan,
+        },
     ];
     Ok(Testbed {
         nodes,
         _cp: cp,
-        _cni_nodes: cni_nodes,
-        _cni_segment: cni_segment,
+        _cni_nodes: bridge.nodes,
+        _cni_segment: bridge.segment,
         _veth: veth,
         cases,
     })
