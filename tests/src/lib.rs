@@ -8,6 +8,7 @@
 
 pub mod benchkit;
 pub mod cluster;
+pub mod datapath;
 pub mod dist;
 pub mod etcd;
 pub mod forward;

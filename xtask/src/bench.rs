@@ -76,6 +76,14 @@ pub enum Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The agent's TC programs per packet, decision by decision, timed in
+    /// the kernel with BPF_PROG_TEST_RUN against a counter-only program.
+    /// Needs root.
+    Ebpf {
+        /// Options for the bench program, e.g. `--runs 20000 --rounds 3`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Every benchmark above with its defaults, one after another (they
     /// would disturb each other's numbers side by side), then one report:
     /// `target/bench/report.md` with each table and the charts. Needs root.
@@ -83,7 +91,7 @@ pub enum Bench {
 }
 
 /// The benchmarks `bench all` runs, by the name of their report.
-const ALL: [&str; 5] = ["apiserver", "scheduler", "pods", "net", "services"];
+const ALL: [&str; 6] = ["apiserver", "scheduler", "pods", "net", "services", "ebpf"];
 
 /// `$CARGO_TARGET_DIR` or the workspace's `target/`, where cargo puts the binaries.
 fn target_dir() -> PathBuf {
@@ -103,6 +111,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Bench::Services { .. } => vec!["services"],
         Bench::Jobs { .. } => vec!["jobs"],
         Bench::Policy { .. } => vec!["policy"],
+        Bench::Ebpf { .. } => vec!["ebpf"],
     };
     if args.check {
         // A report left by an earlier run must not pass for this one's.
@@ -224,6 +233,11 @@ fn run_one(bench: Bench) -> anyhow::Result<()> {
             let mut cmd = Command::new(release.join("bench-policy"));
             util::run(cmd.args(&args).current_dir(util::root()))
         }
+        Bench::Ebpf { args } => {
+            util::step("running bench-ebpf");
+            let mut cmd = Command::new(release.join("bench-ebpf"));
+            util::run(cmd.args(&args).current_dir(util::root()))
+        }
         Bench::Services { args } => {
             util::step("running bench-services");
             let mut cmd = Command::new(release.join("bench-services"));
@@ -264,6 +278,7 @@ fn all() -> anyhow::Result<()> {
             "scheduler" => Bench::Scheduler { args },
             "pods" => Bench::Pods { args },
             "net" => Bench::Net { args },
+            "ebpf" => Bench::Ebpf { args },
             _ => Bench::Services { args },
         };
         if let Err(e) = run_one(bench) {
