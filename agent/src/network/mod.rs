@@ -361,26 +361,10 @@ pub async fn restore_uplink(state_dir: &Path) -> anyhow::Result<()> {
     ) else {
         anyhow::bail!("{}: not \"INDEX NAME SIZE\": {note:?}", path.display());
     };
-    let (conn, handle, _) = rtnetlink::new_connection()?;
-    let task = tokio::spawn(conn);
-    let same = async {
-        let links: Vec<_> = handle
-            .link()
-            .get()
-            .match_index(index)
-            .execute()
-            .try_collect()
-            .await
-            .ok()?;
-        links.first().map(|l| {
-            l.attributes
-                .iter()
-                .any(|a| matches!(a, LinkAttribute::IfName(n) if n == name))
-        })
-    }
-    .await
-    .unwrap_or(false);
-    task.abort();
+    // The same interface still: found by its name, at the index noted.
+    let same = uplink(Ipv4Addr::UNSPECIFIED, Some(name))
+        .await
+        .is_ok_and(|up| up.index == index);
     if same {
         tokio::time::timeout(Duration::from_secs(15), take_aggregates(index, size))
             .await
