@@ -32,7 +32,31 @@ pub struct Config {
     pub flags: u32,
 }
 
-crate::pod!(Endpoint, Config);
+/// The node's VXLAN tunnel (`--tunnel vxlan`), one entry in [`TUNNEL_MAP`]
+/// written by the agent at start; all zero without a tunnel. A frame from a
+/// pod that the FIB routes into `ifindex` is encapsulated by `from_pod`
+/// itself, as the tunnel device would, and sent straight out of the
+/// underlay's interface: the device's own transmit path (its forwarding
+/// table, a second route lookup, the node's output hooks) is skipped.
+/// Decapsulation stays with the device, whose socket owns the port.
+/// A map of its own rather than fields of [`Config`], so that the shape of
+/// a map an older agent pinned does not change.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tunnel {
+    /// Interface index of the tunnel device; 0: no tunnel.
+    pub ifindex: u32,
+    /// The tunnel's UDP port, in network byte order.
+    pub port: u16,
+    pub pad: u16,
+    /// The VXLAN network identifier every node uses.
+    pub vni: u32,
+}
+
+crate::pod!(Endpoint, Config, Tunnel);
+
+/// Name of the single-entry array holding [`Tunnel`].
+pub const TUNNEL_MAP: &str = "DATAPATH_TUNNEL";
 
 /// Local pods by IPv4 address; pinned so a restarted agent keeps them.
 pub const ENDPOINTS_MAP: &str = "ENDPOINTS";
@@ -109,6 +133,12 @@ crate::stats! {
         /// a local backend's own error), to a remote backend's node when it
         /// is about a reply on its way to the client.
         NodePortIcmpError = "node_port_icmp_errors_forwarded",
+        /// A frame from a pod for another node's pod, encapsulated in VXLAN
+        /// by the program and sent out of the underlay's interface.
+        PodToTunnel = "pod_to_tunnel_encapsulated",
+        /// A VXLAN frame for this node left to the tunnel device at once,
+        /// without the node port and translation lookups.
+        TunnelIn = "tunnel_frames_in",
     }
 }
 

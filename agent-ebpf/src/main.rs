@@ -5,13 +5,15 @@
 //! frame for a pod on this node is handed straight to the pod's `eth0` with
 //! `bpf_redirect_peer`, skipping the node's IP stack; a frame for another
 //! node's pod is routed by a FIB lookup and sent out with
-//! `bpf_redirect_neigh`. Everything else goes to the node's stack unchanged.
+//! `bpf_redirect_neigh` (wrapped in VXLAN first when the route is the
+//! node's tunnel). Everything else goes to the node's stack unchanged.
 //! Services are balanced at the socket layer by the `lb_*` programs.
 //!
 //! Each concern lives in a module of its own, with the maps it owns:
 //! `packet` (parsing and checksums), `fib` (routing), `local` (delivery to
 //! this node's pods), `nat` (masquerade), `nodeport`, `ct` (the conntrack
-//! state of both), `policy` (NetworkPolicy verdicts), `host` (a pod's answers to its node), `lb` (sock_addr
+//! state of both), `policy` (NetworkPolicy verdicts), `host` (a pod's
+//! answers to its node), `tunnel` (VXLAN encapsulation), `lb` (sock_addr
 //! load balancing), and `pod`/`uplink` (what each TC program decides).
 #![no_std]
 #![no_main]
@@ -33,6 +35,7 @@ mod packet;
 mod pod;
 mod policy;
 mod stats;
+mod tunnel;
 mod uplink;
 
 use aya_ebpf::{

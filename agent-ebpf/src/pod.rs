@@ -3,7 +3,7 @@
 use agent_ebpf_common::Stat;
 use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
 
-use crate::{fib, host, icmp, local, nodeport, packet, policy, stats};
+use crate::{fib, host, icmp, local, nodeport, packet, policy, stats, tunnel};
 
 /// The verdict for a frame from a pod: delivered to a local pod, a node
 /// port reply (or an ICMP error about a node port flow) sent back to its
@@ -45,6 +45,14 @@ pub fn from_pod(ctx: &TcContext) -> Option<i32> {
     if !answers_node && !policy::allows(ctx, src, dst, from, None) {
         stats::count(Stat::PolicyDenied);
         return Some(TC_ACT_SHOT);
+    }
+    if let (Some(cfg), Some(tunnel)) = (&cfg, tunnel::config()) {
+        // Another node's pods are behind the tunnel in tunnel mode.
+        if dst & cfg.cluster_mask == cfg.cluster_net {
+            if let Some(verdict) = tunnel::route(ctx, &tunnel, dst) {
+                return Some(verdict);
+            }
+        }
     }
     fib::route(ctx, dst, cfg.as_ref(), Stat::PodToRemote)
 }

@@ -8,7 +8,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 
-use crate::{fib, icmp, local, nat, nodeport, packet, policy, stats};
+use crate::{fib, icmp, local, nat, nodeport, packet, policy, stats, tunnel};
 
 /// The verdict for a frame from outside the node; None leaves it to the
 /// node's stack.
@@ -29,6 +29,14 @@ pub fn from_uplink(ctx: &TcContext) -> Option<i32> {
     }
     let cfg = stats::config()?;
     if dst == cfg.node_ip {
+        // Most of what arrives for the node in tunnel mode is other nodes'
+        // pod traffic, for the tunnel device: spared the lookups below.
+        if let Some(tunnel) = tunnel::config() {
+            if tunnel::is_tunnel_frame(ctx, &tunnel) {
+                stats::count(Stat::TunnelIn);
+                return Some(TC_ACT_OK);
+            }
+        }
         if let Some(verdict) = node_port(ctx, &cfg, dst) {
             return Some(verdict);
         }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::net::Netns;
 use kestrel_agent::ebpf::abi::{
-    self, Backend, Config, Endpoint, NatKey, ServiceKey, ServiceValue, Stat,
+    self, Backend, Config, Endpoint, NatKey, ServiceKey, ServiceValue, Stat, Tunnel,
 };
 use kestrel_agent::ebpf::aya::maps::{Array, HashMap, PerCpuArray};
 use kestrel_agent::ebpf::aya::programs::{SchedClassifier, TestRun, TestRunOptions};
@@ -36,6 +36,13 @@ pub const HOST_MAC: [u8; 6] = [0xee, 0xee, 0xee, 0xee, 0xee, 0xee];
 pub const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 7);
 pub const OUTSIDE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 pub const NODE_PORT: u16 = 30080;
+/// A node reached through the tunnel ([`Bench::tunnel`]), its MAC on the
+/// uplink's segment, its tunnel endpoint MAC, and one of its pods.
+pub const TUNNEL_NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 3);
+pub const TUNNEL_NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x50, 0x03];
+pub const TUNNEL_ENDPOINT_MAC: [u8; 6] = [0x0a, 0x58, 192, 168, 50, 3];
+pub const TUNNEL_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 3, 8);
+pub const TUNNEL_PORT: u16 = 8472;
 
 pub fn key(ip: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(ip.octets())
@@ -50,7 +57,7 @@ pub struct Bench {
     pins: PathBuf,
     netns: NetNs,
     pub uplink_mac: [u8; 6],
-    _ns: Netns,
+    ns: Netns,
 }
 
 impl Bench {
@@ -89,7 +96,7 @@ impl Bench {
             pins,
             netns,
             uplink_mac,
-            _ns: ns,
+            ns,
         };
         let cfg = Config {
             node_ip: key(NODE),
@@ -117,6 +124,48 @@ impl Bench {
             host_mac: HOST_MAC,
         };
         eps.insert(key(ip), ep, 0).unwrap();
+    }
+
+    /// A VXLAN device `kvx0` as the agent makes it (`--tunnel vxlan`), a
+    /// route to [`TUNNEL_NODE`]'s pods through it with that node's tunnel
+    /// endpoint MAC, the node itself on the uplink's segment, and the
+    /// tunnel written for the programs. The device's MAC is returned.
+    pub fn tunnel(&mut self) -> [u8; 6] {
+        let node_mac = format_mac(&TUNNEL_NODE_MAC);
+        let endpoint_mac = format_mac(&TUNNEL_ENDPOINT_MAC);
+        for cmd in [
+            "ip link add kvx0 type vxlan id 1 dstport 8472 local 192.168.50.1 dev up0 nolearning noudpcsum",
+            "ip link set kvx0 up",
+            "ip route add 10.244.3.0/24 via 10.244.3.0 dev kvx0 onlink",
+            &format!("ip neigh replace 10.244.3.0 lladdr {endpoint_mac} dev kvx0 nud permanent"),
+            &format!("ip neigh replace 192.168.50.3 lladdr {node_mac} dev up0 nud permanent"),
+            "sysctl -qw net.ipv4.conf.kvx0.forwarding=1",
+        ] {
+            self.ns.exec(&cmd.split(' ').collect::<Vec<_>>()).unwrap();
+        }
+        let index = self
+            .ns
+            .exec(&["cat", "/sys/class/net/kvx0/ifindex"])
+            .unwrap();
+        let mac = self
+            .ns
+            .exec(&["cat", "/sys/class/net/kvx0/address"])
+            .unwrap();
+        self.set_tunnel(Tunnel {
+            ifindex: index.trim().parse().unwrap(),
+            port: TUNNEL_PORT.to_be(),
+            pad: 0,
+            vni: 1,
+        });
+        parse_mac(mac.trim())
+    }
+
+    /// Writes `t` as the node's tunnel (all zero: none).
+    pub fn set_tunnel(&mut self, t: Tunnel) {
+        Array::<_, Tunnel>::try_from(self.ebpf.map_mut(abi::TUNNEL_MAP).unwrap())
+            .unwrap()
+            .set(0, t, 0)
+            .unwrap();
     }
 
     pub fn remove_endpoint(&mut self, ip: Ipv4Addr) {
@@ -242,6 +291,13 @@ impl Drop for Bench {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.pins);
     }
+}
+
+fn format_mac(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 fn parse_mac(s: &str) -> [u8; 6] {

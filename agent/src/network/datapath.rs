@@ -15,7 +15,7 @@ use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::Ebpf;
 
-use crate::ebpf::abi::{self, Config, CtConfig, Endpoint, NatKey, SnatFlow};
+use crate::ebpf::abi::{self, Config, CtConfig, Endpoint, NatKey, SnatFlow, Tunnel};
 use crate::ebpf::{self, Error, MapPins};
 
 /// The loaded routing programs and their maps.
@@ -70,6 +70,28 @@ impl Datapath {
             .map_mut(abi::CONFIG_MAP)
             .ok_or_else(|| Error::Missing(format!("map {}", abi::CONFIG_MAP)))?;
         aya::maps::Array::<_, Config>::try_from(map)?.set(0, cfg, 0)?;
+        Ok(())
+    }
+
+    /// Writes the node's tunnel for the programs: the VXLAN device at
+    /// `ifindex`, its UDP port and VNI. None says there is none, which
+    /// matters as much: the map is pinned, and an agent started without a
+    /// tunnel must not find the last one's there.
+    pub fn configure_tunnel(&mut self, tunnel: Option<(u32, u16, u32)>) -> Result<(), Error> {
+        let t = match tunnel {
+            Some((ifindex, port, vni)) => Tunnel {
+                ifindex,
+                port: port.to_be(),
+                pad: 0,
+                vni,
+            },
+            None => Tunnel::default(),
+        };
+        let map = self
+            .ebpf
+            .map_mut(abi::TUNNEL_MAP)
+            .ok_or_else(|| Error::Missing(format!("map {}", abi::TUNNEL_MAP)))?;
+        aya::maps::Array::<_, Tunnel>::try_from(map)?.set(0, t, 0)?;
         Ok(())
     }
 

@@ -163,6 +163,7 @@ impl Network {
             .with_context(|| format!("loading the datapath (pins in {})", pin_dir.display()))?;
         dp.configure(node_ip, args.cluster_cidr, args.masquerade)?;
         dp.configure_conntrack(args.conntrack.conntrack_pod_limit)?;
+        dp.configure_tunnel(tunnel.map(|index| (index, vxlan::PORT, vxlan::VNI)))?;
         tokio::spawn(conntrack::run(
             pin_dir.clone(),
             conntrack::Timeouts::from_args(&args.conntrack),

@@ -3,9 +3,12 @@
 
 use kestrel_agent::ebpf::abi::{self, Stat};
 
+use kestrel_agent::ebpf::abi::Tunnel;
+
 use crate::common::{
-    frame, key, seen, Bench, GATEWAY_MAC, HOST_MAC, NODE, OTHER_POD, OUTSIDE, POD, POD_MAC,
-    REMOTE_POD, TCP, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, UDP,
+    fold, frame, key, seen, Bench, GATEWAY_MAC, HOST_MAC, NODE, OTHER_POD, OUTSIDE, POD, POD_MAC,
+    REMOTE_POD, TCP, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TUNNEL_ENDPOINT_MAC, TUNNEL_NODE,
+    TUNNEL_NODE_MAC, TUNNEL_POD, TUNNEL_PORT, UDP,
 };
 
 #[test]
@@ -48,6 +51,83 @@ fn from_pod_delivers_locally_routes_to_other_nodes_and_leaves_the_rest_to_the_st
     assert_eq!(out, sent);
     assert_eq!(b.stat(Stat::PodToStack), 1);
     assert_eq!(b.stat(Stat::SnatOut), 0, "nothing was masqueraded");
+}
+
+/// In tunnel mode a frame for another node's pod leaves wrapped in the
+/// headers the VXLAN device would write, towards that node's underlay
+/// address; the inner frame is the one the device would have carried.
+#[test]
+fn from_pod_wraps_frames_for_tunnel_peers_in_vxlan() {
+    let mut b = Bench::new();
+    let device_mac = b.tunnel();
+    let sent = frame(TCP, (POD, 40000), (TUNNEL_POD, 80));
+    let (ret, out) = b.run(abi::FROM_POD_PROGRAM, &sent);
+    assert_eq!(ret, TC_ACT_REDIRECT);
+    assert_eq!(out.len(), sent.len() + 50, "{out:02x?}");
+    assert_eq!(b.stat(Stat::PodToTunnel), 1);
+
+    // Outer Ethernet: to the other node's MAC, from the uplink's.
+    assert_eq!(out[0..6], TUNNEL_NODE_MAC);
+    assert_eq!(out[6..12], b.uplink_mac);
+    assert_eq!(out[12..14], [0x08, 0x00]);
+    // Outer IPv4: node to node, UDP, a valid checksum, the whole length.
+    let ip = &out[14..34];
+    assert_eq!(ip[0], 0x45);
+    assert_eq!(fold(0, ip), 0, "outer IPv4 checksum");
+    assert_eq!(
+        usize::from(u16::from_be_bytes([ip[2], ip[3]])),
+        out.len() - 14
+    );
+    assert_eq!((ip[8], ip[9]), (64, UDP), "TTL and protocol");
+    assert_eq!(ip[12..16], NODE.octets());
+    assert_eq!(ip[16..20], TUNNEL_NODE.octets());
+    // UDP: to the tunnel's port, from one the flow's hash picks, no
+    // checksum, its own length.
+    let udp = &out[34..42];
+    let sport = u16::from_be_bytes([udp[0], udp[1]]);
+    assert!((32768..=60999).contains(&sport), "source port {sport}");
+    assert_eq!(u16::from_be_bytes([udp[2], udp[3]]), TUNNEL_PORT);
+    assert_eq!(
+        usize::from(u16::from_be_bytes([udp[4], udp[5]])),
+        out.len() - 34
+    );
+    assert_eq!(udp[6..8], [0, 0], "zero UDP checksum");
+    // VXLAN: the VNI-present flag and VNI 1.
+    assert_eq!(out[42..50], [0x08, 0, 0, 0, 0, 0, 1, 0]);
+    // The pod's frame inside, routed: for the node's tunnel endpoint,
+    // from the device, one hop fewer, checksums intact.
+    let inner = seen(&out[50..]);
+    assert_eq!(inner.dst_mac, TUNNEL_ENDPOINT_MAC);
+    assert_eq!(inner.src_mac, device_mac);
+    assert_eq!(inner.ttl, 63);
+    assert_eq!((inner.src, inner.dst), ((POD, 40000), (TUNNEL_POD, 80)));
+    assert_eq!(out[50 + 34..], sent[34..], "the TCP segment is untouched");
+
+    // The same flow again picks the same source port (one path for one
+    // flow through the underlay).
+    let (_, again) = b.run(abi::FROM_POD_PROGRAM, &sent);
+    assert_eq!(again[34..36], out[34..36]);
+
+    // Tunnel packets for the node go to the device's socket at once.
+    let vxlan = frame(UDP, (TUNNEL_NODE, 40000), (NODE, TUNNEL_PORT));
+    let (ret, arrived) = b.run(abi::FROM_UPLINK_PROGRAM, &vxlan);
+    assert_eq!((ret, &arrived), (TC_ACT_OK, &vxlan));
+    assert_eq!(b.stat(Stat::TunnelIn), 1);
+
+    // With no tunnel written the device carries the frame, as before.
+    b.set_tunnel(Tunnel::default());
+    let (ret, out) = b.run(abi::FROM_POD_PROGRAM, &sent);
+    assert_eq!(ret, TC_ACT_REDIRECT);
+    assert_eq!(out.len(), sent.len(), "not wrapped");
+    assert_eq!(seen(&out).dst_mac, TUNNEL_ENDPOINT_MAC);
+    assert_eq!(
+        b.stat(Stat::PodToTunnel),
+        2,
+        "two wrapped above, none since"
+    );
+    let (ret, _) = b.run(abi::FROM_UPLINK_PROGRAM, &vxlan);
+    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(b.stat(Stat::TunnelIn), 1, "no tunnel: the usual lookups");
 }
 
 #[test]

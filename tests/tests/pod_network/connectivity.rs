@@ -133,8 +133,8 @@ fn vxlan_packets(node: &Node) -> u64 {
 }
 
 /// With `--tunnel vxlan` pods on two nodes reach each other through the
-/// VXLAN devices (their counters move), routes point into the tunnel, and
-/// pod interfaces leave room for the encapsulation.
+/// tunnel (the devices' counters move, and the programs' own), routes point
+/// into the tunnel, and pod interfaces leave room for the encapsulation.
 #[test]
 fn pods_reach_each_other_across_nodes_over_vxlan() {
     let cp = ControlPlane::start_networked(&[]).unwrap();
@@ -184,7 +184,18 @@ fn pods_reach_each_other_across_nodes_over_vxlan() {
         "{}",
         n2.bpf_status()
     );
-    // A large response crosses the tunnel whole (the MTU is right).
+    // Both ways, the sending node's program wrapped the frames itself and
+    // the receiving node's let them through to the device at once.
+    for n in nodes {
+        assert!(
+            counter(n, "pod_to_tunnel_encapsulated") > 0,
+            "{}",
+            n.bpf_status()
+        );
+        assert!(counter(n, "tunnel_frames_in") > 0, "{}", n.bpf_status());
+    }
+    // A large response crosses the tunnel whole (the MTU is right, and
+    // the sender's aggregates are wrapped and segmented correctly).
     let big = exec(
         &k,
         "b1",
