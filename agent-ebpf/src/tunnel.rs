@@ -135,8 +135,11 @@ pub fn route(ctx: &TcContext, tunnel: &Tunnel, dst: u32) -> Option<i32> {
         | BPF_F_ADJ_ROOM_ENCAP_L4_UDP
         | BPF_F_ADJ_ROOM_ENCAP_L2_ETH;
     let flags = u64::from(flags) | ((packet::ETH_HLEN as u64) << BPF_ADJ_ROOM_ENCAP_L2_SHIFT);
-    ctx.adjust_room(HEADERS as i32, BPF_ADJ_ROOM_MAC, flags)
-        .ok()?;
+    if ctx.adjust_room(HEADERS as i32, BPF_ADJ_ROOM_MAC, flags).is_err() {
+        // Unchanged but for its TTL (a frame the kernel will not wrap, such
+        // as one a pod already encapsulated itself): the device takes it.
+        return Some(to_device(ctx, tunnel, dmac, smac));
+    }
     // The new headers are written in place: they sit in the buffer's
     // linear part, which the kernel made room in, so no copy on the stack
     // (whose size the verifier bounds) and no helper call per field.
@@ -199,6 +202,22 @@ pub fn route(ctx: &TcContext, tunnel: &Tunnel, dst: u32) -> Option<i32> {
             }
         }
     })
+}
+
+/// Hands a routed frame to the tunnel device with the MACs it expects.
+fn to_device(ctx: &TcContext, tunnel: &Tunnel, dmac: Mac, smac: Mac) -> i32 {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + packet::ETH_HLEN > end {
+        return TC_ACT_SHOT;
+    }
+    // SAFETY: the twelve bytes written lie within the bounds checked.
+    unsafe {
+        dmac.put(data);
+        smac.put(data + 6);
+    }
+    stats::count(Stat::PodToRemote);
+    // SAFETY: a plain helper call.
+    unsafe { bpf_redirect(tunnel.ifindex, 0) as i32 }
 }
 
 /// Looks up, in `fib`, the node's route to another node as the device's

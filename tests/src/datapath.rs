@@ -129,8 +129,9 @@ impl Bench {
     /// A VXLAN device `kvx0` as the agent makes it (`--tunnel vxlan`), a
     /// route to [`TUNNEL_NODE`]'s pods through it with that node's tunnel
     /// endpoint MAC, the node itself on the uplink's segment, and the
-    /// tunnel written for the programs. The device's MAC is returned.
-    pub fn tunnel(&mut self) -> [u8; 6] {
+    /// tunnel written for the programs. The tunnel and the device's MAC are
+    /// returned.
+    pub fn tunnel(&mut self) -> (Tunnel, [u8; 6]) {
         let node_mac = format_mac(&TUNNEL_NODE_MAC);
         let endpoint_mac = format_mac(&TUNNEL_ENDPOINT_MAC);
         for cmd in [
@@ -151,13 +152,14 @@ impl Bench {
             .ns
             .exec(&["cat", "/sys/class/net/kvx0/address"])
             .unwrap();
-        self.set_tunnel(Tunnel {
+        let tunnel = Tunnel {
             ifindex: index.trim().parse().unwrap(),
             port: TUNNEL_PORT.to_be(),
             pad: 0,
             vni: 1,
-        });
-        parse_mac(mac.trim())
+        };
+        self.set_tunnel(tunnel);
+        (tunnel, parse_mac(mac.trim()))
     }
 
     /// Writes `t` as the node's tunnel (all zero: none).

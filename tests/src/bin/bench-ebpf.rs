@@ -3,7 +3,8 @@
 //!
 //! It loads the agent's eBPF object in a network namespace of its own (the
 //! bench the `ebpf_datapath` tests use: a node, a pod, another pod, a route
-//! to another node's pods), runs each program on a crafted frame, and
+//! to another node's pods, and one to a third node's pods through a VXLAN
+//! tunnel, which only the tunnel cases see), runs each program on a crafted frame, and
 //! reports the kernel's time per run. Every run gets the frame afresh (one
 //! `BPF_PROG_TEST_RUN` call each): with the kernel's own repeat count the
 //! program would see the frame it rewrote the time before, and a routed
@@ -26,10 +27,10 @@ use clap::Parser;
 
 use harness::datapath::{
     frame, Bench, CLIENT, NODE, NODE_PORT, OTHER_POD, OUTSIDE, POD, REMOTE_POD, TCP, TC_ACT_OK,
-    TC_ACT_REDIRECT, UDP,
+    TC_ACT_REDIRECT, TUNNEL_NODE, TUNNEL_POD, TUNNEL_PORT, UDP,
 };
 use harness::netbench::median;
-use kestrel_agent::ebpf::abi;
+use kestrel_agent::ebpf::abi::{self, Tunnel};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -55,6 +56,9 @@ struct Case {
     program: &'static str,
     frame: Vec<u8>,
     verdict: u32,
+    /// Timed with the node's VXLAN tunnel written for the programs
+    /// (`--tunnel vxlan`); the others without, as with native routing.
+    tunnel: bool,
 }
 
 fn cases() -> Vec<Case> {
@@ -63,6 +67,11 @@ fn cases() -> Vec<Case> {
         program,
         frame,
         verdict,
+        tunnel: false,
+    };
+    let tunnel = |title, program, frame, verdict| Case {
+        tunnel: true,
+        ..case(title, program, frame, verdict)
     };
     vec![
         case(
@@ -83,6 +92,12 @@ fn cases() -> Vec<Case> {
             frame(TCP, (POD, 40000), (REMOTE_POD, 80)),
             TC_ACT_REDIRECT,
         ),
+        tunnel(
+            "from_pod: to a pod on another node over VXLAN (two FIB lookups, encapsulation)",
+            abi::FROM_POD_PROGRAM,
+            frame(TCP, (POD, 40000), (TUNNEL_POD, 80)),
+            TC_ACT_REDIRECT,
+        ),
         case(
             "from_pod: to the node itself (left to the stack)",
             abi::FROM_POD_PROGRAM,
@@ -100,6 +115,12 @@ fn cases() -> Vec<Case> {
             abi::FROM_UPLINK_PROGRAM,
             frame(TCP, (REMOTE_POD, 40000), (OTHER_POD, 80)),
             TC_ACT_REDIRECT,
+        ),
+        tunnel(
+            "from_uplink: a VXLAN packet for the node (left to the tunnel device)",
+            abi::FROM_UPLINK_PROGRAM,
+            frame(UDP, (TUNNEL_NODE, 40000), (NODE, TUNNEL_PORT)),
+            TC_ACT_OK,
         ),
         case(
             "from_uplink: node port to a local backend (established flow)",
@@ -123,12 +144,18 @@ fn main_inner(a: Args) -> Result<()> {
     ensure!((1..=20).contains(&a.rounds), "--rounds must be 1 to 20");
     let mut bench = Bench::new();
     bench.node_port(OTHER_POD, 8080);
+    let (tunnel, _) = bench.tunnel();
     let cases = cases();
     // samples[case]: one mean per round.
     let mut samples: Vec<Vec<f64>> = cases.iter().map(|_| Vec::new()).collect();
     for round in 1..=a.rounds {
         // Cases interleave, so a burst of other load spreads over all of them.
         for (c, case) in cases.iter().enumerate() {
+            bench.set_tunnel(if case.tunnel {
+                tunnel
+            } else {
+                Tunnel::default()
+            });
             let (verdicts, per_run) = bench.time(case.program, &case.frame, a.runs);
             ensure!(
                 verdicts == [(case.verdict, a.runs)],

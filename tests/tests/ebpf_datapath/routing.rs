@@ -59,7 +59,7 @@ fn from_pod_delivers_locally_routes_to_other_nodes_and_leaves_the_rest_to_the_st
 #[test]
 fn from_pod_wraps_frames_for_tunnel_peers_in_vxlan() {
     let mut b = Bench::new();
-    let device_mac = b.tunnel();
+    let (_, device_mac) = b.tunnel();
     let sent = frame(TCP, (POD, 40000), (TUNNEL_POD, 80));
     let (ret, out) = b.run(abi::FROM_POD_PROGRAM, &sent);
     assert_eq!(ret, TC_ACT_REDIRECT);
