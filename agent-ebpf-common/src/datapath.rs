@@ -44,9 +44,10 @@ pub struct Config {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tunnel {
-    /// Interface index of the tunnel device; 0: no tunnel.
+    /// Interface index of the tunnel device; 0: the device wraps what pods
+    /// send (`--vxlan-encap device`).
     pub ifindex: u32,
-    /// The tunnel's UDP port, in network byte order.
+    /// The tunnel's UDP port, in network byte order; 0: no tunnel.
     pub port: u16,
     pub pad: u16,
     /// The VXLAN network identifier every node uses.

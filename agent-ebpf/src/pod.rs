@@ -46,10 +46,11 @@ pub fn from_pod(ctx: &TcContext) -> Option<i32> {
         stats::count(Stat::PolicyDenied);
         return Some(TC_ACT_SHOT);
     }
-    if let (Some(cfg), Some(tunnel)) = (&cfg, tunnel::config()) {
+    if let Some(cfg) = &cfg {
         // Another node's pods are behind the tunnel in tunnel mode.
         if dst & cfg.cluster_mask == cfg.cluster_net {
-            if let Some(verdict) = tunnel::route(ctx, &tunnel, dst) {
+            let verdict = tunnel::route(ctx, dst);
+            if verdict != tunnel::NOT_WRAPPED {
                 return Some(verdict);
             }
         }

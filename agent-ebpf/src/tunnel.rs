@@ -48,7 +48,12 @@ const OUTER_TTL: u8 = 64;
 
 /// The tunnel, when the node has one.
 pub fn config() -> Option<Tunnel> {
-    DATAPATH_TUNNEL.get(0).copied().filter(|t| t.ifindex != 0)
+    DATAPATH_TUNNEL.get(0).copied().filter(|t| t.port != 0)
+}
+
+/// The tunnel, when the programs wrap what pods send into it.
+pub fn wrapping() -> Option<Tunnel> {
+    config().filter(|t| t.ifindex != 0)
 }
 
 /// Whether a frame for the node's own address is a tunnel packet (UDP to
@@ -69,18 +74,33 @@ pub fn is_tunnel_frame(ctx: &TcContext, tunnel: &Tunnel) -> bool {
 }
 
 /// Routes a frame from a pod to `dst`, another pod of the cluster, when
-/// the FIB sends it into the tunnel: wrapped here and sent out of the
-/// underlay's interface towards the node whose tunnel endpoint MAC the
-/// lookup found. None leaves the frame unchanged, to `fib::route`: a
-/// route elsewhere, a frame about to expire, a MAC that is not a node's
-/// tunnel endpoint, no route to that node, or a frame too long to wrap.
+/// the programs wrap for the tunnel and the FIB sends it there: wrapped
+/// here and sent out of the underlay's interface towards the node whose
+/// tunnel endpoint MAC the lookup found. [`NOT_WRAPPED`] leaves the frame
+/// unchanged, to `fib::route`: no wrapping by the programs, a route
+/// elsewhere, a frame about to expire, a MAC that is not a node's tunnel
+/// endpoint, no route to that node, or a frame too long to wrap.
 ///
 /// A function of its own, called from `from_pod` only, and one lookup
 /// structure for both lookups: the verifier bounds the stack of a whole
-/// call chain, and `fib::route`'s frame is already deep in
-/// `from_uplink`'s.
+/// call chain (`from_pod`'s and `from_uplink`'s through `fib::route` are
+/// close to the limit already), and the ebpf_datapath tests fail when a
+/// change crosses it.
 #[inline(never)]
-pub fn route(ctx: &TcContext, tunnel: &Tunnel, dst: u32) -> Option<i32> {
+pub fn route(ctx: &TcContext, dst: u32) -> i32 {
+    wrap(ctx, dst).unwrap_or(NOT_WRAPPED)
+}
+
+/// What [`route`] returns for a frame it left unchanged, for `fib::route`:
+/// no TC verdict has this value.
+pub const NOT_WRAPPED: i32 = i32::MIN;
+
+// Inlined into `route`, whose plain integer result spares `from_pod` the
+// stack slot an `Option` would be returned through.
+#[inline(always)]
+fn wrap(ctx: &TcContext, dst: u32) -> Option<i32> {
+    // Read here, not by the caller: `from_pod`'s own frame stays as it was.
+    let tunnel = &wrapping()?;
     let src: u32 = ctx.load(packet::IP_SRC_OFF).ok()?;
     let tos: u8 = ctx.load(packet::ETH_HLEN + 1).ok()?;
     // SAFETY: FibParams is plain old data; all-zero is its documented

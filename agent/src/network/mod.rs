@@ -71,8 +71,21 @@ pub struct NetworkArgs {
     /// between nodes; pod MTU 50 bytes below the uplink's).
     #[arg(long, value_enum, default_value_t = Tunnel::None)]
     pub tunnel: Tunnel,
+    /// Who wraps pod traffic in VXLAN with `--tunnel vxlan`: `program`,
+    /// the eBPF programs themselves (the device's transmit path skipped),
+    /// or `device`, the kernel's VXLAN device, for NICs or underlays the
+    /// programs' packets do not suit. Receiving is the device's either way.
+    #[arg(long, value_enum, default_value_t = VxlanEncap::Program)]
+    pub vxlan_encap: VxlanEncap,
     #[command(flatten)]
     pub conntrack: conntrack::ConntrackArgs,
+}
+
+/// Who encapsulates with `--tunnel vxlan`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum VxlanEncap {
+    Program,
+    Device,
 }
 
 /// Cross-node encapsulation.
@@ -163,7 +176,14 @@ impl Network {
             .with_context(|| format!("loading the datapath (pins in {})", pin_dir.display()))?;
         dp.configure(node_ip, args.cluster_cidr, args.masquerade)?;
         dp.configure_conntrack(args.conntrack.conntrack_pod_limit)?;
-        dp.configure_tunnel(tunnel.map(|index| (index, vxlan::PORT, vxlan::VNI)))?;
+        // The map also marks tunnel packets for the node, which skip the
+        // programs' lookups whoever wraps; a zero index only turns off the
+        // programs' own wrapping.
+        let encap_index = |index| match args.vxlan_encap {
+            VxlanEncap::Program => index,
+            VxlanEncap::Device => 0,
+        };
+        dp.configure_tunnel(tunnel.map(|index| (encap_index(index), vxlan::PORT, vxlan::VNI)))?;
         tokio::spawn(conntrack::run(
             pin_dir.clone(),
             conntrack::Timeouts::from_args(&args.conntrack),

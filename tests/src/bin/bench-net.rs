@@ -1,7 +1,7 @@
 //! `bench-net`: throughput and request/response rates of the pod network,
 //! against the machine's limit and against the reference bridge plugin.
 //!
-//! It builds ten paths, each between network namespaces of its own:
+//! It builds eleven paths, each between network namespaces of its own:
 //! a plain veth pair (nothing but the link: the limit), node to node over
 //! the segment bridge the nodes share (the limit of any path across
 //! nodes) and through a VXLAN tunnel between them (the limit of any
@@ -9,7 +9,8 @@
 //! and its eBPF datapath (nodes as namespaces on a segment bridge, as in
 //! the end-to-end tests), the same two with agents held to 64 KiB
 //! aggregates (what BIG TCP brings), two nodes whose agents tunnel with
-//! VXLAN, and pod to pod on one node and across two with Debian's CNI
+//! VXLAN (their programs wrapping what pods send) and two whose kernel
+//! VXLAN devices wrap it, and pod to pod on one node and across two with Debian's CNI
 //! `bridge` plugin (`host-local` IPAM, a bridge per node, routes between
 //! the nodes). On each it measures one
 //! iperf3 TCP stream, eight parallel streams, one UDP stream, TCP_RR (with
@@ -33,7 +34,7 @@ use clap::Parser;
 use harness::netbench::chart::{self, Bar, Panel};
 use harness::netbench::testbed::{
     self, counters, Case, BRIDGE_CROSS, BRIDGE_SAME, COUNTERS, LEGACY_CROSS, LEGACY_SAME,
-    NODE_TO_NODE, NODE_TO_NODE_VXLAN, OURS_CROSS, OURS_SAME, VETH, VXLAN_CROSS,
+    NODE_TO_NODE, NODE_TO_NODE_VXLAN, OURS_CROSS, OURS_SAME, VETH, VXLAN_CROSS, VXLAN_DEVICE_CROSS,
 };
 use harness::netbench::{
     background_busy, catch_interrupts, check_interrupted, median, reachable, rr_cpu, tune_client,
@@ -196,7 +197,7 @@ const COSTS: [Quantity; 3] = [
 ];
 
 /// The pairs of paths the ratio table compares, numerator first.
-const COMPARED: [(&str, usize, usize); 10] = [
+const COMPARED: [(&str, usize, usize); 11] = [
     ("same node ÷ plain veth", OURS_SAME, VETH),
     ("two nodes ÷ node to node", OURS_CROSS, NODE_TO_NODE),
     ("same node ÷ bridge plugin", OURS_SAME, BRIDGE_SAME),
@@ -214,6 +215,11 @@ const COMPARED: [(&str, usize, usize); 10] = [
         "VXLAN, two nodes ÷ node to node over VXLAN",
         VXLAN_CROSS,
         NODE_TO_NODE_VXLAN,
+    ),
+    (
+        "VXLAN wrapped by the programs ÷ by the device",
+        VXLAN_CROSS,
+        VXLAN_DEVICE_CROSS,
     ),
 ];
 

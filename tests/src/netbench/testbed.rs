@@ -28,6 +28,7 @@ pub const LEGACY_SAME: usize = 6;
 pub const LEGACY_CROSS: usize = 7;
 pub const VXLAN_CROSS: usize = 8;
 pub const NODE_TO_NODE_VXLAN: usize = 9;
+pub const VXLAN_DEVICE_CROSS: usize = 10;
 
 /// What the agents of the 64 KiB rows are told: the aggregate size every
 /// interface starts with, so those rows show what BIG TCP brings.
@@ -36,6 +37,9 @@ const LEGACY_AGGREGATES: &[&str] = &["--gso-max-size", "65536"];
 /// What the agents of the VXLAN row are told: pods reach the other node
 /// through the tunnel instead of native routes.
 const VXLAN: &[&str] = &["--tunnel", "vxlan"];
+/// The same, with the kernel's VXLAN device wrapping what pods send
+/// instead of the programs: what the programs' own encapsulation is worth.
+const VXLAN_DEVICE: &[&str] = &["--tunnel", "vxlan", "--vxlan-encap", "device"];
 
 /// One measured path.
 pub struct Case {
@@ -221,6 +225,9 @@ pub fn build() -> Result<Testbed> {
     // Their same-node pair is the native one's: only the tunnel is new.
     let (vxlan_nodes, _, vxlan_cross) = ebpf_datapath(&cp, "x", VXLAN)?;
     nodes.extend(vxlan_nodes);
+    eprintln!("  two more agents with VXLAN wrapped by the device, three pods");
+    let (device_nodes, _, device_cross) = ebpf_datapath(&cp, "d", VXLAN_DEVICE)?;
+    nodes.extend(device_nodes);
     let cases = vec![
         Case {
             title: "plain veth pair (the limit)",
@@ -281,6 +288,12 @@ pub fn build() -> Result<Testbed> {
             short: "node to node VXLAN",
             family: Family::Veth,
             pair: bridge.node_to_node_vxlan,
+        },
+        Case {
+            title: "eBPF datapath, two nodes over VXLAN wrapped by the kernel's device",
+            short: "ours VXLAN device, 2 nodes",
+            family: Family::Ours,
+            pair: device_cross,
         },
     ];
     Ok(Testbed {

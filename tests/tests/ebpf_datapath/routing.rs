@@ -59,7 +59,7 @@ fn from_pod_delivers_locally_routes_to_other_nodes_and_leaves_the_rest_to_the_st
 #[test]
 fn from_pod_wraps_frames_for_tunnel_peers_in_vxlan() {
     let mut b = Bench::new();
-    let (_, device_mac) = b.tunnel();
+    let (tunnel, device_mac) = b.tunnel();
     let sent = frame(TCP, (POD, 40000), (TUNNEL_POD, 80));
     let (ret, out) = b.run(abi::FROM_POD_PROGRAM, &sent);
     assert_eq!(ret, TC_ACT_REDIRECT);
@@ -114,6 +114,22 @@ fn from_pod_wraps_frames_for_tunnel_peers_in_vxlan() {
     assert_eq!((ret, &arrived), (TC_ACT_OK, &vxlan));
     assert_eq!(b.stat(Stat::TunnelIn), 1);
 
+    // `--vxlan-encap device`: the device wraps, tunnel packets still skip
+    // the lookups.
+    b.set_tunnel(Tunnel {
+        ifindex: 0,
+        ..tunnel
+    });
+    let (ret, out) = b.run(abi::FROM_POD_PROGRAM, &sent);
+    assert_eq!(
+        (ret, out.len()),
+        (TC_ACT_REDIRECT, sent.len()),
+        "not wrapped"
+    );
+    let (ret, _) = b.run(abi::FROM_UPLINK_PROGRAM, &vxlan);
+    assert_eq!(ret, TC_ACT_OK);
+    assert_eq!(b.stat(Stat::TunnelIn), 2);
+
     // With no tunnel written the device carries the frame, as before.
     b.set_tunnel(Tunnel::default());
     let (ret, out) = b.run(abi::FROM_POD_PROGRAM, &sent);
@@ -127,7 +143,7 @@ fn from_pod_wraps_frames_for_tunnel_peers_in_vxlan() {
     );
     let (ret, _) = b.run(abi::FROM_UPLINK_PROGRAM, &vxlan);
     assert_eq!(ret, TC_ACT_OK);
-    assert_eq!(b.stat(Stat::TunnelIn), 1, "no tunnel: the usual lookups");
+    assert_eq!(b.stat(Stat::TunnelIn), 2, "no tunnel: the usual lookups");
 }
 
 #[test]
