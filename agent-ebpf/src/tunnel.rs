@@ -35,8 +35,7 @@ const VXLAN_HLEN: usize = 8;
 /// The outer IPv4, UDP and VXLAN headers.
 const ENCAP_LEN: usize = IP_HLEN + UDP_HLEN + VXLAN_HLEN;
 /// What goes between the frame's Ethernet header (which becomes the outer
-/// one) and its IP header: [`ENCAP_LEN`] and the inner Ethernet header,
-/// written in one store.
+/// one) and its IP header: [`ENCAP_LEN`] and the inner Ethernet header.
 const HEADERS: usize = ENCAP_LEN + packet::ETH_HLEN;
 /// The outer source port comes from the flow's hash within the range Linux
 /// uses for its own tunnels (the default ephemeral ports), so that the
