@@ -474,7 +474,6 @@ fn main_inner(a: Args) -> Result<()> {
             rr_bin: bin_dir.join("netperf-rr"),
             duration: a.duration,
             rr_cpu,
-            bulk_cpus: None,
         };
         let before = background_busy();
         let counted0 = counters(&bed.nodes)?;

@@ -556,7 +556,6 @@ fn main_inner(a: Args) -> Result<()> {
             rr_bin: bin_dir.join("netperf-rr"),
             duration: a.duration,
             rr_cpu: if a.no_pin { None } else { rr_cpu() },
-            bulk_cpus: None,
         };
         let before = background_busy();
         let mut samples = Vec::new();

@@ -22,22 +22,6 @@ pub use crate::net::in_netns_at as in_ns;
 /// every path look alike; whether it waits depends on what else the
 /// machine runs at that moment.
 pub fn rr_cpu() -> Option<usize> {
-    let allowed = allowed_cpus()?;
-    (allowed.len() >= 2).then(|| allowed[allowed.len() - 1])
-}
-
-/// The CPUs the two ends of a bulk transfer are pinned to, client first:
-/// the first and the last this process may run on, or None with fewer
-/// than two. On a 2-vCPU VM one stream's rate depends mostly on where the
-/// scheduler puts its two ends (the same CPU or not, and which one takes
-/// the softirq work), and two paths measured one after the other are only
-/// comparable when both ends sit where they sat for the other.
-pub fn bulk_cpus() -> Option<(usize, usize)> {
-    let allowed = allowed_cpus()?;
-    (allowed.len() >= 2).then(|| (allowed[0], allowed[allowed.len() - 1]))
-}
-
-fn allowed_cpus() -> Option<Vec<usize>> {
     // SAFETY: a zeroed cpu_set_t is valid; sched_getaffinity fills it.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     let size = std::mem::size_of::<libc::cpu_set_t>();
@@ -45,12 +29,11 @@ fn allowed_cpus() -> Option<Vec<usize>> {
     if unsafe { libc::sched_getaffinity(0, size, &mut set) } != 0 {
         return None;
     }
-    Some(
-        (0..libc::CPU_SETSIZE as usize)
-            // SAFETY: i is below CPU_SETSIZE.
-            .filter(|i| unsafe { libc::CPU_ISSET(*i, &set) })
-            .collect(),
-    )
+    let allowed: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: i is below CPU_SETSIZE.
+        .filter(|i| unsafe { libc::CPU_ISSET(*i, &set) })
+        .collect();
+    (allowed.len() >= 2).then(|| allowed[allowed.len() - 1])
 }
 
 /// Makes `cmd` run on CPU `cpu` only.

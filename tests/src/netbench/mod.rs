@@ -26,7 +26,7 @@ use std::process::Command;
 use anyhow::{Context, Result};
 
 pub use cpu::{background_busy, cpu_hz};
-pub use exec::{bulk_cpus, in_ns, on_ns_thread, rr_cpu, run_bounded, tune_client, wait_listening};
+pub use exec::{in_ns, on_ns_thread, rr_cpu, run_bounded, tune_client, wait_listening};
 pub use runner::{reachable, Runner};
 pub use session::{catch_interrupts, check_interrupted, interrupted, StdoutToStderr};
 

@@ -23,9 +23,6 @@ pub struct Runner {
     /// leaves them to the scheduler, like iperf3, whose ends run best on
     /// whichever CPUs are free.
     pub rr_cpu: Option<usize>,
-    /// The CPUs of an iperf3 client and its server, in that order
-    /// ([`bulk_cpus`](super::bulk_cpus)); None leaves them to the scheduler.
-    pub bulk_cpus: Option<(usize, usize)>,
 }
 
 impl Runner {
@@ -93,9 +90,6 @@ impl Runner {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         in_ns(&mut server, &path.server_ns)?;
-        if let Some((_, cpu)) = self.bulk_cpus {
-            pin(&mut server, cpu);
-        }
         let _server = Guarded::spawn("iperf3 server", &mut server)?;
         wait_listening(&path.server_ns, IPERF_PORT, Duration::from_secs(5))?;
         let mut client = Command::new("iperf3");
@@ -119,9 +113,6 @@ impl Runner {
             client.args(["-u", "-b", "0"]);
         }
         path.client(&mut client)?;
-        if let Some((cpu, _)) = self.bulk_cpus {
-            pin(&mut client, cpu);
-        }
         let softirq0 = softirq_thread_ticks();
         let t0 = Instant::now();
         let out = run_bounded(&mut client, None, self.bound())?;

@@ -14,8 +14,7 @@
 //! table; the measured service sits in the middle of the iptables chain.
 //! At every size, in rounds that interleave the paths, it measures TCP_CRR
 //! with the latency of each connect() (the first packet of a connection is
-//! the one that has to find the service), TCP_RR and one iperf3 stream
-//! (its client and server on two fixed CPUs, the same for every path).
+//! the one that has to find the service), TCP_RR and one iperf3 stream.
 //! It also times endpoint changes: one filler's EndpointSlice is replaced
 //! again and again, each time from the API's answer until the node's maps
 //! hold the new backend, against what loading the whole rule set costs
@@ -39,8 +38,8 @@ use clap::Parser;
 
 use harness::netbench::chart::{self, Family};
 use harness::netbench::{
-    background_busy, bulk_cpus, catch_interrupts, check_interrupted, reachable, rr_cpu,
-    tune_client, use_bin_dir, Metric, Runner, StdoutToStderr,
+    background_busy, catch_interrupts, check_interrupted, reachable, rr_cpu, tune_client,
+    use_bin_dir, Metric, Runner, StdoutToStderr,
 };
 
 #[derive(Parser, Debug)]
@@ -58,9 +57,8 @@ struct Args {
     /// How often every measurement is repeated at each size.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
-    /// Leave every measurement to the scheduler instead of running both
-    /// ends of TCP_RR and TCP_CRR on one CPU and the iperf3 client and
-    /// server on two fixed ones.
+    /// Leave TCP_RR and TCP_CRR to the scheduler instead of running both
+    /// their ends on one CPU.
     #[arg(long)]
     no_pin: bool,
     /// Directory of the release binaries (agent, control-plane,
@@ -182,9 +180,6 @@ fn main_inner(a: Args) -> Result<()> {
             rr_bin: bin_dir.join("netperf-rr"),
             duration: a.duration,
             rr_cpu,
-            // The throughput question here is one path against another
-            // within a few percent, which unpinned ends on two vCPUs drown.
-            bulk_cpus: if a.no_pin { None } else { bulk_cpus() },
         };
         let before = background_busy();
         let mut samples: Samples = Vec::new();
