@@ -54,7 +54,7 @@ pub fn key(ip: Ipv4Addr) -> u32 {
 /// Maps are pinned under a bpffs directory removed on drop.
 pub struct Bench {
     ebpf: Ebpf,
-    pins: PathBuf,
+    _pins: PinDir,
     netns: NetNs,
     pub uplink_mac: [u8; 6],
     ns: Netns,
@@ -80,9 +80,11 @@ impl Bench {
         }
         let link = ns.exec(&["cat", "/sys/class/net/up0/address"]).unwrap();
         let uplink_mac = parse_mac(link.trim());
-        let pins = PathBuf::from(format!("/sys/fs/bpf/{}", ns.name()));
+        // Owned before anything is pinned in it: a load the verifier
+        // refuses panics below, and must not leave the maps pinned.
+        let pins = PinDir(PathBuf::from(format!("/sys/fs/bpf/{}", ns.name())));
         let object = ebpf::object(None).unwrap();
-        let mut ebpf = ebpf::load(&object, MapPins::Dir(&pins)).unwrap();
+        let mut ebpf = ebpf::load(&object, MapPins::Dir(&pins.0)).unwrap();
         for name in [
             abi::FROM_POD_PROGRAM,
             abi::FROM_UPLINK_PROGRAM,
@@ -93,7 +95,7 @@ impl Bench {
         let netns = NetNs::open(ns.path()).unwrap();
         let mut bench = Self {
             ebpf,
-            pins,
+            _pins: pins,
             netns,
             uplink_mac,
             ns,
@@ -289,9 +291,12 @@ impl Bench {
     }
 }
 
-impl Drop for Bench {
+/// A bpffs directory of pins, removed on drop.
+struct PinDir(PathBuf);
+
+impl Drop for PinDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.pins);
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
