@@ -23,15 +23,23 @@ pub fn forward(ctx: &TcContext, stat: Stat) -> Option<i32> {
     route(ctx, dst, None, stat)
 }
 
-/// Routes a frame for `dst` by a FIB lookup: sent out where the node would
-/// send it (masqueraded first when `masquerade` is given and the frame
-/// leaves the cluster), or left to the node's stack.
-pub fn route(ctx: &TcContext, dst: u32, masquerade: Option<&Config>, stat: Stat) -> Option<i32> {
-    let src: u32 = ctx.load(packet::IP_SRC_OFF).ok()?;
-    let tos: u8 = ctx.load(packet::ETH_HLEN + 1).ok()?;
+/// An IPv4 FIB lookup from `src` to `dst`, as for a frame with `tos` that
+/// arrived on `ifindex`: the kernel's return code, with the answer (egress
+/// interface, MACs, next hop) in `fib`, whose earlier contents go.
+// Always inlined: a call would take more arguments than a BPF call has
+// registers for.
+#[inline(always)]
+pub fn lookup(
+    ctx: &TcContext,
+    fib: &mut FibParams,
+    src: u32,
+    dst: u32,
+    tos: u8,
+    ifindex: u32,
+) -> u32 {
     // SAFETY: FibParams is plain old data; all-zero is its documented
     // starting state.
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    *fib = unsafe { core::mem::zeroed() };
     fib.family = AF_INET;
     // No `tot_len`: with none the kernel checks the frame against the
     // egress device's MTU itself, and knows a GSO frame leaves as segments.
@@ -41,15 +49,30 @@ pub fn route(ctx: &TcContext, dst: u32, masquerade: Option<&Config>, stat: Stat)
     fib.__bindgen_anon_2.tos = tos;
     fib.__bindgen_anon_3.ipv4_src = src;
     fib.__bindgen_anon_4.ipv4_dst = dst;
-    fib.ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let rc = unsafe {
+    fib.ifindex = ifindex;
+    // SAFETY: `fib` is a valid, writable lookup structure of that size.
+    (unsafe {
         bpf_fib_lookup(
             ctx.skb.skb as *mut _,
-            &mut fib,
+            fib,
             core::mem::size_of::<FibParams>() as i32,
             0,
         )
-    };
+    }) as u32
+}
+
+/// Routes a frame for `dst` by a FIB lookup: sent out where the node would
+/// send it (masqueraded first when `masquerade` is given and the frame
+/// leaves the cluster), or left to the node's stack.
+pub fn route(ctx: &TcContext, dst: u32, masquerade: Option<&Config>, stat: Stat) -> Option<i32> {
+    let src: u32 = ctx.load(packet::IP_SRC_OFF).ok()?;
+    let tos: u8 = ctx.load(packet::ETH_HLEN + 1).ok()?;
+    // SAFETY: FibParams is plain old data; all-zero is its documented
+    // starting state.
+    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    // SAFETY: the kernel hands every TC program a valid skb.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let rc = lookup(ctx, &mut fib, src, dst, tos, ifindex);
     // Anything the FIB does not forward (the node's own addresses, no route,
     // forwarding off) is the node stack's business, as if no program ran.
     let routed = matches!(

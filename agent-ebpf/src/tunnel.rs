@@ -14,15 +14,14 @@ use aya_ebpf::{
         BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_SHOT,
     },
     helpers::generated::{
-        bpf_fib_lookup, bpf_get_hash_recalc, bpf_get_prandom_u32, bpf_redirect,
-        bpf_redirect_neigh,
+        bpf_get_hash_recalc, bpf_get_prandom_u32, bpf_redirect, bpf_redirect_neigh,
     },
     macros::map,
     maps::Array,
     programs::TcContext,
 };
 
-use crate::{packet, stats};
+use crate::{fib, packet, stats};
 
 #[map(name = "DATAPATH_TUNNEL")]
 static DATAPATH_TUNNEL: Array<Tunnel> = Array::pinned(1, 0);
@@ -105,14 +104,9 @@ fn wrap(ctx: &TcContext, dst: u32) -> Option<i32> {
     // SAFETY: FibParams is plain old data; all-zero is its documented
     // starting state.
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
-    fib.family = AF_INET;
-    fib.__bindgen_anon_2.tos = tos;
-    fib.__bindgen_anon_3.ipv4_src = src;
-    fib.__bindgen_anon_4.ipv4_dst = dst;
     // SAFETY: the kernel hands every TC program a valid skb.
     let veth = unsafe { (*ctx.skb.skb).ifindex };
-    fib.ifindex = veth;
-    let rc = lookup(ctx, &mut fib);
+    let rc = fib::lookup(ctx, &mut fib, src, dst, tos, veth);
     if rc != BPF_FIB_LKUP_RET_SUCCESS || fib.ifindex != tunnel.ifindex {
         return None;
     }
@@ -252,15 +246,8 @@ fn underlay(
     remote: u32,
     tunnel_ifindex: u32,
 ) -> Option<Option<u32>> {
-    // SAFETY: FibParams is plain old data; all-zero is its documented
-    // starting state.
-    *fib = unsafe { core::mem::zeroed() };
-    fib.family = AF_INET;
-    fib.__bindgen_anon_3.ipv4_src = src;
-    fib.__bindgen_anon_4.ipv4_dst = remote;
-    // The pod's veth, as for the pod's own lookup.
-    fib.ifindex = veth;
-    let rc = lookup(ctx, fib);
+    // From the pod's veth, as for the pod's own lookup.
+    let rc = fib::lookup(ctx, fib, src, remote, 0, veth);
     if fib.ifindex == tunnel_ifindex {
         return None;
     }
@@ -270,19 +257,6 @@ fn underlay(
         BPF_FIB_LKUP_RET_NO_NEIGH => Some(Some(unsafe { fib.__bindgen_anon_4.ipv4_dst })),
         _ => None,
     }
-}
-
-/// `bpf_fib_lookup` as an ingress lookup; its return code.
-fn lookup(ctx: &TcContext, fib: &mut FibParams) -> u32 {
-    // SAFETY: `fib` is a valid, writable lookup structure of that size.
-    (unsafe {
-        bpf_fib_lookup(
-            ctx.skb.skb as *mut _,
-            fib,
-            core::mem::size_of::<FibParams>() as i32,
-            0,
-        )
-    }) as u32
 }
 
 /// The checksum of the outer IPv4 header [`send`] writes, from its fields
