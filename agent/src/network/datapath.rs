@@ -15,6 +15,7 @@ use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::Ebpf;
 
+use super::vxlan;
 use crate::ebpf::abi::{self, Config, CtConfig, Endpoint, NatKey, SnatFlow, Tunnel};
 use crate::ebpf::{self, Error, MapPins};
 
@@ -65,45 +66,41 @@ impl Datapath {
                 0
             },
         };
-        let map = self
-            .ebpf
-            .map_mut(abi::CONFIG_MAP)
-            .ok_or_else(|| Error::Missing(format!("map {}", abi::CONFIG_MAP)))?;
-        aya::maps::Array::<_, Config>::try_from(map)?.set(0, cfg, 0)?;
-        Ok(())
+        self.set_only(abi::CONFIG_MAP, cfg)
     }
 
     /// Writes the node's tunnel for the programs: the VXLAN device at
-    /// `ifindex`, its UDP port and VNI. None says there is none, which
+    /// `device`, which the programs wrap pod traffic for when `wrap` says so
+    /// (the device does otherwise). None says there is no tunnel, which
     /// matters as much: the map is pinned, and an agent started without a
     /// tunnel must not find the last one's there.
-    pub fn configure_tunnel(&mut self, tunnel: Option<(u32, u16, u32)>) -> Result<(), Error> {
-        let t = match tunnel {
-            Some((ifindex, port, vni)) => Tunnel {
-                ifindex,
-                port: port.to_be(),
+    pub fn configure_tunnel(&mut self, device: Option<u32>, wrap: bool) -> Result<(), Error> {
+        let t = match device {
+            Some(ifindex) => Tunnel {
+                // The receiving side's early exit goes by the port alone.
+                ifindex: if wrap { ifindex } else { 0 },
+                port: vxlan::PORT.to_be(),
                 pad: 0,
-                vni,
+                vni: vxlan::VNI,
             },
             None => Tunnel::default(),
         };
-        let map = self
-            .ebpf
-            .map_mut(abi::TUNNEL_MAP)
-            .ok_or_else(|| Error::Missing(format!("map {}", abi::TUNNEL_MAP)))?;
-        aya::maps::Array::<_, Tunnel>::try_from(map)?.set(0, t, 0)?;
-        Ok(())
+        self.set_only(abi::TUNNEL_MAP, t)
     }
 
     /// Writes the conntrack settings the programs read: the most
     /// masqueraded flows one pod may hold (0: no limit).
     pub fn configure_conntrack(&mut self, pod_limit: u32) -> Result<(), Error> {
+        self.set_only(abi::CT_CONFIG_MAP, CtConfig { pod_limit, pad: 0 })
+    }
+
+    /// Writes the one entry of the single-entry array `name`.
+    fn set_only<T: aya::Pod>(&mut self, name: &str, value: T) -> Result<(), Error> {
         let map = self
             .ebpf
-            .map_mut(abi::CT_CONFIG_MAP)
-            .ok_or_else(|| Error::Missing(format!("map {}", abi::CT_CONFIG_MAP)))?;
-        let cfg = CtConfig { pod_limit, pad: 0 };
-        aya::maps::Array::<_, CtConfig>::try_from(map)?.set(0, cfg, 0)?;
+            .map_mut(name)
+            .ok_or_else(|| Error::Missing(format!("map {name}")))?;
+        aya::maps::Array::<_, T>::try_from(map)?.set(0, value, 0)?;
         Ok(())
     }
 

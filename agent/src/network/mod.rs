@@ -176,14 +176,7 @@ impl Network {
             .with_context(|| format!("loading the datapath (pins in {})", pin_dir.display()))?;
         dp.configure(node_ip, args.cluster_cidr, args.masquerade)?;
         dp.configure_conntrack(args.conntrack.conntrack_pod_limit)?;
-        // The map also marks tunnel packets for the node, which skip the
-        // programs' lookups whoever wraps; a zero index only turns off the
-        // programs' own wrapping.
-        let encap_index = |index| match args.vxlan_encap {
-            VxlanEncap::Program => index,
-            VxlanEncap::Device => 0,
-        };
-        dp.configure_tunnel(tunnel.map(|index| (encap_index(index), vxlan::PORT, vxlan::VNI)))?;
+        dp.configure_tunnel(tunnel, args.vxlan_encap == VxlanEncap::Program)?;
         tokio::spawn(conntrack::run(
             pin_dir.clone(),
             conntrack::Timeouts::from_args(&args.conntrack),
