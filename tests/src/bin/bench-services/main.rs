@@ -14,7 +14,11 @@
 //! table; the measured service sits in the middle of the iptables chain.
 //! At every size, in rounds that interleave the paths, it measures TCP_CRR
 //! with the latency of each connect() (the first packet of a connection is
-//! the one that has to find the service), TCP_RR and one iperf3 stream.
+//! the one that has to find the service), TCP_RR and one iperf3 stream
+//! with the CPU cycles each of its gigabits cost. Then, at every size, it
+//! sets the ClusterIP against the pod IP in back-to-back pairs of iperf3
+//! runs (the two in turn leading), so that each ratio compares two runs
+//! seconds apart rather than two paths over a whole round.
 //! It also times endpoint changes: one filler's EndpointSlice is replaced
 //! again and again, each time from the API's answer until the node's maps
 //! hold the new backend, against what loading the whole rule set costs
@@ -57,6 +61,10 @@ struct Args {
     /// How often every measurement is repeated at each size.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Back-to-back pairs of iperf3 runs, pod IP and ClusterIP, at each
+    /// size (0: none).
+    #[arg(long, default_value_t = 6)]
+    pairs: usize,
     /// Leave TCP_RR and TCP_CRR to the scheduler instead of running both
     /// their ends on one CPU.
     #[arg(long)]
@@ -92,6 +100,16 @@ struct Sample {
     crr: f64,
     rr: f64,
     gbps: f64,
+    /// CPU cycles per gigabit of the iperf3 stream, in millions.
+    mcycles: f64,
+}
+
+/// One back-to-back pair: the pod IP's iperf3 run and the ClusterIP's,
+/// as (Gbit/s, Mcycles/Gbit).
+#[derive(Clone, Copy, Debug)]
+struct Paired {
+    pod_ip: (f64, f64),
+    cluster_ip: (f64, f64),
 }
 
 /// samples[size][path]: one per round.
@@ -117,12 +135,15 @@ fn measure_size(a: &Args, runner: &Runner, bed: &testbed::Testbed) -> Result<Vec
             check_interrupted()?;
             let once = || -> Result<Sample> {
                 let crr = runner.crr(pair)?;
+                let rr = runner.measure(Metric::Rr, pair)?;
+                let (gbps, mcycles) = stream(runner, pair)?;
                 Ok(Sample {
                     connect_p50_us: crr.connect_p50_us,
                     connect_p99_us: crr.connect_p99_us,
                     crr: crr.per_second,
-                    rr: runner.measure(Metric::Rr, pair)?,
-                    gbps: runner.measure(Metric::Throughput, pair)?,
+                    rr,
+                    gbps,
+                    mcycles,
                 })
             };
             let s = match once() {
@@ -134,11 +155,52 @@ fn measure_size(a: &Args, runner: &Runner, bed: &testbed::Testbed) -> Result<Vec
                 }
             };
             eprintln!(
-                "    round {round}/{}: {}: connect {:.1} µs, TCP_CRR {:.0}/s, TCP_RR {:.0}/s, {:.2} Gbit/s",
-                a.rounds, PATHS[i].0, s.connect_p50_us, s.crr, s.rr, s.gbps
+                "    round {round}/{}: {}: connect {:.1} µs, TCP_CRR {:.0}/s, TCP_RR {:.0}/s, {:.2} Gbit/s, {:.0} Mcycles/Gbit",
+                a.rounds, PATHS[i].0, s.connect_p50_us, s.crr, s.rr, s.gbps, s.mcycles
             );
             out[i].push(s);
         }
+    }
+    Ok(out)
+}
+
+/// One iperf3 stream on `pair`: Gbit/s and Mcycles/Gbit, retried once.
+fn stream(runner: &Runner, pair: &harness::netbench::Pair) -> Result<(f64, f64)> {
+    let once = || -> Result<(f64, f64)> {
+        let s = runner.sample(Metric::Throughput, pair)?;
+        Ok((s.value, s.mcycles_per_gbit.unwrap_or(f64::NAN)))
+    };
+    once().or_else(|e| {
+        check_interrupted()?;
+        eprintln!("    iperf3: {e:#}; once more");
+        once()
+    })
+}
+
+/// `--pairs` back-to-back iperf3 runs on the pod IP and the ClusterIP.
+/// The leader alternates, so that a trend over a pair (a neighbour's load
+/// fading in, the CPU's clock) favours each path equally often.
+fn measure_pairs(a: &Args, runner: &Runner, bed: &testbed::Testbed) -> Result<Vec<Paired>> {
+    let mut out = Vec::with_capacity(a.pairs);
+    for k in 0..a.pairs {
+        check_interrupted()?;
+        let (pod_ip, cluster_ip) = if k % 2 == 0 {
+            let p = stream(runner, &bed.pairs[POD_IP])?;
+            (p, stream(runner, &bed.pairs[OURS])?)
+        } else {
+            let c = stream(runner, &bed.pairs[OURS])?;
+            (stream(runner, &bed.pairs[POD_IP])?, c)
+        };
+        eprintln!(
+            "    pair {}/{}: pod IP {:.2} Gbit/s, {:.0} Mcycles/Gbit; ClusterIP {:.2} Gbit/s, {:.0} Mcycles/Gbit",
+            k + 1,
+            a.pairs,
+            pod_ip.0,
+            pod_ip.1,
+            cluster_ip.0,
+            cluster_ip.1
+        );
+        out.push(Paired { pod_ip, cluster_ip });
     }
     Ok(out)
 }
@@ -183,6 +245,7 @@ fn main_inner(a: Args) -> Result<()> {
         };
         let before = background_busy();
         let mut samples: Samples = Vec::new();
+        let mut pairs: Vec<Vec<Paired>> = Vec::new();
         let mut changes: Vec<Changes> = Vec::new();
         let mut have = 1;
         for &n in &a.sizes {
@@ -190,6 +253,7 @@ fn main_inner(a: Args) -> Result<()> {
             have = n;
             eprintln!("  measuring at {n} services");
             samples.push(measure_size(&a, &runner, &bed)?);
+            pairs.push(measure_pairs(&a, &runner, &bed)?);
             // The measured Service is the only one at a size of 1.
             let lags_ms = if n > 1 {
                 rt.block_on(testbed::endpoint_changes(&bed))?
@@ -207,6 +271,7 @@ fn main_inner(a: Args) -> Result<()> {
         }
         let after = background_busy();
         let mut table = report::render(&a, &samples, (before, after), rr_cpu);
+        table.push_str(&report::render_pairs(&a, &pairs));
         table.push_str(&report::render_changes(&a, &changes));
         let charts = report::panels(&a, &samples);
         drop(bed);
