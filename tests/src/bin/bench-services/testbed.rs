@@ -95,10 +95,13 @@ pub(crate) fn build(rt: &tokio::runtime::Runtime) -> Result<Testbed> {
         kestrel_agent::services::cgroup::group_dir(&mount, &node.cgroup_root).join("bench-client");
     std::fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
     let client_cgroup = Cgroup(dir.clone());
-    let direct = Pair::new(client_ns, server_ns, server_ip);
+    // Both clients sit where a pod's processes do, under the agent's
+    // socket programs: to the pod IP they look the address up and find no
+    // service, as a pod's connection to another pod's address does.
+    let mut direct = Pair::new(client_ns, server_ns, server_ip);
+    direct.client_cgroup = Some(dir);
     let mut ours = direct.clone();
     ours.connect_ip = Some(vip);
-    ours.client_cgroup = Some(dir);
     let mut pairs = vec![direct, ours, baseline[0].clone()];
     for mut p in baseline.drain(1..) {
         p.connect_ip = Some(BASELINE_VIP);
