@@ -343,6 +343,10 @@ fn path_table(out: &mut String, cases: &[Case], s: &Samples, columns: &[Quantity
                 }
             })
             .collect();
+        // A path `--paths` left out has no row.
+        if cells.iter().all(|c| c == "–") {
+            continue;
+        }
         out.push_str(&format!("| {} | {} |\n", case.title, cells.join(" | ")));
     }
 }
@@ -380,18 +384,28 @@ fn render(a: &Args, cases: &[Case], s: &Samples, info: &RunInfo, rr_cpu: Option<
         "\nRatios side by side: the median over rounds of the ratio within each round. For \
          rates above 1 is better; for latency and cost (†) below 1 is.\n\n| quantity | ",
     );
+    // Comparisons of paths `--paths` left out have no column.
+    let compared: Vec<_> = COMPARED
+        .iter()
+        .filter(|(_, n, d)| {
+            RATES
+                .iter()
+                .chain(&COSTS)
+                .any(|q| ratio(s, q, *n, *d).is_some())
+        })
+        .collect();
     out.push_str(
-        &COMPARED
+        &compared
             .iter()
             .map(|(t, _, _)| *t)
             .collect::<Vec<_>>()
             .join(" | "),
     );
     out.push_str(" |\n|---|");
-    out.push_str(&"---:|".repeat(COMPARED.len()));
+    out.push_str(&"---:|".repeat(compared.len()));
     out.push('\n');
     for q in RATES.iter().chain(&COSTS) {
-        let cells: Vec<String> = COMPARED
+        let cells: Vec<String> = compared
             .iter()
             .map(|(_, n, d)| ratio(s, q, *n, *d).map_or("–".into(), |r| format!("{r:.3}")))
             .collect();
