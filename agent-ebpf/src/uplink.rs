@@ -29,10 +29,9 @@ pub fn from_uplink(ctx: &TcContext) -> Option<i32> {
                 stats::count(Stat::TunnelIn);
                 if tunnel::unwrap(ctx) {
                     let verdict = to_pod(ctx, packet::ipv4_dst(ctx)?);
-                    // The pod went since `unwrap` saw it: nobody to hand the
-                    // unwrapped packet to, and the stack must not route it
-                    // past the pod's ingress policy.
-                    return Some(if verdict == NOT_LOCAL { TC_ACT_SHOT } else { verdict });
+                    // The pod went since `unwrap` saw it: the stack routes
+                    // the (now plain) packet as any other.
+                    return Some(if verdict == NOT_LOCAL { TC_ACT_OK } else { verdict });
                 }
                 return Some(TC_ACT_OK);
             }
