@@ -45,7 +45,7 @@ pub struct Config {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tunnel {
     /// Interface index of the tunnel device; 0: the device wraps what pods
-    /// send and unwraps what other nodes send (`--vxlan-encap device`).
+    /// send (`--vxlan-encap device`).
     pub ifindex: u32,
     /// The tunnel's UDP port, in network byte order; 0: no tunnel.
     pub port: u16,
@@ -140,9 +140,6 @@ crate::stats! {
         /// A VXLAN frame for this node left to the tunnel device at once,
         /// without the node port and translation lookups.
         TunnelIn = "tunnel_frames_in",
-        /// A VXLAN frame for a pod of this node unwrapped by the program
-        /// and handed to the pod, without the node's stack and the device.
-        TunnelUnwrapped = "tunnel_frames_unwrapped",
     }
 }
 

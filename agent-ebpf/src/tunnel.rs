@@ -1,11 +1,9 @@
 //! VXLAN without the device's transmit path (`--tunnel vxlan`): a frame
 //! from a pod that the FIB routes into the tunnel is wrapped here in the
 //! headers the VXLAN device would write and sent out of the underlay's
-//! interface directly; a single frame from another node for a pod of this
-//! one is unwrapped on the uplink and handed to the pod. The device stays:
-//! its routes and static neighbours say where every other node's pods are,
-//! and its socket receives what the programs leave to it (GSO aggregates,
-//! frames for the node itself).
+//! interface directly. The device stays: its routes and static neighbours
+//! say where every other node's pods are, and its socket receives and
+//! decapsulates what other nodes send.
 
 use agent_ebpf_common::{Stat, Tunnel};
 use aya_ebpf::{
@@ -13,18 +11,17 @@ use aya_ebpf::{
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup as FibParams, bpf_redir_neigh,
         BPF_ADJ_ROOM_ENCAP_L2_SHIFT, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
         BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
-        BPF_F_ADJ_ROOM_FIXED_GSO, BPF_CSUM_LEVEL_DEC, TC_ACT_SHOT,
+        BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_SHOT,
     },
     helpers::generated::{
-        bpf_csum_level, bpf_get_hash_recalc, bpf_get_prandom_u32, bpf_redirect,
-        bpf_redirect_neigh,
+        bpf_get_hash_recalc, bpf_get_prandom_u32, bpf_redirect, bpf_redirect_neigh,
     },
     macros::map,
     maps::Array,
     programs::TcContext,
 };
 
-use crate::{fib, local, packet, stats};
+use crate::{fib, packet, stats};
 
 #[map(name = "DATAPATH_TUNNEL")]
 static DATAPATH_TUNNEL: Array<Tunnel> = Array::pinned(1, 0);
@@ -95,98 +92,6 @@ pub fn route(ctx: &TcContext, dst: u32) -> i32 {
 /// What [`route`] returns for a frame it left unchanged, for `fib::route`:
 /// no TC verdict has this value.
 pub const NOT_WRAPPED: i32 = i32::MIN;
-
-/// Unwraps a VXLAN frame for the node (one [`is_tunnel_frame`] said is on
-/// the tunnel's port) when the programs wrap for the tunnel, the frame is
-/// one the device would accept (a single IPv4 packet, unfragmented, with
-/// a valid header checksum, a zero UDP checksum, the tunnel's VNI, an
-/// inner IPv4 frame for this node's endpoint MAC) and its inner
-/// destination is a pod of this node. The frame is then the inner IPv4
-/// packet behind the outer Ethernet header, for the uplink's local
-/// delivery. False leaves it unchanged, to the device.
-///
-/// GSO aggregates stay with the device: on kernels before
-/// `BPF_F_ADJ_ROOM_DECAP_L4_UDP`, `bpf_skb_adjust_room` cannot clear the
-/// aggregate's UDP tunnel GSO type, which left stale would make the
-/// kernel segment the inner packet as a tunnel packet if it were ever
-/// forwarded. The device's receive path clears it.
-#[inline(never)]
-pub fn unwrap(ctx: &TcContext) -> bool {
-    unwrap_frame(ctx).is_some()
-}
-
-#[inline(always)]
-fn unwrap_frame(ctx: &TcContext) -> Option<()> {
-    let tunnel = wrapping()?;
-    // SAFETY: the kernel hands every TC program a valid skb.
-    if unsafe { (*ctx.skb.skb).gso_size } != 0 {
-        return None;
-    }
-    let node_ip = stats::config()?.node_ip;
-    let (data, end) = (ctx.data(), ctx.data_end());
-    let ip = data + packet::ETH_HLEN;
-    let inner = ip + HEADERS;
-    if inner + IP_HLEN > end {
-        return None;
-    }
-    let get = |off: usize| -> u32 {
-        // SAFETY: every read below lies within the bounds checked above.
-        unsafe { core::ptr::read_unaligned((ip + off) as *const u32) }
-    };
-    let get16 = |off: usize| -> u16 {
-        // SAFETY: as above.
-        unsafe { core::ptr::read_unaligned((ip + off) as *const u16) }
-    };
-    // Outer IPv4: a 20-byte header, not a fragment, its length the frame's,
-    // its checksum valid (the stack would have checked it).
-    let first = get(0).to_ne_bytes();
-    let ip_len = usize::from(u16::from_be(get16(2)));
-    // Fragment flags and offset, but for "don't fragment".
-    let fragment = u16::from_be(get16(6)) & 0xbfff != 0;
-    if first[0] != 0x45 || fragment || ip_len + packet::ETH_HLEN != ctx.len() as usize {
-        return None;
-    }
-    let mut sum = 0u32;
-    for off in [0, 4, 8, 12, 16] {
-        let w = get(off);
-        sum += (w & 0xffff) + (w >> 16);
-    }
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    if sum != 0xffff {
-        return None;
-    }
-    // UDP: its own length, no checksum (a non-zero one is the device's to
-    // verify). VXLAN: only the VNI flag, the tunnel's VNI.
-    let udp = IP_HLEN;
-    let vx = udp + UDP_HLEN;
-    if usize::from(u16::from_be(get16(udp + 4))) != ip_len - IP_HLEN
-        || get16(udp + 6) != 0
-        || get(vx) != 0x08u32.to_le()
-        || get(vx + 4) != (tunnel.vni << 8).to_be()
-    {
-        return None;
-    }
-    // The inner Ethernet header: for this node's tunnel endpoint MAC (the
-    // device drops frames for other MACs), carrying IPv4.
-    let eth = vx + VXLAN_HLEN;
-    if get16(eth) != u16::from_ne_bytes([0x0a, 0x58])
-        || get(eth + 2) != node_ip
-        || get16(eth + 12) != 0x0800u16.to_be()
-    {
-        return None;
-    }
-    // The inner IPv4 packet: for a pod of this node.
-    let dst = get(eth + packet::ETH_HLEN + 16);
-    local::endpoint(dst)?;
-    ctx.adjust_room(-(HEADERS as i32), BPF_ADJ_ROOM_MAC, 0).ok()?;
-    // The zero UDP checksum counted as one level a NIC may have verified,
-    // as the stack's UDP receive would count it.
-    // SAFETY: a plain helper call on the program's own skb.
-    unsafe { bpf_csum_level(ctx.skb.skb, u64::from(BPF_CSUM_LEVEL_DEC)) };
-    stats::count(Stat::TunnelUnwrapped);
-    Some(())
-}
 
 // Inlined into `route`, whose plain integer result spares `from_pod` the
 // stack slot an `Option` would be returned through.

@@ -14,25 +14,26 @@ use crate::{fib, icmp, local, nat, nodeport, packet, policy, stats, tunnel};
 /// node's stack.
 pub fn from_uplink(ctx: &TcContext) -> Option<i32> {
     let dst = packet::ipv4_dst(ctx)?;
-    let verdict = to_pod(ctx, dst);
-    if verdict != NOT_LOCAL {
-        return Some(verdict);
+    if let Some(ep) = local::endpoint(dst) {
+        let src: u32 = ctx.load(packet::IP_SRC_OFF).ok()?;
+        if !policy::allows(ctx, src, dst, None, policy::endpoint(dst)) {
+            stats::count(Stat::PolicyDenied);
+            return Some(TC_ACT_SHOT);
+        }
+        if let Some(cfg) = stats::config() {
+            nat::note_inbound(ctx, &cfg, dst);
+        }
+        // The sending node routed the frame (and lowered its TTL); here
+        // it only crosses into the pod, as in `from_pod`.
+        return Some(local::hand_over(&ep, Stat::UplinkToLocal));
     }
     let cfg = stats::config()?;
     if dst == cfg.node_ip {
         // Most of what arrives for the node in tunnel mode is other nodes'
-        // pod traffic: a single frame for a pod of this node is unwrapped
-        // here and handed over, the rest goes to the tunnel device, both
-        // spared the lookups below.
+        // pod traffic, for the tunnel device: spared the lookups below.
         if let Some(tunnel) = tunnel::config() {
             if tunnel::is_tunnel_frame(ctx, &tunnel) {
                 stats::count(Stat::TunnelIn);
-                if tunnel::unwrap(ctx) {
-                    let verdict = to_pod(ctx, packet::ipv4_dst(ctx)?);
-                    // The pod went since `unwrap` saw it: the stack routes
-                    // the (now plain) packet as any other.
-                    return Some(if verdict == NOT_LOCAL { TC_ACT_OK } else { verdict });
-                }
                 return Some(TC_ACT_OK);
             }
         }
@@ -57,33 +58,6 @@ pub fn from_uplink(ctx: &TcContext) -> Option<i32> {
         // The pod is gone: nobody to deliver the (now rewritten) reply to.
         None => Some(TC_ACT_SHOT),
     }
-}
-
-/// What [`to_pod`] returns for a frame that is not for a pod of this node:
-/// no TC verdict has this value.
-const NOT_LOCAL: i32 = i32::MIN;
-
-/// A frame for `dst`, when it is a pod of this node: policed and handed
-/// to the pod. A call of its own (returning a plain integer, not an
-/// `Option`) for the stack limit: it runs again for unwrapped frames.
-#[inline(never)]
-fn to_pod(ctx: &TcContext, dst: u32) -> i32 {
-    let Some(ep) = local::endpoint(dst) else {
-        return NOT_LOCAL;
-    };
-    let Ok(src) = ctx.load::<u32>(packet::IP_SRC_OFF) else {
-        return TC_ACT_OK;
-    };
-    if !policy::allows(ctx, src, dst, None, policy::endpoint(dst)) {
-        stats::count(Stat::PolicyDenied);
-        return TC_ACT_SHOT;
-    }
-    if let Some(cfg) = stats::config() {
-        nat::note_inbound(ctx, &cfg, dst);
-    }
-    // The sending node routed the frame (and lowered its TTL); here it
-    // only crosses into the pod, as in `from_pod`.
-    local::hand_over(&ep, Stat::UplinkToLocal)
 }
 
 /// A frame for the node's own address: a node port flow, or a remote

@@ -380,39 +380,6 @@ pub fn frame(proto: u8, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Vec<u8> {
     f
 }
 
-/// Wraps the IPv4 packet of `inner` (an Ethernet frame) in VXLAN as a
-/// node's device sends it: outer Ethernet to `outer_mac`, from
-/// [`TUNNEL_NODE_MAC`]; outer IPv4 from [`TUNNEL_NODE`] to [`NODE`], no
-/// DF, valid checksum; UDP to [`TUNNEL_PORT`] with a zero checksum;
-/// `vni`; the inner Ethernet header to `inner_mac`.
-pub fn vxlan(outer_mac: [u8; 6], vni: u32, inner_mac: [u8; 6], inner: &[u8]) -> Vec<u8> {
-    let packet = &inner[14..];
-    let udp_len = 8 + 8 + 14 + packet.len();
-    let mut ip = vec![0x45, 0];
-    ip.extend_from_slice(&((20 + udp_len) as u16).to_be_bytes());
-    ip.extend_from_slice(&[0x56, 0x78, 0, 0, 64, UDP, 0, 0]);
-    ip.extend_from_slice(&TUNNEL_NODE.octets());
-    ip.extend_from_slice(&NODE.octets());
-    let csum = fold(0, &ip);
-    ip[10..12].copy_from_slice(&csum.to_be_bytes());
-    let mut f = Vec::new();
-    f.extend_from_slice(&outer_mac);
-    f.extend_from_slice(&TUNNEL_NODE_MAC);
-    f.extend_from_slice(&0x0800u16.to_be_bytes());
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&50000u16.to_be_bytes());
-    f.extend_from_slice(&TUNNEL_PORT.to_be_bytes());
-    f.extend_from_slice(&(udp_len as u16).to_be_bytes());
-    f.extend_from_slice(&[0, 0]);
-    f.extend_from_slice(&[0x08, 0, 0, 0]);
-    f.extend_from_slice(&(vni << 8).to_be_bytes());
-    f.extend_from_slice(&inner_mac);
-    f.extend_from_slice(&[0x02, 0xbb, 0, 0, 0, 3]);
-    f.extend_from_slice(&0x0800u16.to_be_bytes());
-    f.extend_from_slice(packet);
-    f
-}
-
 /// What a test reads back from a frame, after checking its IPv4 and TCP
 /// or UDP checksums from scratch.
 #[derive(Debug, PartialEq, Eq)]

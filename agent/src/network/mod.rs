@@ -71,11 +71,10 @@ pub struct NetworkArgs {
     /// between nodes; pod MTU 50 bytes below the uplink's).
     #[arg(long, value_enum, default_value_t = Tunnel::None)]
     pub tunnel: Tunnel,
-    /// Who wraps and unwraps pod traffic in VXLAN with `--tunnel vxlan`:
-    /// `program`, the eBPF programs themselves (the device's transmit path
-    /// skipped; single frames for local pods unwrapped on the uplink, GSO
-    /// aggregates left to the device), or `device`, the kernel's VXLAN
-    /// device, for NICs or underlays the programs' packets do not suit.
+    /// Who wraps pod traffic in VXLAN with `--tunnel vxlan`: `program`,
+    /// the eBPF programs themselves (the device's transmit path skipped),
+    /// or `device`, the kernel's VXLAN device, for NICs or underlays the
+    /// programs' packets do not suit. Receiving is the device's either way.
     #[arg(long, value_enum, default_value_t = VxlanEncap::Program)]
     pub vxlan_encap: VxlanEncap,
     #[command(flatten)]

@@ -26,8 +26,8 @@ use anyhow::{ensure, Result};
 use clap::Parser;
 
 use harness::datapath::{
-    frame, vxlan, Bench, CLIENT, HOST_MAC, NODE, NODE_PORT, OTHER_POD, OUTSIDE, POD, REMOTE_POD,
-    TCP, TC_ACT_OK, TC_ACT_REDIRECT, TUNNEL_NODE, TUNNEL_POD, TUNNEL_PORT, UDP,
+    frame, Bench, CLIENT, NODE, NODE_PORT, OTHER_POD, OUTSIDE, POD, REMOTE_POD, TCP, TC_ACT_OK,
+    TC_ACT_REDIRECT, TUNNEL_NODE, TUNNEL_POD, TUNNEL_PORT, UDP,
 };
 use harness::netbench::median;
 use kestrel_agent::ebpf::abi::{self, Tunnel};
@@ -121,20 +121,6 @@ fn cases() -> Vec<Case> {
             abi::FROM_UPLINK_PROGRAM,
             frame(UDP, (TUNNEL_NODE, 40000), (NODE, TUNNEL_PORT)),
             TC_ACT_OK,
-        ),
-        tunnel(
-            "from_uplink: a VXLAN frame for a pod of this node (unwrapped)",
-            abi::FROM_UPLINK_PROGRAM,
-            {
-                let o = NODE.octets();
-                vxlan(
-                    HOST_MAC,
-                    1,
-                    [0x0a, 0x58, o[0], o[1], o[2], o[3]],
-                    &frame(TCP, (TUNNEL_POD, 40000), (OTHER_POD, 80)),
-                )
-            },
-            TC_ACT_REDIRECT,
         ),
         case(
             "from_uplink: node port to a local backend (established flow)",

@@ -6,9 +6,9 @@ use kestrel_agent::ebpf::abi::{self, Stat};
 use kestrel_agent::ebpf::abi::Tunnel;
 
 use crate::common::{
-    fold, frame, key, seen, vxlan, Bench, GATEWAY_MAC, HOST_MAC, NODE, OTHER_POD, OUTSIDE, POD,
-    POD_MAC, REMOTE_POD, TCP, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TUNNEL_ENDPOINT_MAC,
-    TUNNEL_NODE, TUNNEL_NODE_MAC, TUNNEL_POD, TUNNEL_PORT, UDP,
+    fold, frame, key, seen, Bench, GATEWAY_MAC, HOST_MAC, NODE, OTHER_POD, OUTSIDE, POD, POD_MAC,
+    REMOTE_POD, TCP, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TUNNEL_ENDPOINT_MAC, TUNNEL_NODE,
+    TUNNEL_NODE_MAC, TUNNEL_POD, TUNNEL_PORT, UDP,
 };
 
 #[test]
@@ -144,89 +144,6 @@ fn from_pod_wraps_frames_for_tunnel_peers_in_vxlan() {
     let (ret, _) = b.run(abi::FROM_UPLINK_PROGRAM, &vxlan);
     assert_eq!(ret, TC_ACT_OK);
     assert_eq!(b.stat(Stat::TunnelIn), 2, "no tunnel: the usual lookups");
-}
-
-/// A single VXLAN frame from another node for a pod of this one is
-/// unwrapped on the uplink and handed to the pod; anything the device
-/// would refuse or the programs cannot deliver is left to the device as
-/// it came.
-#[test]
-fn from_uplink_unwraps_vxlan_frames_for_local_pods() {
-    let mut b = Bench::new();
-    let (tunnel, _) = b.tunnel();
-    let node_endpoint_mac = {
-        let o = NODE.octets();
-        [0x0a, 0x58, o[0], o[1], o[2], o[3]]
-    };
-    let inner = frame(TCP, (TUNNEL_POD, 40000), (OTHER_POD, 80));
-    let wrapped = vxlan(b.uplink_mac, 1, node_endpoint_mac, &inner);
-    let (ret, out) = b.run(abi::FROM_UPLINK_PROGRAM, &wrapped);
-    assert_eq!(ret, TC_ACT_REDIRECT);
-    assert_eq!(out[..14], wrapped[..14], "the outer Ethernet header stays");
-    assert_eq!(out[14..], inner[14..], "then the pod's packet, untouched");
-    let s = seen(&out);
-    assert_eq!(
-        (s.src, s.dst, s.ttl),
-        ((TUNNEL_POD, 40000), (OTHER_POD, 80), 64)
-    );
-    assert_eq!(b.stat(Stat::TunnelIn), 1);
-    assert_eq!(b.stat(Stat::TunnelUnwrapped), 1);
-    assert_eq!(b.stat(Stat::UplinkToLocal), 1);
-
-    // Left to the device unchanged: what it would check, or what the
-    // programs cannot deliver.
-    let mut bad_checksum = wrapped.clone();
-    bad_checksum[24] ^= 0xff;
-    let mut udp_checksum = wrapped.clone();
-    udp_checksum[40..42].copy_from_slice(&[0x12, 0x34]);
-    let mut fragment = wrapped.clone();
-    fragment[20] = 0x20; // more fragments
-    let sum = fold(0, &{
-        let mut h = fragment[14..34].to_vec();
-        h[10..12].copy_from_slice(&[0, 0]);
-        h
-    });
-    fragment[24..26].copy_from_slice(&sum.to_be_bytes());
-    let mut flags = wrapped.clone();
-    flags[42] = 0x0c; // an extension flag beside the VNI's
-    let cases = [
-        (
-            "another VNI",
-            vxlan(b.uplink_mac, 2, node_endpoint_mac, &inner),
-        ),
-        (
-            "another node's endpoint MAC",
-            vxlan(b.uplink_mac, 1, TUNNEL_ENDPOINT_MAC, &inner),
-        ),
-        (
-            "not a pod of this node",
-            vxlan(
-                b.uplink_mac,
-                1,
-                node_endpoint_mac,
-                &frame(TCP, (TUNNEL_POD, 40000), (REMOTE_POD, 80)),
-            ),
-        ),
-        ("a bad outer IPv4 checksum", bad_checksum),
-        ("a UDP checksum", udp_checksum),
-        ("an outer fragment", fragment),
-        ("unknown VXLAN flags", flags),
-    ];
-    for (what, f) in &cases {
-        let (ret, out) = b.run(abi::FROM_UPLINK_PROGRAM, f);
-        assert_eq!((ret, &out), (TC_ACT_OK, f), "{what}");
-    }
-    assert_eq!(b.stat(Stat::TunnelIn), 1 + cases.len() as u64);
-    assert_eq!(b.stat(Stat::TunnelUnwrapped), 1, "none of those");
-
-    // `--vxlan-encap device`: the device unwraps too.
-    b.set_tunnel(Tunnel {
-        ifindex: 0,
-        ..tunnel
-    });
-    let (ret, out) = b.run(abi::FROM_UPLINK_PROGRAM, &wrapped);
-    assert_eq!((ret, &out), (TC_ACT_OK, &wrapped));
-    assert_eq!(b.stat(Stat::TunnelUnwrapped), 1);
 }
 
 #[test]
