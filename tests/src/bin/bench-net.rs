@@ -66,7 +66,7 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     paths: Vec<usize>,
     /// Measure only these: tcp, streams, udp, rr, crr; all by default.
-    #[arg(long, value_delimiter = ',', value_parser = ["tcp", "streams", "udp", "rr", "crr"])]
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(METRIC_NAMES))]
     metrics: Vec<String>,
     /// Directory of the release binaries (agent, control-plane,
     /// netperf-rr); default: the directory of this program.

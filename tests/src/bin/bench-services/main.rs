@@ -133,7 +133,7 @@ fn measure_size(a: &Args, runner: &Runner, bed: &testbed::Testbed) -> Result<Vec
     for round in 1..=a.rounds {
         for (i, pair) in bed.pairs.iter().enumerate() {
             check_interrupted()?;
-            let once = || -> Result<Sample> {
+            let s = once_more(PATHS[i].0, || {
                 let crr = runner.crr(pair)?;
                 let rr = runner.measure(Metric::Rr, pair)?;
                 let (gbps, mcycles) = stream(runner, pair)?;
@@ -145,15 +145,7 @@ fn measure_size(a: &Args, runner: &Runner, bed: &testbed::Testbed) -> Result<Vec
                     gbps,
                     mcycles,
                 })
-            };
-            let s = match once() {
-                Ok(s) => s,
-                Err(e) => {
-                    check_interrupted()?;
-                    eprintln!("    {}: {e:#}; once more", PATHS[i].0);
-                    once()?
-                }
-            };
+            })?;
             eprintln!(
                 "    round {round}/{}: {}: connect {:.1} µs, TCP_CRR {:.0}/s, TCP_RR {:.0}/s, {:.2} Gbit/s, {:.0} Mcycles/Gbit",
                 a.rounds, PATHS[i].0, s.connect_p50_us, s.crr, s.rr, s.gbps, s.mcycles
@@ -164,17 +156,20 @@ fn measure_size(a: &Args, runner: &Runner, bed: &testbed::Testbed) -> Result<Vec
     Ok(out)
 }
 
-/// One iperf3 stream on `pair`: Gbit/s and Mcycles/Gbit, retried once.
-fn stream(runner: &Runner, pair: &harness::netbench::Pair) -> Result<(f64, f64)> {
-    let once = || -> Result<(f64, f64)> {
-        let s = runner.sample(Metric::Throughput, pair)?;
-        Ok((s.value, s.mcycles_per_gbit.unwrap_or(f64::NAN)))
-    };
-    once().or_else(|e| {
+/// `f`, and once more if it fails (a measuring tool's hiccup), unless
+/// the run was interrupted.
+fn once_more<T>(what: &str, f: impl Fn() -> Result<T>) -> Result<T> {
+    f().or_else(|e| {
         check_interrupted()?;
-        eprintln!("    iperf3: {e:#}; once more");
-        once()
+        eprintln!("    {what}: {e:#}; once more");
+        f()
     })
+}
+
+/// One iperf3 stream on `pair`: Gbit/s and Mcycles/Gbit.
+fn stream(runner: &Runner, pair: &harness::netbench::Pair) -> Result<(f64, f64)> {
+    let s = runner.sample(Metric::Throughput, pair)?;
+    Ok((s.value, s.mcycles_per_gbit.unwrap_or(f64::NAN)))
 }
 
 /// `--pairs` back-to-back iperf3 runs on the pod IP and the ClusterIP.
@@ -184,12 +179,13 @@ fn measure_pairs(a: &Args, runner: &Runner, bed: &testbed::Testbed) -> Result<Ve
     let mut out = Vec::with_capacity(a.pairs);
     for k in 0..a.pairs {
         check_interrupted()?;
+        let run = |p: usize| once_more(PATHS[p].0, || stream(runner, &bed.pairs[p]));
         let (pod_ip, cluster_ip) = if k % 2 == 0 {
-            let p = stream(runner, &bed.pairs[POD_IP])?;
-            (p, stream(runner, &bed.pairs[OURS])?)
+            let p = run(POD_IP)?;
+            (p, run(OURS)?)
         } else {
-            let c = stream(runner, &bed.pairs[OURS])?;
-            (stream(runner, &bed.pairs[POD_IP])?, c)
+            let c = run(OURS)?;
+            (run(POD_IP)?, c)
         };
         eprintln!(
             "    pair {}/{}: pod IP {:.2} Gbit/s, {:.0} Mcycles/Gbit; ClusterIP {:.2} Gbit/s, {:.0} Mcycles/Gbit",
